@@ -1,0 +1,33 @@
+# Two commands: `make test` and `make train` (see README.md). Both create .venv
+# in the repository on first use and install the package editable, built
+# against the jaxlib in that venv (--no-build-isolation).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.hypereca-installed
+NATIVE := CMakeLists.txt pyproject.toml $(shell find ffi cmake -type f 2>/dev/null)
+
+.PHONY: test train bench clean
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+train: $(STAMP)
+	@if [ -f models/train.py ]; then $(PY) -m models.train $(ARGS); \
+	else echo "make train: the train command (models/train.py) is not written yet; see README.md"; exit 2; fi
+
+bench: $(STAMP)
+	$(PY) -m experiments.bench_ops --quick
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): $(PY) $(NATIVE)
+	$(PY) -m pip install -q "scikit-build-core>=0.10" "nanobind>=2.0" cmake ninja \
+		"jax>=0.10.2,<0.12" "jaxlib>=0.10.2,<0.12"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	@touch $@
+
+clean:
+	rm -rf build $(VENV)

@@ -1,0 +1,19 @@
+# The CUDA extension: kernels in .cu (no FFI header, fast nvcc), FFI bindings
+# and the nanobind module in .cc (host compiler).
+file(GLOB HYPERECA_CUDA_KERNELS CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/ffi/src/*_kernels.cu)
+nanobind_add_module(_hypereca_cuda NOMINSIZE NB_STATIC
+  ffi/src/module_cuda.cc
+  ffi/src/ops_cuda.cc
+  ${HYPERECA_CUDA_KERNELS})
+target_include_directories(_hypereca_cuda PRIVATE ffi/include ffi/src)
+# SYSTEM: the XLA FFI headers' own warnings are not ours to fix.
+target_include_directories(_hypereca_cuda SYSTEM PRIVATE ${XLA_FFI_INCLUDE_DIR})
+target_compile_definitions(_hypereca_cuda PRIVATE
+  HYPERECA_JAXLIB_VERSION="${HYPERECA_JAXLIB_VERSION}")
+target_compile_options(_hypereca_cuda PRIVATE
+  $<$<COMPILE_LANGUAGE:CXX>:${HYPERECA_OPT_FLAGS}>
+  $<$<COMPILE_LANGUAGE:CUDA>:-O3 --expt-relaxed-constexpr -lineinfo>)
+target_link_libraries(_hypereca_cuda PRIVATE CUDA::cudart_static)
+set_target_properties(_hypereca_cuda PROPERTIES CUDA_SEPARABLE_COMPILATION OFF
+                                                CUDA_STANDARD 17 CUDA_STANDARD_REQUIRED ON)
+install(TARGETS _hypereca_cuda LIBRARY DESTINATION jax_hypereca)

@@ -1,0 +1,301 @@
+// find_or_insert on CPU: slot of every query key, inserting (and initializing)
+// the missing ones and evicting by score from full buckets.
+#include <algorithm>
+#include <cstdint>
+#include <unordered_set>
+#include <vector>
+
+#include "cpu_util.h"
+#include "hypereca/common.h"
+#include "hypereca/init.h"
+#include "hypereca/probe.h"
+#include "table_args.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace hypereca::cpu {
+namespace {
+
+// A row evicted by one task, waiting to be written to the eviction outputs in
+// query order.
+struct Eviction {
+  int64_t query;     // index of the query whose insert evicted the row
+  int64_t key;
+  int64_t last_step;
+  int64_t freq;
+  int64_t row;       // index into the task's row buffers
+};
+
+template <typename T>
+struct TaskState {
+  int64_t status[kNumInsertStatus] = {};
+  std::vector<Eviction> evictions;
+  std::vector<T> rows;       // evicted values, dim per eviction
+  std::vector<float> state;  // evicted optimizer state, width per eviction
+  std::unordered_set<int64_t> inserted;  // slots filled by this call
+};
+
+struct Options {
+  uint64_t seed;
+  InitKind init_kind;
+  float init_scale;
+  ScorePolicy policy;
+  int64_t step;
+  int64_t pin_from;
+  int64_t max_evictions;  // per task; only binding with a single task
+};
+
+template <typename T>
+void ProcessQueries(const TableShape& shape, const Options& o, const int64_t* query,
+                    const int64_t* order, int64_t begin, int64_t end,
+                    const float* opt_init, int64_t* keys, T* values, float* opt,
+                    int64_t* last, int64_t* freq, int32_t* slots, bool* found,
+                    TaskState<T>& ts) {
+  const int64_t dim = shape.dim, width = shape.state_width;
+  constexpr int64_t kAhead = 8;
+  for (int64_t j = begin; j < end; ++j) {
+    if (j + kAhead < end) PrefetchProbe(keys, shape.geometry, query[order ? order[j + kAhead]
+                                                                         : j + kAhead]);
+    const int64_t q = order ? order[j] : j;
+    const int64_t key = query[q];
+    slots[q] = -1;
+    found[q] = false;
+    if (key == kPaddingKey) continue;
+    ts.status[kStQueries]++;
+    if (key == kErasedKey) {
+      ts.status[kStReserved]++;
+      continue;
+    }
+    ProbeResult p = ProbeForInsert(keys, last, freq, shape.geometry, o.policy,
+                                   o.pin_from, key);
+    if (p.outcome == ProbeOutcome::kFound) {
+      const bool fresh = !ts.inserted.empty() && ts.inserted.count(p.slot) > 0;
+      if (!fresh) ts.status[kStHits]++;
+      found[q] = !fresh;
+      slots[q] = static_cast<int32_t>(p.slot);
+      last[p.slot] = o.step;
+      freq[p.slot] += 1;
+      continue;
+    }
+    if (p.outcome == ProbeOutcome::kVictim &&
+        static_cast<int64_t>(ts.evictions.size()) >= o.max_evictions) {
+      p.outcome = ProbeOutcome::kNoRoom;
+    }
+    if (p.outcome == ProbeOutcome::kNoRoom) {
+      ts.status[kStFailed]++;
+      continue;
+    }
+    const int64_t s = p.slot;
+    if (p.outcome == ProbeOutcome::kVictim) {
+      const int64_t row = static_cast<int64_t>(ts.evictions.size());
+      ts.evictions.push_back({q, keys[s], last[s], freq[s], row});
+      ts.rows.insert(ts.rows.end(), values + s * dim, values + (s + 1) * dim);
+      ts.state.insert(ts.state.end(), opt + s * width, opt + (s + 1) * width);
+      ts.status[kStEvicted]++;
+    }
+    keys[s] = key;
+    last[s] = o.step;
+    freq[s] = 1;
+    const uint64_t row_seed = RowSeed(o.seed, key);
+    for (int64_t c = 0; c < dim; ++c) {
+      values[s * dim + c] = FromF32<T>(
+          InitValue(row_seed, static_cast<uint32_t>(c), o.init_kind, o.init_scale));
+    }
+    for (int64_t c = 0; c < width; ++c) opt[s * width + c] = opt_init[c];
+    ts.inserted.insert(s);
+    ts.status[kStInserted]++;
+    slots[q] = static_cast<int32_t>(s);
+  }
+}
+
+template <typename T>
+ffi::Error Run(ffi::ThreadPool& pool, const TableShape& shape, Options o,
+               ffi::BufferR1<ffi::S64> query, ffi::BufferR1<ffi::F32> opt_init,
+               int64_t* keys, T* values, float* opt, int64_t* last, int64_t* freq,
+               int64_t* counters, int32_t* slots, bool* found, int64_t* ev_keys,
+               T* ev_values, float* ev_opt, int64_t* ev_last, int64_t* ev_freq,
+               int64_t ev_capacity, int64_t* status) {
+  const int64_t n = query.dimensions()[0];
+  const int64_t* q = query.typed_data();
+  const int64_t dim = shape.dim, width = shape.state_width;
+  // Buckets are split into task ranges; each task applies its buckets' queries
+  // in query order, so the table ends up the same for any number of tasks. With
+  // fewer eviction outputs than queries one task keeps the cap deterministic.
+  const int64_t tasks = ev_capacity >= n ? NumTasks(pool, n, 1 << 14) : 1;
+  o.max_evictions = tasks == 1 ? ev_capacity : n;
+  std::vector<int64_t> order;
+  std::vector<int64_t> offsets(tasks + 1, 0);
+  if (tasks > 1) {
+    const uint64_t nb = shape.geometry.num_buckets;
+    std::vector<int32_t> part(n);
+    ParallelFor(pool, tasks, [&](int64_t t) {
+      int64_t b, e;
+      TaskRange(n, tasks, t, &b, &e);
+      for (int64_t i = b; i < e; ++i) {
+        part[i] = static_cast<int32_t>(shape.geometry.BucketOfKey(q[i]) * tasks / nb);
+      }
+    });
+    for (int64_t i = 0; i < n; ++i) offsets[part[i] + 1]++;
+    for (int64_t t = 0; t < tasks; ++t) offsets[t + 1] += offsets[t];
+    order.resize(n);
+    std::vector<int64_t> cursor(offsets.begin(), offsets.end() - 1);
+    for (int64_t i = 0; i < n; ++i) order[cursor[part[i]]++] = i;
+  } else {
+    offsets[1] = n;
+  }
+  std::vector<TaskState<T>> states(tasks);
+  ParallelFor(pool, tasks, [&](int64_t t) {
+    ProcessQueries<T>(shape, o, q, order.empty() ? nullptr : order.data(), offsets[t],
+                      offsets[t + 1], opt_init.typed_data(), keys, values, opt, last,
+                      freq, slots, found, states[t]);
+  });
+  // Evictions in query order, whatever the task split.
+  std::vector<std::pair<int64_t, int64_t>> merged;  // (query, task)
+  for (int64_t t = 0; t < tasks; ++t) {
+    for (int64_t i = 0; i < kNumInsertStatus; ++i) status[i] += states[t].status[i];
+    for (const Eviction& e : states[t].evictions) merged.push_back({e.query, t});
+  }
+  std::sort(merged.begin(), merged.end());
+  std::vector<int64_t> next_in_task(tasks, 0);
+  int64_t out = 0;
+  for (const auto& [query_index, t] : merged) {
+    const Eviction& e = states[t].evictions[next_in_task[t]++];
+    ev_keys[out] = e.key;
+    ev_last[out] = e.last_step;
+    ev_freq[out] = e.freq;
+    std::copy_n(states[t].rows.data() + e.row * dim, dim, ev_values + out * dim);
+    std::copy_n(states[t].state.data() + e.row * width, width, ev_opt + out * width);
+    ++out;
+  }
+  for (int64_t i = out; i < ev_capacity; ++i) {
+    ev_keys[i] = kEmptyKey;
+    ev_last[i] = 0;
+    ev_freq[i] = 0;
+  }
+  // Values and state past the count are left unwritten: the keys say where the
+  // evictions end, and zeroing (E, dim) rows every call would cost more than the
+  // lookup itself.
+
+  counters[kSize] += status[kStInserted] - status[kStEvicted];
+  counters[kInserted] += status[kStInserted];
+  counters[kEvicted] += status[kStEvicted];
+  counters[kReservedRejected] += status[kStReserved];
+  counters[kInsertFailed] += status[kStFailed];
+  counters[kLookups] += status[kStQueries];
+  counters[kHits] += status[kStHits];
+  return ffi::Error::Success();
+}
+
+ffi::Error FindOrInsertImpl(
+    ffi::ThreadPool pool, ffi::BufferR1<ffi::S64> keys, ffi::AnyBuffer values,
+    ffi::BufferR2<ffi::F32> opt, ffi::BufferR1<ffi::S64> last,
+    ffi::BufferR1<ffi::S64> freq, ffi::BufferR1<ffi::S64> counters,
+    ffi::BufferR1<ffi::S64> query, ffi::BufferR0<ffi::S64> step,
+    ffi::BufferR0<ffi::S64> pin_from, ffi::BufferR1<ffi::F32> opt_init,
+    ffi::ResultBufferR1<ffi::S64> keys_out, ffi::Result<ffi::AnyBuffer> values_out,
+    ffi::ResultBufferR2<ffi::F32> opt_out, ffi::ResultBufferR1<ffi::S64> last_out,
+    ffi::ResultBufferR1<ffi::S64> freq_out, ffi::ResultBufferR1<ffi::S64> counters_out,
+    ffi::ResultBufferR1<ffi::S32> slots, ffi::ResultBufferR1<ffi::PRED> found,
+    ffi::ResultBufferR1<ffi::S64> ev_keys, ffi::Result<ffi::AnyBuffer> ev_values,
+    ffi::ResultBufferR2<ffi::F32> ev_opt, ffi::ResultBufferR1<ffi::S64> ev_last,
+    ffi::ResultBufferR1<ffi::S64> ev_freq, ffi::ResultBufferR1<ffi::S64> status,
+    int64_t seed, int32_t init_kind, float init_scale, int32_t policy,
+    int64_t bucket_size) {
+  constexpr const char* kOp = "hypereca_find_or_insert";
+  auto shape_or = CheckTable(kOp, bucket_size, keys, values, opt, last, freq, counters);
+  if (shape_or.has_error()) return shape_or.error();
+  const TableShape shape = shape_or.value();
+  const int64_t n = query.dimensions()[0];
+  const int64_t ev_capacity = ev_keys->dimensions()[0];
+  if (slots->dimensions()[0] != n || found->dimensions()[0] != n) {
+    return InvalidArgument("hypereca_find_or_insert: slots/found must have one entry per query");
+  }
+  if (opt_init.dimensions()[0] != shape.state_width) {
+    return InvalidArgument("hypereca_find_or_insert: opt_init must have state_width entries");
+  }
+  if (ev_values->dimensions().size() != 2 || ev_values->dimensions()[0] != ev_capacity ||
+      ev_values->dimensions()[1] != shape.dim || ev_opt->dimensions()[0] != ev_capacity ||
+      ev_opt->dimensions()[1] != shape.state_width ||
+      ev_last->dimensions()[0] != ev_capacity || ev_freq->dimensions()[0] != ev_capacity) {
+    return InvalidArgument("hypereca_find_or_insert: eviction outputs disagree in shape");
+  }
+  if (status->dimensions()[0] < kNumInsertStatus) {
+    return InvalidArgument("hypereca_find_or_insert: status must have 8 entries");
+  }
+  if (shape.geometry.capacity > (int64_t{1} << 31) - 1) {
+    return InvalidArgument("hypereca_find_or_insert: a shard holds at most 2^31-1 rows");
+  }
+  if (init_kind < 0 || init_kind > 2 || policy < 0 || policy > 1) {
+    return InvalidArgument("hypereca_find_or_insert: bad init_kind or policy");
+  }
+  if (values.element_type() != values_out->element_type() ||
+      values.element_type() != ev_values->element_type()) {
+    return InvalidArgument("hypereca_find_or_insert: value dtypes disagree");
+  }
+  const int64_t C = shape.geometry.capacity;
+  CopyIfDistinct(keys_out->typed_data(), keys.typed_data(), C * 8);
+  CopyIfDistinct(values_out->untyped_data(), values.untyped_data(), values.size_bytes());
+  CopyIfDistinct(opt_out->typed_data(), opt.typed_data(), opt.size_bytes());
+  CopyIfDistinct(last_out->typed_data(), last.typed_data(), C * 8);
+  CopyIfDistinct(freq_out->typed_data(), freq.typed_data(), C * 8);
+  CopyIfDistinct(counters_out->typed_data(), counters.typed_data(), counters.size_bytes());
+  int64_t* st = status->typed_data();
+  std::fill(st, st + status->dimensions()[0], 0);
+
+  Options o;
+  o.seed = static_cast<uint64_t>(seed);
+  o.init_kind = static_cast<InitKind>(init_kind);
+  o.init_scale = init_scale;
+  o.policy = static_cast<ScorePolicy>(policy);
+  o.step = *step.typed_data();
+  o.pin_from = std::min(*pin_from.typed_data(), o.step);
+  o.max_evictions = ev_capacity;
+  return DispatchValueType(values.element_type(), kOp, [&](auto tag) {
+    using T = decltype(tag);
+    return Run<T>(pool, shape, o, query, opt_init, keys_out->typed_data(),
+                  reinterpret_cast<T*>(values_out->untyped_data()), opt_out->typed_data(),
+                  last_out->typed_data(), freq_out->typed_data(),
+                  counters_out->typed_data(), slots->typed_data(), found->typed_data(),
+                  ev_keys->typed_data(), reinterpret_cast<T*>(ev_values->untyped_data()),
+                  ev_opt->typed_data(), ev_last->typed_data(), ev_freq->typed_data(),
+                  ev_capacity, st);
+  });
+}
+
+}  // namespace
+}  // namespace hypereca::cpu
+
+// clang-format off
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    HyperecaFindOrInsertCpu, hypereca::cpu::FindOrInsertImpl,
+    xla::ffi::Ffi::Bind()
+        .Ctx<xla::ffi::ThreadPool>()
+        .Arg<xla::ffi::BufferR1<xla::ffi::S64>>()    // keys       (C,)
+        .Arg<xla::ffi::AnyBuffer>()                  // values     (C, D) f32|bf16
+        .Arg<xla::ffi::BufferR2<xla::ffi::F32>>()    // opt_state  (C, K)
+        .Arg<xla::ffi::BufferR1<xla::ffi::S64>>()    // last_step  (C,)
+        .Arg<xla::ffi::BufferR1<xla::ffi::S64>>()    // freq       (C,)
+        .Arg<xla::ffi::BufferR1<xla::ffi::S64>>()    // counters   (16,)
+        .Arg<xla::ffi::BufferR1<xla::ffi::S64>>()    // query      (n,)
+        .Arg<xla::ffi::BufferR0<xla::ffi::S64>>()    // step       ()
+        .Arg<xla::ffi::BufferR0<xla::ffi::S64>>()    // pin_from   () rows accessed at >= it are not evicted
+        .Arg<xla::ffi::BufferR1<xla::ffi::F32>>()    // opt_init   (K,) state of a new row
+        .Ret<xla::ffi::BufferR1<xla::ffi::S64>>()    // keys       aliased
+        .Ret<xla::ffi::AnyBuffer>()                  // values     aliased
+        .Ret<xla::ffi::BufferR2<xla::ffi::F32>>()    // opt_state  aliased
+        .Ret<xla::ffi::BufferR1<xla::ffi::S64>>()    // last_step  aliased
+        .Ret<xla::ffi::BufferR1<xla::ffi::S64>>()    // freq       aliased
+        .Ret<xla::ffi::BufferR1<xla::ffi::S64>>()    // counters   aliased
+        .Ret<xla::ffi::BufferR1<xla::ffi::S32>>()    // slots      (n,) -1: padding, reserved, refused
+        .Ret<xla::ffi::BufferR1<xla::ffi::PRED>>()   // found      (n,) resident before this call
+        .Ret<xla::ffi::BufferR1<xla::ffi::S64>>()    // evicted keys   (E,) kEmptyKey past the count
+        .Ret<xla::ffi::AnyBuffer>()                  // evicted values (E, D) unspecified past the count
+        .Ret<xla::ffi::BufferR2<xla::ffi::F32>>()    // evicted state  (E, K) unspecified past the count
+        .Ret<xla::ffi::BufferR1<xla::ffi::S64>>()    // evicted last_step (E,)
+        .Ret<xla::ffi::BufferR1<xla::ffi::S64>>()    // evicted freq   (E,)
+        .Ret<xla::ffi::BufferR1<xla::ffi::S64>>()    // status (8,) see InsertStatus
+        .Attr<int64_t>("seed")                       // table seed of the row initializer
+        .Attr<int32_t>("init_kind")                  // InitKind
+        .Attr<float>("init_scale")                   // initializer scale
+        .Attr<int32_t>("policy")                     // ScorePolicy
+        .Attr<int64_t>("bucket_size"));              // slots per bucket (power of two)
+// clang-format on

@@ -1,0 +1,36 @@
+"""jax_hypereca: a distributed, heterogeneous embedding key-value database for
+training recommender models in JAX (after HypeReca, USENIX ATC '25).
+
+Dynamic tables keyed by arbitrary int64 ids, rows created on first sight, the
+sparse optimizer fused into the table update, all as XLA custom calls on
+ordinary JAX arrays. Importing the package loads the native extension and sets
+``jax_explicit_x64_dtypes='allow'`` so ids stay int64 without
+``jax_enable_x64``.
+"""
+
+from jax_hypereca import _native
+from jax_hypereca.errors import (
+    EMPTY_KEY, ERASED_KEY, PADDING_ID, HyperecaError, NonFiniteGradientError,
+    ReservedIdError, TableFullError, check_ids)
+from jax_hypereca.hashing import owner_of
+from jax_hypereca.initializers import Initializer, constant, init_rows, normal, uniform
+from jax_hypereca.optim import FTRL, SGD, Adagrad, Adam, Optimizer, RowwiseAdagrad
+from jax_hypereca.table import (
+    COUNTER_NAMES, EvictedRows, InsertResult, Rows, TableSpec, TableState, apply_gradients,
+    counters_dict, erase, erase_if, export, find, find_or_insert, find_slots, gather, grow, import_rows,
+    init_table)
+from jax_hypereca._ops import bucketize, ids_array, unique
+
+__version__ = "0.1.0"
+
+has_platform = _native.has_platform
+
+__all__ = [
+    "EMPTY_KEY", "ERASED_KEY", "PADDING_ID", "HyperecaError", "NonFiniteGradientError",
+    "ReservedIdError", "TableFullError", "check_ids", "owner_of", "Initializer", "constant",
+    "init_rows", "normal", "uniform", "FTRL", "SGD", "Adagrad", "Adam", "Optimizer",
+    "RowwiseAdagrad", "COUNTER_NAMES", "EvictedRows", "InsertResult", "Rows", "TableSpec",
+    "TableState", "apply_gradients", "counters_dict", "erase", "erase_if", "export", "find",
+    "find_or_insert", "find_slots", "gather", "grow", "import_rows", "init_table", "bucketize", "ids_array",
+    "unique", "has_platform",
+]

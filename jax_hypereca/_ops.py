@@ -1,0 +1,149 @@
+"""Thin `jax.ffi.ffi_call` wrappers around the native custom calls.
+
+Every table-mutating op takes the table arrays and returns them aliased
+(`input_output_aliases`), so under `jit` with the state donated the update is
+in place. Shapes and static attributes are checked here, before dispatch;
+value-dependent problems come back as status outputs (see errors.py). These
+wrappers are internal: the public API is in table.py.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_hypereca import _native  # noqa: F401  (registers the targets)
+from jax_hypereca._native import CONSTANTS
+
+I64 = jnp.int64
+I32 = jnp.int32
+F32 = jnp.float32
+
+NUM_INSERT_STATUS = CONSTANTS["NUM_INSERT_STATUS"]
+NUM_APPLY_STATUS = CONSTANTS["NUM_APPLY_STATUS"]
+
+
+def ids_array(x) -> jax.Array:
+    """int64 ids without jax_enable_x64 (plain jnp.asarray narrows to int32)."""
+    return jnp.asarray(x, dtype=I64)
+
+
+def _sds(shape, dtype) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(tuple(shape), dtype)
+
+
+def _table_sds(keys, values, opt, last, freq, counters):
+    return [_sds(a.shape, a.dtype) for a in (keys, values, opt, last, freq, counters)]
+
+
+class InsertOutputs(NamedTuple):
+    """Everything find_or_insert returns besides the updated table."""
+
+    slots: jax.Array            # (n,) int32, -1 for padding, reserved or refused
+    found: jax.Array            # (n,) bool, resident before the call
+    evicted_keys: jax.Array     # (E,) int64, EMPTY_KEY past the count (others unspecified)
+    evicted_values: jax.Array   # (E, dim)
+    evicted_state: jax.Array    # (E, K) float32
+    evicted_last_step: jax.Array  # (E,) int64
+    evicted_freq: jax.Array     # (E,) int64
+    status: jax.Array           # (8,) int64, see CONSTANTS["INSERT_STATUS"]
+
+
+def find_or_insert(table, query, step, pin_from, opt_init, *, seed: int, init_kind: int,
+                   init_scale: float, policy: int, bucket_size: int, max_evictions: int):
+    keys, values, opt, last, freq, counters = table
+    n = query.shape[0]
+    dim, width = values.shape[1], opt.shape[1]
+    out = _table_sds(*table) + [
+        _sds((n,), I32), _sds((n,), jnp.bool_),
+        _sds((max_evictions,), I64), _sds((max_evictions, dim), values.dtype),
+        _sds((max_evictions, width), F32), _sds((max_evictions,), I64),
+        _sds((max_evictions,), I64), _sds((NUM_INSERT_STATUS,), I64)]
+    res = jax.ffi.ffi_call("hypereca_find_or_insert", out,
+                           input_output_aliases={i: i for i in range(6)})(
+        keys, values, opt, last, freq, counters, ids_array(query),
+        jnp.asarray(step, I64), jnp.asarray(pin_from, I64), jnp.asarray(opt_init, F32),
+        seed=np.int64(seed), init_kind=np.int32(init_kind),
+        init_scale=np.float32(init_scale), policy=np.int32(policy),
+        bucket_size=np.int64(bucket_size))
+    return tuple(res[:6]), InsertOutputs(*res[6:])
+
+
+def find(keys, values, query, *, seed: int, init_kind: int, init_scale: float,
+         bucket_size: int, miss_init: bool, with_rows: bool = True):
+    n = query.shape[0]
+    out = [_sds((n if with_rows else 0, values.shape[1]), values.dtype), _sds((n,), I32),
+           _sds((n,), jnp.bool_)]
+    return jax.ffi.ffi_call("hypereca_find", out)(
+        keys, values, ids_array(query), seed=np.int64(seed), init_kind=np.int32(init_kind),
+        init_scale=np.float32(init_scale), bucket_size=np.int64(bucket_size),
+        miss_init=bool(miss_init))
+
+
+def gather(values, slots):
+    out = _sds((slots.shape[0], values.shape[1]), values.dtype)
+    return jax.ffi.ffi_call("hypereca_gather", out)(values, jnp.asarray(slots, I32))
+
+
+def apply_gradients(values, opt, counters, slots, grads, hparams, *, optimizer: int):
+    out = [_sds(values.shape, values.dtype), _sds(opt.shape, F32),
+           _sds(counters.shape, I64), _sds((NUM_APPLY_STATUS,), I64)]
+    return jax.ffi.ffi_call("hypereca_apply_gradients", out,
+                            input_output_aliases={0: 0, 1: 1, 2: 2})(
+        values, opt, counters, jnp.asarray(slots, I32), jnp.asarray(grads, F32),
+        jnp.asarray(hparams, F32), optimizer=np.int32(optimizer))
+
+
+def erase(keys, last, freq, counters, query, *, bucket_size: int):
+    out = [_sds(a.shape, a.dtype) for a in (keys, last, freq, counters)]
+    out.append(_sds((query.shape[0],), jnp.bool_))
+    return jax.ffi.ffi_call("hypereca_erase", out,
+                            input_output_aliases={0: 0, 1: 1, 2: 2, 3: 3})(
+        keys, last, freq, counters, ids_array(query), bucket_size=np.int64(bucket_size))
+
+
+def erase_if(keys, last, freq, counters, threshold, *, bucket_size: int, mode: int,
+             policy: int):
+    out = [_sds(a.shape, a.dtype) for a in (keys, last, freq, counters)]
+    out.append(_sds((), I64))
+    return jax.ffi.ffi_call("hypereca_erase_if", out,
+                            input_output_aliases={0: 0, 1: 1, 2: 2, 3: 3})(
+        keys, last, freq, counters, jnp.asarray(threshold, I64),
+        bucket_size=np.int64(bucket_size), mode=np.int32(mode), policy=np.int32(policy))
+
+
+def export(keys, values, opt, last, freq, cursor, threshold, *, chunk: int, mode: int,
+           policy: int):
+    out = [_sds((chunk,), I64), _sds((chunk, values.shape[1]), values.dtype),
+           _sds((chunk, opt.shape[1]), F32), _sds((chunk,), I64), _sds((chunk,), I64),
+           _sds((2,), I64)]
+    return jax.ffi.ffi_call("hypereca_export", out)(
+        keys, values, opt, last, freq, jnp.asarray(cursor, I64), jnp.asarray(threshold, I64),
+        mode=np.int32(mode), policy=np.int32(policy))
+
+
+def import_rows(table, row_keys, row_values, row_state, row_last, row_freq, *,
+                bucket_size: int):
+    n = row_keys.shape[0]
+    out = _table_sds(*table) + [_sds((n,), I32), _sds((4,), I64)]
+    res = jax.ffi.ffi_call("hypereca_import_rows", out,
+                           input_output_aliases={i: i for i in range(6)})(
+        *table, ids_array(row_keys), row_values, jnp.asarray(row_state, F32),
+        jnp.asarray(row_last, I64), jnp.asarray(row_freq, I64),
+        bucket_size=np.int64(bucket_size))
+    return tuple(res[:6]), res[6], res[7]
+
+
+def unique(keys):
+    n = keys.shape[0]
+    out = [_sds((n,), I64), _sds((n,), I32), _sds((), I32)]
+    return jax.ffi.ffi_call("hypereca_unique", out)(ids_array(keys))
+
+
+def bucketize(keys, *, num_shards: int, capacity: int):
+    n = keys.shape[0]
+    out = [_sds((num_shards, capacity), I64), _sds((num_shards,), I32), _sds((n,), I32)]
+    return jax.ffi.ffi_call("hypereca_bucketize", out)(ids_array(keys))

@@ -1,0 +1,180 @@
+"""Fused sparse optimizers of the tables.
+
+Each optimizer is a keyword-only dataclass whose state lives beside every row
+of the table (``opt_state[C, state_width(dim)]``) and whose hyperparameters
+reach the native ``apply_gradients`` as a float32 operand, so learning rates
+and other values may follow a schedule (any ``step -> value`` callable, e.g. an
+optax schedule) without recompiling. The math is in
+ffi/include/hypereca/optim.h:
+
+=================  ==========================================================
+``SGD``            w -= lr * (g + wd*w)
+``Adagrad``        a += g²;  w -= lr * (g / sqrt(a + eps) + wd*w)   (as optax)
+``RowwiseAdagrad`` a += mean(g²);  w -= lr * (g / (sqrt(a) + eps) + wd*w)
+                   (as FBGEMM/TorchRec, one accumulator per row)
+``Adam``           per-row step count t; bias-corrected m, v (as optax.adam)
+``FTRL``           FTRL-proximal, lr_power -1/2 (as Keras), state z, n
+=================  ==========================================================
+
+Gradients of duplicate ids are summed exactly before the update; rows whose
+summed gradient holds a NaN or Inf are skipped and counted, never applied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, ClassVar, Union
+
+import jax.numpy as jnp
+import numpy as np
+
+from jax_hypereca._native import CONSTANTS
+
+Schedule = Callable[[jnp.ndarray], jnp.ndarray]
+ScalarOrSchedule = Union[float, Schedule]
+
+_HP = CONSTANTS["HPARAMS"]
+
+
+def _value(v: ScalarOrSchedule, step) -> jnp.ndarray:
+    return jnp.asarray(v(step) if callable(v) else v, jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Optimizer:
+    """Base of the fused sparse optimizers (not used directly)."""
+
+    kind: ClassVar[int]
+    learning_rate: ScalarOrSchedule = 0.01
+    """Step size, or a ``step -> lr`` schedule evaluated on device."""
+
+    def state_width(self, dim: int) -> int:
+        """Float32 values of optimizer state stored per row."""
+        raise NotImplementedError
+
+    def initial_state(self, dim: int) -> np.ndarray:
+        """State of a newly inserted row, (state_width,) float32."""
+        return np.zeros((self.state_width(dim),), np.float32)
+
+    def _hparams(self) -> dict[str, ScalarOrSchedule]:
+        return {}
+
+    def hparams(self, step) -> jnp.ndarray:
+        """The (8,) float32 hyperparameter operand at `step` (traceable)."""
+        values = {"lr": self.learning_rate, **self._hparams()}
+        out = jnp.zeros((CONSTANTS["NUM_HPARAMS"],), jnp.float32)
+        for name, v in values.items():
+            out = out.at[_HP[name]].set(_value(v, step))
+        return out
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SGD(Optimizer):
+    """Plain SGD, optionally with decoupled weight decay on touched rows."""
+
+    kind: ClassVar[int] = 0
+    weight_decay: ScalarOrSchedule = 0.0
+    """Decoupled weight decay applied to the rows a step touches."""
+
+    def state_width(self, dim: int) -> int:
+        return 0
+
+    def _hparams(self):
+        return {"weight_decay": self.weight_decay}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Adagrad(Optimizer):
+    """Element-wise Adagrad with optax's conventions (``optax.adagrad``)."""
+
+    kind: ClassVar[int] = 1
+    initial_accumulator_value: float = 0.1
+    """Starting value of every accumulator (optax: 0.1; TorchRec: 0)."""
+    eps: ScalarOrSchedule = 1e-7
+    """Added inside the square root."""
+    weight_decay: ScalarOrSchedule = 0.0
+    """Decoupled weight decay applied to the rows a step touches."""
+
+    def state_width(self, dim: int) -> int:
+        return dim
+
+    def initial_state(self, dim: int) -> np.ndarray:
+        return np.full((dim,), self.initial_accumulator_value, np.float32)
+
+    def _hparams(self):
+        return {"eps": self.eps, "weight_decay": self.weight_decay}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RowwiseAdagrad(Optimizer):
+    """Row-wise Adagrad (FBGEMM / TorchRec's EXACT_ROWWISE_ADAGRAD): one
+    accumulator per row, fed with the mean of the squared gradient."""
+
+    kind: ClassVar[int] = 2
+    initial_accumulator_value: float = 0.1
+    """Starting value of the row accumulator (TorchRec: 0)."""
+    eps: ScalarOrSchedule = 1e-8
+    """Added outside the square root."""
+    weight_decay: ScalarOrSchedule = 0.0
+    """Decoupled weight decay applied to the rows a step touches."""
+
+    def state_width(self, dim: int) -> int:
+        return 1
+
+    def initial_state(self, dim: int) -> np.ndarray:
+        return np.full((1,), self.initial_accumulator_value, np.float32)
+
+    def _hparams(self):
+        return {"eps": self.eps, "weight_decay": self.weight_decay}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Adam(Optimizer):
+    """Adam with per-row bias correction: each row counts its own updates, so a
+    row touched every step matches ``optax.adam`` exactly (AdamW with
+    ``weight_decay``)."""
+
+    kind: ClassVar[int] = 3
+    b1: ScalarOrSchedule = 0.9
+    """First-moment decay."""
+    b2: ScalarOrSchedule = 0.999
+    """Second-moment decay."""
+    eps: ScalarOrSchedule = 1e-8
+    """Added outside the square root."""
+    weight_decay: ScalarOrSchedule = 0.0
+    """Decoupled weight decay applied to the rows a step touches."""
+
+    def state_width(self, dim: int) -> int:
+        return 2 * dim + 1
+
+    def _hparams(self):
+        return {"b1": self.b1, "b2": self.b2, "eps": self.eps,
+                "weight_decay": self.weight_decay}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FTRL(Optimizer):
+    """FTRL-proximal with learning-rate power -1/2 (Keras ``Ftrl``)."""
+
+    kind: ClassVar[int] = 4
+    l1: ScalarOrSchedule = 0.0
+    """L1 regularization strength."""
+    l2: ScalarOrSchedule = 0.0
+    """L2 regularization strength."""
+    beta: ScalarOrSchedule = 0.0
+    """Keras' beta, added to sqrt(n) in the denominator."""
+    initial_accumulator_value: float = 0.1
+    """Starting value of the n accumulator."""
+
+    def state_width(self, dim: int) -> int:
+        return 2 * dim
+
+    def initial_state(self, dim: int) -> np.ndarray:
+        return np.concatenate([np.zeros((dim,), np.float32),
+                               np.full((dim,), self.initial_accumulator_value, np.float32)])
+
+    def _hparams(self):
+        return {"l1": self.l1, "l2": self.l2, "beta": self.beta}
+
+
+__all__ = ["Optimizer", "SGD", "Adagrad", "RowwiseAdagrad", "Adam", "FTRL"]

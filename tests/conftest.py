@@ -1,0 +1,25 @@
+"""Test configuration: 8 fake CPU devices (set before JAX initializes) and the
+location of the shared data fixtures."""
+
+import os
+import pathlib
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import pytest  # noqa: E402
+
+
+def shared_data_dir() -> pathlib.Path:
+    """../shared/data beside the repository (override: HYPERECA_SHARED_DATA)."""
+    env = os.environ.get("HYPERECA_SHARED_DATA")
+    if env:
+        return pathlib.Path(env)
+    return pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> pathlib.Path:
+    path = shared_data_dir()
+    if not path.is_dir():
+        pytest.skip(f"shared data fixtures not found at {path}")
+    return path
