@@ -1,0 +1,255 @@
+"""Benchmark of the table ops against plain-jnp baselines in the same run.
+
+    python -m experiments.bench_ops [--platform cpu|gpu] [--quick] [--out FILE]
+
+CPU workload (pinned): capacity 2^22 rows, dim 64 fp32, row-wise Adagrad,
+queries of 2^20 ids drawn Zipf-like (alpha 1.05) from 2^23 possible ids, the
+table pre-filled with the hottest ids to loads 0.5 and 0.9. GPU workloads
+(pinned): 2^27 rows at dim 8, 2^26 at dim 64, 2^25 at dim 128, same loads, 2^20
+keys per call. Baselines: jnp.searchsorted over the sorted live keys (the
+static-vocabulary alternative), jnp.take of the same rows by known index, the
+same sparse row-wise Adagrad in jnp given ids already deduplicated, and an
+elementwise pass over the table (copy bandwidth, bytes read + written).
+Prints JSON lines; the last line is the summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jax_hypereca as h
+from experiments.harness import JsonLines, environment, ids_of_ranks, time_fn, zipf_ids
+
+ALPHA = 1.05
+CPU_WORKLOADS = [dict(capacity=1 << 22, dim=64)]
+GPU_WORKLOADS = [dict(capacity=1 << 27, dim=8), dict(capacity=1 << 26, dim=64),
+                 dict(capacity=1 << 25, dim=128)]
+
+
+def make_spec(capacity: int, dim: int) -> h.TableSpec:
+    return h.TableSpec(name="bench", dim=dim, capacity=capacity,
+                       optimizer=h.RowwiseAdagrad(learning_rate=0.01))
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+def _insert(spec, state, ids, step):
+    state, res = h.find_or_insert(spec, state, ids, step=step)
+    return state, res.status
+
+
+def fill(spec, load: float, chunk: int):
+    """A table holding the hottest round(load * capacity) ids."""
+    state = h.init_table(spec)
+    target = int(load * state.capacity)
+    for i, start in enumerate(range(0, target, chunk)):
+        ranks = np.arange(start, min(start + chunk, target), dtype=np.int64)
+        ids = np.full(chunk, h.PADDING_ID, np.int64)
+        ids[:ranks.size] = ids_of_ranks(ranks)
+        state, _ = _insert(spec, state, h.ids_array(ids), i + 1)
+    return state, int(math.ceil(target / chunk)) + 1
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _find(spec, state, ids):
+    return h.find(spec, state, ids)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+def _lookup(spec, state, ids, step):
+    state, res = h.find_or_insert(spec, state, ids, step=step)
+    return state, h.gather(state, res.slots), res.status
+
+
+@jax.jit
+def _gather(state, slots):
+    return h.gather(state, slots)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+def _apply(spec, state, slots, grads):
+    return h.apply_gradients(spec, state, slots, grads, step=0)
+
+
+@jax.jit
+def _searchsorted(sorted_keys, ids):
+    pos = jnp.clip(jnp.searchsorted(sorted_keys, ids), 0, sorted_keys.shape[0] - 1)
+    return pos, sorted_keys[pos] == ids
+
+
+@jax.jit
+def _take(values, slots):
+    return jnp.take(values, slots, axis=0)
+
+
+@functools.partial(jax.jit, donate_argnums=(0, 1))
+def _jnp_rowwise_adagrad(values, acc, uniq_slots, inverse, grads, lr, eps):
+    """The same sparse update in jnp, ids already deduplicated."""
+    g = jax.ops.segment_sum(grads, inverse, num_segments=uniq_slots.shape[0])
+    rows = values[uniq_slots]
+    a = acc[uniq_slots] + jnp.mean(g * g, axis=1, keepdims=True)
+    rows = rows - lr * g / (jnp.sqrt(a) + eps)
+    return values.at[uniq_slots].set(rows), acc.at[uniq_slots].set(a)
+
+
+@jax.jit
+def _touch(values):
+    return values + 1.0
+
+
+def bench_workload(out: JsonLines, platform: str, capacity: int, dim: int, load: float,
+                   n: int, repeats: int, seed: int) -> dict[str, float]:
+    spec = make_spec(capacity, dim)
+    state, step = fill(spec, load, n)
+    counters = h.counters_dict(state)
+    cfg = dict(platform=platform, capacity=state.capacity, dim=dim, load=load,
+               achieved_load=counters["size"] / state.capacity,
+               fill_evictions=counters["evicted"], fill_refused=counters["insert_failed"],
+               keys=n, alpha=ALPHA, id_space=2 * capacity)
+    row_bytes = dim * 4
+    q = h.ids_array(zipf_ids(n, 2 * capacity, ALPHA, seed)[1])
+    res: dict[str, float] = {}
+
+    def emit(op, t, *, rows=None, extra=None, baseline=None):
+        sec = t["median_s"]
+        rec = dict(bench="ops", op=op, **cfg, seconds=sec, seconds_min=t["min_s"],
+                   repeats=t["repeats"], keys_per_s=n / sec)
+        if rows is not None:
+            rec.update(rows_per_s=rows / sec, row_gb_per_s=rows * row_bytes / sec / 1e9)
+        if baseline is not None:
+            rec.update(baseline=baseline, ratio_vs_baseline=sec / res[baseline])
+        rec.update(extra or {})
+        out.emit(rec)
+        res[op] = sec
+
+    # copy bandwidth of this device: one elementwise pass over the table
+    t = time_fn(lambda: _touch(state.values), repeats=repeats)
+    res["copy_gb_per_s"] = 2 * state.values.size * 4 / t["median_s"] / 1e9
+    out.emit(dict(bench="ops", op="copy_bandwidth", **cfg, seconds=t["median_s"],
+                  gb_per_s=res["copy_gb_per_s"], bytes="read + written"))
+
+    # static-vocabulary alternative: binary search over the sorted live keys
+    live = np.asarray(state.keys)
+    sorted_keys = jnp.asarray(np.sort(live[live >= 0]), jnp.int64)
+    emit("jnp_searchsorted", time_fn(lambda: _searchsorted(sorted_keys, q), repeats=repeats))
+    _, found = _find(spec, state, q)
+    res["hit_fraction"] = float(np.asarray(found).mean())
+    emit("find_slots", time_fn(lambda: _find_slots(spec, state, q), repeats=repeats),
+         baseline="jnp_searchsorted", extra=dict(hit_fraction=res["hit_fraction"]))
+
+    # gather vs jnp.take of the same rows by known index (misses: slot -1)
+    slots = _find_slots(spec, state, q)
+    emit("jnp_take", time_fn(lambda: _take(state.values, jnp.maximum(slots, 0)),
+                             repeats=repeats), rows=n)
+    emit("gather", time_fn(lambda: _gather(state, slots), repeats=repeats), rows=n,
+         baseline="jnp_take")
+    emit("find", time_fn(lambda: _find(spec, state, q), repeats=repeats), rows=n,
+         baseline="jnp_take", extra=dict(hit_fraction=res["hit_fraction"]))
+
+    # find_or_insert + gather (the training path), a fresh Zipf batch per call
+    batches = [h.ids_array(zipf_ids(n, 2 * capacity, ALPHA, seed + 1 + i)[1])
+               for i in range(repeats + 1)]
+    box = {"state": state, "step": step, "i": 0, "status": None}
+
+    def lookup_once():
+        box["state"], rows, box["status"] = _lookup(spec, box["state"],
+                                                    batches[box["i"] % len(batches)],
+                                                    box["step"])
+        box["step"] += 1
+        box["i"] += 1
+        return rows
+
+    t = time_fn(lookup_once, repeats=repeats)
+    st = h.errors.insert_status_dict(box["status"])
+    emit("find_or_insert_gather", t, rows=n, baseline="jnp_take",
+         extra={k: st[k] for k in ("hits", "inserted", "evicted", "failed")})
+    state = box["state"]
+
+    # fused row-wise Adagrad vs the same update in jnp given deduplicated ids
+    if platform == "gpu" and not _has_cuda_op("hypereca_apply_gradients"):
+        out.emit(dict(bench="ops", op="apply_rowwise_adagrad", **cfg,
+                      skipped="apply_gradients has no CUDA kernel yet"))
+        return res
+    slots = _find_slots(spec, state, q)
+    grads = jax.random.normal(jax.random.PRNGKey(0), (n, dim), jnp.float32) * 1e-3
+    valid = np.asarray(slots) >= 0
+    uniq, inverse = np.unique(np.asarray(slots)[valid], return_inverse=True)
+    uniq_j, inv_j = jnp.asarray(uniq, jnp.int32), jnp.asarray(inverse.reshape(-1), jnp.int32)
+    grads_valid = grads[jnp.asarray(np.flatnonzero(valid))]
+    box = {"state": state, "v": jnp.array(state.values), "a": jnp.array(state.opt_state)}
+
+    def jnp_once():
+        box["v"], box["a"] = _jnp_rowwise_adagrad(box["v"], box["a"], uniq_j, inv_j,
+                                                  grads_valid, jnp.float32(0.01),
+                                                  jnp.float32(1e-8))
+        return box["a"]
+
+    emit("jnp_rowwise_adagrad", time_fn(jnp_once, repeats=repeats), rows=n,
+         extra=dict(unique_rows=int(uniq.size)))
+    del box["v"], box["a"]
+
+    def apply_once():
+        box["state"], status = _apply(spec, box["state"], slots, grads)
+        return status
+
+    emit("apply_rowwise_adagrad", time_fn(apply_once, repeats=repeats), rows=n,
+         baseline="jnp_rowwise_adagrad", extra=dict(unique_rows=int(uniq.size)))
+    return res
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _find_slots(spec, state, q):
+    """Slots of the resident queries (-1 for misses) without inserting."""
+    return h.find_slots(spec, state, q)[0]
+
+
+def _has_cuda_op(name: str) -> bool:
+    from jax_hypereca import _native
+    return _native.cuda is not None and name in _native.cuda.registrations()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--platform", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--quick", action="store_true", help="fewer repeats (about a minute on CPU)")
+    p.add_argument("--out", help="also write the JSON lines to this file")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    out = JsonLines(args.out)
+    env = environment()
+    out.emit(env)
+    if args.platform == "gpu" and env["platform"] != "gpu":
+        raise SystemExit("bench_ops --platform gpu: no GPU visible to JAX")
+    workloads = GPU_WORKLOADS if args.platform == "gpu" else CPU_WORKLOADS
+    repeats = 3 if args.quick else 7
+    n = 1 << 20
+    results = {}
+    for w in workloads:
+        for load in (0.5, 0.9):
+            results[(w["capacity"], w["dim"], load)] = bench_workload(
+                out, args.platform, w["capacity"], w["dim"], load, n, repeats, args.seed)
+    w0 = workloads[0] if args.platform == "cpu" else GPU_WORKLOADS[0]
+    r9 = results[(w0["capacity"], w0["dim"], 0.9)]
+    summary = dict(
+        bench="ops_summary", platform=args.platform, capacity=w0["capacity"], dim=w0["dim"],
+        find_vs_searchsorted=r9["find_slots"] / r9["jnp_searchsorted"],
+        lookup_vs_take=r9["find"] / r9["jnp_take"],
+        find_or_insert_gather_vs_take=r9["find_or_insert_gather"] / r9["jnp_take"],
+        apply_vs_jnp=(r9["apply_rowwise_adagrad"] / r9["jnp_rowwise_adagrad"]
+                      if "apply_rowwise_adagrad" in r9 else None),
+        find_slots_keys_per_s=(1 << 20) / r9["find_slots"],
+        find_rows_keys_per_s=(1 << 20) / r9["find"],
+        find_or_insert_gather_keys_per_s=(1 << 20) / r9["find_or_insert_gather"],
+        hit_fraction=r9["hit_fraction"], copy_gb_per_s=r9["copy_gb_per_s"],
+        goals=dict(find_vs_searchsorted=0.33, lookup_vs_take=1.3, apply_vs_jnp=0.5))
+    out.emit(summary)
+    out.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Shared benchmark harness: timing, JSON lines, workload generators."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable, TextIO
+
+import jax
+import numpy as np
+
+from jax_hypereca.data.synthetic import zipf_ranks
+from jax_hypereca.hashing import mix64
+
+
+class JsonLines:
+    """Writes one JSON object per line to stdout and optionally to a file."""
+
+    def __init__(self, path: str | None = None):
+        self._file: TextIO | None = open(path, "w") if path else None
+
+    def emit(self, record: dict[str, Any]) -> dict[str, Any]:
+        line = json.dumps(record, sort_keys=False)
+        print(line, flush=True)
+        if self._file:
+            self._file.write(line + "\n")
+            self._file.flush()
+        return record
+
+    def close(self):
+        if self._file:
+            self._file.close()
+
+
+def environment() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    dev = jax.devices()[0]
+    return {"bench": "environment", "platform": dev.platform,
+            "device": getattr(dev, "device_kind", str(dev)), "num_devices": jax.device_count(),
+            "jax": jax.__version__, "python": sys.version.split()[0],
+            "machine": platform.machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def time_fn(fn: Callable[[], Any], *, repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median, min and max wall time of fn() (blocked until ready) after
+    `warmup` untimed calls."""
+    times = []
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        jax.block_until_ready(out)
+        dt = time.perf_counter() - t0
+        if i >= warmup:
+            times.append(dt)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+            "repeats": repeats}
+
+
+def zipf_ids(n: int, num_ids: int, alpha: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`n` Zipf-like draws over `num_ids` possible ids: (ranks, ids). Rank 0 is
+    the hottest; ids are the ranks scattered over int64 by the splitmix64
+    bijection (so hot ids are not small integers)."""
+    u = np.random.default_rng(seed).random(n)
+    ranks = zipf_ranks(u, np.int64(num_ids), alpha).astype(np.int64)
+    return ranks, ids_of_ranks(ranks)
+
+
+def ids_of_ranks(ranks: np.ndarray) -> np.ndarray:
+    """The id of each rank (a bijection; never a reserved value in practice)."""
+    return mix64(np.asarray(ranks, np.int64).view(np.uint64)).view(np.int64)
