@@ -1,0 +1,405 @@
+"""EmbeddingCollection: many tables and features sharded over a device mesh,
+trained with one call per step.
+
+    collection = EmbeddingCollection(tables, features, mesh=make_mesh())
+    step = collection.make_train_step(loss_fn, optax.adam(1e-3))
+    state = collection.init_train_state(params, optax.adam(1e-3))
+    state, metrics = step(state, batch)
+
+``batch`` is a dict with ``batch["ids"][feature]`` ([B, max_ids] int64, padded
+with PADDING_ID; or ``[B]`` when max_ids is 1), ``batch["weights"][feature]``
+for weighted features, and anything else the loss needs. ``loss_fn(params,
+embeddings, batch)`` gets one array per feature ([B, dim], or [B, L, dim] for
+pooling "none") and returns the mean loss over the global batch (or
+``(loss, aux)``). The dense part runs under ``jit`` on global arrays
+(data-parallel); the tables are updated in place, each id on its owner.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jax_hypereca import _ops
+from jax_hypereca.errors import (
+    HyperecaError, NonFiniteGradientError, raise_for_insert_status)
+from jax_hypereca.features import (
+    FeatureSpec, Jagged, check_weights, jagged_to_padded, padded_ids, validate_features)
+from jax_hypereca.sharding import (
+    STAT_NAMES, Layout, TableContext, _round8, backward_local, forward_local, init_sharded_table,
+    initial_capacity, make_mesh)
+from jax_hypereca.table import COUNTER_NAMES, TableSpec, TableState
+
+log = logging.getLogger("jax_hypereca")
+
+
+class TrainState(NamedTuple):
+    """Dense parameters (replicated), their optax state, the sharded tables and
+    the number of completed steps."""
+
+    params: Any
+    opt_state: Any
+    tables: dict[str, TableState]
+    step: jax.Array
+
+
+LossFn = Callable[[Any, dict[str, jax.Array], Mapping[str, Any]], Any]
+
+
+class EmbeddingCollection:
+    """Tables and the features that look them up, sharded over one mesh axis.
+
+    Args:
+      tables: the TableSpecs; ``capacity`` is global, split evenly over the
+        shards (rounded up to whole buckets per shard, logged).
+      features: the FeatureSpecs; several may share a table. Tables of one
+        dim and dtype share one exchange.
+      mesh: a mesh with the axis ``axis`` (default: all devices, one axis).
+      axis: the mesh axis the tables are sharded over and the batch is split on.
+      capacity_slack: first per-destination capacity = slack x the even share
+        of a device's ids; raised automatically when a batch needs more.
+      retune_every: steps between capacity re-fits to the observed counts
+        (keeps padding low); 0 disables shrinking.
+      capacities: optional first per-destination capacity per table (ids one
+        device sends one owner per step), instead of the slack rule.
+    """
+
+    def __init__(self, tables: Sequence[TableSpec], features: Sequence[FeatureSpec], *,
+                 mesh: Mesh | None = None, axis: str = "shard", capacity_slack: float = 2.0,
+                 retune_every: int = 50, capacities: Mapping[str, int] | None = None):
+        names = [t.name for t in tables]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate table names in {names}")
+        fnames = [f.name for f in features]
+        if len(set(fnames)) != len(fnames):
+            raise ValueError(f"duplicate feature names in {fnames}")
+        self.tables = {t.name: t for t in tables}
+        self.features = {f.name: f for f in features}
+        validate_features(self.features, self.tables)
+        self.mesh = mesh if mesh is not None else make_mesh(axis_name=axis)
+        if axis not in self.mesh.axis_names:
+            raise ValueError(f"mesh has no axis {axis!r} (axes: {self.mesh.axis_names})")
+        self.axis = axis
+        self.num_shards = self.mesh.shape[axis]
+        for t in tables:
+            rows, bucket = t.shard_geometry(self.num_shards)
+            if rows * self.num_shards != t.capacity:
+                log.info("table %r: capacity %d -> %d (%d shards x %d rows, buckets of %d)",
+                         t.name, t.capacity, rows * self.num_shards, self.num_shards, rows,
+                         bucket)
+        self.capacity_slack = capacity_slack
+        self.retune_every = retune_every
+        self._caps: dict[str, int] | None = None
+        self._first_caps = dict(capacities or {})
+        self._observed: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ state
+    @property
+    def batch_sharding(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P(self.axis))
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P())
+
+    def init_tables(self) -> dict[str, TableState]:
+        """Empty sharded tables."""
+        return {n: init_sharded_table(s, self.mesh, self.axis) for n, s in self.tables.items()}
+
+    def init_train_state(self, params, dense_tx: optax.GradientTransformation) -> TrainState:
+        """Replicated dense params and optimizer state, empty tables, step 0."""
+        params = jax.device_put(params, self.replicated)
+        opt_state = jax.jit(dense_tx.init, out_shardings=self.replicated)(params)
+        step = jax.device_put(jnp.zeros((), jnp.int64), self.replicated)
+        return TrainState(params, opt_state, self.init_tables(), step)
+
+    # ------------------------------------------------------------------ inputs
+    def prepare_batch(self, batch: Mapping[str, Any], *, local: bool = False) -> dict:
+        """Checks host inputs before dispatch and places them on the mesh.
+
+        ``batch["ids"][f]`` may be padded ``[B, L]``/``[B]`` arrays or
+        ``Jagged`` (values + lengths). With ``local=True`` each process passes
+        its own share of the global batch (multi-host); otherwise arrays are
+        global. Device arrays pass through unchecked (the ops report bad ids
+        through their status outputs instead)."""
+        if "ids" not in batch:
+            raise ValueError("batch must hold batch['ids'] = {feature: ids}")
+        out = dict(batch)
+        ids, weights = {}, {}
+        given_w = batch.get("weights", {}) or {}
+        for name, x in batch["ids"].items():
+            if name not in self.features:
+                raise ValueError(f"batch has ids for unknown feature {name!r}; features: "
+                                 f"{sorted(self.features)}")
+            f = self.features[name]
+            w = given_w.get(name)
+            if isinstance(x, Jagged):
+                x, jw = jagged_to_padded(x, f.max_ids, feature=name)
+                w = jw if w is None else w
+            if isinstance(x, jax.Array):
+                ids[name] = x if x.ndim == 2 else x.reshape(x.shape[0], -1)
+                if f.weighted:
+                    weights[name] = w
+                continue
+            arr = padded_ids(f, x)
+            ids[name] = arr
+            if f.weighted:
+                weights[name] = check_weights(f, w, arr.shape)
+        missing = set(self.features) - set(ids)
+        if missing:
+            raise ValueError(f"batch lacks ids for features {sorted(missing)}")
+        sizes = {v.shape[0] for v in ids.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"features have different batch sizes: { {k: v.shape[0] for k, v in ids.items()} }")
+        size = sizes.pop()
+        devices_here = self.num_shards // (jax.process_count() if local else 1)
+        if size % max(devices_here, 1):
+            raise ValueError(f"batch of {size} samples does not split over {devices_here} "
+                             f"devices; use a multiple of {devices_here}")
+        out["ids"] = {k: self._place(v, jnp.int64, local) for k, v in ids.items()}
+        out["weights"] = {k: self._place(v, jnp.float32, local) for k, v in weights.items()}
+        return out
+
+    def _place(self, x, dtype, local: bool):
+        if isinstance(x, jax.Array):
+            return x
+        x = np.asarray(x, dtype)
+        if local:
+            return jax.make_array_from_process_local_data(self.batch_sharding, x)
+        return jax.device_put(x, self.batch_sharding) if x.dtype != np.int64 else \
+            jax.device_put(jnp.asarray(x, jnp.int64), self.batch_sharding)
+
+    # ---------------------------------------------------------------- layouts
+    def layout(self, batch_size: int) -> Layout:
+        """The exchange layout for a global batch of `batch_size` samples."""
+        per_device = batch_size // self.num_shards
+        if self._caps is None:
+            self._caps = {}
+            for t in self.tables:
+                n = per_device * sum(f.max_ids for f in self.features.values() if f.table == t)
+                self._caps[t] = self._first_caps.get(
+                    t, initial_capacity(n, self.num_shards, self.capacity_slack))
+        return Layout(tuple(self.tables.values()), tuple(self.features.values()),
+                      self.num_shards, self.axis,
+                      tuple(self._caps[t] for t in self.tables))
+
+    def _ids_per_device(self, table: str, batch_size: int) -> int:
+        per_device = batch_size // self.num_shards
+        return per_device * sum(f.max_ids for f in self.features.values() if f.table == table)
+
+    def observe(self, stats: dict[str, dict[str, np.ndarray]], batch_size: int,
+                step: int) -> bool:
+        """Fits capacities to the observed per-destination counts. Returns
+        True when a capacity was too small for this batch (then the step was
+        not applied and must be re-run)."""
+        assert self._caps is not None
+        overflow = False
+        for t, st in stats.items():
+            need = int(st["max_count"].max())
+            self._observed[t] = max(self._observed.get(t, 0), need)
+            if need > self._caps[t]:
+                limit = _round8(self._ids_per_device(t, batch_size))
+                new = min(limit, _round8(need * 1.25))
+                log.info("table %r: %d ids for one destination > capacity %d; recompiling "
+                         "with %d and re-running the step", t, need, self._caps[t], new)
+                self._caps[t] = new
+                overflow = True
+        if not overflow and self.retune_every and step % self.retune_every == 0:
+            for t, seen in self._observed.items():
+                fit = _round8(seen * 1.1)
+                if fit < 0.8 * self._caps[t]:
+                    log.info("table %r: capacity %d -> %d (largest count seen: %d)", t,
+                             self._caps[t], fit, seen)
+                    self._caps[t] = fit
+            self._observed = {}
+        return overflow
+
+    # ----------------------------------------------------------------- steps
+    def _specs(self, tables, ids, weights):
+        return (jax.tree.map(lambda _: P(self.axis), tables),
+                {k: P(self.axis) for k in ids}, {k: P(self.axis) for k in weights})
+
+    def forward_fn(self, layout: Layout, *, train: bool):
+        """shard_map'ped forward: (tables, ids, weights, step) -> (tables,
+        outputs per feature, contexts, stats (W*T, S), ok)."""
+        def fn(tables, ids, weights, step):
+            t_spec, i_spec, w_spec = self._specs(tables, ids, weights)
+            contexts = {t: _ctx_spec(self.axis) for g in layout.groups for t in g}
+            out_specs = (t_spec, {f: P(self.axis) for f in self.features},
+                         contexts if train else {}, P(self.axis), P())
+            body = lambda tb, i, w, s: forward_local(layout, dict(tb), i, w, s, train=train)
+            return jax.shard_map(body, mesh=self.mesh, in_specs=(t_spec, i_spec, w_spec, P()),
+                                 out_specs=out_specs)(tables, ids, weights, step)
+        return fn
+
+    def backward_fn(self, layout: Layout):
+        """shard_map'ped backward: routes output gradients to the owners and
+        applies the fused optimizers; returns (tables, nonfinite (W*T,))."""
+        def fn(tables, grads, contexts, weights, step, ok):
+            t_spec, _, w_spec = self._specs(tables, {}, weights)
+            body = lambda tb, g, c, w, s, o: backward_local(layout, dict(tb), g, c, w, s, o)
+            return jax.shard_map(
+                body, mesh=self.mesh,
+                in_specs=(t_spec, {f: P(self.axis) for f in grads},
+                          {t: _ctx_spec(self.axis) for t in contexts}, w_spec, P(), P()),
+                out_specs=(t_spec, P(self.axis)))(tables, grads, contexts, weights, step, ok)
+        return fn
+
+    def make_train_step(self, loss_fn: LossFn, dense_tx: optax.GradientTransformation, *,
+                        has_aux: bool = False) -> "ShardedTrainStep":
+        """A step that looks up every feature, differentiates ``loss_fn`` with
+        respect to the dense params and the looked-up rows, applies ``dense_tx``
+        to the params and the tables' fused optimizers on the owners."""
+        return ShardedTrainStep(self, loss_fn, dense_tx, has_aux=has_aux)
+
+    def make_eval_fn(self, predict_fn: Callable[[Any, dict, Mapping], Any]):
+        """``fn(state, batch) -> predict_fn(params, embeddings, batch)`` without
+        inserting anything: an unseen id gets the row it would be created with
+        (its deterministic initial value), and the tables are not modified."""
+        cache: dict[Layout, Callable] = {}
+
+        def run(state: TrainState, batch):
+            batch = self.prepare_batch(batch)
+            size = next(iter(batch["ids"].values())).shape[0]
+            layout = self.layout(size)
+            if layout not in cache:
+                fwd = self.forward_fn(layout, train=False)
+
+                def ev(state, batch):
+                    _, outputs, _, _, _ = fwd(state.tables, batch["ids"], batch["weights"],
+                                              state.step)
+                    return predict_fn(state.params, outputs, batch)
+                cache[layout] = jax.jit(ev)
+            return cache[layout](state, batch)
+        return run
+
+    def table_stats(self, tables: Mapping[str, TableState]) -> dict[str, dict[str, int]]:
+        """Counters summed over the shards, plus the fullest shard's load."""
+        out = {}
+        for n, st in tables.items():
+            c = np.asarray(multihost_utils.process_allgather(st.counters, tiled=True))
+            c = c.reshape(self.num_shards, -1)
+            d = {k: int(c[:, i].sum()) for k, i in COUNTER_NAMES.items()}
+            rows = st.keys.shape[0] // self.num_shards
+            d["max_shard_load"] = float(c[:, COUNTER_NAMES["size"]].max() / rows)
+            out[n] = d
+        return out
+
+
+def _ctx_spec(axis):
+    return TableContext(P(axis), P(axis), P(axis))
+
+
+class ShardedTrainStep:
+    """The compiled train step of an EmbeddingCollection (one per layout).
+
+    The state is donated: tables are updated in place. After each call the
+    step's statistics come back to the host (a few integers per table): an
+    exchange capacity that was too small is raised and the step re-run
+    (nothing was applied), reserved ids, refused inserts and non-finite
+    gradients raise with the numbers, the exception carrying the step's
+    outputs as ``.state``."""
+
+    def __init__(self, collection: EmbeddingCollection, loss_fn: LossFn,
+                 dense_tx: optax.GradientTransformation, *, has_aux: bool = False):
+        self.c = collection
+        self.loss_fn = loss_fn
+        self.dense_tx = dense_tx
+        self.has_aux = has_aux
+        self._compiled: dict[Layout, Callable] = {}
+        self.retries = 0
+
+    def _build(self, layout: Layout):
+        fwd = self.c.forward_fn(layout, train=True)
+        bwd = self.c.backward_fn(layout)
+        loss_fn, tx, has_aux = self.loss_fn, self.dense_tx, self.has_aux
+
+        def step_fn(state: TrainState, batch):
+            tables, outputs, contexts, stats, ok = fwd(state.tables, batch["ids"],
+                                                       batch["weights"], state.step + 1)
+            out, (g_params, g_out) = jax.value_and_grad(loss_fn, argnums=(0, 1),
+                                                        has_aux=has_aux)(state.params, outputs,
+                                                                         batch)
+            loss, aux = out if has_aux else (out, None)
+            tables, nonfinite = bwd(tables, g_out, contexts, batch["weights"], state.step, ok)
+            updates, opt_state = tx.update(g_params, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+            new_state = TrainState(keep(params, state.params), keep(opt_state, state.opt_state),
+                                   tables, jnp.where(ok, state.step + 1, state.step))
+            return new_state, {"loss": loss, "aux": aux, "stats": stats,
+                               "nonfinite": nonfinite, "ok": ok}
+
+        return jax.jit(step_fn, donate_argnums=(0,))
+
+    def compiled(self, batch) -> Callable:
+        size = next(iter(batch["ids"].values())).shape[0]
+        layout = self.c.layout(size)
+        if layout not in self._compiled:
+            self._compiled[layout] = self._build(layout)
+        return self._compiled[layout]
+
+    def lower(self, state: TrainState, batch):
+        """The lowered step for a prepared batch (to inspect its HLO)."""
+        return self.compiled(batch).lower(state, batch)
+
+    def __call__(self, state: TrainState, batch, *, local: bool = False):
+        batch = self.c.prepare_batch(batch, local=local)
+        size = next(iter(batch["ids"].values())).shape[0]
+        for _ in range(8):
+            state, metrics = self.compiled(batch)(state, batch)
+            stats = self._host_stats(metrics)
+            if not self.c.observe(stats, size, int(_first(state.step))):
+                break
+            self.retries += 1
+        else:
+            raise HyperecaError("exchange capacities kept overflowing after 8 re-runs")
+        metrics = dict(metrics, stats=stats,
+                       bytes_per_step=self.c.layout(size).bytes_per_step())
+        try:
+            self._raise_for_status(stats, state)
+        except HyperecaError as e:
+            e.state, e.metrics = state, metrics
+            raise
+        return state, metrics
+
+    def _host_stats(self, metrics) -> dict[str, dict[str, np.ndarray]]:
+        """Per-table, per-device statistics of the step (exact counts)."""
+        s = np.asarray(multihost_utils.process_allgather(metrics["stats"], tiled=True))
+        nf = np.asarray(multihost_utils.process_allgather(metrics["nonfinite"], tiled=True))
+        names = [t for t in self.c.tables if any(f.table == t for f in self.c.features.values())]
+        s = s.reshape(self.c.num_shards, len(names), len(STAT_NAMES))
+        nf = nf.reshape(self.c.num_shards, len(names))
+        out = {}
+        for i, t in enumerate(names):
+            d = {k: s[:, i, j] for j, k in enumerate(STAT_NAMES)}
+            d["apply_nonfinite"] = nf[:, i]
+            out[t] = d
+        return out
+
+    def _raise_for_status(self, stats, state) -> None:
+        for t, st in stats.items():
+            total = {k: int(v.sum()) for k, v in st.items()}
+            if total["reserved"] or total["failed"]:
+                rows = state.tables[t].keys.shape[0]
+                raise_for_insert_status(
+                    t, total, capacity=rows, bucket_size=self.c.tables[t].bucket_size,
+                    max_evictions=rows // self.c.num_shards)
+            if total["apply_nonfinite"]:
+                raise NonFiniteGradientError(
+                    f"table {t!r}: {total['apply_nonfinite']} gradient rows held NaN or Inf "
+                    f"and were skipped (those rows and their optimizer state are unchanged). "
+                    f"Check the loss for overflow, lower the learning rate, or clip.")
+
+
+def _first(x) -> np.ndarray:
+    """A replicated array's value on this process."""
+    return np.asarray(x.addressable_shards[0].data)

@@ -1,0 +1,314 @@
+"""I2 on a device mesh: the sharded collection trained for 100 steps equals an
+independent single-device reference written in plain jnp + optax."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jax_hypereca as h
+from jax_hypereca.collection import EmbeddingCollection
+from jax_hypereca.features import FeatureSpec, Jagged
+from jax_hypereca.sharding import make_mesh
+
+V = {"a": 400, "b": 60, "c": 120}
+DIMS = {"a": 8, "b": 4, "c": 8}
+B = 64
+STEPS = 100
+FEATURES = [
+    FeatureSpec(name="fa", table="a"),                                   # one-hot, sum
+    FeatureSpec(name="fa3", table="a", max_ids=3, weighted=True, pooling="mean"),
+    FeatureSpec(name="fb", table="b", max_ids=3, pooling="sum"),          # multi-hot + padding
+    FeatureSpec(name="fc", table="c", max_ids=2, pooling="none"),
+]
+IN_DIM = 8 + 8 + 4 + 2 * 8 + 3
+
+
+def table_specs(opt):
+    return [h.TableSpec(name=n, dim=DIMS[n], capacity=2048, optimizer=opt, seed=7 + i,
+                        initializer=h.uniform(0.2)) for i, n in enumerate(DIMS)]
+
+
+def make_batches(seed=0, steps=STEPS):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(steps):
+        fa = rng.zipf(1.4, size=B) % V["a"]
+        fa3 = rng.zipf(1.2, size=(B, 3)) % V["a"]
+        fa3[rng.random((B, 3)) < 0.3] = h.PADDING_ID
+        w3 = rng.uniform(0.5, 2.0, size=(B, 3)).astype(np.float32)
+        fb = rng.integers(0, V["b"], size=(B, 3))
+        fb[rng.random((B, 3)) < 0.25] = h.PADDING_ID
+        fc = rng.zipf(1.3, size=(B, 2)) % V["c"]
+        x = rng.normal(size=(B, 3)).astype(np.float32)
+        y = (rng.random(B) < 0.3).astype(np.float32)
+        out.append({"ids": {"fa": fa.astype(np.int64), "fa3": fa3.astype(np.int64),
+                            "fb": fb.astype(np.int64), "fc": fc.astype(np.int64)},
+                    "weights": {"fa3": w3}, "x": x, "y": y})
+    return out
+
+
+def init_params():
+    return {"w": jax.random.normal(jax.random.PRNGKey(1), (IN_DIM,)) * 0.1, "c": jnp.zeros(())}
+
+
+def head_loss(params, emb, batch):
+    feats = jnp.concatenate([emb["fa"], emb["fa3"], emb["fb"],
+                             emb["fc"].reshape(emb["fc"].shape[0], -1), batch["x"]], axis=1)
+    logits = feats @ params["w"] + params["c"]
+    return optax.sigmoid_binary_cross_entropy(logits, batch["y"]).mean()
+
+
+def reference(batches, table_tx, dense_tx):
+    """Plain jnp + optax on one device; dense tables indexed by id."""
+    tables = {n: jnp.asarray(h.init_rows(7 + i, np.arange(V[n]), DIMS[n], h.uniform(0.2)))
+              for i, n in enumerate(DIMS)}
+    params = init_params()
+    opt_t = {n: table_tx.init(t) for n, t in tables.items()}
+    opt_p = dense_tx.init(params)
+
+    def rows(table, ids):
+        valid = (ids >= 0)[..., None]
+        return jnp.where(valid, table[jnp.maximum(ids, 0)], 0.0), valid.astype(jnp.float32)
+
+    @jax.jit
+    def step(params, tables, opt_p, opt_t, batch):
+        def loss(params, tables):
+            ids = batch["ids"]
+            ra, _ = rows(tables["a"], ids["fa"])
+            r3, m3 = rows(tables["a"], ids["fa3"])
+            w3 = m3 * batch["weights"]["fa3"][..., None]
+            den = w3.sum(axis=1)
+            mean3 = jnp.where(den > 0, (r3 * w3).sum(axis=1) / jnp.where(den > 0, den, 1), 0)
+            rb, _ = rows(tables["b"], ids["fb"])
+            rc, _ = rows(tables["c"], ids["fc"])
+            emb = {"fa": ra, "fa3": mean3, "fb": rb.sum(axis=1), "fc": rc}
+            return head_loss(params, emb, batch)
+        l, (gp, gt) = jax.value_and_grad(loss, argnums=(0, 1))(params, tables)
+        up, opt_p = dense_tx.update(gp, opt_p, params)
+        params = optax.apply_updates(params, up)
+        new_t, new_o = {}, {}
+        for n in tables:
+            u, new_o[n] = table_tx.update(gt[n], opt_t[n], tables[n])
+            new_t[n] = optax.apply_updates(tables[n], u)
+        return params, new_t, opt_p, new_o, l
+
+    losses = []
+    for b in batches:
+        jb = {"ids": {k: jnp.asarray(v, jnp.int32) for k, v in b["ids"].items()},
+              "weights": b["weights"], "x": b["x"], "y": b["y"]}
+        params, tables, opt_p, opt_t, l = step(params, tables, opt_p, opt_t, jb)
+        losses.append(float(l))
+    return params, tables, losses
+
+
+OPTS = {
+    "adagrad": (h.Adagrad(learning_rate=0.05),
+                optax.adagrad(0.05, initial_accumulator_value=0.1, eps=1e-7)),
+    "sgd": (h.SGD(learning_rate=0.3), optax.sgd(0.3)),
+}
+
+
+@pytest.fixture(scope="module")
+def batches():
+    return make_batches()
+
+
+@pytest.fixture(scope="module")
+def ref_adagrad(batches):
+    return reference(batches, OPTS["adagrad"][1], optax.adam(0.01))
+
+
+def train(shards, batches, opt, *, steps=STEPS):
+    coll = EmbeddingCollection(table_specs(opt), FEATURES,
+                               mesh=make_mesh(jax.devices()[:shards]))
+    dense_tx = optax.adam(0.01)
+    step = coll.make_train_step(head_loss, dense_tx)
+    state = coll.init_train_state(init_params(), dense_tx)
+    losses = []
+    for b in batches[:steps]:
+        state, m = step(state, b)
+        losses.append(float(m["loss"]))
+    return coll, step, state, losses
+
+
+def assert_equivalent(state, losses, ref):
+    ref_params, ref_tables, ref_losses = ref
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-6)
+    for k in ref_params:
+        a, r = np.asarray(state.params[k]), np.asarray(ref_params[k])
+        assert (np.abs(a - r) <= 1e-5 * np.maximum(1, np.abs(r))).all(), k
+    for n in DIMS:
+        keys = np.asarray(state.tables[n].keys)
+        vals = np.asarray(state.tables[n].values)
+        live = keys >= 0
+        assert live.sum() > 0
+        ref = np.asarray(ref_tables[n])[keys[live]]
+        assert (np.abs(vals[live] - ref) <= 1e-5 * np.maximum(1, np.abs(ref))).all(), n
+        # one home per id (I1): no key on two shards
+        assert len(np.unique(keys[live])) == live.sum()
+
+
+@pytest.mark.parametrize("shards", [1, 2, 4, 8])
+def test_sharded_training_equals_dense_reference(shards, batches, ref_adagrad):
+    coll, step, state, losses = train(shards, batches, OPTS["adagrad"][0])
+    assert_equivalent(state, losses, ref_adagrad)
+    per_shard = np.asarray(state.tables["a"].keys).reshape(shards, -1)
+    for s in range(shards):
+        k = per_shard[s][per_shard[s] >= 0]
+        assert (h.owner_of(k, shards) == s).all()
+    stats = coll.table_stats(state.tables)
+    assert all(v["evicted"] == 0 for v in stats.values())
+    assert losses[-1] < losses[0]
+
+
+def test_sharded_sgd_equals_reference(batches):
+    ref = reference(batches[:30], OPTS["sgd"][1], optax.adam(0.01))
+    _, _, state, losses = train(8, batches, OPTS["sgd"][0], steps=30)
+    assert_equivalent(state, losses, ref)
+
+
+def collective_ops(hlo: str) -> list[tuple[str, str]]:
+    """(op, result shape) of every collective instruction in compiled HLO."""
+    import re
+    out = []
+    for line in hlo.splitlines():
+        m = re.match(r"\s*%[\w.\-]+ = (.+?) (all-to-all|all-reduce|all-gather|reduce-scatter|"
+                     r"collective-permute)(?:-start)?\(", line)
+        if m:
+            out.append((m.group(2), m.group(1)))
+    return out
+
+
+def test_compiled_step_holds_exactly_the_designed_collectives(batches):
+    coll = EmbeddingCollection(table_specs(OPTS["sgd"][0]), FEATURES, mesh=make_mesh())
+    dense_tx = optax.adam(0.01)
+    step = coll.make_train_step(head_loss, dense_tx)
+    state = coll.init_train_state(init_params(), dense_tx)
+    batch = coll.prepare_batch(batches[0])
+    layout = coll.layout(B)
+    ops = collective_ops(step.lower(state, batch).compile().as_text())
+    kinds = [k for k, _ in ops]
+    # per exchange group: ids out + rows back (forward), gradients out (backward)
+    assert len(layout.groups) == 2
+    assert kinds.count("all-to-all") == 3 * len(layout.groups)
+    assert "all-gather" not in kinds and "reduce-scatter" not in kinds
+    # the overflow flag (one scalar max) and the dense data-parallel gradient sum;
+    # nothing table-sized is all-reduced
+    reduces = [shape for k, shape in ops if k == "all-reduce"]
+    assert any(shape == "s32[]" for shape in reduces)
+    table_rows = {str(s.shard_geometry(8)[0]) for s in table_specs(h.SGD())}
+    assert not any(r in shape for shape in reduces for r in table_rows), reduces
+
+
+def test_capacity_overflow_is_rerun_without_double_apply(batches, ref_adagrad):
+    coll = EmbeddingCollection(table_specs(OPTS["adagrad"][0]), FEATURES,
+                               mesh=make_mesh(), capacities={"a": 1, "b": 2, "c": 1},
+                               retune_every=7)
+    dense_tx = optax.adam(0.01)
+    step = coll.make_train_step(head_loss, dense_tx)
+    state = coll.init_train_state(init_params(), dense_tx)
+    losses = []
+    for b in batches:
+        state, m = step(state, b)
+        losses.append(float(m["loss"]))
+    assert step.retries >= 1  # capacities were raised (and shrunk by the re-fits)
+    assert int(state.step) == STEPS
+    assert_equivalent(state, losses, ref_adagrad)
+
+
+def test_step_reports_exact_exchange_counts(batches):
+    coll = EmbeddingCollection(table_specs(OPTS["sgd"][0]), FEATURES, mesh=make_mesh())
+    dense_tx = optax.sgd(0.1)
+    step = coll.make_train_step(head_loss, dense_tx)
+    state = coll.init_train_state(init_params(), dense_tx)
+    b = batches[0]
+    state, m = step(state, b)
+    st = m["stats"]["a"]
+    local = np.concatenate([b["ids"]["fa"][:, None], b["ids"]["fa3"]], axis=1).reshape(8, -1)
+    for d in range(8):
+        ids = local[d][local[d] >= 0]
+        uniq = np.unique(ids)
+        assert st["ids"][d] == ids.size and st["unique"][d] == uniq.size
+        assert st["remote_unique"][d] == (h.owner_of(uniq, 8) != d).sum()
+        assert st["max_count"][d] == np.bincount(h.owner_of(uniq, 8), minlength=8).max()
+    layout = coll.layout(B)
+    cap = layout.cap("a") + layout.cap("c")
+    assert m["bytes_per_step"]["ids"] == 7 * (cap + layout.cap("b")) * 8
+
+
+def test_bad_inputs_raise_before_dispatch(batches):
+    coll = EmbeddingCollection(table_specs(OPTS["sgd"][0]), FEATURES, mesh=make_mesh())
+    dense_tx = optax.sgd(0.1)
+    step = coll.make_train_step(head_loss, dense_tx)
+    state = coll.init_train_state(init_params(), dense_tx)
+    good = batches[0]
+
+    def with_ids(**kw):
+        return dict(good, ids={**good["ids"], **kw})
+
+    with pytest.raises(ValueError, match=r"ids must have shape \[B, 3\]"):
+        step(state, with_ids(fb=np.zeros((B, 4), np.int64)))
+    bad = good["ids"]["fb"].copy()
+    bad[5, 1] = h.ERASED_KEY
+    with pytest.raises(h.ReservedIdError, match=r"\[5, 1\] = -2"):
+        step(state, with_ids(fb=bad))
+    with pytest.raises(ValueError, match="does not split over 8 devices"):
+        step(state, {**good, "ids": {k: v[:60] for k, v in good["ids"].items()},
+                     "weights": {"fa3": good["weights"]["fa3"][:60]}})
+    with pytest.raises(ValueError, match="unknown feature 'zz'"):
+        step(state, with_ids(zz=good["ids"]["fa"]))
+    with pytest.raises(ValueError, match="weighted: give weights"):
+        step(state, {**good, "weights": {}})
+    with pytest.raises(ValueError, match="negative length -1 for sample 1"):
+        step(state, with_ids(fb=Jagged(np.arange(3), np.array([2, -1, 2]))))
+    with pytest.raises(ValueError, match="sample 0 has 4 ids, more than max_ids=3"):
+        step(state, with_ids(fb=Jagged(np.arange(4), np.array([4] + [0] * (B - 1)))))
+    with pytest.raises(ValueError, match="names unknown table 'nope'"):
+        EmbeddingCollection(table_specs(h.SGD()), [FeatureSpec(name="x", table="nope")])
+    # nothing was dispatched: the state is intact and still usable
+    state, _ = step(state, good)
+    assert int(state.step) == 1
+
+
+def test_reserved_id_in_device_input_is_reported_after_the_step(batches):
+    coll = EmbeddingCollection(table_specs(OPTS["sgd"][0]), FEATURES, mesh=make_mesh())
+    dense_tx = optax.sgd(0.1)
+    step = coll.make_train_step(head_loss, dense_tx)
+    state = coll.init_train_state(init_params(), dense_tx)
+    state, _ = step(state, batches[0])
+    bad = batches[1]["ids"]["fb"].copy()
+    bad[0, 0] = h.ERASED_KEY
+    ids = {**batches[1]["ids"], "fb": jax.device_put(h.ids_array(bad), coll.batch_sharding)}
+    with pytest.raises(h.ReservedIdError, match="reserved ERASED_KEY") as err:
+        step(state, {**batches[1], "ids": ids})
+    assert int(err.value.state.step) == 2  # the step ran; the bad id got no row
+
+
+def test_ragged_input_equals_padded(batches):
+    b = batches[0]
+    fb = b["ids"]["fb"]
+    lengths = (fb >= 0).sum(axis=1)
+    values = np.concatenate([row[row >= 0] for row in fb])
+    ids, w = h.features.jagged_to_padded(Jagged(values, lengths), 3)
+    # same ids per sample (padding moves to the end; sum pooling is order-free)
+    for row_a, row_b in zip(ids, fb):
+        assert sorted(row_a[row_a >= 0]) == sorted(row_b[row_b >= 0])
+    assert w is None
+
+
+def test_eval_does_not_insert_and_unseen_ids_get_their_initial_row(batches):
+    coll = EmbeddingCollection(table_specs(OPTS["sgd"][0]), FEATURES, mesh=make_mesh())
+    dense_tx = optax.sgd(0.1)
+    step = coll.make_train_step(head_loss, dense_tx)
+    state = coll.init_train_state(init_params(), dense_tx)
+    state, _ = step(state, batches[0])
+    before = coll.table_stats(state.tables)
+    ev = coll.make_eval_fn(lambda p, emb, batch: emb)
+    b = dict(batches[1])
+    b["ids"] = dict(b["ids"], fa=np.full((B,), 10**12 + 7, np.int64))  # never seen
+    emb = ev(state, b)
+    want = h.init_rows(7, np.array([10**12 + 7]), 8, h.uniform(0.2))[0]
+    np.testing.assert_array_equal(np.asarray(emb["fa"]), np.tile(want, (B, 1)))
+    assert coll.table_stats(state.tables) == before
