@@ -20,6 +20,9 @@ from jax_hypereca.table import (
     counters_dict, erase, erase_if, export, find, find_or_insert, find_slots, gather, grow, import_rows,
     init_table)
 from jax_hypereca._ops import bucketize, ids_array, unique
+from jax_hypereca.features import FeatureSpec, Jagged, jagged_to_padded
+from jax_hypereca.sharding import make_mesh
+from jax_hypereca.collection import EmbeddingCollection, TrainState
 
 __version__ = "0.1.0"
 
@@ -32,5 +35,6 @@ __all__ = [
     "RowwiseAdagrad", "COUNTER_NAMES", "EvictedRows", "InsertResult", "Rows", "TableSpec",
     "TableState", "apply_gradients", "counters_dict", "erase", "erase_if", "export", "find",
     "find_or_insert", "find_slots", "gather", "grow", "import_rows", "init_table", "bucketize", "ids_array",
-    "unique", "has_platform",
+    "unique", "has_platform", "FeatureSpec", "Jagged", "jagged_to_padded", "make_mesh",
+    "EmbeddingCollection", "TrainState",
 ]

@@ -31,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jax_hypereca import _ops
 from jax_hypereca.errors import (
     HyperecaError, NonFiniteGradientError, raise_for_insert_status)
+from jax_hypereca.flax.scope import embedding_scope
 from jax_hypereca.features import (
     FeatureSpec, Jagged, check_weights, jagged_to_padded, padded_ids, validate_features)
 from jax_hypereca.sharding import (
@@ -116,7 +117,9 @@ class EmbeddingCollection:
 
     def init_train_state(self, params, dense_tx: optax.GradientTransformation) -> TrainState:
         """Replicated dense params and optimizer state, empty tables, step 0."""
-        params = jax.device_put(params, self.replicated)
+        # A copy: the step donates its state, the caller keeps `params`.
+        params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=self.replicated)(
+            params)
         opt_state = jax.jit(dense_tx.init, out_shardings=self.replicated)(params)
         step = jax.device_put(jnp.zeros((), jnp.int64), self.replicated)
         return TrainState(params, opt_state, self.init_tables(), step)
@@ -276,7 +279,7 @@ class EmbeddingCollection:
                 def ev(state, batch):
                     _, outputs, _, _, _ = fwd(state.tables, batch["ids"], batch["weights"],
                                               state.step)
-                    return predict_fn(state.params, outputs, batch)
+                    return _scoped(predict_fn)(state.params, outputs, batch)
                 cache[layout] = jax.jit(ev)
             return cache[layout](state, batch)
         return run
@@ -292,6 +295,14 @@ class EmbeddingCollection:
             d["max_shard_load"] = float(c[:, COUNTER_NAMES["size"]].max() / rows)
             out[n] = d
         return out
+
+
+def _scoped(fn):
+    """fn(params, outputs, batch) with the outputs in scope for HypeRecaEmbed."""
+    def wrapped(params, outputs, batch):
+        with embedding_scope(outputs, batch["ids"]):
+            return fn(params, outputs, batch)
+    return wrapped
 
 
 def _ctx_spec(axis):
@@ -325,7 +336,7 @@ class ShardedTrainStep:
         def step_fn(state: TrainState, batch):
             tables, outputs, contexts, stats, ok = fwd(state.tables, batch["ids"],
                                                        batch["weights"], state.step + 1)
-            out, (g_params, g_out) = jax.value_and_grad(loss_fn, argnums=(0, 1),
+            out, (g_params, g_out) = jax.value_and_grad(_scoped(loss_fn), argnums=(0, 1),
                                                         has_aux=has_aux)(state.params, outputs,
                                                                          batch)
             loss, aux = out if has_aux else (out, None)
