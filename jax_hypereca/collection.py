@@ -169,16 +169,30 @@ class EmbeddingCollection:
                              f"devices; use a multiple of {devices_here}")
         out["ids"] = {k: self._place(v, jnp.int64, local) for k, v in ids.items()}
         out["weights"] = {k: self._place(v, jnp.float32, local) for k, v in weights.items()}
+        # Other per-sample arrays (dense features, labels) are split like the ids.
+        for key, value in batch.items():
+            if key not in ("ids", "weights"):
+                out[key] = jax.tree.map(
+                    lambda x: self._place(x, np.asarray(x).dtype, local)
+                    if isinstance(x, (np.ndarray, jax.Array)) and np.ndim(x) >= 1
+                    and x.shape[0] == size else x, value)
         return out
 
     def _place(self, x, dtype, local: bool):
+        """A host array on the mesh, split along the batch axis (int64 kept)."""
         if isinstance(x, jax.Array):
             return x
         x = np.asarray(x, dtype)
-        if local:
-            return jax.make_array_from_process_local_data(self.batch_sharding, x)
-        return jax.device_put(x, self.batch_sharding) if x.dtype != np.int64 else \
-            jax.device_put(jnp.asarray(x, jnp.int64), self.batch_sharding)
+        if not local:
+            return jax.device_put(jnp.asarray(x, dtype), self.batch_sharding)
+        # This process's rows of the global batch, one block per local device
+        # (built by hand: make_array_from_process_local_data narrows int64).
+        shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
+        index = self.batch_sharding.addressable_devices_indices_map(shape)
+        first = min(idx[0].start or 0 for idx in index.values())
+        blocks = [jax.device_put(jnp.asarray(x[idx[0].start - first:idx[0].stop - first], dtype),
+                                 dev) for dev, idx in index.items()]
+        return jax.make_array_from_single_device_arrays(shape, self.batch_sharding, blocks)
 
     # ---------------------------------------------------------------- layouts
     def layout(self, batch_size: int) -> Layout:
@@ -373,7 +387,7 @@ class ShardedTrainStep:
             self.retries += 1
         else:
             raise HyperecaError("exchange capacities kept overflowing after 8 re-runs")
-        metrics = dict(metrics, stats=stats,
+        metrics = dict(metrics, loss=float(_first(metrics["loss"])), stats=stats,
                        bytes_per_step=self.c.layout(size).bytes_per_step())
         try:
             self._raise_for_status(stats, state)

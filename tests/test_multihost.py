@@ -1,0 +1,37 @@
+"""The collection across 2 processes x 4 CPU devices (jax.distributed on
+127.0.0.1) equals the single-device reference (I2)."""
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+WORKER = pathlib.Path(__file__).with_name("multihost_worker.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_the_reference():
+    port, steps = free_port(), 25
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    procs = [subprocess.Popen([sys.executable, str(WORKER), str(port), "2", str(pid), str(steps)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=env) for pid in range(2)]
+    outs = []
+    for p in procs:
+        try:
+            out, _ = p.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        outs.append(out)
+    for pid, (p, out) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0, f"process {pid} failed:\n{out[-4000:]}"
+        assert f"process {pid}: OK" in out
