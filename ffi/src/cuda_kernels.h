@@ -1,0 +1,113 @@
+// Plain C++ launchers of the CUDA kernels (no XLA header here: the .cu files
+// that implement them compile in seconds, the FFI bindings live in
+// ops_cuda.cc). Every launcher enqueues its work on `stream` only, never
+// synchronizes, and returns the first CUDA error with the step it came from.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace hypereca::cuda {
+
+// Storage dtype of table values (bf16 travels as its raw uint16 bits).
+enum class ValueType : int32_t { kF32 = 0, kBf16 = 1 };
+
+inline size_t ValueBytes(ValueType t) { return t == ValueType::kF32 ? 4 : 2; }
+
+// Outcome of a launcher: err != cudaSuccess names the failed step in `what`
+// (a string literal).
+struct LaunchStatus {
+  cudaError_t err = cudaSuccess;
+  const char* what = "";
+  bool ok() const { return err == cudaSuccess; }
+};
+
+// ---------------------------------------------------------------- find_or_insert
+// Same semantics as ffi/src/find_or_insert_cpu.cc (see ffi/include/hypereca/
+// probe.h). Every pointer is device memory; the table arrays are the aliased
+// outputs, already holding the input table (the handler copies first when XLA
+// did not alias them).
+struct FindOrInsertArgs {
+  // Table shard, updated in place.
+  int64_t* keys = nullptr;       // (C,)
+  void* values = nullptr;        // (C, D) f32 | bf16 bits
+  float* opt = nullptr;          // (C, K)
+  int64_t* last_step = nullptr;  // (C,)
+  int64_t* freq = nullptr;       // (C,)
+  int64_t* counters = nullptr;   // (>= 16,)
+  int64_t capacity = 0;          // C (< 2^31)
+  uint32_t bucket_size = 0;      // power of two <= 65536 dividing C
+  uint64_t num_buckets = 0;      // C / bucket_size
+  int64_t dim = 0;               // D
+  int64_t width = 0;             // K (may be 0)
+  ValueType value_type = ValueType::kF32;
+  // Inputs.
+  const int64_t* query = nullptr;     // (n,)
+  int64_t n = 0;                      // < 2^31
+  const int64_t* step = nullptr;      // () device scalar
+  const int64_t* pin_from = nullptr;  // () device scalar
+  const float* opt_init = nullptr;    // (K,)
+  uint64_t seed = 0;
+  int32_t init_kind = 0;  // InitKind
+  float init_scale = 0.f;
+  int32_t policy = 0;     // ScorePolicy
+  // Outputs.
+  int32_t* slots = nullptr;     // (n,)
+  bool* found = nullptr;        // (n,)
+  int64_t* ev_keys = nullptr;   // (E,) kEmptyKey past the count
+  void* ev_values = nullptr;    // (E, D) unspecified past the count (as on CPU)
+  float* ev_opt = nullptr;      // (E, K) unspecified past the count (as on CPU)
+  int64_t* ev_last = nullptr;   // (E,)
+  int64_t* ev_freq = nullptr;   // (E,)
+  int64_t ev_capacity = 0;      // E
+  int64_t* status = nullptr;    // (status_len >= 8,)
+  int64_t status_len = 0;
+};
+
+// Device scratch bytes FindOrInsert needs (a size query: launches nothing).
+LaunchStatus FindOrInsertScratchBytes(const FindOrInsertArgs& a, size_t* bytes);
+
+// Enqueues the whole op. `scratch` holds at least FindOrInsertScratchBytes
+// bytes, 256-byte aligned, valid until the enqueued work has run.
+LaunchStatus FindOrInsert(const FindOrInsertArgs& a, void* scratch, size_t scratch_bytes,
+                          cudaStream_t stream);
+
+// ---------------------------------------------------------------- find
+struct FindArgs {
+  const int64_t* keys = nullptr;  // (C,)
+  const void* values = nullptr;   // (C, D)
+  int64_t capacity = 0;
+  uint32_t bucket_size = 0;
+  uint64_t num_buckets = 0;
+  int64_t dim = 0;
+  ValueType value_type = ValueType::kF32;
+  const int64_t* query = nullptr;  // (n,)
+  int64_t n = 0;
+  uint64_t seed = 0;
+  int32_t init_kind = 0;
+  float init_scale = 0.f;
+  bool miss_init = false;
+  bool want_rows = true;       // false: rows is (0, D), only slots and found are written
+  void* rows = nullptr;        // (n, D), or (0, D) when !want_rows
+  int32_t* slots = nullptr;    // (n,)
+  bool* found = nullptr;       // (n,)
+};
+
+LaunchStatus Find(const FindArgs& a, cudaStream_t stream);
+
+// ---------------------------------------------------------------- gather
+struct GatherArgs {
+  const void* values = nullptr;    // (C, D)
+  int64_t capacity = 0;
+  int64_t dim = 0;
+  ValueType value_type = ValueType::kF32;
+  const int32_t* slots = nullptr;  // (n,)
+  int64_t n = 0;
+  void* rows = nullptr;            // (n, D)
+};
+
+LaunchStatus Gather(const GatherArgs& a, cudaStream_t stream);
+
+}  // namespace hypereca::cuda

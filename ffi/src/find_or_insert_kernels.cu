@@ -1,0 +1,691 @@
+// find_or_insert on CUDA: the same results as ffi/src/find_or_insert_cpu.cc,
+// bit for bit (slots, found, table contents, evicted rows and their order,
+// status and counters).
+//
+// Queries of one bucket must be applied in query order; buckets are
+// independent. Passes, all on the caller's stream:
+//   1. prep      per query: slot -1 / found false, counts of queries and
+//                reserved ids.
+//   2. dedup     cub's stable radix sort of (key, query index): the first
+//                occurrence of each key heads its segment. Only first
+//                occurrences are probed: a repeat of a key is decided by its
+//                first occurrence (after a hit or an insert the key is pinned
+//                at `step`, so every repeat hits the same slot; after a refusal
+//                the bucket stays without room, so every repeat is refused),
+//                and a repeat's only other effect, freq += 1 on a pinned row,
+//                never changes a victim choice. This keeps a hot id (a few
+//                percent of a Zipf batch) from serializing its bucket.
+//   3. sort      stable radix sort of (bucket, query index) over the first
+//                occurrences (repeats, reserved and padding ids get the
+//                sentinel bucket num_buckets): each bucket's queries become
+//                one run, still in query order.
+//   4. probe     one warp per run applies its queries one after the other:
+//                the 32 lanes read 32 consecutive slots of the probe window
+//                per round and ballot for the key / an empty slot / a
+//                tombstone; a full bucket's victim is a warp arg-min in the
+//                exact BetterVictim order. Only keys, last_step and freq are
+//                written here; each eviction records the victim's key and
+//                scores per query.
+//   5. repeats   each repeat copies its first occurrence's slot and found,
+//                adds to hits or failed like the CPU's per-occurrence probe,
+//                and the row's freq grows by the number of repeats.
+//   6. scan      exclusive sum of the per-query eviction flags: the position
+//                of each evicted row in the outputs, in query order.
+//   7. finalize  one warp per inserting query: copies the victim's values and
+//                optimizer state (untouched so far: values are only written in
+//                this pass, and a slot is victimized at most once per call
+//                because the new row is pinned at `step`) into the eviction
+//                outputs, then writes the new row's initial values and state.
+//   8. fill      eviction outputs past the count: key kEmptyKey, last_step and
+//                freq 0; values and state stay unwritten there (as on CPU).
+//   9. counters  the table's cumulative counters from the status vector.
+// When the eviction outputs are smaller than the batch (E < n) the CPU op
+// refuses the (E+1)-th eviction in query order; to reproduce that exactly the
+// probe pass runs as ONE warp over all first occurrences in query order (no
+// bucket sort). That path is exact but serial: callers keep E >= n (the
+// default) for speed.
+//
+// "found" means resident before this call. A first occurrence that hits has
+// found a row resident before the call (a slot filled earlier in this call
+// holds a key that occurred earlier, so the query would be a repeat); a repeat
+// reports what its first occurrence reported.
+#include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_scan.cuh>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <limits>
+
+#include "cuda_kernels.h"
+#include "cuda_util.cuh"
+#include "hypereca/common.h"
+#include "hypereca/hash.h"
+#include "hypereca/init.h"
+#include "hypereca/probe.h"
+
+namespace hypereca::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarpsPerBlock = kThreads / kWarp;
+
+// outcome[q] of a query.
+constexpr uint8_t kOutNone = 0;    // padding, reserved, hit, refused or a repeat
+constexpr uint8_t kOutFree = 1;    // inserted into an empty slot or a tombstone
+constexpr uint8_t kOutVictim = 2;  // inserted in place of an evicted row
+
+// ---------------------------------------------------------------- scratch
+struct ScratchLayout {
+  size_t outcome = 0;      // uint8 (n,)
+  size_t repeat_of = 0;    // int32 (n,) first occurrence of the key, -1 if none earlier
+  size_t ev_flag = 0;      // int32 (n,)
+  size_t ev_pos = 0;       // int32 (n,)
+  size_t vkey = 0;         // int64 (n,)
+  size_t vlast = 0;        // int64 (n,)
+  size_t vfreq = 0;        // int64 (n,)
+  size_t qidx_in = 0;      // int32 (n,) 0..n-1
+  size_t sorted_key = 0;   // int64 (n,) keys sorted (dedup)
+  size_t sorted_kq = 0;    // int32 (n,) their query indices
+  size_t head_pos = 0;     // int32 (n,) i at a segment head, else 0
+  size_t seg_head = 0;     // int32 (n,) head of the segment of sorted position i
+  size_t bucket_in = 0;    // uint32 (n,)  parallel path only
+  size_t bucket_out = 0;   // uint32 (n,)
+  size_t qidx_out = 0;     // int32 (n,)
+  size_t cub_temp = 0;
+  size_t cub_temp_bytes = 0;
+  size_t total = 0;
+};
+
+constexpr size_t kAlign = 256;
+
+size_t Take(size_t* cursor, size_t bytes) {
+  const size_t at = *cursor;
+  *cursor += (bytes + kAlign - 1) / kAlign * kAlign;
+  return at;
+}
+
+bool Sequential(const FindOrInsertArgs& a) { return a.ev_capacity < a.n; }
+
+// Bits that hold every bucket id and the sentinel num_buckets.
+int SortBits(uint64_t num_buckets) {
+  int bits = 1;
+  while (bits < 64 && (num_buckets >> bits) != 0) ++bits;
+  return bits;
+}
+
+struct MaxOp {
+  __host__ __device__ __forceinline__ int32_t operator()(int32_t a, int32_t b) const {
+    return a > b ? a : b;
+  }
+};
+
+LaunchStatus Layout(const FindOrInsertArgs& a, ScratchLayout* l) {
+  *l = ScratchLayout{};
+  if (a.n == 0) return {};
+  const size_t n = static_cast<size_t>(a.n);
+  const int num_items = static_cast<int>(a.n);
+  size_t cursor = 0;
+  l->outcome = Take(&cursor, n);
+  l->repeat_of = Take(&cursor, n * 4);
+  l->ev_flag = Take(&cursor, n * 4);
+  l->ev_pos = Take(&cursor, n * 4);
+  l->vkey = Take(&cursor, n * 8);
+  l->vlast = Take(&cursor, n * 8);
+  l->vfreq = Take(&cursor, n * 8);
+  l->qidx_in = Take(&cursor, n * 4);
+  l->sorted_key = Take(&cursor, n * 8);
+  l->sorted_kq = Take(&cursor, n * 4);
+  l->head_pos = Take(&cursor, n * 4);
+  l->seg_head = Take(&cursor, n * 4);
+  size_t temp = 0, bytes = 0;
+  HYPERECA_CUDA_TRY(cub::DeviceScan::ExclusiveSum(nullptr, bytes,
+                                                  static_cast<const int32_t*>(nullptr),
+                                                  static_cast<int32_t*>(nullptr), num_items),
+                    "sizing the eviction scan");
+  temp = bytes > temp ? bytes : temp;
+  bytes = 0;
+  HYPERECA_CUDA_TRY(cub::DeviceScan::InclusiveScan(nullptr, bytes,
+                                                   static_cast<const int32_t*>(nullptr),
+                                                   static_cast<int32_t*>(nullptr), MaxOp{},
+                                                   num_items),
+                    "sizing the segment scan");
+  temp = bytes > temp ? bytes : temp;
+  bytes = 0;
+  HYPERECA_CUDA_TRY(cub::DeviceRadixSort::SortPairs(
+                        nullptr, bytes, static_cast<const int64_t*>(nullptr),
+                        static_cast<int64_t*>(nullptr), static_cast<const int32_t*>(nullptr),
+                        static_cast<int32_t*>(nullptr), num_items),
+                    "sizing the key sort");
+  temp = bytes > temp ? bytes : temp;
+  if (!Sequential(a)) {
+    l->bucket_in = Take(&cursor, n * 4);
+    l->bucket_out = Take(&cursor, n * 4);
+    l->qidx_out = Take(&cursor, n * 4);
+    bytes = 0;
+    HYPERECA_CUDA_TRY(
+        cub::DeviceRadixSort::SortPairs(
+            nullptr, bytes, static_cast<const uint32_t*>(nullptr),
+            static_cast<uint32_t*>(nullptr), static_cast<const int32_t*>(nullptr),
+            static_cast<int32_t*>(nullptr), num_items, 0, SortBits(a.num_buckets)),
+        "sizing the bucket sort");
+    temp = bytes > temp ? bytes : temp;
+  }
+  l->cub_temp_bytes = temp < 1 ? 1 : temp;
+  l->cub_temp = Take(&cursor, l->cub_temp_bytes);
+  l->total = cursor;
+  return {};
+}
+
+// ---------------------------------------------------------------- 1. prep
+__global__ void PrepKernel(const int64_t* __restrict__ query, int64_t n,
+                           int32_t* __restrict__ slots, bool* __restrict__ found,
+                           uint8_t* __restrict__ outcome, int32_t* __restrict__ repeat_of,
+                           int32_t* __restrict__ ev_flag, int32_t* __restrict__ qidx_in,
+                           unsigned long long* __restrict__ status) {
+  // No early return: every lane reaches the ballots.
+  const int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const bool valid = q < n;
+  const int64_t key = valid ? query[q] : kEmptyKey;
+  if (valid) {
+    slots[q] = -1;
+    found[q] = false;
+    outcome[q] = kOutNone;
+    repeat_of[q] = -1;
+    ev_flag[q] = 0;
+    qidx_in[q] = static_cast<int32_t>(q);
+  }
+  const unsigned counted = __ballot_sync(kFullMask, valid && key != kPaddingKey);
+  const unsigned reserved = __ballot_sync(kFullMask, valid && key == kErasedKey);
+  if (threadIdx.x % kWarp == 0) {
+    if (counted) atomicAdd(status + kStQueries, static_cast<unsigned long long>(__popc(counted)));
+    if (reserved) {
+      atomicAdd(status + kStReserved, static_cast<unsigned long long>(__popc(reserved)));
+    }
+  }
+}
+
+// ---------------------------------------------------------------- 2. dedup
+// Sorted position i heads a segment of equal keys when it differs from i-1.
+__global__ void SegmentHeadsKernel(const int64_t* __restrict__ sorted_key, int64_t n,
+                                   int32_t* __restrict__ head_pos) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const bool head = i == 0 || sorted_key[i] != sorted_key[i - 1];
+  head_pos[i] = head ? static_cast<int32_t>(i) : 0;
+}
+
+// After the max-scan seg_head[i] is the head of i's segment: the key's first
+// occurrence in query order (the sort is stable). Marks repeats and gives
+// every query its bucket (sentinel for repeats, reserved and padding ids).
+__global__ void MarkRepeatsKernel(const int64_t* __restrict__ sorted_key,
+                                  const int32_t* __restrict__ sorted_kq,
+                                  const int32_t* __restrict__ seg_head, int64_t n,
+                                  uint64_t num_buckets, int32_t* __restrict__ repeat_of,
+                                  uint32_t* __restrict__ bucket_in) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const int64_t key = sorted_key[i];
+  const int32_t q = sorted_kq[i];
+  const int32_t h = seg_head[i];
+  const bool reserved = IsReserved(key);
+  const bool repeat = !reserved && h != static_cast<int32_t>(i);
+  if (repeat) repeat_of[q] = sorted_kq[h];
+  if (bucket_in != nullptr) {
+    bucket_in[q] = (reserved || repeat)
+                       ? static_cast<uint32_t>(num_buckets)
+                       : static_cast<uint32_t>(BucketOf(BucketHash(key), num_buckets));
+  }
+}
+// ---------------------------------------------------------------- 4. probe
+struct ProbeParams {
+  int64_t* keys;
+  int64_t* last;
+  int64_t* freq;
+  uint32_t bucket_size;
+  uint64_t num_buckets;
+  ScorePolicy policy;
+  const int64_t* query;
+  const int32_t* repeat_of;  // >= 0: a repeat, decided by its first occurrence
+  int64_t n;
+  const int64_t* step;
+  const int64_t* pin_from;
+  int64_t max_evictions;  // binding only on the sequential path
+  int32_t* slots;
+  bool* found;
+  uint8_t* outcome;
+  int32_t* ev_flag;
+  int64_t* vkey;
+  int64_t* vlast;
+  int64_t* vfreq;
+  unsigned long long* status;
+};
+
+// Per-warp tallies (identical in every lane).
+struct Tally {
+  unsigned long long hits = 0, inserted = 0, evicted = 0, failed = 0;
+  int64_t evictions = 0;  // of this warp, for the max_evictions cap
+};
+
+// Lexicographic victim order of probe.h's BetterVictim; slot < 0: no candidate.
+__device__ __forceinline__ bool Better(ScorePolicy policy, int64_t a_slot, int64_t a_last,
+                                       int64_t a_freq, int64_t b_slot, int64_t b_last,
+                                       int64_t b_freq) {
+  if (a_slot < 0) return false;
+  if (b_slot < 0) return true;
+  return BetterVictim(policy, a_last, a_freq, a_slot, b_last, b_freq, b_slot);
+}
+
+// Applies one query (key neither padding nor reserved) with the whole warp.
+// Control flow is warp-uniform: every decision comes from a ballot or a
+// butterfly reduction; only lane 0 writes, followed by __syncwarp() so the
+// next query's loads see the writes.
+__device__ void ProcessQuery(const ProbeParams& p, int64_t q, int64_t key, int64_t step,
+                             int64_t pin, unsigned lane, Tally& t) {
+  const uint32_t bucket_size = p.bucket_size;
+  const uint32_t mask = bucket_size - 1;
+  const uint64_t h = BucketHash(key);
+  const int64_t base = static_cast<int64_t>(BucketOf(h, p.num_buckets)) * bucket_size;
+  const uint32_t start = ProbeStart(h, bucket_size);
+
+  // Probe in the order of ProbeForInsert: stop at the key or at an empty slot;
+  // the first tombstone before that is the insert target.
+  int64_t hit = -1, free_slot = -1;
+  int64_t first_tomb = -1;  // probe position
+  bool stopped = false;
+  for (uint32_t i0 = 0; i0 < bucket_size; i0 += kWarp) {
+    const uint32_t pos = i0 + lane;
+    const bool valid = pos < bucket_size;
+    int64_t k = 0;
+    if (valid) k = p.keys[base + ((start + pos) & mask)];
+    const unsigned m = __ballot_sync(kFullMask, valid && k == key);
+    const unsigned e = __ballot_sync(kFullMask, valid && k == kEmptyKey);
+    const unsigned tb = __ballot_sync(kFullMask, valid && k == kErasedKey);
+    const unsigned stop = m | e;
+    if (stop != 0u) {
+      const int b = __ffs(static_cast<int>(stop)) - 1;
+      if (first_tomb < 0) {
+        const unsigned before = tb & ((1u << b) - 1u);  // tombstones ahead of the stop
+        if (before != 0u) first_tomb = i0 + (__ffs(static_cast<int>(before)) - 1);
+      }
+      if ((m >> b) & 1u) {
+        hit = base + ((start + i0 + static_cast<uint32_t>(b)) & mask);
+      } else {
+        const int64_t fp = first_tomb >= 0 ? first_tomb : static_cast<int64_t>(i0) + b;
+        free_slot = base + ((static_cast<int64_t>(start) + fp) & mask);
+      }
+      stopped = true;
+      break;
+    }
+    if (first_tomb < 0 && tb != 0u) first_tomb = i0 + (__ffs(static_cast<int>(tb)) - 1);
+  }
+  if (!stopped && first_tomb >= 0) {
+    free_slot = base + ((static_cast<int64_t>(start) + first_tomb) & mask);
+  }
+
+  if (hit >= 0) {
+    // Resident before this call: only first occurrences are probed.
+    if (lane == 0) {
+      p.last[hit] = step;
+      p.freq[hit] += 1;
+      p.slots[q] = static_cast<int32_t>(hit);
+      p.found[q] = true;
+    }
+    t.hits++;
+    __syncwarp();
+    return;
+  }
+  if (free_slot >= 0) {
+    if (lane == 0) {
+      p.keys[free_slot] = key;
+      p.last[free_slot] = step;
+      p.freq[free_slot] = 1;
+      p.slots[q] = static_cast<int32_t>(free_slot);
+      p.outcome[q] = kOutFree;
+    }
+    t.inserted++;
+    __syncwarp();
+    return;
+  }
+
+  // Full bucket: the best unpinned victim over all its slots.
+  int64_t v_slot = -1, v_last = 0, v_freq = 0;
+  for (uint32_t j = lane; j < bucket_size; j += kWarp) {
+    const int64_t s = base + j;
+    const int64_t ls = p.last[s];
+    if (ls >= pin) continue;
+    const int64_t fr = p.freq[s];
+    if (Better(p.policy, s, ls, fr, v_slot, v_last, v_freq)) {
+      v_slot = s;
+      v_last = ls;
+      v_freq = fr;
+    }
+  }
+#pragma unroll
+  for (int off = kWarp / 2; off > 0; off /= 2) {
+    const int64_t o_slot = __shfl_xor_sync(kFullMask, v_slot, off);
+    const int64_t o_last = __shfl_xor_sync(kFullMask, v_last, off);
+    const int64_t o_freq = __shfl_xor_sync(kFullMask, v_freq, off);
+    if (Better(p.policy, o_slot, o_last, o_freq, v_slot, v_last, v_freq)) {
+      v_slot = o_slot;
+      v_last = o_last;
+      v_freq = o_freq;
+    }
+  }
+  if (v_slot < 0 || t.evictions >= p.max_evictions) {
+    t.failed++;  // slot stays -1 (prep)
+    return;
+  }
+  if (lane == 0) {
+    p.vkey[q] = p.keys[v_slot];
+    p.vlast[q] = v_last;
+    p.vfreq[q] = v_freq;
+    p.ev_flag[q] = 1;
+    p.keys[v_slot] = key;
+    p.last[v_slot] = step;
+    p.freq[v_slot] = 1;
+    p.slots[q] = static_cast<int32_t>(v_slot);
+    p.outcome[q] = kOutVictim;
+  }
+  t.evictions++;
+  t.inserted++;
+  t.evicted++;
+  __syncwarp();
+}
+
+__device__ void FlushTally(const ProbeParams& p, const Tally& t, unsigned lane) {
+  if (lane != 0) return;
+  if (t.hits) atomicAdd(p.status + kStHits, t.hits);
+  if (t.inserted) atomicAdd(p.status + kStInserted, t.inserted);
+  if (t.evicted) atomicAdd(p.status + kStEvicted, t.evicted);
+  if (t.failed) atomicAdd(p.status + kStFailed, t.failed);
+}
+
+// Parallel path: warp w starts at sorted position w and works only if that
+// position begins a run of one bucket (every bucket has exactly one run).
+__global__ void ProbeRunsKernel(ProbeParams p, const uint32_t* __restrict__ sorted_bucket,
+                                const int32_t* __restrict__ sorted_q) {
+  const int64_t w = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
+  const unsigned lane = threadIdx.x % kWarp;
+  if (w >= p.n) return;  // warp-uniform from here on
+  const uint32_t bucket = sorted_bucket[w];
+  if (static_cast<uint64_t>(bucket) == p.num_buckets) return;  // reserved or padding
+  if (w > 0 && sorted_bucket[w - 1] == bucket) return;          // not a run start
+  const int64_t step = *p.step;
+  const int64_t pin_from = *p.pin_from;
+  const int64_t pin = pin_from < step ? pin_from : step;  // as std::min on CPU
+  Tally t;
+  for (int64_t r = w; r < p.n && sorted_bucket[r] == bucket; ++r) {
+    const int64_t q = sorted_q[r];
+    ProcessQuery(p, q, p.query[q], step, pin, lane, t);
+  }
+  FlushTally(p, t, lane);
+}
+
+// Sequential path (E < n): one warp, every first occurrence in query order.
+__global__ void ProbeSequentialKernel(ProbeParams p) {
+  const unsigned lane = threadIdx.x % kWarp;
+  if (blockIdx.x != 0 || threadIdx.x >= kWarp) return;
+  const int64_t step = *p.step;
+  const int64_t pin_from = *p.pin_from;
+  const int64_t pin = pin_from < step ? pin_from : step;  // as std::min on CPU
+  Tally t;
+  for (int64_t q = 0; q < p.n; ++q) {
+    const int64_t key = p.query[q];
+    if (IsReserved(key) || p.repeat_of[q] >= 0) continue;
+    ProcessQuery(p, q, key, step, pin, lane, t);
+  }
+  FlushTally(p, t, lane);
+}
+
+// ---------------------------------------------------------------- 5. repeats
+// Over the key-sorted positions, so the repeats of one key sit side by side:
+// one atomic per group of equal slots in a warp adds the repeats to freq.
+// A repeat reads its first occurrence's slot and found (never written here).
+__global__ void ResolveRepeatsKernel(const int32_t* __restrict__ sorted_kq, int64_t n,
+                                     const int32_t* __restrict__ repeat_of, int32_t* slots,
+                                     bool* found, int64_t* __restrict__ freq,
+                                     unsigned long long* __restrict__ status) {
+  // No early return: every lane reaches the ballots and the match.
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const unsigned lane = threadIdx.x % kWarp;
+  int32_t first = -1;
+  int32_t q = -1;
+  if (i < n) {
+    q = sorted_kq[i];
+    first = repeat_of[q];
+  }
+  const bool repeat = first >= 0;
+  int32_t slot = -1;
+  bool was_found = false;
+  if (repeat) {
+    slot = slots[first];
+    was_found = found[first];
+    slots[q] = slot;
+    found[q] = was_found;
+  }
+  // As the CPU's probe of each occurrence: a hit on a row resident before the
+  // call counts as a hit, a refused key is refused again.
+  const unsigned hit_bits = __ballot_sync(kFullMask, repeat && was_found);
+  const unsigned failed_bits = __ballot_sync(kFullMask, repeat && slot < 0);
+  const long long group = (repeat && slot >= 0) ? static_cast<long long>(slot) : -1ll;
+  const unsigned peers = __match_any_sync(kFullMask, group);
+  if (group >= 0 && static_cast<int>(lane) == __ffs(static_cast<int>(peers)) - 1) {
+    atomicAdd(reinterpret_cast<unsigned long long*>(freq + slot),
+              static_cast<unsigned long long>(__popc(peers)));
+  }
+  if (lane == 0) {
+    if (hit_bits) atomicAdd(status + kStHits, static_cast<unsigned long long>(__popc(hit_bits)));
+    if (failed_bits) {
+      atomicAdd(status + kStFailed, static_cast<unsigned long long>(__popc(failed_bits)));
+    }
+  }
+}
+
+// ---------------------------------------------------------------- 6. scan (in Run)
+// ---------------------------------------------------------------- 7. finalize
+template <typename T>
+__global__ void FinalizeKernel(const int64_t* __restrict__ query, int64_t n,
+                               const uint8_t* __restrict__ outcome,
+                               const int32_t* __restrict__ slots,
+                               const int32_t* __restrict__ ev_pos,
+                               const int64_t* __restrict__ vkey,
+                               const int64_t* __restrict__ vlast,
+                               const int64_t* __restrict__ vfreq, T* values, float* opt,
+                               int64_t dim, int64_t width, const float* __restrict__ opt_init,
+                               uint64_t seed, InitKind init_kind, float init_scale,
+                               int64_t* __restrict__ ev_keys, T* __restrict__ ev_values,
+                               float* __restrict__ ev_opt, int64_t* __restrict__ ev_last,
+                               int64_t* __restrict__ ev_freq) {
+  const int64_t q = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
+  const int64_t lane = threadIdx.x % kWarp;
+  if (q >= n) return;
+  const uint8_t o = outcome[q];
+  if (o == kOutNone) return;
+  const int64_t s = slots[q];
+  if (o == kOutVictim) {
+    const int64_t pos = ev_pos[q];
+    if (lane == 0) {
+      ev_keys[pos] = vkey[q];
+      ev_last[pos] = vlast[q];
+      ev_freq[pos] = vfreq[q];
+    }
+    // Each lane reads a column before it overwrites that same column below.
+    for (int64_t c = lane; c < dim; c += kWarp) ev_values[pos * dim + c] = values[s * dim + c];
+    for (int64_t c = lane; c < width; c += kWarp) ev_opt[pos * width + c] = opt[s * width + c];
+  }
+  const uint64_t row_seed = RowSeed(seed, query[q]);
+  for (int64_t c = lane; c < dim; c += kWarp) {
+    values[s * dim + c] =
+        FromF32<T>(InitValue(row_seed, static_cast<uint32_t>(c), init_kind, init_scale));
+  }
+  for (int64_t c = lane; c < width; c += kWarp) opt[s * width + c] = opt_init[c];
+}
+
+// ---------------------------------------------------------------- 8. fill
+// Past the count: key kEmptyKey, last_step and freq 0. Values and state are
+// unspecified there (the CPU op leaves them unwritten too).
+__global__ void FillEvictionsKernel(const int64_t* __restrict__ status, int64_t capacity,
+                                    int64_t* __restrict__ ev_keys,
+                                    int64_t* __restrict__ ev_last,
+                                    int64_t* __restrict__ ev_freq) {
+  const int64_t count = status[kStEvicted];
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = count + tid; i < capacity; i += stride) {
+    ev_keys[i] = kEmptyKey;
+    ev_last[i] = 0;
+    ev_freq[i] = 0;
+  }
+}
+
+// ---------------------------------------------------------------- 9. counters
+__global__ void CountersKernel(const int64_t* __restrict__ st, int64_t* __restrict__ counters) {
+  if (blockIdx.x != 0 || threadIdx.x != 0) return;
+  counters[kSize] += st[kStInserted] - st[kStEvicted];
+  counters[kInserted] += st[kStInserted];
+  counters[kEvicted] += st[kStEvicted];
+  counters[kReservedRejected] += st[kStReserved];
+  counters[kInsertFailed] += st[kStFailed];
+  counters[kLookups] += st[kStQueries];
+  counters[kHits] += st[kStHits];
+}
+
+
+template <typename T>
+LaunchStatus Run(const FindOrInsertArgs& a, const ScratchLayout& l, char* scratch,
+                 cudaStream_t stream) {
+  T* values = static_cast<T*>(a.values);
+  T* ev_values = static_cast<T*>(a.ev_values);
+  auto* status = reinterpret_cast<unsigned long long*>(a.status);
+  HYPERECA_CUDA_TRY(cudaMemsetAsync(a.status, 0, static_cast<size_t>(a.status_len) * 8, stream),
+                    "clearing the status");
+  if (a.n > 0) {
+    const int64_t n = a.n;
+    const int num_items = static_cast<int>(n);
+    const unsigned blocks = static_cast<unsigned>(CeilDiv(n, kThreads));
+    const unsigned warp_blocks = static_cast<unsigned>(CeilDiv(n, kWarpsPerBlock));
+    auto* outcome = reinterpret_cast<uint8_t*>(scratch + l.outcome);
+    auto* repeat_of = reinterpret_cast<int32_t*>(scratch + l.repeat_of);
+    auto* ev_flag = reinterpret_cast<int32_t*>(scratch + l.ev_flag);
+    auto* ev_pos = reinterpret_cast<int32_t*>(scratch + l.ev_pos);
+    auto* vkey = reinterpret_cast<int64_t*>(scratch + l.vkey);
+    auto* vlast = reinterpret_cast<int64_t*>(scratch + l.vlast);
+    auto* vfreq = reinterpret_cast<int64_t*>(scratch + l.vfreq);
+    auto* qidx_in = reinterpret_cast<int32_t*>(scratch + l.qidx_in);
+    auto* sorted_key = reinterpret_cast<int64_t*>(scratch + l.sorted_key);
+    auto* sorted_kq = reinterpret_cast<int32_t*>(scratch + l.sorted_kq);
+    auto* head_pos = reinterpret_cast<int32_t*>(scratch + l.head_pos);
+    auto* seg_head = reinterpret_cast<int32_t*>(scratch + l.seg_head);
+    void* cub_temp = scratch + l.cub_temp;
+    const bool sequential = Sequential(a);
+    uint32_t* bucket_in = sequential ? nullptr : reinterpret_cast<uint32_t*>(scratch + l.bucket_in);
+    uint32_t* bucket_out =
+        sequential ? nullptr : reinterpret_cast<uint32_t*>(scratch + l.bucket_out);
+    int32_t* qidx_out = sequential ? nullptr : reinterpret_cast<int32_t*>(scratch + l.qidx_out);
+
+    // 1. prep
+    PrepKernel<<<blocks, kThreads, 0, stream>>>(a.query, n, a.slots, a.found, outcome,
+                                                repeat_of, ev_flag, qidx_in, status);
+    HYPERECA_CUDA_LAUNCHED("launching the find_or_insert prep kernel");
+    // 2. dedup
+    size_t temp_bytes = l.cub_temp_bytes;
+    HYPERECA_CUDA_TRY(cub::DeviceRadixSort::SortPairs(cub_temp, temp_bytes, a.query, sorted_key,
+                                                      qidx_in, sorted_kq, num_items, 0, 64,
+                                                      stream),
+                      "sorting the queries by key");
+    SegmentHeadsKernel<<<blocks, kThreads, 0, stream>>>(sorted_key, n, head_pos);
+    HYPERECA_CUDA_LAUNCHED("launching the find_or_insert segment kernel");
+    temp_bytes = l.cub_temp_bytes;
+    HYPERECA_CUDA_TRY(cub::DeviceScan::InclusiveScan(cub_temp, temp_bytes, head_pos, seg_head,
+                                                     MaxOp{}, num_items, stream),
+                      "scanning the key segments");
+    MarkRepeatsKernel<<<blocks, kThreads, 0, stream>>>(sorted_key, sorted_kq, seg_head, n,
+                                                       a.num_buckets, repeat_of, bucket_in);
+    HYPERECA_CUDA_LAUNCHED("launching the find_or_insert repeat kernel");
+
+    ProbeParams p;
+    p.keys = a.keys;
+    p.last = a.last_step;
+    p.freq = a.freq;
+    p.bucket_size = a.bucket_size;
+    p.num_buckets = a.num_buckets;
+    p.policy = static_cast<ScorePolicy>(a.policy);
+    p.query = a.query;
+    p.repeat_of = repeat_of;
+    p.n = n;
+    p.step = a.step;
+    p.pin_from = a.pin_from;
+    p.max_evictions = sequential ? a.ev_capacity : std::numeric_limits<int64_t>::max();
+    p.slots = a.slots;
+    p.found = a.found;
+    p.outcome = outcome;
+    p.ev_flag = ev_flag;
+    p.vkey = vkey;
+    p.vlast = vlast;
+    p.vfreq = vfreq;
+    p.status = status;
+    if (sequential) {
+      // 4. probe, one warp in query order
+      ProbeSequentialKernel<<<1, kWarp, 0, stream>>>(p);
+      HYPERECA_CUDA_LAUNCHED("launching the find_or_insert sequential probe kernel");
+    } else {
+      // 3. sort by bucket, 4. probe one run per warp
+      temp_bytes = l.cub_temp_bytes;
+      HYPERECA_CUDA_TRY(cub::DeviceRadixSort::SortPairs(
+                            cub_temp, temp_bytes, bucket_in, bucket_out, qidx_in, qidx_out,
+                            num_items, 0, SortBits(a.num_buckets), stream),
+                        "sorting the queries by bucket");
+      ProbeRunsKernel<<<warp_blocks, kThreads, 0, stream>>>(p, bucket_out, qidx_out);
+      HYPERECA_CUDA_LAUNCHED("launching the find_or_insert probe kernel");
+    }
+    // 5. repeats
+    ResolveRepeatsKernel<<<blocks, kThreads, 0, stream>>>(sorted_kq, n, repeat_of, a.slots,
+                                                          a.found, a.freq, status);
+    HYPERECA_CUDA_LAUNCHED("launching the find_or_insert repeats kernel");
+    // 6. eviction positions
+    temp_bytes = l.cub_temp_bytes;
+    HYPERECA_CUDA_TRY(cub::DeviceScan::ExclusiveSum(cub_temp, temp_bytes, ev_flag, ev_pos,
+                                                    num_items, stream),
+                      "scanning the eviction flags");
+    // 7. finalize
+    FinalizeKernel<T><<<warp_blocks, kThreads, 0, stream>>>(
+        a.query, n, outcome, a.slots, ev_pos, vkey, vlast, vfreq, values, a.opt, a.dim,
+        a.width, a.opt_init, a.seed, static_cast<InitKind>(a.init_kind), a.init_scale,
+        a.ev_keys, ev_values, a.ev_opt, a.ev_last, a.ev_freq);
+    HYPERECA_CUDA_LAUNCHED("launching the find_or_insert finalize kernel");
+  }
+  // 8. fill
+  if (a.ev_capacity > 0) {
+    FillEvictionsKernel<<<GridFor(a.ev_capacity, kThreads), kThreads, 0, stream>>>(
+        a.status, a.ev_capacity, a.ev_keys, a.ev_last, a.ev_freq);
+    HYPERECA_CUDA_LAUNCHED("launching the find_or_insert eviction fill kernel");
+  }
+  // 9. counters
+  CountersKernel<<<1, 1, 0, stream>>>(a.status, a.counters);
+  HYPERECA_CUDA_LAUNCHED("launching the find_or_insert counters kernel");
+  return {};
+}
+
+}  // namespace
+
+LaunchStatus FindOrInsertScratchBytes(const FindOrInsertArgs& a, size_t* bytes) {
+  ScratchLayout l;
+  const LaunchStatus s = Layout(a, &l);
+  *bytes = l.total;
+  return s;
+}
+
+LaunchStatus FindOrInsert(const FindOrInsertArgs& a, void* scratch, size_t scratch_bytes,
+                          cudaStream_t stream) {
+  ScratchLayout l;
+  const LaunchStatus s = Layout(a, &l);
+  if (!s.ok()) return s;
+  if (scratch_bytes < l.total || (l.total > 0 && scratch == nullptr)) {
+    return LaunchStatus{cudaErrorInvalidValue, "checking the scratch size"};
+  }
+  char* base = static_cast<char*>(scratch);
+  if (a.value_type == ValueType::kF32) return Run<float>(a, l, base, stream);
+  return Run<Bf16>(a, l, base, stream);
+}
+
+}  // namespace hypereca::cuda

@@ -1,0 +1,496 @@
+"""The CUDA custom calls (find_or_insert, find, gather) against the CPU ones.
+
+Every test runs the same sequence of calls with the table on the CPU and on the
+GPU and asserts that every output and every table array is identical, bit for
+bit: slots, found, the evicted rows and their order, status, counters, keys,
+values, optimizer state and scores. Skipped where JAX sees no GPU (run
+tools/gpu_check.sh on a CUDA machine).
+
+HYPERECA_TEST_TARGET=cpu runs the same comparisons CPU against CPU: a check of
+this harness (and of the workloads' coverage) on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+import jax_hypereca as h
+from jax_hypereca import _native, _ops
+from jax_hypereca import table as tbl
+from jax_hypereca.errors import insert_status_dict
+
+
+def _target_device():
+    if os.environ.get("HYPERECA_TEST_TARGET") == "cpu":
+        return jax.devices("cpu")[-1]
+    try:
+        gpus = jax.devices("gpu")
+    except RuntimeError:
+        return None
+    return gpus[0] if gpus else None
+
+
+TARGET = _target_device()
+if TARGET is None:
+    pytest.skip("no GPU visible to JAX (jax.devices('gpu') is empty): the CUDA custom calls "
+                "are checked on a CUDA machine by tools/gpu_check.sh", allow_module_level=True)
+CPU = jax.devices("cpu")[0]
+ON_GPU = TARGET.platform != "cpu"
+
+# ---------------------------------------------------------------- helpers
+
+
+def put(x, dev):
+    """x (an array or a pytree of arrays) on `dev`, int64 kept int64.
+
+    Goes through numpy and jnp.asarray with the explicit dtype: without
+    jax_enable_x64, device_put of numpy narrows int64 to int32, and on jax
+    0.11.2 a cross-device device_put of an int64 jax.Array was seen to yield
+    an s32 buffer behind an s64 array. The result is uncommitted: run every
+    call on it under `jax.default_device(dev)`.
+    """
+    if isinstance(x, tuple):  # TableState and other NamedTuples of arrays
+        return type(x)(*(put(a, dev) for a in x))
+    arr = np.asarray(x)
+    with jax.default_device(dev):
+        out = jnp.asarray(arr, dtype=arr.dtype)
+    assert out.dtype == arr.dtype, (out.dtype, arr.dtype)
+    return out
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    if a.dtype == jnp.bfloat16:
+        return a.view(np.uint16)
+    if a.dtype == np.float32:
+        return a.view(np.uint32)
+    return a
+
+
+def assert_same(ref, got, what: str):
+    ref_a, got_a = np.asarray(ref), np.asarray(got)
+    assert got_a.dtype == ref_a.dtype, f"{what}: dtype {got_a.dtype} != {ref_a.dtype}"
+    assert got_a.shape == ref_a.shape, f"{what}: shape {got_a.shape} != {ref_a.shape}"
+    eq = _bits(got_a) == _bits(ref_a)
+    if not np.all(eq):
+        bad = np.argwhere(~eq)
+        first = tuple(int(i) for i in bad[0])
+        raise AssertionError(
+            f"{what}: {len(bad)} of {eq.size} elements differ; first at {first}: "
+            f"target {got_a[first]!r} vs cpu {ref_a[first]!r}")
+
+
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("max_evictions",))
+def _foi(spec, state, ids, step, pin_from, *, max_evictions):
+    return tbl.find_or_insert(spec, state, ids, step=step, pin_from=pin_from,
+                              max_evictions=max_evictions)
+
+
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("max_evictions",),
+                   donate_argnums=(1,))
+def _foi_donated(spec, state, ids, step, pin_from, *, max_evictions):
+    return tbl.find_or_insert(spec, state, ids, step=step, pin_from=pin_from,
+                              max_evictions=max_evictions)
+
+
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("miss_init", "with_rows"))
+def _find(spec, state, ids, *, miss_init, with_rows=True):
+    # The op itself (table.find drops the slots; compare them too).
+    return _ops.find(state.keys, state.values, ids, seed=spec.seed,
+                     init_kind=spec.initializer.code, init_scale=spec.initializer.scale,
+                     bucket_size=tbl._bucket_size(spec, state), miss_init=miss_init,
+                     with_rows=with_rows)
+
+
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("miss_init",))
+def _find_public(spec, state, ids, *, miss_init):
+    return tbl.find(spec, state, ids, miss_init=miss_init)
+
+
+_gather = jax.jit(tbl.gather)
+
+
+class Pair:
+    """The same table shard on the reference CPU device and on the target."""
+
+    def __init__(self, spec: tbl.TableSpec, state: tbl.TableState):
+        self.spec = spec
+        self.ref = put(state, CPU)
+        self.dut = put(state, TARGET)
+
+    def check_tables(self, what: str):
+        for name, a, b in zip(tbl.TableState._fields, self.ref, self.dut):
+            assert_same(a, b, f"{what}: table.{name}")
+
+    def insert(self, ids, step, pin_from, max_evictions, *, donate=False, what=""):
+        fn = _foi_donated if donate else _foi
+        outs = []
+        for dev, state in ((CPU, self.ref), (TARGET, self.dut)):
+            with jax.default_device(dev):
+                outs.append(fn(self.spec, state, put(np.asarray(ids, np.int64), dev),
+                               put(np.int64(step), dev), put(np.int64(pin_from), dev),
+                               max_evictions=max_evictions))
+        (ref_state, ref_res), (dut_state, dut_res) = outs
+        for res, dev in ((ref_res, CPU), (dut_res, TARGET)):  # ran where intended
+            assert res.status.devices() == {dev}, (res.status.devices(), dev)
+        self.ref, self.dut = ref_state, dut_state
+        assert_same(ref_res.status, dut_res.status, f"{what}: status")
+        assert_same(ref_res.slots, dut_res.slots, f"{what}: slots")
+        assert_same(ref_res.found, dut_res.found, f"{what}: found")
+        count = insert_status_dict(ref_res.status)["evicted"]
+        for name, a, b in zip(tbl.EvictedRows._fields, ref_res.evicted, dut_res.evicted):
+            if name in ("values", "opt_state"):  # unspecified past the count
+                a, b = np.asarray(a)[:count], np.asarray(b)[:count]
+            assert_same(a, b, f"{what}: evicted.{name}")
+        self.check_tables(what)
+        return ref_res
+
+    def _both(self, fn):
+        outs = []
+        for dev, st in ((CPU, self.ref), (TARGET, self.dut)):
+            with jax.default_device(dev):
+                outs.append(fn(dev, st))
+        return outs
+
+    def find(self, ids, miss_init, what=""):
+        ids = np.asarray(ids, np.int64)
+        outs = self._both(lambda dev, st: _find(self.spec, st, put(ids, dev),
+                                                miss_init=miss_init))
+        for name, a, b in zip(("rows", "slots", "found"), *outs):
+            assert_same(a, b, f"{what}: find(miss_init={miss_init}).{name}")
+        with jax.default_device(TARGET):
+            pub = _find_public(self.spec, self.dut, put(ids, TARGET), miss_init=miss_init)
+        assert_same(outs[0][0], pub[0], f"{what}: table.find rows")
+        assert_same(outs[0][2], pub[1], f"{what}: table.find found")
+        # rows (0, dim): slots and found only (table.find_slots).
+        slim = self._both(lambda dev, st: _find(self.spec, st, put(ids, dev), miss_init=False,
+                                                with_rows=False))
+        for name, a, b in zip(("rows", "slots", "found"), *slim):
+            assert_same(a, b, f"{what}: find(with_rows=False).{name}")
+        assert_same(outs[0][1], slim[1][1], f"{what}: find slots with and without rows")
+
+    def gather(self, slots, what=""):
+        slots = np.asarray(slots, np.int32)
+        outs = self._both(lambda dev, st: _gather(st, put(slots, dev)))
+        assert_same(outs[0], outs[1], f"{what}: gather")
+
+    def erase_on_cpu(self, ids):
+        """Tombstones: erase on the CPU copy, then mirror the table onto the target."""
+        with jax.default_device(CPU):
+            self.ref, _ = h.erase(self.spec, self.ref, put(np.asarray(ids, np.int64), CPU))
+        self.dut = put(self.ref, TARGET)
+
+
+# ---------------------------------------------------------------- workloads
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    name: str
+    bucket_size: int
+    capacity: int
+    dim: int
+    dtype: object
+    optimizer: h.Optimizer
+    policy: str
+    init: h.Initializer
+    sizes: tuple[int, ...]          # batch sizes drawn per call
+    steps: int
+    ev_modes: tuple[str, ...] = ("n",)  # max_evictions: n, more (n+5), third (n//3), zero
+    erase_every: int = 0            # erase some resident ids every k calls (tombstones)
+    skew: float = 0.9               # Zipf exponent of the id draw (duplicates)
+    donate: bool = False
+    expect: tuple[str, ...] = ("hits", "inserted", "evicted")  # status counts that must occur
+
+
+WORKLOADS = [
+    Workload("b4_f32_sgd_lru", 4, 64, 4, jnp.float32, h.SGD(), "lru", h.uniform(0.5),
+             (40, 96), 14, ("n",), erase_every=5,
+             expect=("hits", "inserted", "evicted", "failed", "reserved")),
+    Workload("b4_bf16_rowwise_lfu", 4, 64, 3, jnp.bfloat16, h.RowwiseAdagrad(), "lfu",
+             h.normal(0.3), (40, 96), 14, ("n", "third", "zero", "more"), erase_every=4,
+             expect=("hits", "inserted", "evicted", "failed", "reserved")),
+    Workload("b32_f32_adagrad_lru", 32, 256, 8, jnp.float32, h.Adagrad(), "lru",
+             h.uniform(0.1), (64, 300), 12, ("n", "third"), erase_every=5),
+    Workload("b32_bf16_sgd_lfu", 32, 256, 16, jnp.bfloat16, h.SGD(), "lfu", h.constant(0.25),
+             (64, 300), 12, ("n", "more", "third"), erase_every=5),
+    Workload("b128_f32_rowwise_lfu", 128, 1024, 5, jnp.float32, h.RowwiseAdagrad(), "lfu",
+             h.normal(1.0), (256, 900), 12, ("n", "third"), erase_every=4),
+    Workload("b128_bf16_adagrad_lru", 128, 1024, 4, jnp.bfloat16, h.Adagrad(), "lru",
+             h.uniform(0.05), (256, 900), 12, ("n",), erase_every=6),
+    Workload("b1_f32_rowwise_lru", 1, 32, 2, jnp.float32, h.RowwiseAdagrad(), "lru",
+             h.uniform(1.0), (24, 50), 12, ("n", "third"),
+             expect=("hits", "inserted", "evicted", "failed")),
+    Workload("b1024_f32_sgd_lfu", 1024, 2048, 1, jnp.float32, h.SGD(), "lfu", h.normal(0.2),
+             (700, 1500), 10, ("n", "third"), erase_every=4, skew=0.5),
+    # Many warps at once: bucket runs in parallel, bitmap words shared by buckets.
+    Workload("big_b4_bf16_rowwise_lru", 4, 4096, 8, jnp.bfloat16, h.RowwiseAdagrad(), "lru",
+             h.uniform(0.2), (3000,), 8, ("n",), erase_every=3, skew=0.3, donate=True),
+    Workload("big_b128_f32_adagrad_lfu", 128, 32768, 16, jnp.float32, h.Adagrad(), "lfu",
+             h.normal(0.1), (20000,), 6, ("n",), erase_every=4, skew=0.2, donate=True),
+]
+
+
+def _universe(rng, size: int) -> np.ndarray:
+    small = np.arange(size // 2, dtype=np.int64) * 7 + 3
+    big = rng.integers(np.iinfo(np.int64).min, np.iinfo(np.int64).max, size=size - size // 2,
+                       dtype=np.int64)
+    u = np.unique(np.concatenate([small, big]))
+    u = u[(u != h.PADDING_ID) & (u != h.ERASED_KEY)]
+    return rng.permutation(u)
+
+
+def _draw(rng, universe, n: int, skew: float, padding=0.06, reserved=0.02) -> np.ndarray:
+    p = 1.0 / np.arange(1, len(universe) + 1) ** skew
+    ids = rng.choice(universe, size=n, p=p / p.sum())
+    r = rng.random(n)
+    ids[r < padding] = h.PADDING_ID
+    ids[(r >= padding) & (r < padding + reserved)] = h.ERASED_KEY
+    return ids.astype(np.int64)
+
+
+def _max_evictions(mode: str, n: int) -> int:
+    return {"n": n, "more": n + 5, "third": n // 3, "zero": 0}[mode]
+
+
+def run_workload(w: Workload, seed: int) -> Counter:
+    spec = tbl.TableSpec(name=w.name, dim=w.dim, capacity=w.capacity,
+                         bucket_size=w.bucket_size, dtype=w.dtype, optimizer=w.optimizer,
+                         policy=w.policy, initializer=w.init, seed=seed)
+    with jax.default_device(CPU):
+        state = tbl.init_table(spec)
+    assert state.capacity == w.capacity
+    assert tbl._bucket_size(spec, state) == w.bucket_size
+    pair = Pair(spec, state)
+    rng = np.random.default_rng(seed)
+    universe = _universe(rng, 3 * w.capacity)
+    totals: Counter = Counter()
+    step = 0
+    for i in range(w.steps):
+        step += int(rng.integers(0, 3))  # 0: the same step again (score ties)
+        n = int(rng.choice(w.sizes))
+        ids = _draw(rng, universe, n, w.skew)
+        r = rng.random()
+        # pin_from: default (= step), older (pins recent rows), or later (clamped to step).
+        pin_from = step if r < 0.4 else (step - int(rng.integers(1, 4)) if r < 0.85 else step + 3)
+        mode = w.ev_modes[i % len(w.ev_modes)]
+        what = f"{w.name} seed={seed} call={i} step={step} pin_from={pin_from} n={n} ev={mode}"
+        res = pair.insert(ids, step, pin_from, _max_evictions(mode, n), donate=w.donate,
+                          what=what)
+        totals.update(insert_status_dict(res.status))
+        if i % 3 == 2 or i == w.steps - 1:
+            probe = np.concatenate([_draw(rng, universe, 60, w.skew, 0.05, 0.05),
+                                    [h.PADDING_ID, h.ERASED_KEY, 12345678901]]).astype(np.int64)
+            pair.find(probe, miss_init=bool(i % 2), what=what)
+            slots = np.asarray(res.slots).astype(np.int32).copy()
+            extra = np.array([-1, -7, w.capacity, w.capacity + 3, 2**31 - 1, 0,
+                              w.capacity - 1], np.int32)
+            pair.gather(np.concatenate([slots, extra]), what=what)
+        if w.erase_every and i % w.erase_every == w.erase_every - 1:
+            keys = np.asarray(pair.ref.keys)
+            live = keys[(keys != h.PADDING_ID) & (keys != h.ERASED_KEY)]
+            if live.size:
+                victims = rng.choice(live, size=max(1, live.size // 5), replace=False)
+                pair.erase_on_cpu(np.concatenate([victims, universe[:3]]))
+                totals["erase_calls"] += 1
+    return totals
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_cuda_extension_is_loaded():
+    if not ON_GPU:
+        pytest.skip("HYPERECA_TEST_TARGET=cpu: no CUDA extension to check")
+    try:
+        import jax_hypereca._hypereca_cuda as cuda_module
+    except ImportError as e:  # _native swallows this; show it here
+        pytest.fail(f"the CUDA extension jax_hypereca._hypereca_cuda failed to import: {e}")
+    assert _native.has_platform("CUDA"), "CUDA targets were not registered"
+    info = cuda_module.build_info()
+    assert info["platform"] == "cuda"
+    assert set(cuda_module.registrations()) == {
+        "hypereca_find_or_insert", "hypereca_find", "hypereca_gather"}
+    assert cuda_module.constants() == _native.cpu.constants()
+
+
+@pytest.mark.parametrize("w", WORKLOADS, ids=[w.name for w in WORKLOADS])
+def test_random_workload_matches_cpu_bit_for_bit(w):
+    totals = Counter()
+    for seed in (11, 2024):
+        totals += run_workload(w, seed)
+    # The workload really exercised the paths it is meant to.
+    for name in w.expect:
+        assert totals[name] > 0, f"{w.name}: no '{name}' in {dict(totals)}"
+    if w.erase_every:
+        assert totals["erase_calls"] > 0
+
+
+def test_duplicates_padding_reserved_and_eviction_cap():
+    spec = tbl.TableSpec(name="t", dim=4, capacity=16, bucket_size=4, optimizer=h.Adagrad(),
+                         policy="lru", initializer=h.uniform(0.5), seed=7)
+    with jax.default_device(CPU):
+        state = tbl.init_table(spec)
+    pair = Pair(spec, state)
+    ids = np.array([5, 7, 5, -1, 9, -2, 5, 7, 11, 13, 5, -1], np.int64)
+    res = pair.insert(ids, 1, 1, len(ids), what="first")
+    found = np.asarray(res.found)
+    assert not found.any()
+    assert insert_status_dict(res.status)["queries"] == 10
+    res = pair.insert(ids, 2, 2, len(ids), what="second")
+    assert np.asarray(res.found)[[0, 1, 2, 4]].all()
+    # Overfill with a small eviction budget: the cap refuses in query order.
+    many = np.arange(100, 160, dtype=np.int64)
+    for e in (0, 1, 5, 17, 60, 61):
+        res = pair.insert(many + 1000 * e, 10 + e, 10 + e, e, what=f"cap E={e}")
+    assert insert_status_dict(res.status)["evicted"] > 0
+
+
+def test_empty_and_all_padding_batches():
+    spec = tbl.TableSpec(name="t", dim=3, capacity=32, bucket_size=8, dtype=jnp.bfloat16,
+                         optimizer=h.RowwiseAdagrad(), seed=3)
+    with jax.default_device(CPU):
+        state = tbl.init_table(spec)
+    pair = Pair(spec, state)
+    pair.insert(np.arange(1, 20, dtype=np.int64), 1, 1, 19, what="fill")
+    pair.insert(np.full(9, h.PADDING_ID, np.int64), 2, 2, 9, what="all padding")
+    pair.insert(np.full(5, h.PADDING_ID, np.int64), 3, 3, 0, what="all padding, E=0")
+    pair.insert(np.zeros(0, np.int64), 4, 4, 0, what="empty batch")
+    pair.insert(np.zeros(0, np.int64), 4, 4, 3, what="empty batch, E=3")
+    pair.find(np.zeros(0, np.int64), miss_init=True, what="empty find")
+    pair.gather(np.zeros(0, np.int32), what="empty gather")
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("dim", [1, 2, 3, 4, 8, 33])
+def test_find_and_gather_all_row_widths(dtype, dim):
+    """Every vector width of the row copies (2, 4, 8 and 16 bytes)."""
+    spec = tbl.TableSpec(name="t", dim=dim, capacity=256, bucket_size=16, dtype=dtype,
+                         optimizer=h.SGD(), initializer=h.normal(0.5), seed=dim)
+    with jax.default_device(CPU):
+        state = tbl.init_table(spec)
+    pair = Pair(spec, state)
+    ids = np.arange(0, 400, 3, dtype=np.int64)
+    res = pair.insert(ids, 1, 1, len(ids), what=f"dim={dim}")
+    probe = np.concatenate([ids[::2], np.arange(10_000, 10_050), [-1, -2]]).astype(np.int64)
+    pair.find(probe, miss_init=False, what=f"dim={dim}")
+    pair.find(probe, miss_init=True, what=f"dim={dim}")
+    pair.gather(np.concatenate([np.asarray(res.slots), [-1, 256, 255, 0]]).astype(np.int32),
+                what=f"dim={dim}")
+
+
+def test_shape_errors_match_cpu():
+    spec = tbl.TableSpec(name="t", dim=4, capacity=64, bucket_size=4)
+    with jax.default_device(CPU):
+        state = tbl.init_table(spec)
+    msgs = []
+    for dev in (CPU, TARGET):
+        st = put(state, dev)
+        ids = put(np.arange(5, dtype=np.int64), dev)
+        errs = []
+        for call in (
+            lambda: _ops.find(st.keys, st.values, ids, seed=0, init_kind=0, init_scale=0.1,
+                              bucket_size=3, miss_init=False),
+            lambda: _ops.find_or_insert(tuple(st), ids, put(np.int64(1), dev),
+                                        put(np.int64(1), dev),
+                                        put(np.zeros(0, np.float32), dev), seed=0,
+                                        init_kind=0, init_scale=0.1, policy=0, bucket_size=3,
+                                        max_evictions=5),
+        ):
+            with pytest.raises(Exception) as info, jax.default_device(dev):
+                jax.block_until_ready(call())
+            errs.append(str(info.value))
+        msgs.append(errs)
+    expected = ("hypereca_find: bucket_size must be a power of two dividing capacity",
+                "hypereca_find_or_insert: bucket_size must be a power of two <= 65536 "
+                "dividing the capacity 64 (got 3)")
+    for cpu_msg, dut_msg, want in zip(msgs[0], msgs[1], expected):
+        assert want in cpu_msg, cpu_msg
+        assert want in dut_msg, dut_msg
+
+
+_SANITIZER_SCRIPT = r"""
+import numpy as np, jax, jax.numpy as jnp
+import jax_hypereca as h
+gpu = jax.devices("gpu")[0]
+def put(x):
+    x = np.asarray(x)
+    with jax.default_device(gpu):
+        return jnp.asarray(x, dtype=x.dtype)
+rng = np.random.default_rng(0)
+with jax.default_device(gpu):
+    for dtype, dim, opt, bucket, cap, policy in [
+            (jnp.float32, 4, h.SGD(), 4, 64, "lru"),
+            (jnp.bfloat16, 3, h.RowwiseAdagrad(), 32, 256, "lfu"),
+            (jnp.float32, 5, h.Adagrad(), 128, 512, "lfu"),
+            (jnp.bfloat16, 8, h.Adagrad(), 1, 16, "lru")]:
+        spec = h.TableSpec(name="t", dim=dim, capacity=cap, bucket_size=bucket, dtype=dtype,
+                           optimizer=opt, policy=policy)
+        st = h.init_table(spec)
+        for step in range(1, 6):
+            ids = rng.integers(0, 3 * cap, size=cap).astype(np.int64)
+            ids[::7] = -1
+            ids[::11] = -2
+            for e in (None, cap // 8):
+                st, res = h.find_or_insert(spec, st, put(ids), step=put(np.int64(step)),
+                                           pin_from=put(np.int64(step - 1)), max_evictions=e)
+            rows, found = h.find(spec, st, put(ids), miss_init=True)
+            slots = np.concatenate([np.asarray(res.slots), [-1, cap, cap - 1]]).astype(np.int32)
+            got = h.gather(st, put(slots))
+            jax.block_until_ready((st, res, rows, found, got))
+print("SANITIZER_SCRIPT_OK", flush=True)
+"""
+
+
+def _compute_sanitizer() -> str | None:
+    found = shutil.which("compute-sanitizer")
+    if found:
+        return found
+    for cand in ("/usr/local/cuda/bin/compute-sanitizer",
+                 "/usr/local/cuda/compute-sanitizer/compute-sanitizer"):
+        if os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+def test_memcheck_clean(tmp_path):
+    """The ops under compute-sanitizer memcheck (every XLA buffer its own
+    allocation, so out-of-bounds accesses hit unallocated memory)."""
+    if not ON_GPU:
+        pytest.skip("HYPERECA_TEST_TARGET=cpu: memcheck needs a GPU")
+    tool = _compute_sanitizer()
+    if tool is None:
+        pytest.skip("compute-sanitizer not found (PATH, /usr/local/cuda/bin)")
+    script = tmp_path / "memcheck_ops.py"
+    script.write_text(textwrap.dedent(_SANITIZER_SCRIPT))
+    env = dict(os.environ, XLA_PYTHON_CLIENT_ALLOCATOR="platform",
+               XLA_PYTHON_CLIENT_PREALLOCATE="false", PYTHONUNBUFFERED="1")
+    env.pop("XLA_FLAGS", None)
+    timeout = int(os.environ.get("HYPERECA_MEMCHECK_TIMEOUT", "420"))
+    cmd = [tool, "--tool", "memcheck", "--error-exitcode", "1", "--report-api-errors", "no",
+           "--print-limit", "20", sys.executable, str(script)]
+    try:
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"compute-sanitizer memcheck did not finish within {timeout} s "
+                    f"(HYPERECA_MEMCHECK_TIMEOUT)")
+    out = proc.stdout + proc.stderr
+    for refusal in ("Device not supported", "not supported on this", "Unable to connect",
+                    "Target application terminated before first instrumented API call"):
+        if refusal in out and "SANITIZER_SCRIPT_OK" not in out:
+            pytest.skip(f"compute-sanitizer refused the device: {out[-1500:]}")
+    assert proc.returncode == 0 and "SANITIZER_SCRIPT_OK" in out, out[-6000:]
+    assert "ERROR SUMMARY: 0 errors" in out, out[-6000:]
