@@ -88,6 +88,13 @@ def gather(values, slots):
     return jax.ffi.ffi_call("hypereca_gather", out)(values, jnp.asarray(slots, I32))
 
 
+def gather_tagged(tags, slots, tables):
+    """rows[i] = tables[tags[i]][slots[i]] (zeros for tag or slot -1)."""
+    out = _sds((slots.shape[0], tables[0].shape[1]), tables[0].dtype)
+    return jax.ffi.ffi_call("hypereca_gather_tagged", out)(
+        jnp.asarray(tags, I32), jnp.asarray(slots, I32), *tables)
+
+
 def apply_gradients(values, opt, counters, slots, grads, hparams, *, optimizer: int):
     out = [_sds(values.shape, values.dtype), _sds(opt.shape, F32),
            _sds(counters.shape, I64), _sds((NUM_APPLY_STATUS,), I64)]

@@ -30,13 +30,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jax_hypereca import _ops
 from jax_hypereca.errors import (
-    HyperecaError, NonFiniteGradientError, raise_for_insert_status)
+    HyperecaError, NonFiniteGradientError, TableFullError, raise_for_insert_status)
 from jax_hypereca.flax.scope import embedding_scope
 from jax_hypereca.features import (
     FeatureSpec, Jagged, check_weights, jagged_to_padded, padded_ids, validate_features)
 from jax_hypereca.sharding import (
-    STAT_NAMES, Layout, TableContext, _round8, backward_local, forward_local, init_sharded_table,
-    initial_capacity, make_mesh)
+    STAT_NAMES, Layout, TableContext, _round8, backward_local, exchange_groups, forward_local,
+    grow_sharded_table, init_sharded_table, initial_capacity, make_mesh)
 from jax_hypereca.table import COUNTER_NAMES, TableSpec, TableState
 
 log = logging.getLogger("jax_hypereca")
@@ -70,12 +70,24 @@ class EmbeddingCollection:
       retune_every: steps between capacity re-fits to the observed counts
         (keeps padding low); 0 disables shrinking.
       capacities: optional first per-destination capacity per table (ids one
-        device sends one owner per step), instead of the slack rule.
+        device sends one owner per step), instead of the slack rule; tables
+        exchanged together (same dim and dtype) share the sum of theirs.
+      grow_threshold: after a step, a table whose fullest shard holds more than
+        this share of its rows doubles (at the step boundary), while the
+        tables fit ``max_shard_bytes``; past it, rows are evicted by score and
+        counted. A step whose ids do not fit a bucket always grows the table
+        (and is re-run; nothing was applied).
+      max_shard_bytes: memory cap of all tables on one device (None: no cap).
+      evict: whether a full bucket evicts its lowest-score row (counted) to
+        make room; with False every row stays and the table grows instead
+        (raising TableFullError at the memory cap).
     """
 
     def __init__(self, tables: Sequence[TableSpec], features: Sequence[FeatureSpec], *,
                  mesh: Mesh | None = None, axis: str = "shard", capacity_slack: float = 2.0,
-                 retune_every: int = 50, capacities: Mapping[str, int] | None = None):
+                 retune_every: int = 50, capacities: Mapping[str, int] | None = None,
+                 grow_threshold: float = 0.85, max_shard_bytes: int | None = None,
+                 evict: bool = True):
         names = [t.name for t in tables]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate table names in {names}")
@@ -98,8 +110,12 @@ class EmbeddingCollection:
                          bucket)
         self.capacity_slack = capacity_slack
         self.retune_every = retune_every
-        self._caps: dict[str, int] | None = None
+        self._caps: dict[tuple[str, ...], int] | None = None
         self._first_caps = dict(capacities or {})
+        self.grow_threshold = grow_threshold
+        self.evict = evict
+        self.max_shard_bytes = max_shard_bytes
+        self._cap_warned: set[str] = set()
         self._observed: dict[str, int] = {}
 
     # ------------------------------------------------------------------ state
@@ -195,49 +211,93 @@ class EmbeddingCollection:
         return jax.make_array_from_single_device_arrays(shape, self.batch_sharding, blocks)
 
     # ---------------------------------------------------------------- layouts
+    @property
+    def groups(self) -> tuple[tuple[str, ...], ...]:
+        """Tables exchanged together (same dim and dtype), in stats order."""
+        return exchange_groups(tuple(self.tables.values()), tuple(self.features.values()))
+
     def layout(self, batch_size: int) -> Layout:
         """The exchange layout for a global batch of `batch_size` samples."""
-        per_device = batch_size // self.num_shards
+        groups = self.groups
         if self._caps is None:
             self._caps = {}
-            for t in self.tables:
-                n = per_device * sum(f.max_ids for f in self.features.values() if f.table == t)
-                self._caps[t] = self._first_caps.get(
-                    t, initial_capacity(n, self.num_shards, self.capacity_slack))
+            for g in groups:
+                given = [self._first_caps[t] for t in g if t in self._first_caps]
+                self._caps[g] = sum(given) if given else initial_capacity(
+                    self._ids_per_device(g, batch_size), self.num_shards, self.capacity_slack)
         return Layout(tuple(self.tables.values()), tuple(self.features.values()),
-                      self.num_shards, self.axis,
-                      tuple(self._caps[t] for t in self.tables))
+                      self.num_shards, self.axis, tuple(self._caps[g] for g in groups),
+                      self.evict)
 
-    def _ids_per_device(self, table: str, batch_size: int) -> int:
+    def _ids_per_device(self, group: tuple[str, ...], batch_size: int) -> int:
         per_device = batch_size // self.num_shards
-        return per_device * sum(f.max_ids for f in self.features.values() if f.table == table)
+        return per_device * sum(f.max_ids for f in self.features.values() if f.table in group)
 
     def observe(self, stats: dict[str, dict[str, np.ndarray]], batch_size: int,
                 step: int) -> bool:
-        """Fits capacities to the observed per-destination counts. Returns
-        True when a capacity was too small for this batch (then the step was
+        """Fits the group capacities to the observed per-destination counts.
+        Returns True when one was too small for this batch (then the step was
         not applied and must be re-run)."""
         assert self._caps is not None
         overflow = False
-        for t, st in stats.items():
-            need = int(st["max_count"].max())
-            self._observed[t] = max(self._observed.get(t, 0), need)
-            if need > self._caps[t]:
-                limit = _round8(self._ids_per_device(t, batch_size))
-                new = min(limit, _round8(need * 1.25))
-                log.info("table %r: %d ids for one destination > capacity %d; recompiling "
-                         "with %d and re-running the step", t, need, self._caps[t], new)
-                self._caps[t] = new
+        for g in self._caps:
+            need = int(stats[g[0]]["max_count"].max())
+            self._observed[g] = max(self._observed.get(g, 0), need)
+            if need > self._caps[g]:
+                new = min(_round8(self._ids_per_device(g, batch_size)), _round8(need * 1.25))
+                log.info("tables %s: %d ids for one destination > capacity %d; recompiling "
+                         "with %d and re-running the step", list(g), need, self._caps[g], new)
+                self._caps[g] = new
                 overflow = True
         if not overflow and self.retune_every and step % self.retune_every == 0:
-            for t, seen in self._observed.items():
-                fit = _round8(seen * 1.1)
-                if fit < 0.8 * self._caps[t]:
-                    log.info("table %r: capacity %d -> %d (largest count seen: %d)", t,
-                             self._caps[t], fit, seen)
-                    self._caps[t] = fit
+            for g, seen in self._observed.items():
+                fit = _round8(seen * 1.05)
+                if fit < 0.9 * self._caps[g]:
+                    log.info("tables %s: capacity %d -> %d (largest count seen: %d)", list(g),
+                             self._caps[g], fit, seen)
+                    self._caps[g] = fit
             self._observed = {}
         return overflow
+
+    # ---------------------------------------------------------------- growth
+    def shard_bytes(self, tables: Mapping[str, TableState]) -> int:
+        """Bytes all tables take on one device."""
+        return sum(st.keys.shape[0] // self.num_shards * self.tables[n].row_bytes()
+                   for n, st in tables.items())
+
+    def grow(self, tables: dict[str, TableState], name: str, *, required: bool
+             ) -> dict[str, TableState]:
+        """Doubles table `name` on every shard if the memory cap allows. With
+        `required` (a step could not place its ids) a refusal raises."""
+        spec, st = self.tables[name], tables[name]
+        rows = st.keys.shape[0] // self.num_shards
+        extra = rows * spec.row_bytes()
+        if self.max_shard_bytes is not None and \
+                self.shard_bytes(tables) + extra > self.max_shard_bytes:
+            msg = (f"table {name!r}: growing from {rows} to {2 * rows} rows per shard would "
+                   f"take {self.shard_bytes(tables) + extra} bytes per device, over "
+                   f"max_shard_bytes={self.max_shard_bytes}")
+            if required:
+                raise TableFullError(msg + "; this step's ids do not fit its buckets. Raise "
+                                           "max_shard_bytes or the table's capacity.")
+            if name not in self._cap_warned:
+                log.warning("%s: rows will be evicted by score (counted in the counters)", msg)
+                self._cap_warned.add(name)
+            return tables
+        log.info("table %r: growing from %d to %d rows per shard", name, rows, 2 * rows)
+        tables = dict(tables)
+        tables[name] = grow_sharded_table(spec, st, self.mesh, self.axis, 2 * rows)
+        return tables
+
+    def _maybe_grow(self, state: TrainState, stats, refused: set[str]) -> TrainState:
+        tables = state.tables
+        for name in refused:
+            tables = self.grow(tables, name, required=True)
+        for name, st in stats.items():
+            rows = tables[name].keys.shape[0] // self.num_shards
+            if name not in refused and st["resident"].max() > self.grow_threshold * rows:
+                tables = self.grow(tables, name, required=False)
+        return state if tables is state.tables else state._replace(tables=tables)
 
     # ----------------------------------------------------------------- steps
     def _specs(self, tables, ids, weights):
@@ -249,9 +309,9 @@ class EmbeddingCollection:
         outputs per feature, contexts, stats (W*T, S), ok)."""
         def fn(tables, ids, weights, step):
             t_spec, i_spec, w_spec = self._specs(tables, ids, weights)
-            contexts = {t: _ctx_spec(self.axis) for g in layout.groups for t in g}
-            out_specs = (t_spec, {f: P(self.axis) for f in self.features},
-                         contexts if train else {}, P(self.axis), P())
+            contexts = tuple(_ctx_spec(self.axis) for _ in layout.groups) if train else ()
+            out_specs = (t_spec, {f: P(self.axis) for f in self.features}, contexts,
+                         P(self.axis), P())
             body = lambda tb, i, w, s: forward_local(layout, dict(tb), i, w, s, train=train)
             return jax.shard_map(body, mesh=self.mesh, in_specs=(t_spec, i_spec, w_spec, P()),
                                  out_specs=out_specs)(tables, ids, weights, step)
@@ -266,7 +326,7 @@ class EmbeddingCollection:
             return jax.shard_map(
                 body, mesh=self.mesh,
                 in_specs=(t_spec, {f: P(self.axis) for f in grads},
-                          {t: _ctx_spec(self.axis) for t in contexts}, w_spec, P(), P()),
+                          tuple(_ctx_spec(self.axis) for _ in contexts), w_spec, P(), P()),
                 out_specs=(t_spec, P(self.axis)))(tables, grads, contexts, weights, step, ok)
         return fn
 
@@ -379,14 +439,19 @@ class ShardedTrainStep:
     def __call__(self, state: TrainState, batch, *, local: bool = False):
         batch = self.c.prepare_batch(batch, local=local)
         size = next(iter(batch["ids"].values())).shape[0]
-        for _ in range(8):
+        for _ in range(16):
             state, metrics = self.compiled(batch)(state, batch)
             stats = self._host_stats(metrics)
-            if not self.c.observe(stats, size, int(_first(state.step))):
+            overflow = self.c.observe(stats, size, int(_first(state.step)))
+            refused = set() if overflow else {t for t, st in stats.items()
+                                              if st["failed"].sum() and not st["reserved"].sum()}
+            state = self.c._maybe_grow(state, stats, refused)
+            if not overflow and not refused:
                 break
             self.retries += 1
         else:
-            raise HyperecaError("exchange capacities kept overflowing after 8 re-runs")
+            raise HyperecaError("the step kept needing larger exchange buffers or tables after "
+                                "16 re-runs")
         metrics = dict(metrics, loss=float(_first(metrics["loss"])), stats=stats,
                        bytes_per_step=self.c.layout(size).bytes_per_step())
         try:
@@ -400,7 +465,7 @@ class ShardedTrainStep:
         """Per-table, per-device statistics of the step (exact counts)."""
         s = np.asarray(multihost_utils.process_allgather(metrics["stats"], tiled=True))
         nf = np.asarray(multihost_utils.process_allgather(metrics["nonfinite"], tiled=True))
-        names = [t for t in self.c.tables if any(f.table == t for f in self.c.features.values())]
+        names = [t for g in self.c.groups for t in g]
         s = s.reshape(self.c.num_shards, len(names), len(STAT_NAMES))
         nf = nf.reshape(self.c.num_shards, len(names))
         out = {}

@@ -4,10 +4,11 @@ exchange (the model-parallel fold).
 Every device owns the ids that hash to it (``owner_of``, the one owner hash).
 Inside ``shard_map``, per exchange group (tables of one dim and dtype):
 
-forward   dedup the local ids per table (unique) -> bucketize by owner into
-          static per-destination buffers -> all_to_all ids -> find_or_insert
-          (or find, for evaluation) + gather on the owner -> all_to_all rows
-          back -> expand by the inverse and pool per feature.
+forward   dedup the local ids per table (unique) -> one tagged list per group
+          -> bucketize by owner into one static per-destination buffer ->
+          all_to_all (id, table tag) -> find_or_insert per table (or find, for
+          evaluation) + one tagged gather on the owner -> all_to_all rows back
+          -> expand by the inverse and pool per feature.
 backward  d loss / d pooled -> per unique id (the pooling's transpose) ->
           scattered into the same buffers -> all_to_all -> the owner sums the
           senders' gradients of a slot and applies the fused optimizer.
@@ -15,7 +16,10 @@ backward  d loss / d pooled -> per unique id (the pooling's transpose) ->
 Per-destination capacities are static. A batch that needs more is detected
 before anything is updated: every device learns it through one max-reduction,
 the exchange then carries only padding (no insert, no update) and the host
-re-runs the step with larger capacities (see collection.py).
+re-runs the step with larger capacities (see collection.py). Likewise, when an
+owner must refuse an id a row (its bucket is full of rows this very step
+uses), a second max-reduction cancels the step's updates and the host grows
+the table before re-running it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import math
 from typing import Mapping, NamedTuple
 
 import jax
+import jax.experimental.multihost_utils
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -34,12 +39,12 @@ from jax_hypereca import _ops
 from jax_hypereca.errors import PADDING_ID
 from jax_hypereca.features import FeatureSpec
 from jax_hypereca.table import (
-    NUM_COUNTERS, TableSpec, TableState, apply_gradients, find_or_insert, gather)
+    NUM_COUNTERS, TableSpec, TableState, apply_gradients, find_or_insert)
 from jax_hypereca.table import find as table_find
 
 # Per-device statistics, one int64 vector per table (see Layout.stat_names).
 STAT_NAMES = ("ids", "unique", "remote_unique", "max_count", "queries", "hits", "inserted",
-              "evicted", "reserved", "failed", "apply_nonfinite")
+              "evicted", "reserved", "failed", "resident", "apply_nonfinite")
 _ST = {n: i for i, n in enumerate(STAT_NAMES)}
 
 
@@ -71,13 +76,14 @@ def init_sharded_table(spec: TableSpec, mesh: Mesh, axis: str) -> TableState:
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """Static description of one compiled exchange: features, tables, exchange
-    groups and per-destination capacities. Hashable (a jit cache key)."""
+    groups and their per-destination capacities. Hashable (a jit cache key)."""
 
     tables: tuple[TableSpec, ...]
     features: tuple[FeatureSpec, ...]
     num_shards: int
     axis: str
-    capacities: tuple[int, ...]  # per table, ids per destination per step
+    capacities: tuple[int, ...]  # per group: ids one device sends one owner per step
+    evict: bool = True            # False: every row is pinned; full buckets grow the table
 
     @property
     def table_names(self) -> tuple[str, ...]:
@@ -86,40 +92,48 @@ class Layout:
     def spec(self, name: str) -> TableSpec:
         return self.tables[self.table_names.index(name)]
 
-    def cap(self, name: str) -> int:
-        return self.capacities[self.table_names.index(name)]
-
     def features_of(self, table: str) -> tuple[FeatureSpec, ...]:
         return tuple(f for f in self.features if f.table == table)
 
     @property
     def groups(self) -> tuple[tuple[str, ...], ...]:
-        """Tables that share one exchange: same dim and storage dtype."""
-        out: dict[tuple, list[str]] = {}
-        for t in self.tables:
-            if self.features_of(t.name):
-                out.setdefault((t.dim, np.dtype(t.dtype).name), []).append(t.name)
-        return tuple(tuple(v) for v in out.values())
+        """Tables that share one exchange (one buffer, one capacity): same dim
+        and storage dtype, in table order."""
+        return exchange_groups(self.tables, self.features)
+
+    @property
+    def looked_up(self) -> tuple[str, ...]:
+        """Tables some feature looks up, in stats order."""
+        return tuple(t for g in self.groups for t in g)
 
     def bytes_per_step(self) -> dict[str, int]:
         """Bytes one device sends to other devices per training step, padding
         included (the self block of each all_to_all stays on the device)."""
         ids = rows = grads = 0
-        for g in self.groups:
-            cap = sum(self.cap(t) for t in g)
+        for g, cap in zip(self.groups, self.capacities):
             spec = self.spec(g[0])
-            ids += (self.num_shards - 1) * cap * 8
+            ids += (self.num_shards - 1) * cap * 16  # key + table tag
             rows += (self.num_shards - 1) * cap * spec.dim * np.dtype(spec.dtype).itemsize
             grads += (self.num_shards - 1) * cap * spec.dim * 4
         return {"ids": ids, "rows": rows, "grads": grads}
 
 
-class TableContext(NamedTuple):
-    """What the backward pass of one table needs from its forward pass."""
+def exchange_groups(tables, features) -> tuple[tuple[str, ...], ...]:
+    """Looked-up tables grouped by (dim, storage dtype)."""
+    used = {f.table for f in features}
+    out: dict[tuple, list[str]] = {}
+    for t in tables:
+        if t.name in used:
+            out.setdefault((t.dim, np.dtype(t.dtype).name), []).append(t.name)
+    return tuple(tuple(v) for v in out.values())
 
-    inverse: jax.Array  # (n,) int32 local id -> unique index, -1 padding
-    position: jax.Array  # (n_unique,) int32 into the send buffer, -1 padding
-    slots: jax.Array     # (W * cap,) int32 owner slots of the received ids
+
+class TableContext(NamedTuple):
+    """What the backward pass of one exchange group needs from its forward."""
+
+    inverse: jax.Array   # (n,) int32 local id -> index into the group's unique list
+    position: jax.Array  # (N,) int32 unique id -> send-buffer position, -1 padding
+    slots: jax.Array     # (T, W * cap) int32 owner slots per table, -1 elsewhere
 
 
 def _pool(feature: FeatureSpec, rows, inverse, weights, batch: int):
@@ -140,15 +154,14 @@ def _pool(feature: FeatureSpec, rows, inverse, weights, batch: int):
     return jnp.where(den > 0, s / jnp.where(den > 0, den, 1.0), 0.0)
 
 
-def _table_ids(layout: Layout, table: str, ids: Mapping[str, jax.Array]):
-    feats = layout.features_of(table)
-    return jnp.concatenate([ids[f.name].reshape(-1) for f in feats]), feats
+def _group_features(layout: Layout, group) -> list[FeatureSpec]:
+    return [f for t in group for f in layout.features_of(t)]
 
 
-def _pool_table(layout: Layout, table: str, urows, inverse, weights, batch: int):
-    """All features of `table` from its unique rows (linear in urows)."""
+def _pool_group(layout: Layout, group, urows, inverse, weights, batch: int):
+    """Every feature of the group from its unique rows (linear in urows)."""
     out, start = {}, 0
-    for f in layout.features_of(table):
+    for f in _group_features(layout, group):
         n = batch * f.max_ids
         w = weights.get(f.name) if f.weighted else None
         out[f.name] = _pool(f, urows, lax.dynamic_slice_in_dim(inverse, start, n), w, batch)
@@ -156,108 +169,155 @@ def _pool_table(layout: Layout, table: str, urows, inverse, weights, batch: int)
     return out
 
 
+def _dedup_group(layout: Layout, group, ids):
+    """Per table: unique ids; concatenated over the group with table tags.
+    Returns (keys (N,), tags (N,), inverse into keys (n,), per-table stats)."""
+    keys, tags, inverse, stats, offset = [], [], [], [], 0
+    for i, t in enumerate(group):
+        flat = jnp.concatenate([ids[f.name].reshape(-1) for f in layout.features_of(t)])
+        uniq, inv, count = _ops.unique(flat)
+        keys.append(uniq)
+        tags.append(jnp.where(uniq != PADDING_ID, i, -1).astype(jnp.int32))
+        inverse.append(jnp.where(inv >= 0, inv + offset, -1))
+        stats.append(((flat != PADDING_ID).sum(), count))
+        offset += flat.shape[0]
+    return jnp.concatenate(keys), jnp.concatenate(tags), jnp.concatenate(inverse), stats
+
+
 def forward_local(layout: Layout, tables: dict[str, TableState], ids: dict, weights: dict,
                   step, *, train: bool):
     """Per-device forward exchange (call inside shard_map over layout.axis).
 
-    Returns (tables, outputs per feature, contexts per table, stats (T, S))."""
+    Returns (tables, outputs per feature, contexts per group, stats (T, S), ok)."""
     W, ax = layout.num_shards, layout.axis
     me = lax.axis_index(ax)
     batch = next(iter(ids.values())).shape[0]
-    local: dict[str, tuple] = {}
+    local, stats = [], {}
     too_big = jnp.zeros((), jnp.int32)
-    stats = {}
-    for t in layout.table_names:
-        if not layout.features_of(t):
-            continue
-        flat, _ = _table_ids(layout, t, ids)
-        uniq, inverse, count = _ops.unique(flat)
-        send, counts, position = _ops.bucketize(uniq, num_shards=W, capacity=layout.cap(t))
-        too_big = jnp.maximum(too_big, (counts > layout.cap(t)).any().astype(jnp.int32))
-        local[t] = (inverse, position, send)
-        st = jnp.zeros((len(STAT_NAMES),), jnp.int64)
-        st = st.at[_ST["ids"]].set((flat != PADDING_ID).sum())
-        st = st.at[_ST["unique"]].set(count)
-        remote = jnp.where(jnp.arange(W) == me, 0, jnp.minimum(counts, layout.cap(t)))
-        st = st.at[_ST["remote_unique"]].set(remote.sum())
-        stats[t] = st.at[_ST["max_count"]].set(counts.max())
+    for group, cap in zip(layout.groups, layout.capacities):
+        keys, tags, inverse, tstats = _dedup_group(layout, group, ids)
+        send, counts, position = _ops.bucketize(keys, num_shards=W, capacity=cap)
+        too_big = jnp.maximum(too_big, (counts > cap).any().astype(jnp.int32))
+        tag_send = jnp.full((W * cap + 1,), -1, jnp.int32).at[
+            jnp.where(position >= 0, position, W * cap)].set(tags)[:-1].reshape(W, cap)
+        local.append((inverse, position, send, tag_send))
+        remote = (position >= 0) & (position // cap != me)
+        for i, t in enumerate(group):
+            st = jnp.zeros((len(STAT_NAMES),), jnp.int64)
+            st = st.at[_ST["ids"]].set(tstats[i][0]).at[_ST["unique"]].set(tstats[i][1])
+            st = st.at[_ST["remote_unique"]].set((remote & (tags == i)).sum())
+            stats[t] = st.at[_ST["max_count"]].set(counts.max())
     # One max-reduction tells every device whether some buffer would overflow;
     # then nothing is exchanged, inserted or updated this step.
     ok = lax.pmax(too_big, ax) == 0
 
-    urows, slots = {}, {}
-    for group in layout.groups:
-        caps = [layout.cap(t) for t in group]
-        send = jnp.concatenate([local[t][2] for t in group], axis=1)
+    urows, contexts = [], []
+    refused = jnp.zeros((), jnp.int32)
+    for gi, (group, cap) in enumerate(zip(layout.groups, layout.capacities)):
+        inverse, position, send, tag_send = local[gi]
         send = jnp.where(ok, send, PADDING_ID)
-        recv = lax.all_to_all(send, ax, 0, 0, tiled=True)
-        parts, off = [], 0
-        for t, cap in zip(group, caps):
-            spec = layout.spec(t)
-            q = recv[:, off:off + cap].reshape(-1)
-            if train:
-                tables[t], res = find_or_insert(spec, tables[t], q, step=step)
-                rows = gather(tables[t], res.slots)
-                slots[t] = res.slots
-                status = res.status
-                stats[t] = stats[t].at[_ST["queries"]:_ST["failed"] + 1].set(status[:6])
-            else:
-                rows, _ = table_find(spec, tables[t], q, miss_init=True)
-            parts.append(rows.reshape(W, cap, spec.dim))
-            off += cap
-        back = lax.all_to_all(jnp.concatenate(parts, axis=1), ax, 0, 0, tiled=True)
-        off = 0
-        for t, cap in zip(group, caps):
-            b = back[:, off:off + cap].reshape(W * cap, -1).astype(jnp.float32)
-            pos = local[t][1]
-            urows[t] = jnp.where((pos >= 0)[:, None], jnp.take(b, jnp.maximum(pos, 0), axis=0),
-                                 0.0)
-            off += cap
-
-    outputs, contexts = {}, {}
-    for t, u in urows.items():
-        outputs.update(_pool_table(layout, t, u, local[t][0], weights, batch))
+        payload = jnp.stack([send, tag_send.astype(jnp.int64)], axis=-1)
+        recv = lax.all_to_all(payload, ax, 0, 0, tiled=True).reshape(W * cap, 2)
+        q_keys, q_tags = recv[:, 0], recv[:, 1].astype(jnp.int32)
         if train:
-            contexts[t] = TableContext(local[t][0], local[t][1], slots[t])
-    stat_matrix = jnp.stack([stats[t] for t in layout.table_names if t in stats])
-    return tables, outputs, contexts, stat_matrix, ok
+            slots = []
+            for i, t in enumerate(group):
+                q = jnp.where(q_tags == i, q_keys, PADDING_ID)
+                tables[t], res = find_or_insert(layout.spec(t), tables[t], q, step=step,
+                                                pin_from=None if layout.evict else 0)
+                slots.append(res.slots)
+                stats[t] = stats[t].at[_ST["queries"]:_ST["failed"] + 1].set(res.status[:6])
+                stats[t] = stats[t].at[_ST["resident"]].set(tables[t].counters[0])
+                refused = jnp.maximum(refused, (res.status[5] > 0).astype(jnp.int32))
+            # each entry has a slot in its own table only (-1 in the others)
+            rows = _ops.gather_tagged(q_tags, jnp.max(jnp.stack(slots), axis=0),
+                                      [tables[t].values for t in group])
+            contexts.append(TableContext(inverse, position, jnp.stack(slots)))
+        else:
+            rows = _rows_or_init(layout, group, tables, q_keys, q_tags)
+        back = lax.all_to_all(rows.reshape(W, cap, -1), ax, 0, 0, tiled=True)
+        b = back.reshape(W * cap, -1).astype(jnp.float32)
+        urows.append(jnp.where((position >= 0)[:, None],
+                               jnp.take(b, jnp.maximum(position, 0), axis=0), 0.0))
+    if train:
+        # An id refused a row (its bucket is full of this step's rows): nothing
+        # is updated this step; the host grows the table and re-runs it.
+        ok = ok & (lax.pmax(refused, ax) == 0)
+    outputs = {}
+    for gi, group in enumerate(layout.groups):
+        outputs.update(_pool_group(layout, group, urows[gi], local[gi][0], weights, batch))
+    stat_matrix = jnp.stack([stats[t] for t in layout.looked_up])
+    return tables, outputs, tuple(contexts) if train else (), stat_matrix, ok
+
+
+def _rows_or_init(layout: Layout, group, tables, keys, tags):
+    """Evaluation rows: the resident row, else the row an insert would create
+    (one find per table of the group; the others' entries come back zero)."""
+    rows = None
+    for i, t in enumerate(group):
+        spec = layout.spec(t)
+        r, _ = table_find(spec, tables[t], jnp.where(tags == i, keys, PADDING_ID),
+                          miss_init=True)
+        rows = r if rows is None else rows + r  # other tables' entries are zero rows
+    return rows
 
 
 def backward_local(layout: Layout, tables: dict[str, TableState], grads: dict,
-                   contexts: dict[str, TableContext], weights: dict, step, ok):
+                   contexts, weights: dict, step, ok):
     """Per-device backward exchange: routes d loss / d outputs to the owners
     and applies the fused optimizer there. Returns (tables, nonfinite (T,))."""
     W, ax = layout.num_shards, layout.axis
     batch = next(iter(grads.values())).shape[0]
     nonfinite = {}
-    for group in layout.groups:
-        parts = []
-        for t in group:
-            spec, cap, ctx = layout.spec(t), layout.cap(t), contexts[t]
-            n_unique = ctx.position.shape[0]
+    for group, cap, ctx in zip(layout.groups, layout.capacities, contexts):
+        dim = layout.spec(group[0]).dim
+        n_unique = ctx.position.shape[0]
 
-            def pooled(u, t=t, ctx=ctx):
-                return _pool_table(layout, t, u, ctx.inverse, weights, batch)
+        def pooled(u, group=group, ctx=ctx):
+            return _pool_group(layout, group, u, ctx.inverse, weights, batch)
 
-            # The linearization point must vary over the axis like the data:
-            # an axis-invariant one would make the transpose psum the gradients.
-            zero = lax.pcast(jnp.zeros((n_unique, spec.dim), jnp.float32), ax, to="varying")
-            _, vjp = jax.vjp(pooled, zero)
-            (g_unique,) = vjp({f.name: grads[f.name] for f in layout.features_of(t)})
-            target = jnp.where(ctx.position >= 0, ctx.position, W * cap)
-            buf = jnp.zeros((W * cap, spec.dim), jnp.float32).at[target].set(g_unique,
-                                                                             mode="drop")
-            parts.append(buf.reshape(W, cap, spec.dim))
-        recv = lax.all_to_all(jnp.concatenate(parts, axis=1), ax, 0, 0, tiled=True)
-        off = 0
-        for t in group:
-            cap = layout.cap(t)
-            g = recv[:, off:off + cap].reshape(W * cap, -1)
-            slot = jnp.where(ok, contexts[t].slots, -1)
+        # The linearization point must vary over the axis like the data: an
+        # axis-invariant one would make the transpose psum the gradients.
+        zero = lax.pcast(jnp.zeros((n_unique, dim), jnp.float32), ax, to="varying")
+        _, vjp = jax.vjp(pooled, zero)
+        (g_unique,) = vjp({f.name: grads[f.name] for f in _group_features(layout, group)})
+        target = jnp.where(ctx.position >= 0, ctx.position, W * cap)
+        buf = jnp.zeros((W * cap, dim), jnp.float32).at[target].set(g_unique, mode="drop")
+        recv = lax.all_to_all(buf.reshape(W, cap, dim), ax, 0, 0, tiled=True)
+        g = recv.reshape(W * cap, dim)
+        for i, t in enumerate(group):
+            slot = jnp.where(ok, ctx.slots[i], -1)
             tables[t], status = apply_gradients(layout.spec(t), tables[t], slot, g, step=step)
             nonfinite[t] = status[1]
-            off += cap
-    return tables, jnp.stack([nonfinite[t] for t in layout.table_names if t in nonfinite])
+    return tables, jnp.stack([nonfinite[t] for t in layout.looked_up])
+
+
+def grow_sharded_table(spec: TableSpec, state: TableState, mesh: Mesh, axis: str,
+                       rows_per_shard: int) -> TableState:
+    """Rehashes every shard into `rows_per_shard` rows, keeping every row, its
+    optimizer state, scores and the counters; ids stay on their owners.
+    Raises TableFullError (the old state intact) if a row found no room."""
+    from jax_hypereca.errors import TableFullError
+    from jax_hypereca.table import _grow_import, init_table
+
+    w = mesh.shape[axis]
+    _, bucket = dataclasses.replace(spec, capacity=rows_per_shard).shard_geometry(1)
+
+    def local(old: TableState):
+        new = init_table(spec, rows=rows_per_shard)
+        new = new._replace(counters=old.counters.at[0].set(0))
+        new, _, status = _grow_import(new, old, bucket_size=bucket)
+        return new, status[None, 3]
+
+    specs = TableState(*([P(axis)] * 6))
+    new, refused = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(specs,),
+                                         out_specs=(specs, P(axis))))(state)
+    refused = int(np.asarray(jax.experimental.multihost_utils.process_allgather(
+        refused, tiled=True)).sum())
+    if refused:
+        raise TableFullError(f"table {spec.name!r}: growing to {rows_per_shard} rows per shard "
+                             f"left {refused} rows without room; the table was not changed")
+    return new
 
 
 def initial_capacity(ids_per_device: int, num_shards: int, slack: float = 2.0) -> int:

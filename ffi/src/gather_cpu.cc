@@ -1,6 +1,8 @@
-// gather on CPU: rows of given slots (slot -1 or out of range -> zeros).
+// gather on CPU: rows of given slots (slot -1 or out of range -> zeros), from
+// one table or, tagged, from several.
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "cpu_util.h"
 #include "xla/ffi/api/ffi.h"
@@ -47,6 +49,55 @@ ffi::Error GatherImpl(ffi::ThreadPool pool, ffi::AnyBuffer values,
   });
 }
 
+// Rows of several tables of one dim and dtype: row i comes from table tags[i]
+// at slots[i] (tag or slot -1, or out of range -> zeros). The exchange of a
+// group of tables gathers all of them into one buffer with it.
+ffi::Error GatherTaggedImpl(ffi::ThreadPool pool, ffi::BufferR1<ffi::S32> tags,
+                            ffi::BufferR1<ffi::S32> slots, ffi::RemainingArgs tables,
+                            ffi::Result<ffi::AnyBuffer> rows) {
+  const int64_t n = slots.dimensions()[0];
+  const int64_t num_tables = static_cast<int64_t>(tables.size());
+  if (tags.dimensions()[0] != n || num_tables == 0 || rows->dimensions().size() != 2 ||
+      rows->dimensions()[0] != n) {
+    return InvalidArgument("hypereca_gather_tagged: tags and slots (n,), rows (n, dim), "
+                           "and at least one table");
+  }
+  const int64_t dim = rows->dimensions()[1];
+  std::vector<const void*> base(num_tables);
+  std::vector<int64_t> capacity(num_tables);
+  for (int64_t t = 0; t < num_tables; ++t) {
+    auto v = tables.get<ffi::AnyBuffer>(t);
+    if (v.has_error()) return v.error();
+    auto d = v->dimensions();
+    if (d.size() != 2 || d[1] != dim || v->element_type() != rows->element_type()) {
+      return InvalidArgument("hypereca_gather_tagged: every table must be (C, dim) of the "
+                             "rows' dtype");
+    }
+    base[t] = v->untyped_data();
+    capacity[t] = d[0];
+  }
+  return DispatchValueType(rows->element_type(), "hypereca_gather_tagged", [&](auto tag) {
+    using T = decltype(tag);
+    T* out = reinterpret_cast<T*>(rows->untyped_data());
+    const int32_t* tg = tags.typed_data();
+    const int32_t* sl = slots.typed_data();
+    const int64_t tasks = NumTasks(pool, n * dim, 1 << 16);
+    ParallelFor(pool, tasks, [&](int64_t t) {
+      int64_t b, e;
+      TaskRange(n, tasks, t, &b, &e);
+      for (int64_t i = b; i < e; ++i) {
+        const int64_t table = tg[i], slot = sl[i];
+        if (table >= 0 && table < num_tables && slot >= 0 && slot < capacity[table]) {
+          std::copy_n(static_cast<const T*>(base[table]) + slot * dim, dim, out + i * dim);
+        } else {
+          std::fill_n(out + i * dim, dim, FromF32<T>(0.f));
+        }
+      }
+    });
+    return ffi::Error::Success();
+  });
+}
+
 }  // namespace
 }  // namespace hypereca::cpu
 
@@ -57,5 +108,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Ctx<xla::ffi::ThreadPool>()
         .Arg<xla::ffi::AnyBuffer>()                // values (C, D)
         .Arg<xla::ffi::BufferR1<xla::ffi::S32>>()  // slots  (n,)
+        .Ret<xla::ffi::AnyBuffer>());              // rows   (n, D)
+// clang-format on
+
+// clang-format off
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    HyperecaGatherTaggedCpu, hypereca::cpu::GatherTaggedImpl,
+    xla::ffi::Ffi::Bind()
+        .Ctx<xla::ffi::ThreadPool>()
+        .Arg<xla::ffi::BufferR1<xla::ffi::S32>>()  // tags   (n,) table of each row, -1: none
+        .Arg<xla::ffi::BufferR1<xla::ffi::S32>>()  // slots  (n,)
+        .RemainingArgs()                           // values of each table (C_t, D)
         .Ret<xla::ffi::AnyBuffer>());              // rows   (n, D)
 // clang-format on

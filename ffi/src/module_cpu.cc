@@ -14,6 +14,7 @@ extern "C" {
 XLA_FFI_Error* HyperecaFindOrInsertCpu(XLA_FFI_CallFrame*);
 XLA_FFI_Error* HyperecaFindCpu(XLA_FFI_CallFrame*);
 XLA_FFI_Error* HyperecaGatherCpu(XLA_FFI_CallFrame*);
+XLA_FFI_Error* HyperecaGatherTaggedCpu(XLA_FFI_CallFrame*);
 XLA_FFI_Error* HyperecaApplyGradientsCpu(XLA_FFI_CallFrame*);
 XLA_FFI_Error* HyperecaEraseCpu(XLA_FFI_CallFrame*);
 XLA_FFI_Error* HyperecaEraseIfCpu(XLA_FFI_CallFrame*);
@@ -31,6 +32,7 @@ NB_MODULE(_hypereca_cpu, m) {
     d["hypereca_find_or_insert"] = hypereca::EncapsulateHandler(HyperecaFindOrInsertCpu);
     d["hypereca_find"] = hypereca::EncapsulateHandler(HyperecaFindCpu);
     d["hypereca_gather"] = hypereca::EncapsulateHandler(HyperecaGatherCpu);
+    d["hypereca_gather_tagged"] = hypereca::EncapsulateHandler(HyperecaGatherTaggedCpu);
     d["hypereca_apply_gradients"] = hypereca::EncapsulateHandler(HyperecaApplyGradientsCpu);
     d["hypereca_erase"] = hypereca::EncapsulateHandler(HyperecaEraseCpu);
     d["hypereca_erase_if"] = hypereca::EncapsulateHandler(HyperecaEraseIfCpu);
