@@ -23,6 +23,7 @@ from jax_hypereca._ops import bucketize, ids_array, unique
 from jax_hypereca.features import FeatureSpec, Jagged, jagged_to_padded
 from jax_hypereca.sharding import make_mesh
 from jax_hypereca.collection import EmbeddingCollection, TrainState
+from jax_hypereca import replication
 
 __version__ = "0.1.0"
 
@@ -36,5 +37,5 @@ __all__ = [
     "TableState", "apply_gradients", "counters_dict", "erase", "erase_if", "export", "find",
     "find_or_insert", "find_slots", "gather", "grow", "import_rows", "init_table", "bucketize", "ids_array",
     "unique", "has_platform", "FeatureSpec", "Jagged", "jagged_to_padded", "make_mesh",
-    "EmbeddingCollection", "TrainState",
+    "EmbeddingCollection", "TrainState", "replication",
 ]

@@ -43,13 +43,15 @@ log = logging.getLogger("jax_hypereca")
 
 
 class TrainState(NamedTuple):
-    """Dense parameters (replicated), their optax state, the sharded tables and
-    the number of completed steps."""
+    """Dense parameters (replicated), their optax state, the sharded tables
+    (the cold fold), the number of completed steps, and the replicated hot
+    folds of the tables that have one (see replication.py)."""
 
     params: Any
     opt_state: Any
     tables: dict[str, TableState]
     step: jax.Array
+    hot: dict[str, TableState] = {}
 
 
 LossFn = Callable[[Any, dict[str, jax.Array], Mapping[str, Any]], Any]
@@ -216,8 +218,9 @@ class EmbeddingCollection:
         """Tables exchanged together (same dim and dtype), in stats order."""
         return exchange_groups(tuple(self.tables.values()), tuple(self.features.values()))
 
-    def layout(self, batch_size: int) -> Layout:
-        """The exchange layout for a global batch of `batch_size` samples."""
+    def layout(self, batch_size: int, hot: Sequence[str] = ()) -> Layout:
+        """The exchange layout for a global batch of `batch_size` samples, with
+        hot folds for the tables in `hot`."""
         groups = self.groups
         if self._caps is None:
             self._caps = {}
@@ -227,7 +230,7 @@ class EmbeddingCollection:
                     self._ids_per_device(g, batch_size), self.num_shards, self.capacity_slack)
         return Layout(tuple(self.tables.values()), tuple(self.features.values()),
                       self.num_shards, self.axis, tuple(self._caps[g] for g in groups),
-                      self.evict)
+                      self.evict, tuple(sorted(hot)))
 
     def _ids_per_device(self, group: tuple[str, ...], batch_size: int) -> int:
         per_device = batch_size // self.num_shards
@@ -251,7 +254,7 @@ class EmbeddingCollection:
                 overflow = True
         if not overflow and self.retune_every and step % self.retune_every == 0:
             for g, seen in self._observed.items():
-                fit = _round8(seen * 1.05)
+                fit = max(8, _round8(seen * 1.05))
                 if fit < 0.9 * self._caps[g]:
                     log.info("tables %s: capacity %d -> %d (largest count seen: %d)", list(g),
                              self._caps[g], fit, seen)
@@ -305,29 +308,40 @@ class EmbeddingCollection:
                 {k: P(self.axis) for k in ids}, {k: P(self.axis) for k in weights})
 
     def forward_fn(self, layout: Layout, *, train: bool):
-        """shard_map'ped forward: (tables, ids, weights, step) -> (tables,
+        """shard_map'ped forward: (tables, hot, ids, weights, step) -> (tables,
         outputs per feature, contexts, stats (W*T, S), ok)."""
-        def fn(tables, ids, weights, step):
+        def fn(tables, hot, ids, weights, step):
             t_spec, i_spec, w_spec = self._specs(tables, ids, weights)
+            h_spec = jax.tree.map(lambda _: P(), hot)
             contexts = tuple(_ctx_spec(self.axis) for _ in layout.groups) if train else ()
             out_specs = (t_spec, {f: P(self.axis) for f in self.features}, contexts,
                          P(self.axis), P())
-            body = lambda tb, i, w, s: forward_local(layout, dict(tb), i, w, s, train=train)
-            return jax.shard_map(body, mesh=self.mesh, in_specs=(t_spec, i_spec, w_spec, P()),
-                                 out_specs=out_specs)(tables, ids, weights, step)
+
+            def body(tb, hb, i, w, s):
+                return forward_local(layout, dict(tb), dict(hb), i, w, s, train=train)
+
+            return jax.shard_map(body, mesh=self.mesh,
+                                 in_specs=(t_spec, h_spec, i_spec, w_spec, P()),
+                                 out_specs=out_specs)(tables, hot, ids, weights, step)
         return fn
 
     def backward_fn(self, layout: Layout):
-        """shard_map'ped backward: routes output gradients to the owners and
-        applies the fused optimizers; returns (tables, nonfinite (W*T,))."""
-        def fn(tables, grads, contexts, weights, step, ok):
+        """shard_map'ped backward: routes output gradients to the owners (cold)
+        or all-reduces them (hot) and applies the fused optimizers; returns
+        (tables, hot, nonfinite (W*T,))."""
+        def fn(tables, hot, grads, contexts, weights, step, ok):
             t_spec, _, w_spec = self._specs(tables, {}, weights)
-            body = lambda tb, g, c, w, s, o: backward_local(layout, dict(tb), g, c, w, s, o)
+            h_spec = jax.tree.map(lambda _: P(), hot)
+
+            def body(tb, hb, g, c, w, s, o):
+                return backward_local(layout, dict(tb), dict(hb), g, c, w, s, o)
+
             return jax.shard_map(
                 body, mesh=self.mesh,
-                in_specs=(t_spec, {f: P(self.axis) for f in grads},
+                in_specs=(t_spec, h_spec, {f: P(self.axis) for f in grads},
                           tuple(_ctx_spec(self.axis) for _ in contexts), w_spec, P(), P()),
-                out_specs=(t_spec, P(self.axis)))(tables, grads, contexts, weights, step, ok)
+                out_specs=(t_spec, h_spec, P(self.axis)))(tables, hot, grads, contexts,
+                                                          weights, step, ok)
         return fn
 
     def make_train_step(self, loss_fn: LossFn, dense_tx: optax.GradientTransformation, *,
@@ -346,13 +360,13 @@ class EmbeddingCollection:
         def run(state: TrainState, batch):
             batch = self.prepare_batch(batch)
             size = next(iter(batch["ids"].values())).shape[0]
-            layout = self.layout(size)
+            layout = self.layout(size, tuple(state.hot))
             if layout not in cache:
                 fwd = self.forward_fn(layout, train=False)
 
                 def ev(state, batch):
-                    _, outputs, _, _, _ = fwd(state.tables, batch["ids"], batch["weights"],
-                                              state.step)
+                    _, outputs, _, _, _ = fwd(state.tables, state.hot, batch["ids"],
+                                              batch["weights"], state.step)
                     return _scoped(predict_fn)(state.params, outputs, batch)
                 cache[layout] = jax.jit(ev)
             return cache[layout](state, batch)
@@ -380,7 +394,7 @@ def _scoped(fn):
 
 
 def _ctx_spec(axis):
-    return TableContext(P(axis), P(axis), P(axis))
+    return TableContext(P(axis), P(axis), P(axis), P(axis))
 
 
 class ShardedTrainStep:
@@ -408,39 +422,40 @@ class ShardedTrainStep:
         loss_fn, tx, has_aux = self.loss_fn, self.dense_tx, self.has_aux
 
         def step_fn(state: TrainState, batch):
-            tables, outputs, contexts, stats, ok = fwd(state.tables, batch["ids"],
+            tables, outputs, contexts, stats, ok = fwd(state.tables, state.hot, batch["ids"],
                                                        batch["weights"], state.step + 1)
             out, (g_params, g_out) = jax.value_and_grad(_scoped(loss_fn), argnums=(0, 1),
                                                         has_aux=has_aux)(state.params, outputs,
                                                                          batch)
             loss, aux = out if has_aux else (out, None)
-            tables, nonfinite = bwd(tables, g_out, contexts, batch["weights"], state.step, ok)
+            tables, hot, nonfinite = bwd(tables, state.hot, g_out, contexts, batch["weights"],
+                                         state.step, ok)
             updates, opt_state = tx.update(g_params, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
             keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
             new_state = TrainState(keep(params, state.params), keep(opt_state, state.opt_state),
-                                   tables, jnp.where(ok, state.step + 1, state.step))
+                                   tables, jnp.where(ok, state.step + 1, state.step), hot)
             return new_state, {"loss": loss, "aux": aux, "stats": stats,
                                "nonfinite": nonfinite, "ok": ok}
 
         return jax.jit(step_fn, donate_argnums=(0,))
 
-    def compiled(self, batch) -> Callable:
+    def compiled(self, state: TrainState, batch) -> Callable:
         size = next(iter(batch["ids"].values())).shape[0]
-        layout = self.c.layout(size)
+        layout = self.c.layout(size, tuple(state.hot))
         if layout not in self._compiled:
             self._compiled[layout] = self._build(layout)
         return self._compiled[layout]
 
     def lower(self, state: TrainState, batch):
         """The lowered step for a prepared batch (to inspect its HLO)."""
-        return self.compiled(batch).lower(state, batch)
+        return self.compiled(state, batch).lower(state, batch)
 
     def __call__(self, state: TrainState, batch, *, local: bool = False):
         batch = self.c.prepare_batch(batch, local=local)
         size = next(iter(batch["ids"].values())).shape[0]
         for _ in range(16):
-            state, metrics = self.compiled(batch)(state, batch)
+            state, metrics = self.compiled(state, batch)(state, batch)
             stats = self._host_stats(metrics)
             overflow = self.c.observe(stats, size, int(_first(state.step)))
             refused = set() if overflow else {t for t, st in stats.items()
@@ -453,7 +468,7 @@ class ShardedTrainStep:
             raise HyperecaError("the step kept needing larger exchange buffers or tables after "
                                 "16 re-runs")
         metrics = dict(metrics, loss=float(_first(metrics["loss"])), stats=stats,
-                       bytes_per_step=self.c.layout(size).bytes_per_step())
+                       bytes_per_step=self.c.layout(size, tuple(state.hot)).bytes_per_step())
         try:
             self._raise_for_status(stats, state)
         except HyperecaError as e:

@@ -39,12 +39,12 @@ from jax_hypereca import _ops
 from jax_hypereca.errors import PADDING_ID
 from jax_hypereca.features import FeatureSpec
 from jax_hypereca.table import (
-    NUM_COUNTERS, TableSpec, TableState, apply_gradients, find_or_insert)
+    NUM_COUNTERS, TableSpec, TableState, apply_gradients, find_or_insert, find_slots, gather)
 from jax_hypereca.table import find as table_find
 
 # Per-device statistics, one int64 vector per table (see Layout.stat_names).
 STAT_NAMES = ("ids", "unique", "remote_unique", "max_count", "queries", "hits", "inserted",
-              "evicted", "reserved", "failed", "resident", "apply_nonfinite")
+              "evicted", "reserved", "failed", "resident", "hot_unique", "apply_nonfinite")
 _ST = {n: i for i, n in enumerate(STAT_NAMES)}
 
 
@@ -84,6 +84,7 @@ class Layout:
     axis: str
     capacities: tuple[int, ...]  # per group: ids one device sends one owner per step
     evict: bool = True            # False: every row is pinned; full buckets grow the table
+    hot: tuple[str, ...] = ()     # tables with a replicated hot fold
 
     @property
     def table_names(self) -> tuple[str, ...]:
@@ -131,9 +132,10 @@ def exchange_groups(tables, features) -> tuple[tuple[str, ...], ...]:
 class TableContext(NamedTuple):
     """What the backward pass of one exchange group needs from its forward."""
 
-    inverse: jax.Array   # (n,) int32 local id -> index into the group's unique list
-    position: jax.Array  # (N,) int32 unique id -> send-buffer position, -1 padding
-    slots: jax.Array     # (T, W * cap) int32 owner slots per table, -1 elsewhere
+    inverse: jax.Array    # (n,) int32 local id -> index into the group's unique list
+    position: jax.Array   # (N,) int32 unique id -> send-buffer position, -1 padding/hot
+    slots: jax.Array      # (T, W * cap) int32 owner slots per table, -1 elsewhere
+    hot_slots: jax.Array  # (N,) int32 slot in the table's hot fold, -1 when cold
 
 
 def _pool(feature: FeatureSpec, rows, inverse, weights, batch: int):
@@ -169,24 +171,43 @@ def _pool_group(layout: Layout, group, urows, inverse, weights, batch: int):
     return out
 
 
-def _dedup_group(layout: Layout, group, ids):
-    """Per table: unique ids; concatenated over the group with table tags.
-    Returns (keys (N,), tags (N,), inverse into keys (n,), per-table stats)."""
-    keys, tags, inverse, stats, offset = [], [], [], [], 0
+def _dedup_group(layout: Layout, group, ids, hot):
+    """Per table: unique ids, split into the hot fold (found in the local
+    replica) and the cold rest; concatenated over the group with table tags.
+    Returns (cold keys (N,), tags (N,), hot slots (N,), inverse (n,), stats)."""
+    keys, tags, hot_slots, inverse, stats, offset = [], [], [], [], [], 0
     for i, t in enumerate(group):
         flat = jnp.concatenate([ids[f.name].reshape(-1) for f in layout.features_of(t)])
         uniq, inv, count = _ops.unique(flat)
+        if t in hot:
+            hs = find_slots(layout.spec(t), hot[t], uniq)[0]
+            uniq = jnp.where(hs >= 0, PADDING_ID, uniq)
+        else:
+            hs = jnp.full(uniq.shape, -1, jnp.int32)
         keys.append(uniq)
+        hot_slots.append(hs)
         tags.append(jnp.where(uniq != PADDING_ID, i, -1).astype(jnp.int32))
         inverse.append(jnp.where(inv >= 0, inv + offset, -1))
-        stats.append(((flat != PADDING_ID).sum(), count))
+        stats.append(((flat != PADDING_ID).sum(), count, (hs >= 0).sum()))
         offset += flat.shape[0]
-    return jnp.concatenate(keys), jnp.concatenate(tags), jnp.concatenate(inverse), stats
+    return (jnp.concatenate(keys), jnp.concatenate(tags), jnp.concatenate(hot_slots),
+            jnp.concatenate(inverse), stats)
 
 
-def forward_local(layout: Layout, tables: dict[str, TableState], ids: dict, weights: dict,
-                  step, *, train: bool):
+def _group_segments(layout: Layout, group, batch: int):
+    """(table, start, length) of each table's unique list in the group's."""
+    out, start = [], 0
+    for t in group:
+        n = batch * sum(f.max_ids for f in layout.features_of(t))
+        out.append((t, start, n))
+        start += n
+    return out
+
+
+def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, TableState],
+                  ids: dict, weights: dict, step, *, train: bool):
     """Per-device forward exchange (call inside shard_map over layout.axis).
+    `hot` holds the replicated hot folds (every device has all of them).
 
     Returns (tables, outputs per feature, contexts per group, stats (T, S), ok)."""
     W, ax = layout.num_shards, layout.axis
@@ -195,16 +216,17 @@ def forward_local(layout: Layout, tables: dict[str, TableState], ids: dict, weig
     local, stats = [], {}
     too_big = jnp.zeros((), jnp.int32)
     for group, cap in zip(layout.groups, layout.capacities):
-        keys, tags, inverse, tstats = _dedup_group(layout, group, ids)
+        keys, tags, hot_slots, inverse, tstats = _dedup_group(layout, group, ids, hot)
         send, counts, position = _ops.bucketize(keys, num_shards=W, capacity=cap)
         too_big = jnp.maximum(too_big, (counts > cap).any().astype(jnp.int32))
         tag_send = jnp.full((W * cap + 1,), -1, jnp.int32).at[
             jnp.where(position >= 0, position, W * cap)].set(tags)[:-1].reshape(W, cap)
-        local.append((inverse, position, send, tag_send))
+        local.append((inverse, position, send, tag_send, hot_slots))
         remote = (position >= 0) & (position // cap != me)
         for i, t in enumerate(group):
             st = jnp.zeros((len(STAT_NAMES),), jnp.int64)
             st = st.at[_ST["ids"]].set(tstats[i][0]).at[_ST["unique"]].set(tstats[i][1])
+            st = st.at[_ST["hot_unique"]].set(tstats[i][2])
             st = st.at[_ST["remote_unique"]].set((remote & (tags == i)).sum())
             stats[t] = st.at[_ST["max_count"]].set(counts.max())
     # One max-reduction tells every device whether some buffer would overflow;
@@ -214,7 +236,7 @@ def forward_local(layout: Layout, tables: dict[str, TableState], ids: dict, weig
     urows, contexts = [], []
     refused = jnp.zeros((), jnp.int32)
     for gi, (group, cap) in enumerate(zip(layout.groups, layout.capacities)):
-        inverse, position, send, tag_send = local[gi]
+        inverse, position, send, tag_send, hot_slots = local[gi]
         send = jnp.where(ok, send, PADDING_ID)
         payload = jnp.stack([send, tag_send.astype(jnp.int64)], axis=-1)
         recv = lax.all_to_all(payload, ax, 0, 0, tiled=True).reshape(W * cap, 2)
@@ -232,13 +254,14 @@ def forward_local(layout: Layout, tables: dict[str, TableState], ids: dict, weig
             # each entry has a slot in its own table only (-1 in the others)
             rows = _ops.gather_tagged(q_tags, jnp.max(jnp.stack(slots), axis=0),
                                       [tables[t].values for t in group])
-            contexts.append(TableContext(inverse, position, jnp.stack(slots)))
+            contexts.append(TableContext(inverse, position, jnp.stack(slots), hot_slots))
         else:
             rows = _rows_or_init(layout, group, tables, q_keys, q_tags)
         back = lax.all_to_all(rows.reshape(W, cap, -1), ax, 0, 0, tiled=True)
         b = back.reshape(W * cap, -1).astype(jnp.float32)
-        urows.append(jnp.where((position >= 0)[:, None],
-                               jnp.take(b, jnp.maximum(position, 0), axis=0), 0.0))
+        cold = jnp.where((position >= 0)[:, None],
+                         jnp.take(b, jnp.maximum(position, 0), axis=0), 0.0)
+        urows.append(_with_hot_rows(layout, group, hot, hot_slots, cold, batch))
     if train:
         # An id refused a row (its bucket is full of this step's rows): nothing
         # is updated this step; the host grows the table and re-runs it.
@@ -248,6 +271,20 @@ def forward_local(layout: Layout, tables: dict[str, TableState], ids: dict, weig
         outputs.update(_pool_group(layout, group, urows[gi], local[gi][0], weights, batch))
     stat_matrix = jnp.stack([stats[t] for t in layout.looked_up])
     return tables, outputs, tuple(contexts) if train else (), stat_matrix, ok
+
+
+def _with_hot_rows(layout: Layout, group, hot, hot_slots, cold, batch: int):
+    """The group's unique rows: the local replica's for hot ids, else `cold`."""
+    if not any(t in hot for t in group):
+        return cold
+    parts = []
+    for t, start, n in _group_segments(layout, group, batch):
+        seg = lax.dynamic_slice_in_dim(hot_slots, start, n)
+        if t in hot:
+            parts.append(gather(hot[t], seg).astype(jnp.float32))
+        else:
+            parts.append(jnp.zeros((n, cold.shape[1]), jnp.float32))
+    return jnp.where((hot_slots >= 0)[:, None], jnp.concatenate(parts), cold)
 
 
 def _rows_or_init(layout: Layout, group, tables, keys, tags):
@@ -262,10 +299,12 @@ def _rows_or_init(layout: Layout, group, tables, keys, tags):
     return rows
 
 
-def backward_local(layout: Layout, tables: dict[str, TableState], grads: dict,
-                   contexts, weights: dict, step, ok):
-    """Per-device backward exchange: routes d loss / d outputs to the owners
-    and applies the fused optimizer there. Returns (tables, nonfinite (T,))."""
+def backward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, TableState],
+                   grads: dict, contexts, weights: dict, step, ok):
+    """Per-device backward exchange: routes d loss / d outputs of cold ids to
+    their owners, which apply the fused optimizer; sums the hot ids' gradients
+    over all devices (one all-reduce per group) and applies them identically
+    on every replica. Returns (tables, hot, nonfinite (T,))."""
     W, ax = layout.num_shards, layout.axis
     batch = next(iter(grads.values())).shape[0]
     nonfinite = {}
@@ -289,7 +328,37 @@ def backward_local(layout: Layout, tables: dict[str, TableState], grads: dict,
             slot = jnp.where(ok, ctx.slots[i], -1)
             tables[t], status = apply_gradients(layout.spec(t), tables[t], slot, g, step=step)
             nonfinite[t] = status[1]
-    return tables, jnp.stack([nonfinite[t] for t in layout.looked_up])
+        hot, skipped = _apply_hot(layout, group, hot, ctx.hot_slots, g_unique, batch, step, ok)
+        for t, n in skipped.items():
+            nonfinite[t] = nonfinite[t] + n
+    return tables, hot, jnp.stack([nonfinite[t] for t in layout.looked_up])
+
+
+def _apply_hot(layout: Layout, group, hot, hot_slots, g_unique, batch: int, step, ok):
+    """Data-parallel update of the group's hot folds: per hot row, the sum of
+    every device's gradient (and a touch count, so only rows some device used
+    are updated), one psum for the whole group."""
+    tables = [(t, start, n) for t, start, n in _group_segments(layout, group, batch) if t in hot]
+    if not tables:
+        return hot, {}
+    bufs = []
+    for t, start, n in tables:
+        rows = hot[t].capacity
+        seg = lax.dynamic_slice_in_dim(hot_slots, start, n)
+        g = lax.dynamic_slice_in_dim(g_unique, start, n)
+        g1 = jnp.concatenate([g, (seg >= 0).astype(jnp.float32)[:, None]], axis=1)
+        bufs.append(jnp.zeros((rows, g.shape[1] + 1), jnp.float32).at[
+            jnp.where(seg >= 0, seg, rows)].add(g1, mode="drop"))
+    summed = lax.psum(jnp.concatenate(bufs), layout.axis)
+    hot, skipped, off = dict(hot), {}, 0
+    for t, _, _ in tables:
+        rows = hot[t].capacity
+        part = summed[off:off + rows]
+        slot = jnp.where(ok & (part[:, -1] > 0), jnp.arange(rows, dtype=jnp.int32), -1)
+        hot[t], status = apply_gradients(layout.spec(t), hot[t], slot, part[:, :-1], step=step)
+        skipped[t] = status[1]
+        off += rows
+    return hot, skipped
 
 
 def grow_sharded_table(spec: TableSpec, state: TableState, mesh: Mesh, axis: str,

@@ -133,7 +133,7 @@ def train(shards, batches, opt, *, steps=STEPS):
     return coll, step, state, losses
 
 
-def assert_equivalent(state, losses, ref):
+def assert_equivalent(state, losses, ref, *, require_rows=True):
     ref_params, ref_tables, ref_losses = ref
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-6)
     for k in ref_params:
@@ -143,7 +143,7 @@ def assert_equivalent(state, losses, ref):
         keys = np.asarray(state.tables[n].keys)
         vals = np.asarray(state.tables[n].values)
         live = keys >= 0
-        assert live.sum() > 0
+        assert live.sum() > 0 or not require_rows
         ref = np.asarray(ref_tables[n])[keys[live]]
         assert (np.abs(vals[live] - ref) <= 1e-5 * np.maximum(1, np.abs(ref))).all(), n
         # one home per id (I1): no key on two shards

@@ -52,6 +52,8 @@ inline nb::dict Constants() {
   counters["nonfinite_grads"] = static_cast<int>(kNonfiniteGrads);
   counters["lookups"] = static_cast<int>(kLookups);
   counters["hits"] = static_cast<int>(kHits);
+  counters["moved_in"] = static_cast<int>(kMovedIn);
+  counters["moved_out"] = static_cast<int>(kMovedOut);
   d["COUNTERS"] = counters;
   nb::dict insert_status;
   insert_status["queries"] = static_cast<int>(kStQueries);

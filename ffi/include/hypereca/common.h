@@ -64,6 +64,7 @@ enum HParam : int32_t {
 };
 
 // Cumulative per-shard counters, stored in the table state (int64 vector).
+// Accounting: inserted + moved_in = size + evicted + erased + moved_out.
 enum Counter : int32_t {
   kSize = 0,              // resident rows
   kInserted = 1,          // rows ever inserted
@@ -74,6 +75,8 @@ enum Counter : int32_t {
   kNonfiniteGrads = 6,    // gradient rows skipped because of NaN/Inf
   kLookups = 7,           // non-padding queries of find_or_insert
   kHits = 8,              // of those, keys already resident
+  kMovedIn = 9,           // rows moved in from another fold or tier
+  kMovedOut = 10,         // rows moved out to another fold or tier
   kNumCounters = 16,
 };
 

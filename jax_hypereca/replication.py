@@ -1,0 +1,386 @@
+"""Two-fold parallelism: a replicated hot fold beside the sharded cold fold.
+
+Per table, the R ids that take most of the exchange live in a small table
+replicated on every device (the hot fold): they are looked up locally, their
+gradients are summed over all devices by one all-reduce, and every replica
+applies the identical update. Every other id stays on its owner shard (the
+cold fold). An id is in exactly one fold (I1); moving it carries its row,
+optimizer state and scores, so training is unchanged (I2).
+
+    stats = peek(collection, batches)                      # exact counts, 100 batches
+    profile = measure_profile(collection)                 # C_ar, C_a2a on this mesh
+    plan = plan(collection, stats, profile, memory_budget_bytes=1 << 28)
+    state = apply_plan(collection, state, plan)           # at a step boundary
+
+``Replicator`` re-plans during training from an online decayed count, every
+N steps or when the hot set's coverage drops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from typing import Iterable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jax_hypereca import _ops
+from jax_hypereca.collection import EmbeddingCollection, TrainState
+from jax_hypereca.errors import ERASED_KEY, PADDING_ID, TableFullError
+from jax_hypereca.hashing import owner_of
+from jax_hypereca.initializers import init_rows
+from jax_hypereca.planner import (
+    CostProfile, DecayedCounter, Measurement, ProfileCache, ReplicationPlan, TableStats,
+    collect_table_stats, plan_replication)
+from jax_hypereca.table import (
+    COUNTER_NAMES, NUM_COUNTERS, Rows, TableSpec, TableState, erase, export, find_slots, import_rows,
+    init_table)
+
+log = logging.getLogger("jax_hypereca")
+_C = COUNTER_NAMES
+
+
+# ----------------------------------------------------------------- statistics
+def device_ids(collection: EmbeddingCollection, batch: Mapping, table: str) -> list[np.ndarray]:
+    """The ids of `table` each device looks up for a host (global) batch: the
+    batch split evenly over the devices, every feature of the table."""
+    feats = [f for f in collection.features.values() if f.table == table]
+    w = collection.num_shards
+    parts = [np.asarray(batch["ids"][f.name], np.int64).reshape(len(batch["ids"][f.name]), -1)
+             for f in feats]
+    ids = np.concatenate(parts, axis=1)
+    return [chunk.reshape(-1) for chunk in np.split(ids, w)]
+
+
+def peek(collection: EmbeddingCollection, batches: Iterable[Mapping], *,
+         max_batches: int = 100) -> list[TableStats]:
+    """Exact per-table counts of the ids the exchange would carry (per-device
+    dedup, remote ids only) over up to `max_batches` host batches."""
+    batches = list(b for _, b in zip(range(max_batches), batches))
+    w = collection.num_shards
+    out = []
+    for t in (t for g in collection.groups for t in g):
+        out.append(collect_table_stats(
+            (device_ids(collection, b, t) for b in batches), name=t,
+            dim=collection.tables[t].dim, num_devices=w, max_batches=max_batches,
+            owner_fn=lambda ids: owner_of(ids, w)))
+    return out
+
+
+# ------------------------------------------------------------- cost profile
+def measure_profile(collection: EmbeddingCollection, *, dim: int = 64, repeats: int = 5,
+                    cache_dir: str | None = None) -> CostProfile:
+    """C_ar and C_a2a of this mesh from micro-benchmarks: all-reduces of R rows
+    and the exchange of n lookups (ids out, rows back, gradients out), timed
+    on the live devices and fitted by least squares (r^2 on the profile).
+    Cached per mesh shape and dim when `cache_dir` is given."""
+    mesh, ax, w = collection.mesh, collection.axis, collection.num_shards
+    cache = ProfileCache(cache_dir) if cache_dir else None
+    key = dict(mesh_shape=(w,), dim=dim, dtype="float32")
+    if cache is not None:
+        hit = cache.get(**key)
+        if hit is not None:
+            return hit
+    ms: list[Measurement] = []
+    for rows in (256, 1024, 4096, 16384):
+        x = jax.device_put(jnp.ones((w * rows, dim), jnp.float32), NamedSharding(mesh, P(ax)))
+        fn = jax.jit(jax.shard_map(lambda a: lax.psum(a, ax), mesh=mesh, in_specs=P(ax),
+                                   out_specs=P(ax)))
+        ms.append(Measurement(kind="all_reduce", rows=rows, dim=dim, bytes=rows * dim * 4,
+                              seconds=_median_time(fn, x, repeats), num_devices=w))
+    for n in (256, 1024, 4096, 16384):
+        per = max(1, n // max(w - 1, 1))
+        keys = jax.device_put(jnp.zeros((w * w, per), jnp.int64), NamedSharding(mesh, P(ax)))
+        rows = jax.device_put(jnp.ones((w * w, per, dim), jnp.float32),
+                              NamedSharding(mesh, P(ax)))
+
+        def exchange(k, r):
+            k = lax.all_to_all(k, ax, 0, 0, tiled=True)
+            r = lax.all_to_all(r, ax, 0, 0, tiled=True)
+            return k, lax.all_to_all(r * 2.0, ax, 0, 0, tiled=True)
+
+        fn = jax.jit(jax.shard_map(exchange, mesh=mesh, in_specs=(P(ax), P(ax)),
+                                   out_specs=(P(ax), P(ax))))
+        sent = per * (w - 1)
+        ms.append(Measurement(kind="all_to_all", rows=sent, dim=dim,
+                              bytes=sent * (8 + 2 * dim * 4),
+                              seconds=_median_time(fn, (keys, rows), repeats), num_devices=w))
+    profile = CostProfile.from_measurements(
+        ms, name=f"live-{w}x{jax.devices()[0].platform}",
+        source=f"measured on {w} {jax.devices()[0].device_kind} devices, "
+               f"{time.strftime('%Y-%m-%d')}")
+    if cache is not None:
+        cache.put(profile=profile, **key)
+    return profile
+
+
+def _median_time(fn, args, repeats: int) -> float:
+    args = args if isinstance(args, tuple) else (args,)
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def plan(collection: EmbeddingCollection, stats: Sequence[TableStats], profile: CostProfile, *,
+         memory_budget_bytes: int, **kw) -> ReplicationPlan:
+    """The planner's choice of R per table for this collection's tables."""
+    floats = {t.name: t.state_width for t in collection.tables.values()}
+    value_bytes = {np.dtype(t.dtype).itemsize for t in collection.tables.values()}
+    return plan_replication(stats, profile, memory_budget_bytes=memory_budget_bytes,
+                            value_bytes=max(value_bytes), optimizer_state_floats_per_row=floats,
+                            **kw)
+
+
+# ---------------------------------------------------------------- the moves
+def hot_capacity(hot_rows: int) -> int:
+    """Slots of a hot fold holding `hot_rows` ids: a power of two >= 2R (load
+    <= 0.5, so a bucket never overflows in practice), at least 16."""
+    return max(16, 1 << max(0, (2 * hot_rows - 1).bit_length()))
+
+
+def apply_plan(collection: EmbeddingCollection, state: TrainState,
+               plan: ReplicationPlan | Mapping[str, np.ndarray]) -> TrainState:
+    """Moves rows between the folds so that each table's hot fold holds
+    exactly the plan's hot ids (a plan, or {table: hot ids}; none removes the
+    fold), at a step boundary. Rows keep their values, optimizer state and
+    scores; ids no fold holds yet start hot with the row an insert would
+    create. Tables the plan does not name are left as they are."""
+    tables, hot = dict(state.tables), dict(state.hot)
+    wanted = ({tp.name: tp.hot_ids for tp in plan.tables}
+              if isinstance(plan, ReplicationPlan) else dict(plan))
+    for name, hot_ids in wanted.items():
+        spec = collection.tables[name]
+        want = np.unique(np.asarray(hot_ids, np.int64))
+        want = want[(want != PADDING_ID) & (want != ERASED_KEY)]
+        old_hot = _host_rows(spec, hot[name]) if name in hot else _empty_rows(spec)
+        stay = np.isin(old_hot.keys, want)
+        leaving = Rows(*(x[~stay] for x in old_hot))
+        arriving = want[~np.isin(want, old_hot.keys)]
+        moved_cold, tables[name] = _take_from_cold(collection, spec, tables[name], arriving)
+        fresh = arriving[~np.isin(arriving, moved_cold.keys)]
+        if len(leaving.keys):
+            tables[name] = _put_into_cold(collection, spec, tables[name], leaving)
+        counters = np.zeros((NUM_COUNTERS,), np.int64)
+        if name in hot:
+            counters = np.asarray(hot[name].counters.addressable_shards[0].data).copy()
+        counters[_C["size"]] = 0
+        counters[_C["inserted"]] += len(fresh)
+        counters[_C["moved_in"]] += len(moved_cold.keys)
+        counters[_C["moved_out"]] += len(leaving.keys)
+        if not len(want):
+            # no hot fold any more: its history joins the cold fold's counters
+            hot.pop(name, None)
+            tables[name] = tables[name]._replace(
+                counters=tables[name].counters.at[:NUM_COUNTERS].add(jnp.asarray(counters)))
+            continue
+        rows = Rows.concat([Rows(*(x[stay] for x in old_hot)), moved_cold,
+                            _fresh_rows(spec, fresh)])
+        hot[name] = _build_hot(collection, spec, rows, counters)
+        log.info("table %r: hot fold of %d ids (%d stayed, %d from the cold fold, %d new, "
+                 "%d back to the cold fold)", name, len(want), int(stay.sum()),
+                 len(moved_cold.keys), len(fresh), len(leaving.keys))
+    return state._replace(tables=tables, hot=hot)
+
+
+def _empty_rows(spec: TableSpec) -> Rows:
+    return Rows(np.zeros((0,), np.int64), np.zeros((0, spec.dim), np.dtype(spec.dtype)),
+                np.zeros((0, spec.state_width), np.float32), np.zeros((0,), np.int64),
+                np.zeros((0,), np.int64))
+
+
+def _fresh_rows(spec: TableSpec, ids: np.ndarray) -> Rows:
+    """Rows exactly as find_or_insert would create them (never accessed)."""
+    n = len(ids)
+    return Rows(ids.astype(np.int64), init_rows(spec.seed, ids, spec.dim, spec.initializer,
+                                                dtype=np.dtype(spec.dtype)),
+                np.tile(spec.optimizer.initial_state(spec.dim), (n, 1)).astype(np.float32),
+                np.zeros((n,), np.int64), np.zeros((n,), np.int64))
+
+
+def _host_rows(spec: TableSpec, hot: TableState) -> Rows:
+    """Every row of a replicated hot fold (this process's copy)."""
+    local = TableState(*(np.asarray(a.addressable_shards[0].data) for a in hot))
+    parts = list(export(spec, jax.tree.map(lambda a: jnp.asarray(a, a.dtype), local)))
+    return Rows.concat(parts) if parts else _empty_rows(spec)
+
+
+def _build_hot(collection, spec: TableSpec, rows: Rows, counters: np.ndarray) -> TableState:
+    """A replicated hot fold holding `rows`, built identically on every device."""
+    cap = hot_capacity(len(rows.keys))
+    repl = NamedSharding(collection.mesh, P())
+
+    @jax.jit
+    def build(keys, values, opt, last, freq, counters):
+        empty = init_table(spec, rows=cap)._replace(counters=counters)
+        table, _, status = import_rows(spec, empty, Rows(keys, values, opt, last, freq))
+        return table, status
+
+    args = [jax.device_put(jnp.asarray(x, d), repl) for x, d in
+            zip((*rows, counters), (jnp.int64, spec.dtype, jnp.float32, jnp.int64, jnp.int64,
+                                    jnp.int64))]
+    table, status = jax.jit(build, out_shardings=(repl, repl))(*args)
+    refused = int(np.asarray(status.addressable_shards[0].data)[3])
+    if refused:
+        raise TableFullError(f"table {spec.name!r}: {refused} of {len(rows.keys)} hot rows "
+                             f"found no room in a hot fold of {cap} slots")
+    return table
+
+
+def _per_shard(collection, fn, state: TableState, *inputs, out):
+    """shard_map of fn(local state, *inputs) over the collection's axis;
+    inputs are replicated, outputs sharded like `out` specs."""
+    ax = collection.axis
+    specs = TableState(*([P(ax)] * 6))
+    return jax.jit(jax.shard_map(fn, mesh=collection.mesh,
+                                 in_specs=(specs,) + tuple(P() for _ in inputs),
+                                 out_specs=out))(state, *inputs)
+
+
+def _take_from_cold(collection, spec: TableSpec, state: TableState, ids: np.ndarray
+                    ) -> tuple[Rows, TableState]:
+    """Removes `ids` from the cold fold, returning the rows that were there
+    (with their state and scores); counted as moved out, not erased."""
+    if not len(ids):
+        return _empty_rows(spec), state
+    w, ax = collection.num_shards, collection.axis
+    q = jnp.asarray(ids, jnp.int64)
+
+    def local(st: TableState, q):
+        slots, found = find_slots(spec, st, q)
+        s = jnp.maximum(slots, 0)
+        rows = (st.values[s], st.opt_state[s], st.last_step[s], st.freq[s])
+        st, erased = erase(spec, st, q)
+        moved = erased.sum()
+        counters = st.counters.at[_C["erased"]].add(-moved).at[_C["moved_out"]].add(moved)
+        return st._replace(counters=counters), (found,) + rows
+
+    new, (found, values, opt, last, freq) = _per_shard(
+        collection, local, state, q,
+        out=(TableState(*([P(ax)] * 6)), (P(ax), P(ax), P(ax), P(ax), P(ax))))
+    found, values, opt, last, freq = (
+        np.asarray(multihost_utils.process_allgather(x, tiled=True)).reshape(
+            (w, len(ids)) + x.shape[1:]) for x in (found, values, opt, last, freq))
+    shard, idx = np.nonzero(found)
+    return Rows(ids[idx], values[shard, idx], opt[shard, idx], last[shard, idx],
+                freq[shard, idx]), new
+
+
+def _put_into_cold(collection, spec: TableSpec, state: TableState, rows: Rows) -> TableState:
+    """Inserts whole rows into their owner shards of the cold fold (counted as
+    moved in); raises TableFullError, the state unchanged, if some found no room."""
+    w, ax = collection.num_shards, collection.axis
+    owner = owner_of(rows.keys, w)
+    n = max(1, int(np.bincount(owner, minlength=w).max()))
+    blocks = [np.full((w, n), PADDING_ID, np.int64),
+              np.zeros((w, n, spec.dim), np.dtype(spec.dtype)),
+              np.zeros((w, n, spec.state_width), np.float32), np.zeros((w, n), np.int64),
+              np.zeros((w, n), np.int64)]
+    for s in range(w):
+        sel = owner == s
+        for b, x in zip(blocks, rows):
+            b[s, :sel.sum()] = x[sel]
+    sharding = NamedSharding(collection.mesh, P(ax))
+    args = [jax.device_put(jnp.asarray(b.reshape((w * n,) + b.shape[2:]), d), sharding)
+            for b, d in zip(blocks, (jnp.int64, spec.dtype, jnp.float32, jnp.int64, jnp.int64))]
+
+    def local(st: TableState, k, v, o, ls, f):
+        st, _, status = import_rows(spec, st, Rows(k, v, o, ls, f))
+        st = st._replace(counters=st.counters.at[_C["moved_in"]].add(status[1]))
+        return st, status[None, 3]
+
+    specs = TableState(*([P(ax)] * 6))
+    new, refused = jax.jit(jax.shard_map(
+        local, mesh=collection.mesh, in_specs=(specs,) + (P(ax),) * 5,
+        out_specs=(specs, P(ax))))(state, *args)
+    refused = int(np.asarray(multihost_utils.process_allgather(refused, tiled=True)).sum())
+    if refused:
+        raise TableFullError(f"table {spec.name!r}: {refused} rows leaving the hot fold found "
+                             f"no room in their cold shards; grow the table first")
+    return new
+
+
+# ------------------------------------------------------------- re-planning
+@dataclasses.dataclass
+class Replicator:
+    """Keeps the hot folds planned during training.
+
+    Counts the exchanged ids of every step online (decayed, bounded memory)
+    and re-plans every `every` steps, or earlier when a table's hot set covers
+    less than `min_coverage` of its exchanged lookups. Re-plans move rows at a
+    step boundary, so the model is unchanged (I2)."""
+
+    collection: EmbeddingCollection
+    profile: CostProfile
+    memory_budget_bytes: int
+    every: int = 1000
+    min_coverage: float | None = None
+    decay: float = 0.99
+    counter_capacity: int = 1 << 16
+    plan: ReplicationPlan | None = None
+    replans: int = 0
+
+    def __post_init__(self):
+        w = self.collection.num_shards
+        self._counters = {t: DecayedCounter(capacity=self.counter_capacity, decay=self.decay,
+                                            num_devices=w, owner_fn=lambda ids: owner_of(ids, w))
+                          for g in self.collection.groups for t in g}
+        self._steps = 0
+
+    def start(self, state: TrainState, sample: Iterable[Mapping]) -> TrainState:
+        """Plans from an exact peek at `sample` (e.g. the first 100 batches)."""
+        stats = peek(self.collection, sample)
+        self.plan = plan(self.collection, stats, self.profile,
+                         memory_budget_bytes=self.memory_budget_bytes)
+        return apply_plan(self.collection, state, self.plan)
+
+    def observe(self, state: TrainState, batch: Mapping) -> TrainState:
+        """Counts a (host) batch just trained on; re-plans when due."""
+        for t, counter in self._counters.items():
+            counter.update(device_ids(self.collection, batch, t))
+        self._steps += 1
+        due = self._steps % self.every == 0
+        if not due and self.min_coverage is not None and self.plan is not None:
+            due = any(self._counters[tp.name].coverage_of(tp.hot_ids) < self.min_coverage
+                      for tp in self.plan.tables if tp.hot_rows)
+        if not due:
+            return state
+        stats = []
+        for t, counter in self._counters.items():
+            ids, est = counter.top(self.counter_capacity)
+            stats.append(TableStats.from_counts(
+                name=t, dim=self.collection.tables[t].dim, ids=ids,
+                counts=np.maximum(np.round(est), 1).astype(np.int64),
+                num_batches=max(1, int(round(1 / (1 - self.decay)))),
+                num_devices=self.collection.num_shards))
+        self.plan = plan(self.collection, stats, self.profile,
+                         memory_budget_bytes=self.memory_budget_bytes)
+        self.replans += 1
+        return apply_plan(self.collection, state, self.plan)
+
+
+def fold_counters(state: TrainState) -> dict[str, dict[str, int]]:
+    """Counters of each table summed over shards and both folds (the hot fold
+    counted once: every device holds the same replica)."""
+    out = {}
+    for name, st in state.tables.items():
+        c = np.asarray(multihost_utils.process_allgather(st.counters, tiled=True)).reshape(-1, 16)
+        total = c.sum(axis=0)
+        if name in state.hot:
+            total = total + np.asarray(state.hot[name].counters.addressable_shards[0].data)
+        out[name] = {k: int(total[i]) for k, i in _C.items()}
+    return out
+
+
+__all__ = ["peek", "measure_profile", "plan", "apply_plan", "hot_capacity", "Replicator",
+           "fold_counters", "device_ids"]

@@ -1,0 +1,160 @@
+"""Two-fold parallelism: training with a replicated hot fold (R = 0, planned,
+all ids) and across a re-plan equals the independent dense reference (I2);
+exchanged bytes equal the plan's prediction; one home per id (I1)."""
+
+import re
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+import jax_hypereca as h
+from jax_hypereca import replication as rep
+from jax_hypereca.collection import EmbeddingCollection
+from jax_hypereca.planner import CostProfile
+from jax_hypereca.sharding import make_mesh
+
+import test_collection as tc
+
+STEPS = 60
+
+
+def profile_8() -> CostProfile:
+    """A cost profile for 8 devices where replicating a hot id pays off."""
+    return CostProfile(name="test-8", num_devices=8, c_ar_per_byte=1e-11, c_a2a_per_byte=1e-9,
+                       latency_s=0.0, ar_fixed_s=0.0, a2a_fixed_s=0.0,
+                       ar_bytes_sent_per_payload_byte=2 * 7 / 8, source="synthetic, for tests")
+
+
+@pytest.fixture(scope="module")
+def batches():
+    return tc.make_batches(steps=STEPS)
+
+
+@pytest.fixture(scope="module")
+def ref(batches):
+    return tc.reference(batches, tc.OPTS["adagrad"][1], optax.adam(0.01))
+
+
+def run(batches, hot_plan=None, replan_at=None, replan=None):
+    coll = EmbeddingCollection(tc.table_specs(tc.OPTS["adagrad"][0]), tc.FEATURES,
+                               mesh=make_mesh())
+    dense_tx = optax.adam(0.01)
+    step = coll.make_train_step(tc.head_loss, dense_tx)
+    state = coll.init_train_state(tc.init_params(), dense_tx)
+    if hot_plan is not None:
+        state = rep.apply_plan(coll, state, hot_plan(coll))
+    losses, stats = [], []
+    for i, b in enumerate(batches):
+        if replan_at is not None and i == replan_at:
+            state = rep.apply_plan(coll, state, replan)
+        state, m = step(state, b)
+        losses.append(m["loss"])
+        stats.append(m["stats"])
+    return coll, state, losses, stats
+
+
+def assert_one_home(state):
+    for name in tc.DIMS:
+        cold = np.asarray(state.tables[name].keys)
+        cold = cold[cold >= 0]
+        hot = np.asarray(state.hot[name].keys) if name in state.hot else np.zeros(0, np.int64)
+        hot = hot[hot >= 0]
+        assert len(np.unique(cold)) == len(cold)
+        assert not np.intersect1d(cold, hot).size, name
+
+
+def assert_equivalent_folds(state, losses, ref):
+    """Every parameter and every touched row, whichever fold holds it."""
+    tc.assert_equivalent(state, losses, ref, require_rows=False)
+    _, ref_tables, _ = ref
+    for name, hot in state.hot.items():
+        keys, vals = np.asarray(hot.keys), np.asarray(hot.values)
+        live = keys >= 0
+        r = np.asarray(ref_tables[name])[keys[live]]
+        assert (np.abs(vals[live] - r) <= 1e-5 * np.maximum(1, np.abs(r))).all(), name
+
+
+def test_r0_equals_reference(batches, ref):
+    _, state, losses, _ = run(batches, hot_plan=lambda c: {t: [] for t in tc.DIMS})
+    assert state.hot == {}
+    assert_equivalent_folds(state, losses, ref)
+
+
+def test_planned_hot_fold_equals_reference_and_predicts_bytes(batches, ref):
+    plans = {}
+
+    def planned(coll):
+        stats = rep.peek(coll, batches)
+        plans["plan"] = rep.plan(coll, stats, profile_8(), memory_budget_bytes=4096)
+        return plans["plan"]
+
+    coll, state, losses, stats = run(batches, hot_plan=planned)
+    plan = plans["plan"]
+    assert any(tp.hot_rows for tp in plan.tables) and state.hot
+    assert all(tp.hot_rows < len(tp.hot_ids) + 1 for tp in plan.tables)
+    assert any(np.asarray(state.tables[t].keys).max() >= 0 for t in tc.DIMS)  # some cold too
+    assert_equivalent_folds(state, losses, ref)
+    assert_one_home(state)
+    # the exchange carried exactly the lookups the plan predicted for these batches
+    for tp in plan.tables:
+        measured = sum(int(s[tp.name]["remote_unique"].sum()) for s in stats)
+        assert measured == tp.remote_lookups_sampled, tp.name
+        hot_hits = sum(int(s[tp.name]["hot_unique"].sum()) for s in stats)
+        assert (hot_hits > 0) == (tp.hot_rows > 0)
+    counters = rep.fold_counters(state)
+    for c in counters.values():
+        assert c["inserted"] == c["size"] + c["evicted"] + c["erased"]
+
+
+def test_every_id_hot_equals_reference(batches, ref):
+    every = {"a": np.arange(tc.V["a"]), "b": np.arange(tc.V["b"]), "c": np.arange(tc.V["c"])}
+    coll, state, losses, stats = run(batches, hot_plan=lambda c: every)
+    assert all(int(s[t]["remote_unique"].sum()) == 0 for s in stats for t in tc.DIMS)
+    assert_equivalent_folds(state, losses, ref)
+
+
+def test_replan_mid_training_keeps_equivalence(batches, ref):
+    first = {"a": np.arange(0, 40), "b": np.arange(10), "c": []}
+    second = {"a": np.arange(20, 90), "b": [], "c": np.arange(30)}
+    coll, state, losses, _ = run(batches, hot_plan=lambda c: first, replan_at=STEPS // 2,
+                                 replan=second)
+    assert set(state.hot) == {"a", "c"}
+    assert_equivalent_folds(state, losses, ref)
+    assert_one_home(state)
+    counters = rep.fold_counters(state)
+    for name, c in counters.items():
+        assert c["inserted"] == c["size"] + c["evicted"] + c["erased"], name
+        assert c["moved_in"] == c["moved_out"], name
+
+
+def test_hot_fold_adds_one_all_reduce_per_group(batches):
+    coll = EmbeddingCollection(tc.table_specs(tc.OPTS["sgd"][0]), tc.FEATURES, mesh=make_mesh())
+    step = coll.make_train_step(tc.head_loss, optax.sgd(0.1))
+    state = coll.init_train_state(tc.init_params(), optax.sgd(0.1))
+    state = rep.apply_plan(coll, state, {"a": np.arange(10), "c": np.arange(5), "b": [1, 2]})
+    batch = coll.prepare_batch(batches[0])
+    ops = tc.collective_ops(step.lower(state, batch).compile().as_text())
+    kinds = [k for k, _ in ops]
+    assert kinds.count("all-to-all") == 3 * len(coll.groups)
+    # XLA may combine all-reduces into one tuple: count the hot-fold buffers
+    # (rows x (dim + 1 touch count)) among their operands, one per group
+    reduced = " ".join(s for k, s in ops if k == "all-reduce")
+    assert len(re.findall(r"f32\[\d+,(?:9|5)\]", reduced)) == len(coll.groups), ops
+
+
+def test_live_profile_and_replicator(batches):
+    coll = EmbeddingCollection(tc.table_specs(tc.OPTS["adagrad"][0]), tc.FEATURES,
+                               mesh=make_mesh())
+    profile = rep.measure_profile(coll, dim=8, repeats=2)
+    assert profile.num_devices == 8 and profile.c_ar_per_byte > 0
+    step = coll.make_train_step(tc.head_loss, optax.adam(0.01))
+    state = coll.init_train_state(tc.init_params(), optax.adam(0.01))
+    r = rep.Replicator(coll, profile_8(), memory_budget_bytes=1 << 16, every=10)
+    state = r.start(state, batches[:10])
+    for b in batches[:25]:
+        state, _ = step(state, b)
+        state = r.observe(state, b)
+    assert r.replans == 2 and state.hot
+    assert_one_home(state)
