@@ -27,7 +27,6 @@ from typing import Iterable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -48,11 +47,13 @@ _C = COUNTER_NAMES
 
 
 # ----------------------------------------------------------------- statistics
-def device_ids(collection: EmbeddingCollection, batch: Mapping, table: str) -> list[np.ndarray]:
+def device_ids(collection: EmbeddingCollection, batch: Mapping, table: str,
+               num_devices: int | None = None) -> list[np.ndarray]:
     """The ids of `table` each device looks up for a host (global) batch: the
-    batch split evenly over the devices, every feature of the table."""
+    batch split evenly over the devices (default: the mesh's), every feature
+    of the table."""
     feats = [f for f in collection.features.values() if f.table == table]
-    w = collection.num_shards
+    w = num_devices or collection.num_shards
     parts = [np.asarray(batch["ids"][f.name], np.int64).reshape(len(batch["ids"][f.name]), -1)
              for f in feats]
     ids = np.concatenate(parts, axis=1)
@@ -60,15 +61,17 @@ def device_ids(collection: EmbeddingCollection, batch: Mapping, table: str) -> l
 
 
 def peek(collection: EmbeddingCollection, batches: Iterable[Mapping], *,
-         max_batches: int = 100) -> list[TableStats]:
+         max_batches: int = 100, num_devices: int | None = None) -> list[TableStats]:
     """Exact per-table counts of the ids the exchange would carry (per-device
-    dedup, remote ids only) over up to `max_batches` host batches."""
+    dedup, remote ids only) over up to `max_batches` host batches, on this
+    mesh or, with `num_devices`, as a mesh of that many devices would see the
+    same global batches (to plan for another cluster's profile)."""
     batches = list(b for _, b in zip(range(max_batches), batches))
-    w = collection.num_shards
+    w = num_devices or collection.num_shards
     out = []
     for t in (t for g in collection.groups for t in g):
         out.append(collect_table_stats(
-            (device_ids(collection, b, t) for b in batches), name=t,
+            (device_ids(collection, b, t, w) for b in batches), name=t,
             dim=collection.tables[t].dim, num_devices=w, max_batches=max_batches,
             owner_fn=lambda ids: owner_of(ids, w)))
     return out
@@ -77,58 +80,69 @@ def peek(collection: EmbeddingCollection, batches: Iterable[Mapping], *,
 # ------------------------------------------------------------- cost profile
 def measure_profile(collection: EmbeddingCollection, *, dim: int = 64, repeats: int = 5,
                     cache_dir: str | None = None) -> CostProfile:
-    """C_ar and C_a2a of this mesh from micro-benchmarks: all-reduces of R rows
-    and the exchange of n lookups (ids out, rows back, gradients out), timed
-    on the live devices and fitted by least squares (r^2 on the profile).
-    Cached per mesh shape and dim when `cache_dir` is given."""
-    mesh, ax, w = collection.mesh, collection.axis, collection.num_shards
+    """C_ar and C_a2a of this mesh, measured with the real step: a one-table
+    collection is timed with n cold lookups per device (the whole cold path:
+    dedup, routing, owner index, rows and gradients both ways, the fused
+    update) and with R hot rows beside a fixed small batch (the whole hot
+    path: local lookup, gradient buffer, all-reduce, replica update). Least
+    squares fits give per-byte costs and r^2. Cached per mesh shape and dim
+    when `cache_dir` is given."""
+    w = collection.num_shards
     cache = ProfileCache(cache_dir) if cache_dir else None
     key = dict(mesh_shape=(w,), dim=dim, dtype="float32")
     if cache is not None:
         hit = cache.get(**key)
         if hit is not None:
             return hit
+    base_n = 256
     ms: list[Measurement] = []
-    for rows in (256, 1024, 4096, 16384):
-        x = jax.device_put(jnp.ones((w * rows, dim), jnp.float32), NamedSharding(mesh, P(ax)))
-        fn = jax.jit(jax.shard_map(lambda a: lax.psum(a, ax), mesh=mesh, in_specs=P(ax),
-                                   out_specs=P(ax)))
-        ms.append(Measurement(kind="all_reduce", rows=rows, dim=dim, bytes=rows * dim * 4,
-                              seconds=_median_time(fn, x, repeats), num_devices=w))
-    for n in (256, 1024, 4096, 16384):
-        per = max(1, n // max(w - 1, 1))
-        keys = jax.device_put(jnp.zeros((w * w, per), jnp.int64), NamedSharding(mesh, P(ax)))
-        rows = jax.device_put(jnp.ones((w * w, per, dim), jnp.float32),
-                              NamedSharding(mesh, P(ax)))
-
-        def exchange(k, r):
-            k = lax.all_to_all(k, ax, 0, 0, tiled=True)
-            r = lax.all_to_all(r, ax, 0, 0, tiled=True)
-            return k, lax.all_to_all(r * 2.0, ax, 0, 0, tiled=True)
-
-        fn = jax.jit(jax.shard_map(exchange, mesh=mesh, in_specs=(P(ax), P(ax)),
-                                   out_specs=(P(ax), P(ax))))
-        sent = per * (w - 1)
-        ms.append(Measurement(kind="all_to_all", rows=sent, dim=dim,
-                              bytes=sent * (8 + 2 * dim * 4),
-                              seconds=_median_time(fn, (keys, rows), repeats), num_devices=w))
+    for n in (base_n, 1024, 4096, 16384):
+        seconds = _time_probe(collection, dim, n, 0, repeats)
+        ms.append(Measurement(kind="all_to_all", rows=n * (w - 1) // w, dim=dim,
+                              bytes=n * (w - 1) // w * (8 + 2 * dim * 4), seconds=seconds,
+                              num_devices=w, repeats=repeats))
+        if n == base_n:
+            base = seconds
+    # the smallest R shows the fixed cost of having a hot fold at all
+    for r in (16, 1024, 4096, 16384):
+        extra = _time_probe(collection, dim, base_n, r, repeats) - base
+        ms.append(Measurement(kind="all_reduce", rows=r, dim=dim, bytes=r * dim * 4,
+                              seconds=max(extra, 1e-7), num_devices=w, repeats=repeats))
+    dev = jax.devices()[0]
     profile = CostProfile.from_measurements(
-        ms, name=f"live-{w}x{jax.devices()[0].platform}",
-        source=f"measured on {w} {jax.devices()[0].device_kind} devices, "
+        ms, name=f"live-{w}x{dev.platform}",
+        source=f"one-table train steps on {w} {dev.device_kind} devices, "
                f"{time.strftime('%Y-%m-%d')}")
     if cache is not None:
         cache.put(profile=profile, **key)
     return profile
 
 
-def _median_time(fn, args, repeats: int) -> float:
-    args = args if isinstance(args, tuple) else (args,)
-    jax.block_until_ready(fn(*args))
+def _time_probe(collection: EmbeddingCollection, dim: int, lookups: int, hot_rows: int,
+                repeats: int) -> float:
+    """Median seconds of a train step of a one-table collection on the same
+    mesh: `lookups` distinct ids per device, and `hot_rows` replicated rows
+    (ids the batch never uses, so only the per-row hot cost shows)."""
+    import optax
+
+    w = collection.num_shards
+    spec = TableSpec(name="probe", dim=dim, capacity=4 * lookups * w)
+    feature = dataclasses.replace(next(iter(collection.features.values())), name="probe",
+                                  table="probe", max_ids=1, pooling="sum", weighted=False)
+    probe = EmbeddingCollection([spec], [feature], mesh=collection.mesh, axis=collection.axis,
+                                retune_every=0)
+    tx = optax.set_to_zero()
+    step = probe.make_train_step(lambda p, emb, b: (emb["probe"] ** 2).mean(), tx)
+    state = probe.init_train_state({}, tx)
+    if hot_rows:
+        state = apply_plan(probe, state, {"probe": np.arange(hot_rows) + (1 << 40)})
+    batch = {"ids": {"probe": np.arange(lookups * w, dtype=np.int64)}}
     times = []
-    for _ in range(repeats):
+    for i in range(repeats + 2):
         t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
+        state, _ = step(state, batch)
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
     return float(np.median(times))
 
 
@@ -143,10 +157,15 @@ def plan(collection: EmbeddingCollection, stats: Sequence[TableStats], profile: 
 
 
 # ---------------------------------------------------------------- the moves
-def hot_capacity(hot_rows: int) -> int:
-    """Slots of a hot fold holding `hot_rows` ids: a power of two >= 2R (load
-    <= 0.5, so a bucket never overflows in practice), at least 16."""
-    return max(16, 1 << max(0, (2 * hot_rows - 1).bit_length()))
+def hot_capacity(hot_rows: int, bucket_size: int = 128) -> int:
+    """Slots of a hot fold holding `hot_rows` ids: 1.5 R rounded up to whole
+    buckets (a bucket of 128 then overflows with odds below 1e-6; a refused
+    row would raise, never vanish), at least 16. Every step all-reduces a
+    buffer of this many rows, so it is kept tight."""
+    want = max(16, math.ceil(1.5 * hot_rows))
+    if want <= bucket_size:
+        return 1 << (want - 1).bit_length()
+    return math.ceil(want / bucket_size) * bucket_size
 
 
 def apply_plan(collection: EmbeddingCollection, state: TrainState,
@@ -217,7 +236,7 @@ def _host_rows(spec: TableSpec, hot: TableState) -> Rows:
 
 def _build_hot(collection, spec: TableSpec, rows: Rows, counters: np.ndarray) -> TableState:
     """A replicated hot fold holding `rows`, built identically on every device."""
-    cap = hot_capacity(len(rows.keys))
+    cap = hot_capacity(len(rows.keys), spec.bucket_size)
     repl = NamedSharding(collection.mesh, P())
 
     @jax.jit

@@ -131,9 +131,7 @@ ffi::Error ApplyGradientsImpl(ffi::ThreadPool pool, ffi::AnyBuffer values,
   if (counters.dimensions()[0] < kNumCounters || status->dimensions()[0] < kNumApplyStatus) {
     return InvalidArgument("hypereca_apply_gradients: counters/status too short");
   }
-  CopyIfDistinct(values_out->untyped_data(), values.untyped_data(), values.size_bytes());
-  CopyIfDistinct(opt_out->typed_data(), opt.typed_data(), opt.size_bytes());
-  CopyIfDistinct(counters_out->typed_data(), counters.typed_data(), counters.size_bytes());
+  AliasOutputs(values_out, values, opt_out, opt, counters_out, counters);
   int64_t* st = status->typed_data();
   std::fill(st, st + status->dimensions()[0], 0);
 

@@ -95,6 +95,14 @@ inline void CopyIfDistinct(void* dst, const void* src, size_t bytes) {
   if (dst != src && bytes > 0) std::memcpy(dst, src, bytes);
 }
 
+// AliasOutputs(out0, in0, out1, in1, ...): each aliased output starts as its
+// input (a no-op when XLA already made them one buffer, as under donation).
+template <typename Out, typename In, typename... Rest>
+void AliasOutputs(Out& out, const In& in, Rest&... rest) {
+  CopyIfDistinct(out->untyped_data(), in.untyped_data(), in.size_bytes());
+  if constexpr (sizeof...(rest) > 0) AliasOutputs(rest...);
+}
+
 inline ffi::Error InvalidArgument(const std::string& msg) {
   return ffi::Error(ffi::ErrorCode::kInvalidArgument, msg);
 }

@@ -17,13 +17,9 @@ namespace {
 ffi::Error CheckMeta(const char* op, int64_t bucket_size, ffi::BufferR1<ffi::S64> keys,
                      ffi::BufferR1<ffi::S64> last, ffi::BufferR1<ffi::S64> freq,
                      ffi::BufferR1<ffi::S64> counters, TableGeometry* g) {
-  g->capacity = keys.dimensions()[0];
-  g->bucket_size = static_cast<uint32_t>(bucket_size);
-  g->num_buckets = bucket_size > 0 ? static_cast<uint64_t>(g->capacity / bucket_size) : 0;
-  if (bucket_size <= 0 || !g->Valid()) {
-    return InvalidArgument(std::string(op) +
-                           ": bucket_size must be a power of two dividing capacity");
-  }
+  auto geometry = GeometryOf(op, keys.dimensions()[0], bucket_size);
+  if (geometry.has_error()) return geometry.error();
+  *g = geometry.value();
   if (last.dimensions()[0] != g->capacity || freq.dimensions()[0] != g->capacity ||
       counters.dimensions()[0] < kNumCounters) {
     return InvalidArgument(std::string(op) + ": table metadata shapes disagree");
@@ -44,10 +40,7 @@ ffi::Error EraseImpl(ffi::BufferR1<ffi::S64> keys, ffi::BufferR1<ffi::S64> last,
     return err;
   }
   const int64_t n = query.dimensions()[0];
-  CopyIfDistinct(keys_out->typed_data(), keys.typed_data(), keys.size_bytes());
-  CopyIfDistinct(last_out->typed_data(), last.typed_data(), last.size_bytes());
-  CopyIfDistinct(freq_out->typed_data(), freq.typed_data(), freq.size_bytes());
-  CopyIfDistinct(counters_out->typed_data(), counters.typed_data(), counters.size_bytes());
+  AliasOutputs(keys_out, keys, last_out, last, freq_out, freq, counters_out, counters);
   int64_t* k = keys_out->typed_data();
   int64_t* ls = last_out->typed_data();
   int64_t* fq = freq_out->typed_data();
@@ -83,10 +76,7 @@ ffi::Error EraseIfImpl(ffi::ThreadPool pool, ffi::BufferR1<ffi::S64> keys,
   if (mode < 0 || mode > 2 || policy < 0 || policy > 1) {
     return InvalidArgument("hypereca_erase_if: bad mode or policy");
   }
-  CopyIfDistinct(keys_out->typed_data(), keys.typed_data(), keys.size_bytes());
-  CopyIfDistinct(last_out->typed_data(), last.typed_data(), last.size_bytes());
-  CopyIfDistinct(freq_out->typed_data(), freq.typed_data(), freq.size_bytes());
-  CopyIfDistinct(counters_out->typed_data(), counters.typed_data(), counters.size_bytes());
+  AliasOutputs(keys_out, keys, last_out, last, freq_out, freq, counters_out, counters);
   int64_t* k = keys_out->typed_data();
   int64_t* ls = last_out->typed_data();
   int64_t* fq = freq_out->typed_data();

@@ -8,6 +8,7 @@
 #include "hypereca/common.h"
 #include "hypereca/init.h"
 #include "hypereca/probe.h"
+#include "table_args.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace hypereca::cpu {
@@ -19,23 +20,12 @@ ffi::Error FindImpl(ffi::ThreadPool pool, ffi::BufferR1<ffi::S64> keys,
                     ffi::ResultBufferR1<ffi::PRED> found, int64_t seed, int32_t init_kind,
                     float init_scale, int64_t bucket_size, bool miss_init) {
   constexpr const char* kOp = "hypereca_find";
-  TableGeometry g;
-  g.capacity = keys.dimensions()[0];
-  g.bucket_size = static_cast<uint32_t>(bucket_size);
-  g.num_buckets = bucket_size > 0 ? static_cast<uint64_t>(g.capacity / bucket_size) : 0;
-  if (bucket_size <= 0 || !g.Valid()) {
-    return InvalidArgument("hypereca_find: bucket_size must be a power of two dividing capacity");
-  }
-  auto vd = values.dimensions();
+  bool want_rows = true;
+  auto g_or = CheckFind(keys, values, query, rows, bucket_size, init_kind, &want_rows);
+  if (g_or.has_error()) return g_or.error();
+  const TableGeometry g = g_or.value();
   const int64_t n = query.dimensions()[0];
-  // rows (0, dim) asks for slots and found only.
-  const bool want_rows = rows->dimensions().size() == 2 && rows->dimensions()[0] != 0;
-  if (vd.size() != 2 || vd[0] != g.capacity || rows->dimensions().size() != 2 ||
-      (want_rows && rows->dimensions()[0] != n) || rows->dimensions()[1] != vd[1] ||
-      rows->element_type() != values.element_type()) {
-    return InvalidArgument("hypereca_find: rows must be (n, dim) or (0, dim) of the table's dtype");
-  }
-  if (init_kind < 0 || init_kind > 2) return InvalidArgument("hypereca_find: bad init_kind");
+  auto vd = values.dimensions();
   const int64_t dim = vd[1];
   return DispatchValueType(values.element_type(), kOp, [&](auto tag) {
     using T = decltype(tag);

@@ -204,40 +204,16 @@ ffi::Error FindOrInsertImpl(
   auto shape_or = CheckTable(kOp, bucket_size, keys, values, opt, last, freq, counters);
   if (shape_or.has_error()) return shape_or.error();
   const TableShape shape = shape_or.value();
-  const int64_t n = query.dimensions()[0];
+  if (auto err = CheckFindOrInsert(shape, values, query, opt_init, values_out, slots, found,
+                                   ev_keys, ev_values, ev_opt, ev_last, ev_freq, status,
+                                   init_kind, policy);
+      err.failure()) {
+    return err;
+  }
   const int64_t ev_capacity = ev_keys->dimensions()[0];
-  if (slots->dimensions()[0] != n || found->dimensions()[0] != n) {
-    return InvalidArgument("hypereca_find_or_insert: slots/found must have one entry per query");
-  }
-  if (opt_init.dimensions()[0] != shape.state_width) {
-    return InvalidArgument("hypereca_find_or_insert: opt_init must have state_width entries");
-  }
-  if (ev_values->dimensions().size() != 2 || ev_values->dimensions()[0] != ev_capacity ||
-      ev_values->dimensions()[1] != shape.dim || ev_opt->dimensions()[0] != ev_capacity ||
-      ev_opt->dimensions()[1] != shape.state_width ||
-      ev_last->dimensions()[0] != ev_capacity || ev_freq->dimensions()[0] != ev_capacity) {
-    return InvalidArgument("hypereca_find_or_insert: eviction outputs disagree in shape");
-  }
-  if (status->dimensions()[0] < kNumInsertStatus) {
-    return InvalidArgument("hypereca_find_or_insert: status must have 8 entries");
-  }
-  if (shape.geometry.capacity > (int64_t{1} << 31) - 1) {
-    return InvalidArgument("hypereca_find_or_insert: a shard holds at most 2^31-1 rows");
-  }
-  if (init_kind < 0 || init_kind > 2 || policy < 0 || policy > 1) {
-    return InvalidArgument("hypereca_find_or_insert: bad init_kind or policy");
-  }
-  if (values.element_type() != values_out->element_type() ||
-      values.element_type() != ev_values->element_type()) {
-    return InvalidArgument("hypereca_find_or_insert: value dtypes disagree");
-  }
   const int64_t C = shape.geometry.capacity;
-  CopyIfDistinct(keys_out->typed_data(), keys.typed_data(), C * 8);
-  CopyIfDistinct(values_out->untyped_data(), values.untyped_data(), values.size_bytes());
-  CopyIfDistinct(opt_out->typed_data(), opt.typed_data(), opt.size_bytes());
-  CopyIfDistinct(last_out->typed_data(), last.typed_data(), C * 8);
-  CopyIfDistinct(freq_out->typed_data(), freq.typed_data(), C * 8);
-  CopyIfDistinct(counters_out->typed_data(), counters.typed_data(), counters.size_bytes());
+  AliasOutputs(keys_out, keys, values_out, values, opt_out, opt, last_out, last,
+               freq_out, freq, counters_out, counters);
   int64_t* st = status->typed_data();
   std::fill(st, st + status->dimensions()[0], 0);
 

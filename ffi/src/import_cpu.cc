@@ -85,12 +85,8 @@ ffi::Error ImportImpl(ffi::ThreadPool pool, ffi::BufferR1<ffi::S64> keys,
         "hypereca_import_rows: rows must match the table's dim, state width and dtype");
   }
   const int64_t C = shape.geometry.capacity;
-  CopyIfDistinct(keys_out->typed_data(), keys.typed_data(), C * 8);
-  CopyIfDistinct(values_out->untyped_data(), values.untyped_data(), values.size_bytes());
-  CopyIfDistinct(opt_out->typed_data(), opt.typed_data(), opt.size_bytes());
-  CopyIfDistinct(last_out->typed_data(), last.typed_data(), C * 8);
-  CopyIfDistinct(freq_out->typed_data(), freq.typed_data(), C * 8);
-  CopyIfDistinct(counters_out->typed_data(), counters.typed_data(), counters.size_bytes());
+  AliasOutputs(keys_out, keys, values_out, values, opt_out, opt, last_out, last,
+               freq_out, freq, counters_out, counters);
   int64_t* st = status->typed_data();
   std::fill(st, st + status->dimensions()[0], 0);
 

@@ -71,33 +71,14 @@ ffi::Error FindOrInsertImpl(
   auto shape_or = CheckTable(kOp, bucket_size, keys, values, opt, last, freq, counters);
   if (shape_or.has_error()) return shape_or.error();
   const TableShape shape = shape_or.value();
+  if (auto err = CheckFindOrInsert(shape, values, query, opt_init, values_out, slots, found,
+                                   ev_keys, ev_values, ev_opt, ev_last, ev_freq, status,
+                                   init_kind, policy);
+      err.failure()) {
+    return err;
+  }
   const int64_t n = query.dimensions()[0];
   const int64_t ev_capacity = ev_keys->dimensions()[0];
-  if (slots->dimensions()[0] != n || found->dimensions()[0] != n) {
-    return InvalidArgument("hypereca_find_or_insert: slots/found must have one entry per query");
-  }
-  if (opt_init.dimensions()[0] != shape.state_width) {
-    return InvalidArgument("hypereca_find_or_insert: opt_init must have state_width entries");
-  }
-  if (ev_values->dimensions().size() != 2 || ev_values->dimensions()[0] != ev_capacity ||
-      ev_values->dimensions()[1] != shape.dim || ev_opt->dimensions()[0] != ev_capacity ||
-      ev_opt->dimensions()[1] != shape.state_width ||
-      ev_last->dimensions()[0] != ev_capacity || ev_freq->dimensions()[0] != ev_capacity) {
-    return InvalidArgument("hypereca_find_or_insert: eviction outputs disagree in shape");
-  }
-  if (status->dimensions()[0] < kNumInsertStatus) {
-    return InvalidArgument("hypereca_find_or_insert: status must have 8 entries");
-  }
-  if (shape.geometry.capacity > (int64_t{1} << 31) - 1) {
-    return InvalidArgument("hypereca_find_or_insert: a shard holds at most 2^31-1 rows");
-  }
-  if (init_kind < 0 || init_kind > 2 || policy < 0 || policy > 1) {
-    return InvalidArgument("hypereca_find_or_insert: bad init_kind or policy");
-  }
-  if (values.element_type() != values_out->element_type() ||
-      values.element_type() != ev_values->element_type()) {
-    return InvalidArgument("hypereca_find_or_insert: value dtypes disagree");
-  }
   const std::optional<ValueType> vt = ValueTypeOf(values.element_type());
   if (!vt) return BadValueType(kOp);
   // CUDA only: the queries are sorted with 32-bit indices.
@@ -181,24 +162,12 @@ ffi::Error FindImpl(cudaStream_t stream, ffi::BufferR1<ffi::S64> keys, ffi::AnyB
                     int64_t seed, int32_t init_kind, float init_scale, int64_t bucket_size,
                     bool miss_init) {
   constexpr const char* kOp = "hypereca_find";
-  TableGeometry g;
-  g.capacity = keys.dimensions()[0];
-  g.bucket_size = static_cast<uint32_t>(bucket_size);
-  g.num_buckets = bucket_size > 0 ? static_cast<uint64_t>(g.capacity / bucket_size) : 0;
-  if (bucket_size <= 0 || !g.Valid()) {
-    return InvalidArgument("hypereca_find: bucket_size must be a power of two dividing capacity");
-  }
+  bool want_rows = true;
+  auto g_or = CheckFind(keys, values, query, rows, bucket_size, init_kind, &want_rows);
+  if (g_or.has_error()) return g_or.error();
+  const TableGeometry g = g_or.value();
   auto vd = values.dimensions();
   const int64_t n = query.dimensions()[0];
-  // rows (0, dim) asks for slots and found only.
-  const bool want_rows = rows->dimensions().size() == 2 && rows->dimensions()[0] != 0;
-  if (vd.size() != 2 || vd[0] != g.capacity || rows->dimensions().size() != 2 ||
-      (want_rows && rows->dimensions()[0] != n) || rows->dimensions()[1] != vd[1] ||
-      rows->element_type() != values.element_type()) {
-    return InvalidArgument(
-        "hypereca_find: rows must be (n, dim) or (0, dim) of the table's dtype");
-  }
-  if (init_kind < 0 || init_kind > 2) return InvalidArgument("hypereca_find: bad init_kind");
   const std::optional<ValueType> vt = ValueTypeOf(values.element_type());
   if (!vt) return BadValueType(kOp);
   FindArgs a;
