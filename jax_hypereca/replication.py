@@ -121,8 +121,9 @@ def measure_profile(collection: EmbeddingCollection, *, dim: int = 64, repeats: 
 def _time_probe(collection: EmbeddingCollection, dim: int, lookups: int, hot_rows: int,
                 repeats: int) -> float:
     """Median seconds of a train step of a one-table collection on the same
-    mesh: `lookups` distinct ids per device, and `hot_rows` replicated rows
-    (ids the batch never uses, so only the per-row hot cost shows)."""
+    mesh: `lookups` distinct cold ids per device, plus `hot_rows` replicated
+    rows that every device looks up (hot ids are the frequent ones): the
+    local lookups, gradient buffers, all-reduce and replicated updates."""
     import optax
 
     w = collection.num_shards
@@ -134,9 +135,12 @@ def _time_probe(collection: EmbeddingCollection, dim: int, lookups: int, hot_row
     tx = optax.set_to_zero()
     step = probe.make_train_step(lambda p, emb, b: (emb["probe"] ** 2).mean(), tx)
     state = probe.init_train_state({}, tx)
+    hot = np.arange(hot_rows, dtype=np.int64) + (1 << 40)
     if hot_rows:
-        state = apply_plan(probe, state, {"probe": np.arange(hot_rows) + (1 << 40)})
-    batch = {"ids": {"probe": np.arange(lookups * w, dtype=np.int64)}}
+        state = apply_plan(probe, state, {"probe": hot})
+    cold = np.arange(lookups * w, dtype=np.int64).reshape(w, lookups)
+    batch = {"ids": {"probe": np.concatenate(
+        [np.concatenate([c, hot]) for c in cold])}}
     times = []
     for i in range(repeats + 2):
         t0 = time.perf_counter()
