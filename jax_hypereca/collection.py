@@ -179,7 +179,8 @@ class EmbeddingCollection:
             raise ValueError(f"batch lacks ids for features {sorted(missing)}")
         sizes = {v.shape[0] for v in ids.values()}
         if len(sizes) != 1:
-            raise ValueError(f"features have different batch sizes: { {k: v.shape[0] for k, v in ids.items()} }")
+            raise ValueError("features have different batch sizes: "
+                             f"{ {k: v.shape[0] for k, v in ids.items()} }")
         size = sizes.pop()
         devices_here = self.num_shards // (jax.process_count() if local else 1)
         if size % max(devices_here, 1):
@@ -206,10 +207,11 @@ class EmbeddingCollection:
         # This process's rows of the global batch, one block per local device
         # (built by hand: make_array_from_process_local_data narrows int64).
         shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
-        index = self.batch_sharding.addressable_devices_indices_map(shape)
-        first = min(idx[0].start or 0 for idx in index.values())
-        blocks = [jax.device_put(jnp.asarray(x[idx[0].start - first:idx[0].stop - first], dtype),
-                                 dev) for dev, idx in index.items()]
+        rows = {dev: idx[0].indices(shape[0])[:2] for dev, idx in
+                self.batch_sharding.addressable_devices_indices_map(shape).items()}
+        first = min(start for start, _ in rows.values())
+        blocks = [jax.device_put(jnp.asarray(x[start - first:stop - first], dtype), dev)
+                  for dev, (start, stop) in rows.items()]
         return jax.make_array_from_single_device_arrays(shape, self.batch_sharding, blocks)
 
     # ---------------------------------------------------------------- layouts
