@@ -413,7 +413,8 @@ def test_shape_errors_match_cpu():
                 jax.block_until_ready(call())
             errs.append(str(info.value))
         msgs.append(errs)
-    expected = ("hypereca_find: bucket_size must be a power of two dividing capacity",
+    expected = ("hypereca_find: bucket_size must be a power of two <= 65536 dividing the "
+                "capacity 64 (got 3)",
                 "hypereca_find_or_insert: bucket_size must be a power of two <= 65536 "
                 "dividing the capacity 64 (got 3)")
     for cpu_msg, dut_msg, want in zip(msgs[0], msgs[1], expected):
