@@ -151,6 +151,6 @@ class TableModel(RuleBasedStateMachine):
 
 
 TableModel.TestCase.settings = settings(
-    max_examples=40, stateful_step_count=25, deadline=None,
+    max_examples=80, stateful_step_count=25, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 test_table_against_dict = TableModel.TestCase

@@ -322,3 +322,16 @@ def test_shape_errors_are_ffi_errors_not_crashes():
     with pytest.raises(Exception, match="opt_state must be"):
         jax.block_until_ready(h.apply_gradients(spec, bad, jnp.zeros((1,), jnp.int32),
                                                 jnp.zeros((1, 8)), step=1))
+
+
+def test_no_key_of_a_call_is_evicted_by_that_call_whatever_its_position():
+    """Found by the hypothesis model: a resident key queried after a miss in
+    the same call used to be the miss's eviction victim."""
+    spec = spec_(capacity=4, bucket_size=4)
+    st, _ = h.find_or_insert(spec, h.init_table(spec), ids(1, 2, 3, 4), step=1)
+    # step 2 with rows of step 1 unpinned: 5 needs a victim, and 1 (lowest
+    # score and slot) must not be it because 1 is queried later in this call
+    st, r = h.find_or_insert(spec, st, ids(5, 1), step=2)
+    assert int(r.evicted.keys[0]) in (2, 3, 4)
+    np.testing.assert_array_equal(np.asarray(r.found), [False, True])
+    assert 1 in resident(spec, st) and 5 in resident(spec, st)

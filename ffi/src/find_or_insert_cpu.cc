@@ -2,7 +2,6 @@
 // the missing ones and evicting by score from full buckets.
 #include <algorithm>
 #include <cstdint>
-#include <unordered_set>
 #include <vector>
 
 #include "cpu_util.h"
@@ -31,7 +30,6 @@ struct TaskState {
   std::vector<Eviction> evictions;
   std::vector<T> rows;       // evicted values, dim per eviction
   std::vector<float> state;  // evicted optimizer state, width per eviction
-  std::unordered_set<int64_t> inserted;  // slots filled by this call
 };
 
 struct Options {
@@ -44,6 +42,12 @@ struct Options {
   int64_t max_evictions;  // per task; only binding with a single task
 };
 
+// Applies the queries of one task's buckets in two passes. First every key
+// already resident is touched (accessed at `step`, so pinned: no key of this
+// call can be evicted by it, whatever its position in the call); then the
+// misses are inserted in query order. A key inserted earlier in the second
+// pass is found again by its repeats, which report found = false (it was not
+// resident before the call).
 template <typename T>
 void ProcessQueries(const TableShape& shape, const Options& o, const int64_t* query,
                     const int64_t* order, int64_t begin, int64_t end,
@@ -52,10 +56,10 @@ void ProcessQueries(const TableShape& shape, const Options& o, const int64_t* qu
                     TaskState<T>& ts) {
   const int64_t dim = shape.dim, width = shape.state_width;
   constexpr int64_t kAhead = 8;
+  auto at = [&](int64_t j) { return order ? order[j] : j; };
   for (int64_t j = begin; j < end; ++j) {
-    if (j + kAhead < end) PrefetchProbe(keys, shape.geometry, query[order ? order[j + kAhead]
-                                                                         : j + kAhead]);
-    const int64_t q = order ? order[j] : j;
+    if (j + kAhead < end) PrefetchProbe(keys, shape.geometry, query[at(j + kAhead)]);
+    const int64_t q = at(j);
     const int64_t key = query[q];
     slots[q] = -1;
     found[q] = false;
@@ -65,12 +69,21 @@ void ProcessQueries(const TableShape& shape, const Options& o, const int64_t* qu
       ts.status[kStReserved]++;
       continue;
     }
+    const int64_t s = FindSlot(keys, shape.geometry, key);
+    if (s < 0) continue;
+    ts.status[kStHits]++;
+    found[q] = true;
+    slots[q] = static_cast<int32_t>(s);
+    last[s] = o.step;
+    freq[s] += 1;
+  }
+  for (int64_t j = begin; j < end; ++j) {
+    const int64_t q = at(j);
+    const int64_t key = query[q];
+    if (found[q] || IsReserved(key)) continue;
     ProbeResult p = ProbeForInsert(keys, last, freq, shape.geometry, o.policy,
                                    o.pin_from, key);
-    if (p.outcome == ProbeOutcome::kFound) {
-      const bool fresh = !ts.inserted.empty() && ts.inserted.count(p.slot) > 0;
-      if (!fresh) ts.status[kStHits]++;
-      found[q] = !fresh;
+    if (p.outcome == ProbeOutcome::kFound) {  // inserted by an earlier query of this call
       slots[q] = static_cast<int32_t>(p.slot);
       last[p.slot] = o.step;
       freq[p.slot] += 1;
@@ -101,7 +114,6 @@ void ProcessQueries(const TableShape& shape, const Options& o, const int64_t* qu
           InitValue(row_seed, static_cast<uint32_t>(c), o.init_kind, o.init_scale));
     }
     for (int64_t c = 0; c < width; ++c) opt[s * width + c] = opt_init[c];
-    ts.inserted.insert(s);
     ts.status[kStInserted]++;
     slots[q] = static_cast<int32_t>(s);
   }

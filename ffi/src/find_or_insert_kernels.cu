@@ -15,10 +15,12 @@
 //                and a repeat's only other effect, freq += 1 on a pinned row,
 //                never changes a victim choice. This keeps a hot id (a few
 //                percent of a Zipf batch) from serializing its bucket.
+//   3a. touch    every first occurrence already resident is accessed (and so
+//                pinned) before any insert, as the CPU's first pass.
 //   3. sort      stable radix sort of (bucket, query index) over the first
-//                occurrences (repeats, reserved and padding ids get the
-//                sentinel bucket num_buckets): each bucket's queries become
-//                one run, still in query order.
+//                occurrences still missing (repeats, touched, reserved and
+//                padding ids get the sentinel bucket num_buckets): each
+//                bucket's misses become one run, still in query order.
 //   4. probe     one warp per run applies its queries one after the other:
 //                the 32 lanes read 32 consecutive slots of the probe window
 //                per round and ballot for the key / an empty slot / a
@@ -236,6 +238,32 @@ __global__ void MarkRepeatsKernel(const int64_t* __restrict__ sorted_key,
                        : static_cast<uint32_t>(BucketOf(BucketHash(key), num_buckets));
   }
 }
+// ---------------------------------------------------------------- 3a. touch
+// As the CPU's first pass: every first occurrence already resident is
+// accessed now (last_step = step pins it) before any insert, so no key of the
+// call can be a victim of the call. Touched queries leave the bucket sort.
+// The keys are distinct here, so no two threads write the same slot.
+__global__ void TouchKernel(const int64_t* __restrict__ query, int64_t n,
+                            const int32_t* __restrict__ repeat_of, TableGeometry g,
+                            const int64_t* __restrict__ keys, int64_t* __restrict__ last,
+                            int64_t* __restrict__ freq, const int64_t* __restrict__ step,
+                            int32_t* __restrict__ slots, bool* __restrict__ found,
+                            uint32_t* __restrict__ bucket_in,
+                            unsigned long long* __restrict__ status) {
+  const int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (q >= n) return;
+  const int64_t key = query[q];
+  if (IsReserved(key) || repeat_of[q] >= 0) return;
+  const int64_t s = FindSlot(keys, g, key);
+  if (s < 0) return;
+  last[s] = *step;
+  freq[s] += 1;
+  slots[q] = static_cast<int32_t>(s);
+  found[q] = true;
+  if (bucket_in != nullptr) bucket_in[q] = static_cast<uint32_t>(g.num_buckets);
+  atomicAdd(status + kStHits, 1ull);
+}
+
 // ---------------------------------------------------------------- 4. probe
 struct ProbeParams {
   int64_t* keys;
@@ -431,7 +459,7 @@ __global__ void ProbeSequentialKernel(ProbeParams p) {
   Tally t;
   for (int64_t q = 0; q < p.n; ++q) {
     const int64_t key = p.query[q];
-    if (IsReserved(key) || p.repeat_of[q] >= 0) continue;
+    if (IsReserved(key) || p.repeat_of[q] >= 0 || p.found[q]) continue;
     ProcessQuery(p, q, key, step, pin, lane, t);
   }
   FlushTally(p, t, lane);
@@ -602,6 +630,15 @@ LaunchStatus Run(const FindOrInsertArgs& a, const ScratchLayout& l, char* scratc
     MarkRepeatsKernel<<<blocks, kThreads, 0, stream>>>(sorted_key, sorted_kq, seg_head, n,
                                                        a.num_buckets, repeat_of, bucket_in);
     HYPERECA_CUDA_LAUNCHED("launching the find_or_insert repeat kernel");
+    // 3a. touch the resident keys first
+    TableGeometry geometry;
+    geometry.capacity = a.capacity;
+    geometry.bucket_size = a.bucket_size;
+    geometry.num_buckets = a.num_buckets;
+    TouchKernel<<<blocks, kThreads, 0, stream>>>(a.query, n, repeat_of, geometry, a.keys,
+                                                 a.last_step, a.freq, a.step, a.slots,
+                                                 a.found, bucket_in, status);
+    HYPERECA_CUDA_LAUNCHED("launching the find_or_insert touch kernel");
 
     ProbeParams p;
     p.keys = a.keys;

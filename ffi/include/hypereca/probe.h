@@ -6,8 +6,10 @@
 // at kEmptyKey and skips kErasedKey tombstones. When a bucket has no free slot,
 // an insert evicts the lowest-score slot that is not pinned (last access step
 // >= pin_from_step); ties go to the older access, then the lower slot index.
-// Each bucket's queries are applied in the order given, so the result is a
-// pure function of the inputs whatever the number of threads or the device.
+// A find_or_insert call first touches (and so pins) every key of the call
+// that is already resident, then inserts its misses in query order per
+// bucket, so no key of a call is ever evicted by that call and the result is
+// a pure function of the inputs whatever the number of threads or the device.
 #pragma once
 
 #include <cstdint>
