@@ -92,7 +92,6 @@ def main(argv=None):
 
     # ---------------------------------------------------------------- naive JAX
     row_sharded = NamedSharding(mesh, P("shard", None))
-    repl = NamedSharding(mesh, P())
     batch_sh = NamedSharding(mesh, P("shard"))
     padded = [int(np.ceil(v / W) * W) for v in vocab]
 

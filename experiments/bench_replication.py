@@ -58,7 +58,6 @@ def main(argv=None):
     mesh = h.make_mesh(axis_name="shard")
     W = mesh.shape["shard"]
     per_device, D = 1024, 64
-    B = per_device * W
     vocab = default_vocab_sizes(1_000_000)
     F = len(vocab)
     peek_batches = 20 if args.quick else 100

@@ -18,17 +18,14 @@ pooling "none") and returns the mean loss over the global batch (or
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jax_hypereca import _ops
 from jax_hypereca.errors import (
     HyperecaError, NonFiniteGradientError, TableFullError, raise_for_insert_status)
 from jax_hypereca.flax.scope import embedding_scope
@@ -36,7 +33,7 @@ from jax_hypereca.features import (
     FeatureSpec, Jagged, check_weights, jagged_to_padded, padded_ids, validate_features)
 from jax_hypereca.sharding import (
     STAT_NAMES, Layout, TableContext, _round8, backward_local, exchange_groups, forward_local,
-    grow_sharded_table, init_sharded_table, initial_capacity, make_mesh)
+    grow_sharded_table, host_gather, init_sharded_table, initial_capacity, make_mesh)
 from jax_hypereca.table import COUNTER_NAMES, TableSpec, TableState
 
 log = logging.getLogger("jax_hypereca")
@@ -192,8 +189,8 @@ class EmbeddingCollection:
         for key, value in batch.items():
             if key not in ("ids", "weights"):
                 out[key] = jax.tree.map(
-                    lambda x: self._place(x, np.asarray(x).dtype, local)
-                    if isinstance(x, (np.ndarray, jax.Array)) and np.ndim(x) >= 1
+                    lambda x: self._place(x, x.dtype, local)
+                    if isinstance(x, (np.ndarray, jax.Array)) and x.ndim >= 1
                     and x.shape[0] == size else x, value)
         return out
 
@@ -378,8 +375,7 @@ class EmbeddingCollection:
         """Counters summed over the shards, plus the fullest shard's load."""
         out = {}
         for n, st in tables.items():
-            c = np.asarray(multihost_utils.process_allgather(st.counters, tiled=True))
-            c = c.reshape(self.num_shards, -1)
+            c = host_gather(st.counters).reshape(self.num_shards, -1)
             d = {k: int(c[:, i].sum()) for k, i in COUNTER_NAMES.items()}
             rows = st.keys.shape[0] // self.num_shards
             d["max_shard_load"] = float(c[:, COUNTER_NAMES["size"]].max() / rows)
@@ -480,8 +476,8 @@ class ShardedTrainStep:
 
     def _host_stats(self, metrics) -> dict[str, dict[str, np.ndarray]]:
         """Per-table, per-device statistics of the step (exact counts)."""
-        s = np.asarray(multihost_utils.process_allgather(metrics["stats"], tiled=True))
-        nf = np.asarray(multihost_utils.process_allgather(metrics["nonfinite"], tiled=True))
+        s = host_gather(metrics["stats"])
+        nf = host_gather(metrics["nonfinite"])
         names = [t for g in self.c.groups for t in g]
         s = s.reshape(self.c.num_shards, len(names), len(STAT_NAMES))
         nf = nf.reshape(self.c.num_shards, len(names))

@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from typing import Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jax_hypereca import _ops
 from jax_hypereca.collection import EmbeddingCollection, TrainState
 from jax_hypereca.errors import ERASED_KEY, PADDING_ID, TableFullError
 from jax_hypereca.hashing import owner_of
@@ -38,9 +35,9 @@ from jax_hypereca.initializers import init_rows
 from jax_hypereca.planner import (
     CostProfile, DecayedCounter, Measurement, ProfileCache, ReplicationPlan, TableStats,
     collect_table_stats, plan_replication)
+from jax_hypereca.sharding import host_gather, replica_rows, replicate_rows
 from jax_hypereca.table import (
-    COUNTER_NAMES, NUM_COUNTERS, Rows, TableSpec, TableState, erase, export, find_slots, import_rows,
-    init_table)
+    COUNTER_NAMES, NUM_COUNTERS, Rows, TableSpec, TableState, erase, find_slots, import_rows)
 
 log = logging.getLogger("jax_hypereca")
 _C = COUNTER_NAMES
@@ -161,17 +158,6 @@ def plan(collection: EmbeddingCollection, stats: Sequence[TableStats], profile: 
 
 
 # ---------------------------------------------------------------- the moves
-def hot_capacity(hot_rows: int, bucket_size: int = 128) -> int:
-    """Slots of a hot fold holding `hot_rows` ids: 1.5 R rounded up to whole
-    buckets (a bucket of 128 then overflows with odds below 1e-6; a refused
-    row would raise, never vanish), at least 16. Every step all-reduces a
-    buffer of this many rows, so it is kept tight."""
-    want = max(16, math.ceil(1.5 * hot_rows))
-    if want <= bucket_size:
-        return 1 << (want - 1).bit_length()
-    return math.ceil(want / bucket_size) * bucket_size
-
-
 def apply_plan(collection: EmbeddingCollection, state: TrainState,
                plan: ReplicationPlan | Mapping[str, np.ndarray]) -> TrainState:
     """Moves rows between the folds so that each table's hot fold holds
@@ -186,7 +172,7 @@ def apply_plan(collection: EmbeddingCollection, state: TrainState,
         spec = collection.tables[name]
         want = np.unique(np.asarray(hot_ids, np.int64))
         want = want[(want != PADDING_ID) & (want != ERASED_KEY)]
-        old_hot = _host_rows(spec, hot[name]) if name in hot else _empty_rows(spec)
+        old_hot = replica_rows(hot[name])[0] if name in hot else _empty_rows(spec)
         stay = np.isin(old_hot.keys, want)
         leaving = Rows(*(x[~stay] for x in old_hot))
         arriving = want[~np.isin(want, old_hot.keys)]
@@ -209,7 +195,7 @@ def apply_plan(collection: EmbeddingCollection, state: TrainState,
             continue
         rows = Rows.concat([Rows(*(x[stay] for x in old_hot)), moved_cold,
                             _fresh_rows(spec, fresh)])
-        hot[name] = _build_hot(collection, spec, rows, counters)
+        hot[name] = replicate_rows(spec, rows, counters, collection.mesh)
         log.info("table %r: hot fold of %d ids (%d stayed, %d from the cold fold, %d new, "
                  "%d back to the cold fold)", name, len(want), int(stay.sum()),
                  len(moved_cold.keys), len(fresh), len(leaving.keys))
@@ -229,35 +215,6 @@ def _fresh_rows(spec: TableSpec, ids: np.ndarray) -> Rows:
                                                 dtype=np.dtype(spec.dtype)),
                 np.tile(spec.optimizer.initial_state(spec.dim), (n, 1)).astype(np.float32),
                 np.zeros((n,), np.int64), np.zeros((n,), np.int64))
-
-
-def _host_rows(spec: TableSpec, hot: TableState) -> Rows:
-    """Every row of a replicated hot fold (this process's copy)."""
-    local = TableState(*(np.asarray(a.addressable_shards[0].data) for a in hot))
-    parts = list(export(spec, jax.tree.map(lambda a: jnp.asarray(a, a.dtype), local)))
-    return Rows.concat(parts) if parts else _empty_rows(spec)
-
-
-def _build_hot(collection, spec: TableSpec, rows: Rows, counters: np.ndarray) -> TableState:
-    """A replicated hot fold holding `rows`, built identically on every device."""
-    cap = hot_capacity(len(rows.keys), spec.bucket_size)
-    repl = NamedSharding(collection.mesh, P())
-
-    @jax.jit
-    def build(keys, values, opt, last, freq, counters):
-        empty = init_table(spec, rows=cap)._replace(counters=counters)
-        table, _, status = import_rows(spec, empty, Rows(keys, values, opt, last, freq))
-        return table, status
-
-    args = [jax.device_put(jnp.asarray(x, d), repl) for x, d in
-            zip((*rows, counters), (jnp.int64, spec.dtype, jnp.float32, jnp.int64, jnp.int64,
-                                    jnp.int64))]
-    table, status = jax.jit(build, out_shardings=(repl, repl))(*args)
-    refused = int(np.asarray(status.addressable_shards[0].data)[3])
-    if refused:
-        raise TableFullError(f"table {spec.name!r}: {refused} of {len(rows.keys)} hot rows "
-                             f"found no room in a hot fold of {cap} slots")
-    return table
 
 
 def _per_shard(collection, fn, state: TableState, *inputs, out):
@@ -291,9 +248,8 @@ def _take_from_cold(collection, spec: TableSpec, state: TableState, ids: np.ndar
     new, (found, values, opt, last, freq) = _per_shard(
         collection, local, state, q,
         out=(TableState(*([P(ax)] * 6)), (P(ax), P(ax), P(ax), P(ax), P(ax))))
-    found, values, opt, last, freq = (
-        np.asarray(multihost_utils.process_allgather(x, tiled=True)).reshape(
-            (w, len(ids)) + x.shape[1:]) for x in (found, values, opt, last, freq))
+    found, values, opt, last, freq = (host_gather(x).reshape((w, len(ids)) + x.shape[1:])
+                                      for x in (found, values, opt, last, freq))
     shard, idx = np.nonzero(found)
     return Rows(ids[idx], values[shard, idx], opt[shard, idx], last[shard, idx],
                 freq[shard, idx]), new
@@ -326,7 +282,7 @@ def _put_into_cold(collection, spec: TableSpec, state: TableState, rows: Rows) -
     new, refused = jax.jit(jax.shard_map(
         local, mesh=collection.mesh, in_specs=(specs,) + (P(ax),) * 5,
         out_specs=(specs, P(ax))))(state, *args)
-    refused = int(np.asarray(multihost_utils.process_allgather(refused, tiled=True)).sum())
+    refused = int(host_gather(refused).sum())
     if refused:
         raise TableFullError(f"table {spec.name!r}: {refused} rows leaving the hot fold found "
                              f"no room in their cold shards; grow the table first")
@@ -397,7 +353,7 @@ def fold_counters(state: TrainState) -> dict[str, dict[str, int]]:
     counted once: every device holds the same replica)."""
     out = {}
     for name, st in state.tables.items():
-        c = np.asarray(multihost_utils.process_allgather(st.counters, tiled=True)).reshape(-1, 16)
+        c = host_gather(st.counters).reshape(-1, NUM_COUNTERS)
         total = c.sum(axis=0)
         if name in state.hot:
             total = total + np.asarray(state.hot[name].counters.addressable_shards[0].data)
@@ -405,5 +361,5 @@ def fold_counters(state: TrainState) -> dict[str, dict[str, int]]:
     return out
 
 
-__all__ = ["peek", "measure_profile", "plan", "apply_plan", "hot_capacity", "Replicator",
+__all__ = ["peek", "measure_profile", "plan", "apply_plan", "Replicator",
            "fold_counters", "device_ids"]

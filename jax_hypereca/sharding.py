@@ -25,8 +25,9 @@ the table before re-running it.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.experimental.multihost_utils
@@ -36,11 +37,15 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jax_hypereca import _ops
-from jax_hypereca.errors import PADDING_ID
+from jax_hypereca.errors import ERASED_KEY, PADDING_ID
+from jax_hypereca.hashing import owner_of
 from jax_hypereca.features import FeatureSpec
 from jax_hypereca.table import (
-    NUM_COUNTERS, TableSpec, TableState, apply_gradients, find_or_insert, find_slots, gather)
+    COUNTER_NAMES, NUM_COUNTERS, Rows, TableSpec, TableState, apply_gradients, find_or_insert,
+    find_slots, gather, import_rows, init_table)
 from jax_hypereca.table import find as table_find
+
+log = logging.getLogger("jax_hypereca")
 
 # Per-device statistics, one int64 vector per table (see Layout.stat_names).
 STAT_NAMES = ("ids", "unique", "remote_unique", "max_count", "queries", "hits", "inserted",
@@ -367,9 +372,8 @@ def grow_sharded_table(spec: TableSpec, state: TableState, mesh: Mesh, axis: str
     optimizer state, scores and the counters; ids stay on their owners.
     Raises TableFullError (the old state intact) if a row found no room."""
     from jax_hypereca.errors import TableFullError
-    from jax_hypereca.table import _grow_import, init_table
+    from jax_hypereca.table import _grow_import
 
-    w = mesh.shape[axis]
     _, bucket = dataclasses.replace(spec, capacity=rows_per_shard).shard_geometry(1)
 
     def local(old: TableState):
@@ -381,8 +385,7 @@ def grow_sharded_table(spec: TableSpec, state: TableState, mesh: Mesh, axis: str
     specs = TableState(*([P(axis)] * 6))
     new, refused = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(specs,),
                                          out_specs=(specs, P(axis))))(state)
-    refused = int(np.asarray(jax.experimental.multihost_utils.process_allgather(
-        refused, tiled=True)).sum())
+    refused = int(host_gather(refused).sum())
     if refused:
         raise TableFullError(f"table {spec.name!r}: growing to {rows_per_shard} rows per shard "
                              f"left {refused} rows without room; the table was not changed")
@@ -400,3 +403,121 @@ def initial_capacity(ids_per_device: int, num_shards: int, slack: float = 2.0) -
 
 def _round8(x: float) -> int:
     return int(math.ceil(x / 8)) * 8
+
+# ---------------------------------------------------------------- placement
+def host_gather(x: jax.Array) -> np.ndarray:
+    """Every process's shards of `x` concatenated on the host (tiled along
+    axis 0), dtype kept: int64 goes through as int32 pairs, since
+    process_allgather would narrow it."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    if x.dtype == jnp.int64:
+        pairs = lax.bitcast_convert_type(x, jnp.int32)
+        gathered = np.asarray(jax.experimental.multihost_utils.process_allgather(pairs, tiled=True))
+        return np.ascontiguousarray(gathered).view(np.int64)[..., 0]
+    return np.asarray(jax.experimental.multihost_utils.process_allgather(x, tiled=True))
+
+
+def host_sum(value: int) -> int:
+    """The sum over processes of a host integer."""
+    if jax.process_count() == 1:
+        return int(value)
+    arr = jax.experimental.multihost_utils.process_allgather(np.int32(value))
+    return int(np.sum(np.asarray(arr, np.int64)))
+
+
+def to_device(a: np.ndarray, device) -> jax.Array:
+    """A host array on `device`, its dtype kept (int64 stays int64)."""
+    return jax.device_put(jnp.asarray(a, a.dtype), device)
+
+
+def hot_capacity(hot_rows: int, bucket_size: int = 128) -> int:
+    """Slots of a hot fold holding `hot_rows` ids: 1.5 R rounded up to whole
+    buckets (a bucket of 128 then overflows with odds below 1e-6; a refused
+    row would raise, never vanish), at least 16. Every step all-reduces a
+    buffer of this many rows, so it is kept tight."""
+    want = max(16, math.ceil(1.5 * hot_rows))
+    if want <= bucket_size:
+        return 1 << (want - 1).bit_length()
+    return math.ceil(want / bucket_size) * bucket_size
+
+
+def replica_rows(state: TableState) -> tuple[Rows, np.ndarray]:
+    """The rows and counters of a replicated table (a hot fold), from this
+    process's first replica (host copies)."""
+    first = [np.array(getattr(state, f).addressable_shards[0].data, copy=True)
+             for f in TableState._fields]
+    return live_rows(first[:len(Rows._fields)]), first[-1]
+
+
+def insert_rows(spec: TableSpec, rows: Rows, counters: np.ndarray, mesh: Mesh, axis: str, *,
+                min_capacity: int = 0) -> TableState:
+    """A table sharded over `mesh` holding `rows` (host arrays, keyed by id),
+    each on its owner ``owner_of(id, W)``: every process builds its own
+    shards with ``import_rows``. Capacity: the spec's, or `min_capacity` rows
+    in total if larger (doubled while some bucket refuses a row). `counters`
+    (totals) go to shard 0; each shard's size counts its rows."""
+    w = mesh.shape[axis]
+    rows_per_shard, _ = dataclasses.replace(
+        spec, capacity=max(spec.capacity, min_capacity)).shard_geometry(w)
+    owners = owner_of(rows.keys, w)
+    base = _without_size(counters)
+
+    def shard(s: int) -> tuple[Rows, np.ndarray]:
+        return Rows(*(a[owners == s] for a in rows)), base if s == 0 else np.zeros_like(base)
+
+    return _build(spec, NamedSharding(mesh, P(axis)), w, rows_per_shard, shard)
+
+
+def replicate_rows(spec: TableSpec, rows: Rows, counters: np.ndarray, mesh: Mesh
+                   ) -> TableState:
+    """A hot fold: a table holding `rows` replicated on every device of
+    `mesh` (``hot_capacity`` slots), with these counters."""
+    base = _without_size(counters)
+    return _build(spec, NamedSharding(mesh, P()), 1, hot_capacity(len(rows.keys),
+                                                                 spec.bucket_size),
+                  lambda _: (rows, base))
+
+
+def _without_size(counters: np.ndarray) -> np.ndarray:
+    """Counters with size 0 (the inserts count the rows again)."""
+    out = np.array(counters, np.int64, copy=True)
+    out[COUNTER_NAMES["size"]] = 0
+    return out
+
+
+def _build(spec: TableSpec, sharding: NamedSharding, blocks: int, rows_per_block: int,
+           content) -> TableState:
+    """A table of `blocks` x R rows laid out by `sharding`, block b (rows
+    [bR, (b+1)R)) on the devices that hold it: an empty table into which
+    ``content(b) = (rows, counters)`` is imported, on each device this
+    process has. R doubles while some bucket refuses a row."""
+    r = rows_per_block
+    while True:
+        shards, refused = {}, 0
+        for dev, idx in sharding.addressable_devices_indices_map((blocks * r,)).items():
+            rows, counters = content(idx[0].indices(blocks * r)[0] // r)
+            with jax.default_device(dev):
+                empty = init_table(spec, rows=r)
+            state, _, status = import_rows(spec, empty._replace(counters=to_device(counters, dev)),
+                                           Rows(*(to_device(a, dev) for a in rows)))
+            shards[dev] = state
+            refused += int(np.asarray(status)[3])
+        refused = host_sum(refused)
+        if not refused:
+            break
+        log.info("table %r: %d rows found no room in %d rows per device; doubling",
+                 spec.name, refused, r)
+        r *= 2
+    fields = []
+    for name in TableState._fields:
+        arrays = [getattr(shards[d], name) for d in shards]
+        shape = (blocks * arrays[0].shape[0],) + arrays[0].shape[1:]
+        fields.append(jax.make_array_from_single_device_arrays(shape, sharding, arrays))
+    return TableState(*fields)
+
+
+def live_rows(arrays) -> Rows:
+    """The occupied slots of one table's arrays (keys first, Rows order)."""
+    live = (arrays[0] != PADDING_ID) & (arrays[0] != ERASED_KEY)
+    return Rows(*(a[live] for a in arrays))

@@ -4,12 +4,10 @@ exchanged bytes equal the plan's prediction; one home per id (I1)."""
 
 import re
 
-import jax
 import numpy as np
 import optax
 import pytest
 
-import jax_hypereca as h
 from jax_hypereca import replication as rep
 from jax_hypereca.collection import EmbeddingCollection
 from jax_hypereca.planner import CostProfile
