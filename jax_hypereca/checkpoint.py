@@ -1,0 +1,260 @@
+"""World-size independent Orbax checkpoints of an EmbeddingCollection's
+TrainState: dense params, their optimizer state, the step, and every table
+in both folds (the sharded cold fold and the replicated hot folds).
+
+    ckpt = CheckpointManager("/ckpt/run1")
+    ckpt.save(state, collection)                       # async; returns quickly
+    ...
+    state = collection.init_train_state(params, tx)    # template on any mesh
+    state, extra = ckpt.restore(state, collection)     # latest step
+
+A table is saved as its resident rows keyed by id (key, values, optimizer
+state, scores), never as slots of a shard: each shard's rows are copied to
+the host first (so the next donated step may reuse the table's buffers while
+Orbax writes), packed, and written as one global array per field (each
+process writes its own shards' rows); a hot fold is saved once, from one
+replica. Restoring reads every row and inserts it on its owner under the new
+mesh (``owner_of(id, W)``, ``import_rows`` per shard), and rebuilds each hot
+fold on every device, so a checkpoint taken on 8 devices restores onto 4 or
+1. Cumulative counters are kept as totals over the shards (the per-shard
+sizes are recounted by the inserts).
+
+Orbax writes each step into a temporary directory renamed into place when
+complete: a crash mid-save leaves the previous checkpoint as the latest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jax_hypereca.collection import EmbeddingCollection, TrainState
+from jax_hypereca.errors import EMPTY_KEY, HyperecaError
+from jax_hypereca.sharding import (
+    host_gather, insert_rows, live_rows, replica_rows, replicate_rows, to_device)
+from jax_hypereca.table import COUNTER_NAMES, NUM_COUNTERS, Rows, TableState
+
+log = logging.getLogger("jax_hypereca")
+
+FORMAT_VERSION = 1
+ROW_FIELDS = Rows._fields  # keys, values, opt_state, last_step, freq
+
+
+class CheckpointError(HyperecaError):
+    """A checkpoint cannot be written or does not match what restores it."""
+
+
+def check_writable(directory: str | os.PathLike) -> Path:
+    """Creates `directory` if needed and checks a file can be written there;
+    raises CheckpointError saying why not (before any training starts)."""
+    path = Path(directory).absolute()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise CheckpointError(f"checkpoint directory {path} is not writable: "
+                              f"{e.strerror or e}") from None
+    return path
+
+
+def _host_shards(x: jax.Array) -> list[np.ndarray]:
+    """Host copies of the shards of `x` this process holds, in shard order."""
+    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+    return [np.array(s.data, copy=True) for s in shards]
+
+
+def local_rows(state: TableState) -> list[Rows]:
+    """The resident rows of each shard of a sharded table this process
+    holds (host copies), in shard order; empty and erased slots left out."""
+    return [live_rows(arrays)
+            for arrays in zip(*(_host_shards(getattr(state, f)) for f in ROW_FIELDS))]
+
+
+def _global_rows(rows: list[Rows], mesh: Mesh, axis: str) -> dict[str, jax.Array]:
+    """Each local shard's rows padded to the longest shard of the mesh (keys
+    EMPTY_KEY) as global arrays split like the table: {field: array}."""
+    longest = max([len(r.keys) for r in rows] + [0])
+    if jax.process_count() > 1:
+        longest = int(np.max(np.asarray(multihost_utils.process_allgather(np.int32(longest)))))
+    sharding = NamedSharding(mesh, P(axis))
+    devices = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    out = {}
+    for i, field in enumerate(ROW_FIELDS):
+        blocks = []
+        for r, dev in zip(rows, devices):
+            a = r[i]
+            pad = np.full((longest - len(a),) + a.shape[1:], EMPTY_KEY if i == 0 else 0, a.dtype)
+            blocks.append(to_device(np.concatenate([a, pad]), dev))
+        shape = (mesh.shape[axis] * longest,) + rows[0][i].shape[1:]
+        out[field] = jax.make_array_from_single_device_arrays(shape, sharding, blocks)
+    return out
+
+
+def _counter_totals(state: TableState, num_shards: int) -> np.ndarray:
+    return host_gather(state.counters).reshape(num_shards, NUM_COUNTERS).sum(axis=0)
+
+
+def _copy_dense(tree):
+    """Fresh buffers of the dense state (the next step donates the live ones)."""
+    return jax.tree.map(lambda x: jnp.copy(x) if isinstance(x, jax.Array) else x, tree)
+
+
+class CheckpointManager:
+    """Orbax CheckpointManager for TrainStates of an EmbeddingCollection (or
+    of a dense-only model: ``collection=None`` and no tables).
+
+    Args:
+      directory: where steps are written (one subdirectory per step).
+      max_to_keep: newest checkpoints kept (older ones are deleted).
+      async_save: write in a background thread; `save` returns once the
+        state is copied.
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 2,
+                 async_save: bool = True):
+        self.directory = check_writable(directory)
+        self._mgr = ocp.CheckpointManager(
+            self.directory,
+            item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                           "tables": ocp.PyTreeCheckpointHandler(),
+                           "meta": ocp.JsonCheckpointHandler()},
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                                 enable_async_checkpointing=async_save))
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step (None if there is none)."""
+        return self._mgr.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """Steps of every complete checkpoint, oldest first."""
+        return sorted(self._mgr.all_steps())
+
+    def save(self, state: TrainState, collection: EmbeddingCollection | None, *,
+             extra: Mapping[str, Any] | None = None) -> int:
+        """Writes `state` as the checkpoint of step ``state.step``. Every
+        process calls it. Blocks while the tables are copied to the host and
+        packed; Orbax writes them in the background. Returns the step."""
+        step = int(np.asarray(state.step.addressable_shards[0].data))
+        cold, hot, meta_tables = {}, {}, {}
+        for name, st in state.tables.items():
+            spec = collection.tables[name]
+            counters = _counter_totals(st, collection.num_shards)
+            cold[name] = dict(_global_rows(local_rows(st), collection.mesh, collection.axis),
+                              counters=counters)
+            meta_tables[name] = dict(capacity=int(st.keys.shape[0]), dim=spec.dim,
+                                     state_width=spec.state_width,
+                                     dtype=np.dtype(spec.dtype).name,
+                                     rows=int(counters[COUNTER_NAMES["size"]]), hot_rows=None)
+        for name, st in state.hot.items():
+            rows, counters = replica_rows(st)
+            hot[name] = dict(rows._asdict(), counters=counters)  # the same on every process
+            meta_tables[name]["hot_rows"] = len(rows.keys)
+        dense = _copy_dense({"params": state.params, "opt_state": state.opt_state,
+                             "step": state.step})
+        meta = dict(format=FORMAT_VERSION, step=step, tables=meta_tables,
+                    num_shards=collection.num_shards if collection else None,
+                    extra=dict(extra or {}))
+        items = dict(state=ocp.args.PyTreeSave(dense), meta=ocp.args.JsonSave(meta))
+        if cold:
+            items["tables"] = ocp.args.PyTreeSave(dict(cold=cold, **({"hot": hot} if hot else {})))
+        self._mgr.save(step, args=ocp.args.Composite(**items))
+        return step
+
+    def restore(self, template: TrainState, collection: EmbeddingCollection | None, *,
+                step: int | None = None) -> tuple[TrainState, dict]:
+        """The checkpoint of `step` (default: the latest) on the template's
+        mesh: ``template`` gives the dense state's structure and shardings
+        (e.g. ``collection.init_train_state(params, tx)``; its tables are not
+        used), `collection` the tables and the mesh they are re-sharded onto;
+        hot folds come back as hot folds of the same ids. Returns (state, the
+        ``extra`` given to save)."""
+        step, meta = self._meta(step)
+        want = set(collection.tables) if collection else set()
+        if set(meta["tables"]) != want:
+            raise CheckpointError(f"{self.directory} step {step} holds tables "
+                                  f"{sorted(meta['tables'])}, the collection has {sorted(want)}")
+        for name, m in meta["tables"].items():
+            spec = collection.tables[name]
+            if (m["dim"], m["state_width"]) != (spec.dim, spec.state_width):
+                raise CheckpointError(
+                    f"table {name!r}: checkpoint rows have dim {m['dim']} and optimizer state "
+                    f"width {m['state_width']}; the spec has {spec.dim} and {spec.state_width}")
+        dense = {"params": template.params, "opt_state": template.opt_state,
+                 "step": template.step}
+        d = self._mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            dense, restore_args=ocp.checkpoint_utils.construct_restore_args(dense))))["state"]
+        cold, hot = self._rows(step, meta)
+        tables = {name: insert_rows(collection.tables[name], rows, counters, collection.mesh,
+                                    collection.axis, min_capacity=meta["tables"][name]["capacity"])
+                  for name, (rows, counters) in cold.items()}
+        hot = {name: replicate_rows(collection.tables[name], rows, counters, collection.mesh)
+               for name, (rows, counters) in hot.items()}
+        return TrainState(d["params"], d["opt_state"], tables, d["step"], hot), meta["extra"]
+
+    def read(self, step: int | None = None) -> tuple[dict, dict[str, Rows], dict]:
+        """A checkpoint on the host, with no mesh or template: (the dense state
+        as numpy {"params", "opt_state", "step"} in Orbax's saved tree form,
+        each table's rows of both folds keyed by id (in id order), the
+        metadata)."""
+        step, meta = self._meta(step)
+        tree = self._mgr.item_metadata(step)["state"]
+        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        dense = self._mgr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(restore_args=as_numpy)))["state"]
+        cold, hot = self._rows(step, meta)
+        rows = {}
+        for name, (r, _) in cold.items():
+            both = Rows.concat([r, hot[name][0]]) if name in hot else r
+            order = np.argsort(both.keys, kind="stable")
+            rows[name] = Rows(*(a[order] for a in both))
+        return dense, rows, meta
+
+    def _meta(self, step: int | None) -> tuple[int, dict]:
+        """(step, metadata) of `step` or the latest checkpoint."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {self.directory}")
+        meta = self._mgr.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"]
+        if meta.get("format") != FORMAT_VERSION:
+            raise CheckpointError(f"{self.directory} step {step}: format "
+                                  f"{meta.get('format')}, expected {FORMAT_VERSION}")
+        return step, meta
+
+    def _rows(self, step: int, meta: dict) -> tuple[dict, dict]:
+        """Every table's live rows and counters, read whole on the host:
+        ({table: (rows, counters)} of the cold fold, the same of hot folds)."""
+        if not meta["tables"]:
+            return {}, {}
+        fields = {f: ocp.RestoreArgs(restore_type=np.ndarray)
+                  for f in ROW_FIELDS + ("counters",)}
+        args = {"cold": {n: fields for n in meta["tables"]}}
+        hot_names = [n for n, m in meta["tables"].items() if m["hot_rows"] is not None]
+        if hot_names:
+            args["hot"] = {n: fields for n in hot_names}
+        saved = self._mgr.restore(step, args=ocp.args.Composite(
+            tables=ocp.args.PyTreeRestore(restore_args=args)))["tables"]
+        return tuple({name: (live_rows([np.asarray(f[k]) for k in ROW_FIELDS]),
+                             np.asarray(f["counters"]))
+                      for name, f in saved.get(fold, {}).items()} for fold in ("cold", "hot"))
+
+    def wait(self) -> None:
+        """Blocks until every started save is on disk."""
+        self._mgr.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending saves and releases Orbax's resources."""
+        self._mgr.close()
+
+

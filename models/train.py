@@ -1,0 +1,526 @@
+"""The train command: a DLRM or DCN-v2 on jax_hypereca's dynamic tables.
+
+    python -m models.train                       # synthetic stream, 8 CPU devices, ~1 min
+    python -m models.train --data day_0.gz --preset criteo-kaggle --steps 20000
+    python -m models.train --checkpoint-dir ck --checkpoint-every 200 [--resume]
+    python -m models.train --num-processes 2 --process-id 0 --coordinator 127.0.0.1:1234
+
+Defaults train the ``small`` preset (models/config.py) on the synthetic
+Criteo-like stream (seed 0) over 8 CPU devices (fake ones when no accelerator
+is used): 1000 steps of 4096 samples, eval AUC 0.753 in about a minute on 2
+cores (the stream's Bayes AUC is about 0.80, dense features alone 0.66). Every flag is a
+field of ``TrainConfig`` (``--config FILE`` reads a JSON object of them;
+flags given on the command line win). Process 0 shows a progress bar and
+writes one metrics JSONL file (train, eval, table, data and checkpoint
+lines) and a PNG of loss and AUC over steps into ``--output-dir``; the
+paths are printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+import jax_hypereca as h
+from jax_hypereca.checkpoint import CheckpointError, CheckpointManager, check_writable
+from jax_hypereca.data import metrics as data_metrics
+from jax_hypereca.data.criteo import DataFormatError
+from models.config import PRESETS, ModelConfig, Preset, sparse_specs
+from models.data import CriteoSource, SyntheticSource
+from models.dlrm import DLRM
+
+log = logging.getLogger("models.train")
+
+SPARSE_OPTIMIZERS = {"rowwise_adagrad": h.RowwiseAdagrad, "adagrad": h.Adagrad, "sgd": h.SGD,
+                     "adam": h.Adam, "ftrl": h.FTRL}
+DENSE_OPTIMIZERS = ("adam", "adagrad", "sgd", "adamw")
+DEFAULT_CPU_DEVICES = 8
+
+
+def _field(default, help: str, **kw):
+    return dataclasses.field(default=default, metadata={"help": help, **kw})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything the train command does; each field is a flag (``--batch``
+    for ``batch``)."""
+
+    preset: str = _field("small", "model preset", choices=tuple(PRESETS))
+    model: str | None = _field(None, "interaction: dlrm (dot) or dcn (DCN-v2 cross network); "
+                                     "default: the preset's", choices=("dlrm", "dcn"))
+    embedding_dim: int | None = _field(None, "embedding width (default: the preset's)")
+    bottom_mlp: str | None = _field(None, "bottom MLP sizes, e.g. 64,16 (default: preset's)")
+    top_mlp: str | None = _field(None, "top MLP hidden sizes, e.g. 128,64 (default: preset's)")
+    cross_layers: int | None = _field(None, "DCN cross layers (default: the preset's)")
+    cross_low_rank: int | None = _field(None, "DCN cross rank, 0 = full (default: preset's)")
+    dense_only: bool = _field(False, "dense features only (the model without its tables)")
+    data: str | None = _field(None, "Criteo file or directory (raw TSV or CSV, gzip ok); "
+                                    "default: the synthetic stream")
+    eval_data: str | None = _field(None, "held-out Criteo files (default: the first "
+                                         "--eval-size lines of --data, not trained on)")
+    on_bad_line: str = _field("skip", "malformed data line: skip (counted) or raise",
+                              choices=("skip", "raise"))
+    batch: int = _field(4096, "global batch (samples per step over all devices)")
+    steps: int = _field(1000, "training steps")
+    eval_every: int = _field(200, "steps between evaluations (and at the end)")
+    eval_size: int = _field(65536, "held-out samples per evaluation (rounded up to batches)")
+    log_every: int = _field(50, "steps between train-loss lines in the metrics")
+    sparse_optimizer: str = _field("rowwise_adagrad", "fused table optimizer",
+                                   choices=tuple(SPARSE_OPTIMIZERS))
+    sparse_lr: float | None = _field(None, "table learning rate (default: the preset's)")
+    dense_optimizer: str = _field("adam", "optax optimizer of the MLPs",
+                                  choices=DENSE_OPTIMIZERS)
+    dense_lr: float | None = _field(None, "MLP learning rate (default: the preset's)")
+    table_memory_mb: int = _field(512, "memory budget of all tables (bounds capacities)")
+    seed: int = _field(0, "seed of the data stream, the tables and the MLPs")
+    devices: int | None = _field(None, "devices in the mesh (default: all; on CPU 8 fake ones)")
+    platform: str = _field("auto", "cpu, gpu, or auto (jax's default backend)",
+                           choices=("auto", "cpu", "gpu"))
+    output_dir: str | None = _field(None, "where metrics.jsonl and metrics.png go "
+                                          "(default: runs/<preset>-<time>)")
+    checkpoint_dir: str | None = _field(None, "Orbax checkpoints (default: none)")
+    checkpoint_every: int = _field(0, "steps between checkpoints (0: only at the end)")
+    keep_checkpoints: int = _field(2, "newest checkpoints kept")
+    resume: bool = _field(False, "continue from the latest checkpoint in --checkpoint-dir")
+    coordinator: str | None = _field(os.environ.get("JAX_COORDINATOR_ADDRESS"),
+                                     "multi-process: host:port of process 0 "
+                                     "(env JAX_COORDINATOR_ADDRESS)")
+    num_processes: int = _field(int(os.environ.get("JAX_NUM_PROCESSES", 1)),
+                                "multi-process: process count (env JAX_NUM_PROCESSES)")
+    process_id: int = _field(int(os.environ.get("JAX_PROCESS_ID", 0)),
+                             "multi-process: this process (env JAX_PROCESS_ID)")
+    progress: bool = _field(True, "show a progress bar")
+
+    def __post_init__(self):
+        for name in ("batch", "steps", "eval_every", "eval_size", "log_every",
+                     "table_memory_mb", "num_processes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, "
+                                 f"got {getattr(self, name)}")
+        if not 0 <= self.process_id < self.num_processes:
+            raise ValueError(f"--process-id must be in [0, {self.num_processes}), "
+                             f"got {self.process_id}")
+        if self.num_processes > 1 and not self.coordinator:
+            raise ValueError("--num-processes > 1 needs --coordinator host:port")
+        if self.resume and not self.checkpoint_dir:
+            raise ValueError("--resume needs --checkpoint-dir")
+        if self.batch % self.num_processes:
+            raise ValueError(f"--batch {self.batch} does not split over "
+                             f"{self.num_processes} processes")
+
+
+def parse_args(argv=None) -> TrainConfig:
+    """TrainConfig from flags (and ``--config FILE``, a JSON object of fields)."""
+    p = argparse.ArgumentParser(prog="python -m models.train",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="JSON file of TrainConfig fields (flags override it)")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        shown = f.default is not None and not isinstance(f.default, bool)
+        kw = dict(help=f.metadata["help"] + (f" (default: {f.default})" if shown else ""),
+                  default=f.default)
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        else:
+            p.add_argument(flag, type=_field_type(f), **kw)
+    args = p.parse_args(argv)
+    if args.config:
+        with open(args.config) as fh:
+            given = json.load(fh)
+        unknown = set(given) - {f.name for f in dataclasses.fields(TrainConfig)}
+        if unknown:
+            p.error(f"{args.config}: unknown fields {sorted(unknown)}")
+        p.set_defaults(**given)
+        args = p.parse_args(argv)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    try:
+        return TrainConfig(**values)
+    except ValueError as e:
+        p.error(str(e))
+
+
+def _field_type(f: dataclasses.Field):
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    return int if kind.startswith("int") else float if kind.startswith("float") else str
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    return tuple(int(s) for s in text.split(",") if s.strip())
+
+
+def model_config(cfg: TrainConfig) -> tuple[Preset, ModelConfig]:
+    """The preset and its network with the config's overrides applied."""
+    preset = PRESETS[cfg.preset]
+    m = preset.model
+    dim = cfg.embedding_dim or m.embedding_dim
+    bottom = _sizes(cfg.bottom_mlp) if cfg.bottom_mlp else m.bottom_mlp[:-1] + (dim,)
+    over = dict(embedding_dim=dim, bottom_mlp=bottom,
+                top_mlp=_sizes(cfg.top_mlp) if cfg.top_mlp else m.top_mlp)
+    if cfg.model:
+        over["interaction"] = "dot" if cfg.model == "dlrm" else "dcn"
+    if cfg.cross_layers is not None:
+        over["cross_layers"] = cfg.cross_layers
+    if cfg.cross_low_rank is not None:
+        over["cross_low_rank"] = cfg.cross_low_rank
+    return preset, dataclasses.replace(m, **over)
+
+
+# ----------------------------------------------------------------- runtime
+def configure_platform(cfg: TrainConfig) -> None:
+    """Before JAX starts: the platform, fake CPU devices, jax.distributed."""
+    if cfg.platform == "cpu":
+        os.environ["JAX_PLATFORMS"] = "cpu"
+    flags = os.environ.get("XLA_FLAGS", "")
+    if cfg.platform != "gpu" and "xla_force_host_platform_device_count" not in flags:
+        per_process = max(1, (cfg.devices or DEFAULT_CPU_DEVICES) // cfg.num_processes)
+        os.environ["XLA_FLAGS"] = \
+            f"{flags} --xla_force_host_platform_device_count={per_process}".strip()
+    if cfg.num_processes > 1:
+        jax.distributed.initialize(coordinator_address=cfg.coordinator,
+                                   num_processes=cfg.num_processes, process_id=cfg.process_id)
+
+
+def make_mesh(cfg: TrainConfig):
+    """A 1-D mesh over --devices devices (every process's, when several)."""
+    n = cfg.devices or jax.device_count()
+    if n > jax.device_count():
+        raise ValueError(f"--devices {n}: only {jax.device_count()} devices "
+                         f"({jax.default_backend()})")
+    if jax.process_count() > 1 and n != jax.device_count():
+        raise ValueError(f"with several processes the mesh spans every device: --devices "
+                         f"must be {jax.device_count()} (or left out)")
+    if cfg.batch % n:
+        raise ValueError(f"--batch {cfg.batch} does not split over {n} devices")
+    return h.make_mesh(jax.devices()[:n])
+
+
+# ---------------------------------------------------------------- trainers
+def _bce(logits, labels):
+    return optax.sigmoid_binary_cross_entropy(logits, labels).mean()
+
+
+class SparseTrainer:
+    """The model with its embeddings: an EmbeddingCollection step."""
+
+    def __init__(self, model: DLRM, collection: h.EmbeddingCollection,
+                 dense_tx: optax.GradientTransformation):
+        self.collection = collection
+        self.dense_tx = dense_tx
+        self.local = jax.process_count() > 1
+        apply = lambda p, emb, b: model.apply({"params": p}, b)
+        self._step = collection.make_train_step(
+            lambda p, emb, b: _bce(apply(p, emb, b), b["labels"]), dense_tx)
+        self._eval = collection.make_eval_fn(apply)
+
+    def init_state(self, params) -> h.TrainState:
+        return self.collection.init_train_state(params, self.dense_tx)
+
+    def step(self, state, batch) -> tuple[h.TrainState, dict]:
+        state, m = self._step(state, batch, local=self.local)
+        return state, {"loss": m["loss"], "exchange_bytes_per_step": m["bytes_per_step"],
+                       "step_reruns": self._step.retries}
+
+    def predict(self, state, batch) -> jax.Array:
+        """Logits of a global host batch (every process passes all of it)."""
+        return self._eval(state, batch)
+
+    def table_stats(self, state) -> dict:
+        return self.collection.table_stats(state.tables)
+
+
+class DenseTrainer:
+    """The model without embeddings: a data-parallel jit step over the mesh."""
+
+    collection = None
+
+    def __init__(self, model: DLRM, mesh, dense_tx: optax.GradientTransformation):
+        self.dense_tx = dense_tx
+        self.batch_sharding = NamedSharding(mesh, P(mesh.axis_names[0]))
+        self.replicated = NamedSharding(mesh, P())
+        apply = lambda p, b: model.apply({"params": p}, b)
+
+        def step(state, batch):
+            loss, g = jax.value_and_grad(lambda p: _bce(apply(p, batch), batch["labels"]))(
+                state.params)
+            updates, opt_state = dense_tx.update(g, state.opt_state, state.params)
+            return h.TrainState(optax.apply_updates(state.params, updates), opt_state, {},
+                                state.step + 1), loss
+
+        self._step = jax.jit(step, donate_argnums=(0,))
+        self._predict = jax.jit(apply)
+
+    def init_state(self, params) -> h.TrainState:
+        init = jax.jit(lambda p: (p, self.dense_tx.init(p), jnp.zeros((), jnp.int64)),
+                       out_shardings=self.replicated)
+        params, opt_state, step = init(params)
+        return h.TrainState(params, opt_state, {}, step)
+
+    def step(self, state, batch):
+        placed = {k: jax.make_array_from_process_local_data(self.batch_sharding, batch[k])
+                  for k in ("dense", "labels")}
+        state, loss = self._step(state, placed)
+        return state, {"loss": float(np.asarray(loss.addressable_shards[0].data))}
+
+    def predict(self, state, batch) -> jax.Array:
+        """Logits of a global host batch (every process passes all of it)."""
+        return self._predict(state.params,
+                             {"dense": jax.device_put(batch["dense"], self.batch_sharding)})
+
+    def table_stats(self, state) -> dict:
+        return {}
+
+
+# ----------------------------------------------------------------- metrics
+class MetricsLog:
+    """One JSONL file of metrics (written by process 0 only), kept in memory
+    too for the plot."""
+
+    def __init__(self, path: Path, *, append: bool, enabled: bool):
+        self.path = path
+        self.records: list[dict] = []
+        if enabled and append and path.exists():
+            with open(path) as fh:
+                self.records = [json.loads(line) for line in fh if line.strip()]
+        self._file = open(path, "a" if append else "w") if enabled else None
+
+    def emit(self, kind: str, **fields) -> dict:
+        record = {"kind": kind, **fields}
+        self.records.append(record)
+        if self._file:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        return record
+
+    def close(self):
+        if self._file:
+            self._file.close()
+
+    def plot(self, path: Path) -> None:
+        """Train loss and eval AUC over steps, as a PNG."""
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        train = [r for r in self.records if r["kind"] == "train"]
+        evals = [r for r in self.records if r["kind"] == "eval"]
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        a1.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
+        a1.plot([r["step"] for r in evals], [r["logloss"] for r in evals], "o-", label="eval")
+        a1.set(xlabel="step", ylabel="log loss", title="loss")
+        a1.legend()
+        a2.plot([r["step"] for r in evals], [r["auc"] for r in evals], "o-")
+        a2.set(xlabel="step", ylabel="AUC", title="eval AUC")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
+
+def prefetch(batches: Iterator[dict], depth: int = 3) -> Iterator[dict]:
+    """The batches of `batches`, produced by a background thread `depth`
+    ahead (data generation overlaps the device step)."""
+    q: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def work():
+        try:
+            for b in batches:
+                if not put(b):
+                    return
+            put(end)
+        except BaseException as e:  # handed to the consumer
+            put(e)
+
+    threading.Thread(target=work, daemon=True).start()
+    try:
+        while (item := q.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def evaluate(trainer, state, eval_set: dict, batch: int) -> dict:
+    """AUC and log loss of the model on the held-out set, `batch` samples at
+    a time (every process calls it with the whole set)."""
+    labels = eval_set["labels"]
+    logits = []
+    for start in range(0, len(labels), batch):
+        chunk = jax.tree.map(lambda x: x[start:start + batch], eval_set)
+        out = trainer.predict(state, chunk)
+        logits.append(np.asarray(multihost_utils.process_allgather(out, tiled=True)))
+    scores = np.concatenate(logits)
+    return {"auc": data_metrics.auc(labels, scores),
+            "logloss": data_metrics.logloss(labels, scores, from_logits=True),
+            "samples": int(labels.size)}
+
+
+# -------------------------------------------------------------------- main
+def make_source(cfg: TrainConfig, preset: Preset, features) -> CriteoSource | SyntheticSource:
+    """This process's data: Criteo files with --data, else the synthetic stream."""
+    kw = dict(names=[f.name for f in features], multi_hot=preset.multi_hot,
+              local_batch=cfg.batch // jax.process_count(), process=jax.process_index(),
+              num_processes=jax.process_count())
+    if cfg.data:
+        return CriteoSource(cfg.data, on_bad_line=cfg.on_bad_line, eval_path=cfg.eval_data, **kw)
+    return SyntheticSource(seed=cfg.seed, **kw)
+
+
+def make_trainer(cfg: TrainConfig, mcfg: ModelConfig, preset: Preset, mesh, tables, features,
+                 sample: dict) -> tuple[SparseTrainer | DenseTrainer, h.TrainState]:
+    """The model's trainer and its initial state (params from `sample`)."""
+    model = DLRM(config=mcfg, features=() if cfg.dense_only else tuple(features))
+    dense_tx = getattr(optax, cfg.dense_optimizer)(
+        preset.dense_lr if cfg.dense_lr is None else cfg.dense_lr)
+    params = model.init(jax.random.PRNGKey(cfg.seed), sample)["params"]
+    if cfg.dense_only:
+        trainer = DenseTrainer(model, mesh, dense_tx)
+    else:
+        trainer = SparseTrainer(model, h.EmbeddingCollection(tables, features, mesh=mesh),
+                                dense_tx)
+    return trainer, trainer.init_state(params)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Runs the training described by `cfg`; returns the summary record."""
+    t_start = time.perf_counter()
+    configure_platform(cfg)
+    mesh = make_mesh(cfg)
+    pid, nproc = jax.process_index(), jax.process_count()
+    preset, mcfg = model_config(cfg)
+    tables, features = sparse_specs(
+        preset, optimizer=SPARSE_OPTIMIZERS[cfg.sparse_optimizer](
+            learning_rate=preset.sparse_lr if cfg.sparse_lr is None else cfg.sparse_lr),
+        budget_bytes=cfg.table_memory_mb << 20, seed=cfg.seed, embedding_dim=mcfg.embedding_dim)
+    # Everything that can fail on bad input fails here, before training.
+    source = make_source(cfg, preset, features)
+    ckpt = (CheckpointManager(cfg.checkpoint_dir, max_to_keep=cfg.keep_checkpoints)
+            if cfg.checkpoint_dir else None)
+    out_dir = check_writable(cfg.output_dir or
+                             f"runs/{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    eval_batches = -(-cfg.eval_size // cfg.batch)
+    eval_set = source.eval_set(eval_batches * cfg.batch)  # the whole set, on every process
+
+    trainer, state = make_trainer(cfg, mcfg, preset, mesh, tables, features,
+                                  jax.tree.map(lambda x: x[:cfg.batch // nproc], eval_set))
+    start = 0
+    if cfg.resume and ckpt.latest_step() is not None:
+        state, _ = ckpt.restore(state, trainer.collection)
+        start = int(np.asarray(state.step.addressable_shards[0].data))
+    mlog = MetricsLog(out_dir / "metrics.jsonl", append=cfg.resume, enabled=pid == 0)
+    mlog.emit("config", step=start, config=dataclasses.asdict(cfg), model=dataclasses.asdict(
+        mcfg), source=source.describe(), devices=mesh.size, processes=nproc,
+        platform=jax.default_backend(),
+        params=int(sum(x.size for x in jax.tree.leaves(state.params))),
+        tables={t.name: t.capacity for t in tables} if not cfg.dense_only else {})
+
+    def record_eval(step: int, state: h.TrainState) -> dict:
+        t0 = time.perf_counter()
+        res = evaluate(trainer, state, eval_set, cfg.batch)
+        mlog.emit("eval", step=step, **res, eval_s=time.perf_counter() - t0)
+        stats = trainer.table_stats(state)
+        if stats:
+            total = {k: sum(s[k] for s in stats.values()) for k in h.COUNTER_NAMES}
+            mlog.emit("tables", step=step, total=total, per_table=stats)
+        if source.stats():
+            mlog.emit("data", step=step, **source.stats())
+        return res
+
+    bar = _progress(cfg, start, enabled=pid == 0)
+    losses, busy, last, res = [], 0.0, None, None
+    t_mark = time.perf_counter()
+    with contextlib.closing(prefetch(source.train_batches(start))) as batches:
+        for done, batch in zip(range(start + 1, cfg.steps + 1), batches):
+            state, m = trainer.step(state, batch)
+            busy += time.perf_counter() - t_mark  # data wait + step, not eval or saving
+            losses.append(m["loss"])
+            bar.update(cfg.batch)
+            bar.set_postfix(step=done, loss=f"{m['loss']:.4f}",
+                            auc=f"{res['auc']:.4f}" if res else "-", refresh=False)
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                last = mlog.emit("train", step=done, loss=float(np.mean(losses)),
+                                 samples_per_s=len(losses) * cfg.batch / busy,
+                                 **{k: v for k, v in m.items() if k != "loss"})
+                losses, busy = [], 0.0
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                res = record_eval(done, state)
+            if ckpt and ((cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
+                         or done == cfg.steps):
+                t0 = time.perf_counter()
+                ckpt.save(state, trainer.collection, extra={"config": dataclasses.asdict(cfg)})
+                mlog.emit("checkpoint", step=done, directory=str(ckpt.directory),
+                          blocking_s=time.perf_counter() - t0)
+            t_mark = time.perf_counter()
+    bar.close()
+    if res is None:  # nothing left to train (resumed a finished run)
+        res = record_eval(start, state)
+    if ckpt:
+        ckpt.close()
+    summary = mlog.emit("summary", step=max(start, cfg.steps), auc=res["auc"],
+                        logloss=res["logloss"], wall_s=time.perf_counter() - t_start,
+                        last_train=last, metrics=str(mlog.path),
+                        plot=str(out_dir / "metrics.png"))
+    mlog.close()
+    if pid == 0:
+        mlog.plot(out_dir / "metrics.png")
+    return summary
+
+
+def _progress(cfg: TrainConfig, start: int, *, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=cfg.steps * cfg.batch, initial=start * cfg.batch, unit="sample",
+                unit_scale=True, disable=not (enabled and cfg.progress), dynamic_ncols=True,
+                mininterval=0.5 if sys.stderr.isatty() else 15)
+
+
+def main(argv=None) -> int:
+    """Entry point: parse, train, print where the metrics are."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cfg = parse_args(argv)
+    try:
+        summary = train(cfg)
+    except (FileNotFoundError, CheckpointError, DataFormatError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if jax.process_index() == 0:
+        print(f"final eval at step {summary['step']}: auc {summary['auc']:.4f} "
+              f"logloss {summary['logloss']:.4f} ({summary['wall_s']:.0f} s)")
+        print(f"metrics: {summary['metrics']}")
+        print(f"plot: {summary['plot']}")
+    if cfg.num_processes > 1:
+        jax.distributed.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

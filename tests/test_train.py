@@ -1,0 +1,198 @@
+"""The train command end to end: it learns the synthetic stream (well above
+the dense-only model), runs as 2 processes with the same result, reads
+Criteo files (counting malformed lines), rejects bad input before training,
+and resumes after a SIGKILL to the same final parameters."""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from jax_hypereca.checkpoint import CheckpointManager
+from models import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+slow = pytest.mark.skipif(os.environ.get("HYPERECA_SLOW_TESTS") != "1",
+                          reason="slow (minutes); set HYPERECA_SLOW_TESTS=1")
+# Small enough for the test suite, large enough that the tables matter.
+QUICK = ["--batch", "2048", "--steps", "150", "--eval-every", "75", "--eval-size", "16384",
+         "--log-every", "25", "--no-progress"]
+TINY = ["--preset", "tiny", "--batch", "512", "--steps", "20", "--eval-every", "10",
+        "--eval-size", "2048", "--log-every", "10", "--no-progress"]
+
+
+def run(args, out: pathlib.Path) -> dict:
+    """Runs the command in this process; returns its metrics by kind."""
+    summary = train.train(train.parse_args(args + ["--output-dir", str(out)]))
+    records = [json.loads(line) for line in open(summary["metrics"])]
+    by_kind: dict = {}
+    for r in records:
+        by_kind.setdefault(r["kind"], []).append(r)
+    return by_kind
+
+
+def test_training_learns_the_synthetic_stream(tmp_path):
+    full, dense = run(QUICK, tmp_path / "full"), run(QUICK + ["--dense-only"], tmp_path / "dense")
+    auc, dense_auc = full["eval"][-1]["auc"], dense["eval"][-1]["auc"]
+    assert auc >= 0.70, auc
+    assert auc >= dense_auc + 0.03, (auc, dense_auc)
+    assert full["eval"][-1]["step"] == 150 and full["eval"][-1]["samples"] == 16384
+    # exactly one metrics file and a plot, with train, eval and table lines
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["metrics.jsonl",
+                                                                     "metrics.png"]
+    assert (tmp_path / "full" / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+    last = full["train"][-1]
+    assert last["step"] == 150 and last["samples_per_s"] > 0 and np.isfinite(last["loss"])
+    assert set(last["exchange_bytes_per_step"]) == {"ids", "rows", "grads"}
+    tables = full["tables"][-1]
+    assert tables["total"]["size"] == sum(t["size"] for t in tables["per_table"].values()) > 0
+    assert tables["total"]["evicted"] == 0
+    assert full["summary"][-1]["auc"] == auc and "tables" not in dense
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one(tmp_path):
+    single = run(TINY, tmp_path / "single")
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)  # the command gives each process 8 / 2 CPU devices
+    port, out = free_port(), tmp_path / "multi"
+    command = [sys.executable, "-m", "models.train", *TINY, "--output-dir", str(out),
+               "--devices", "8"]
+    procs = [  # process 0 set up by flags, process 1 by the environment
+        subprocess.Popen(command + ["--num-processes", "2", "--process-id", "0",
+                                    "--coordinator", f"127.0.0.1:{port}"],
+                         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True),
+        subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, env=dict(env, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                                             JAX_NUM_PROCESSES="2", JAX_PROCESS_ID="1"))]
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=600)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    for i, (p, text) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0, f"process {i}:\n{text[-4000:]}"
+    assert f"metrics: {out / 'metrics.jsonl'}" in outs[0]
+    records = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    config = records[0]
+    assert config["processes"] == 2 and config["devices"] == 8
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [10, 20]
+    for got, want in zip(evals, single["eval"]):  # the same global batches, the same model
+        assert got["auc"] == pytest.approx(want["auc"], abs=1e-6)
+        assert got["logloss"] == pytest.approx(want["logloss"], abs=1e-5)
+
+
+def criteo_args(path, *extra):
+    return ["--data", str(path), *extra, "--batch", "16", "--steps", "6", "--eval-size", "32",
+            "--eval-every", "3", "--log-every", "3", "--no-progress"]
+
+
+def test_trains_on_real_criteo_lines(shared_data, tmp_path):
+    sample = shared_data / "criteo" / "paddlerec_raw_sample_train.tsv"
+    if not sample.exists():
+        pytest.skip(f"{sample} not found")
+    got = run(criteo_args(sample), tmp_path / "out")
+    assert [r["step"] for r in got["eval"]] == [3, 6] and got["eval"][-1]["samples"] == 32
+    assert 0 <= got["eval"][-1]["auc"] <= 1
+    data = got["data"][-1]
+    assert data["data/lines_read"] >= 100 and data["data/lines_skipped"] == 0
+    assert "Criteo files" in got["config"][0]["source"]
+
+
+GOOD = "1\t5\t1\t\t2\t\t\t\t\t\t\t\t\t\t" + "\t".join(f"{i:08x}" for i in range(26))
+BAD = ["0\t1\t2\t3\t4\t5\t6\t7\t8\t9\t10\t11\t12\t13\t" + "\t".join(["zzzz"] * 26),  # non-hex
+       "1\tabc" + "\t" * 38,                                                     # non-numeric
+       "0" + "\t" * 45]                                                          # 46 fields
+
+
+def test_malformed_lines_are_counted_or_fatal(tmp_path, capsys):
+    lines = [GOOD.replace("\t5\t", f"\t{i}\t", 1) for i in range(60)]
+    for i, bad in enumerate(BAD):
+        lines.insert(40 + 5 * i, bad)
+    path = tmp_path / "day_0.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    got = run(criteo_args(path, "--preset", "tiny"), tmp_path / "skip")
+    skipped = got["data"][-1]["data/lines_skipped"]
+    assert skipped >= len(BAD) and skipped % len(BAD) == 0  # every pass over the file counts
+    assert train.main(criteo_args(path, "--preset", "tiny", "--on-bad-line", "raise",
+                                  "--output-dir", str(tmp_path / "raise"))) == 2
+    assert f"{path}:41: C1: not a hex id: 'zzzz'" in capsys.readouterr().err
+
+
+def test_bad_input_fails_before_training(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert train.main(["--data", str(tmp_path / "missing"), "--output-dir", str(out)]) == 2
+    assert f"no such file or directory: {tmp_path / 'missing'}" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert train.main(["--checkpoint-dir", str(blocker / "ck"), "--output-dir", str(out)]) == 2
+    assert f"checkpoint directory {blocker / 'ck'} is not writable" in capsys.readouterr().err
+    assert not out.exists()  # nothing was trained or written
+    with pytest.raises(SystemExit):
+        train.parse_args(["--resume"])
+    assert "--resume needs --checkpoint-dir" in capsys.readouterr().err
+
+
+def test_resume_after_sigkill_ends_where_an_uninterrupted_run_does(tmp_path):
+    args = TINY + ["--checkpoint-every", "5"]
+    run(args + ["--checkpoint-dir", str(tmp_path / "ck_full")], tmp_path / "full")
+    ck, log = tmp_path / "ck_killed", open(tmp_path / "killed.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "models.train", *args, "--checkpoint-dir",
+                             str(ck), "--output-dir", str(tmp_path / "killed")],
+                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 600
+    while not (ck.is_dir() and any(p.name.isdigit() for p in ck.iterdir())):
+        assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-4000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # right after its first checkpoint was committed
+    assert proc.wait() == -signal.SIGKILL
+    killed_at = CheckpointManager(ck).latest_step()
+    assert killed_at < 20
+    resumed = run(args + ["--checkpoint-dir", str(ck), "--resume"], tmp_path / "killed")
+    assert resumed["config"][-1]["step"] == killed_at and resumed["eval"][-1]["step"] == 20
+    dense, rows, meta = CheckpointManager(ck).read()
+    want_dense, want_rows, want_meta = CheckpointManager(tmp_path / "ck_full").read()
+    assert meta["step"] == want_meta["step"] == 20
+    for got, want in zip(jax.tree.leaves(dense), jax.tree.leaves(want_dense), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert rows.keys() == want_rows.keys()
+    for name in rows:
+        for got, want in zip(rows[name], want_rows[name], strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+
+@slow
+def test_the_default_command_meets_its_auc_target(tmp_path):
+    """What `make train` runs: the last eval line has auc >= 0.70."""
+    got = run(["--no-progress"], tmp_path / "out")
+    assert got["eval"][-1]["step"] == 1000 and got["eval"][-1]["auc"] >= 0.70
+
+
+@slow
+@pytest.mark.parametrize("preset", ["criteo-kaggle", "mlperf-dlrmv2"])
+def test_large_presets_train_without_diverging(preset, tmp_path):
+    got = run(["--preset", preset, "--batch", "256", "--steps", "20", "--eval-every", "20",
+               "--eval-size", "1024", "--table-memory-mb", "256", "--log-every", "5",
+               "--no-progress"], tmp_path / "out")
+    assert got["train"][-1]["loss"] < got["train"][0]["loss"] < 1.0
+    assert got["eval"][-1]["logloss"] < 0.7
