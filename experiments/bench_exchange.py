@@ -19,27 +19,22 @@ minimum: each device's unique ids owned by other devices x dim x 4).
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
+import time
+
+from experiments.cli import mesh_bench_parser, use_fake_devices
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--devices", type=int, default=8, help="fake CPU devices (XLA flag)")
-    p.add_argument("--quick", action="store_true", help="fewer steps (about 2 minutes)")
+    p = mesh_bench_parser(__doc__, "fewer steps (about 2 minutes)")
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--max-vocab", type=int, default=100_000)
-    p.add_argument("--out", help="also write the JSON lines to this file")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse(argv)
-    if "jax" not in sys.modules:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   f" --xla_force_host_platform_device_count={args.devices}")
+    use_fake_devices(args.devices)
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -134,7 +129,6 @@ def main(argv=None):
     nv = {"dense": naive_tables(), "sparse": naive_tables()}
     fns = {"dense": donate_dense, "sparse": donate_sparse}
 
-    import time
     times = {"ours": [], "naive_dense": [], "naive_sparse": []}
     bytes_sent, bytes_min = [], []
     for s, (ids, labels) in enumerate(data):

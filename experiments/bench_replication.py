@@ -19,18 +19,14 @@ and a small R is the model working. The last line is the summary at 1.05.
 
 from __future__ import annotations
 
-import argparse
-import os
 import pathlib
-import sys
 import time
+
+from experiments.cli import mesh_bench_parser, use_fake_devices
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--devices", type=int, default=8)
-    p.add_argument("--quick", action="store_true", help="fewer batches (a few minutes)")
-    p.add_argument("--out", help="also write the JSON lines to this file")
+    p = mesh_bench_parser(__doc__, "fewer batches (a few minutes)")
     p.add_argument("--data", default=str(pathlib.Path(__file__).resolve().parents[2] /
                                          "shared" / "data" / "criteo"),
                    help="folder with the real Criteo samples (rho only)")
@@ -39,9 +35,7 @@ def parse(argv=None):
 
 def main(argv=None):
     args = parse(argv)
-    if "jax" not in sys.modules:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   f" --xla_force_host_platform_device_count={args.devices}")
+    use_fake_devices(args.devices)
     import jax
     import jax.numpy as jnp
     import numpy as np
