@@ -17,7 +17,7 @@ from jax_hypereca.initializers import Initializer, constant, init_rows, normal, 
 from jax_hypereca.optim import FTRL, SGD, Adagrad, Adam, Optimizer, RowwiseAdagrad
 from jax_hypereca.table import (
     COUNTER_NAMES, EvictedRows, InsertResult, Rows, TableSpec, TableState, apply_gradients,
-    counters_dict, erase, erase_if, export, find, find_or_insert, find_slots, gather, grow, import_rows,
+    counters_dict, erase, erase_if, export, export_keys, find, find_or_insert, find_slots, gather, grow, import_rows,
     init_table)
 from jax_hypereca._ops import bucketize, ids_array, unique
 from jax_hypereca.features import FeatureSpec, Jagged, jagged_to_padded
@@ -34,7 +34,8 @@ __all__ = [
     "ReservedIdError", "TableFullError", "check_ids", "owner_of", "Initializer", "constant",
     "init_rows", "normal", "uniform", "FTRL", "SGD", "Adagrad", "Adam", "Optimizer",
     "RowwiseAdagrad", "COUNTER_NAMES", "EvictedRows", "InsertResult", "Rows", "TableSpec",
-    "TableState", "apply_gradients", "counters_dict", "erase", "erase_if", "export", "find",
+    "TableState", "apply_gradients", "counters_dict", "erase", "erase_if", "export",
+    "export_keys", "find",
     "find_or_insert", "find_slots", "gather", "grow", "import_rows", "init_table", "bucketize", "ids_array",
     "unique", "has_platform", "FeatureSpec", "Jagged", "jagged_to_padded", "make_mesh",
     "EmbeddingCollection", "TrainState", "replication",

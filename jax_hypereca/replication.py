@@ -37,7 +37,7 @@ from jax_hypereca.planner import (
     collect_table_stats, plan_replication)
 from jax_hypereca.sharding import host_gather, replica_rows, replicate_rows
 from jax_hypereca.table import (
-    COUNTER_NAMES, NUM_COUNTERS, Rows, TableSpec, TableState, erase, find_slots, import_rows)
+    COUNTER_NAMES, NUM_COUNTERS, Rows, TableSpec, TableState, erase, export_keys, import_rows)
 
 log = logging.getLogger("jax_hypereca")
 _C = COUNTER_NAMES
@@ -237,13 +237,11 @@ def _take_from_cold(collection, spec: TableSpec, state: TableState, ids: np.ndar
     q = jnp.asarray(ids, jnp.int64)
 
     def local(st: TableState, q):
-        slots, found = find_slots(spec, st, q)
-        s = jnp.maximum(slots, 0)
-        rows = (st.values[s], st.opt_state[s], st.last_step[s], st.freq[s])
+        rows, found = export_keys(spec, st, q)
         st, erased = erase(spec, st, q)
         moved = erased.sum()
         counters = st.counters.at[_C["erased"]].add(-moved).at[_C["moved_out"]].add(moved)
-        return st._replace(counters=counters), (found,) + rows
+        return st._replace(counters=counters), (found,) + tuple(rows[1:])
 
     new, (found, values, opt, last, freq) = _per_shard(
         collection, local, state, q,

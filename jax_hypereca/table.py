@@ -309,6 +309,19 @@ def export(spec: TableSpec, state: TableState, *, chunk_size: int = 1 << 16, bel
                        np.asarray(ls)[:count], np.asarray(f)[:count])
 
 
+def export_keys(spec: TableSpec, state: TableState, ids) -> tuple[Rows, jax.Array]:
+    """Whole rows of `ids` (key, values, optimizer state, scores) without
+    changing the table: (rows, found (n,)); rows of missing ids are
+    unspecified (their key is EMPTY_KEY). Traceable (use inside shard_map
+    for a sharded table)."""
+    ids = _ops.ids_array(ids)
+    slots, found = find_slots(spec, state, ids)
+    s = jnp.maximum(slots, 0)
+    keys = jnp.where(found, ids, EMPTY_KEY)
+    return Rows(keys, state.values[s], state.opt_state[s], state.last_step[s],
+                state.freq[s]), found
+
+
 def import_rows(spec: TableSpec, state: TableState, rows: Rows
                 ) -> tuple[TableState, jax.Array, jax.Array]:
     """Upserts whole rows. Returns (state, slots (n,), status (4,): offered,
@@ -355,7 +368,8 @@ def _spec_fields(spec: TableSpec) -> dict:
 __all__ = [
     "TableSpec", "TableState", "InsertResult", "EvictedRows", "Rows", "COUNTER_NAMES",
     "EMPTY_KEY", "ERASED_KEY", "PADDING_ID", "init_table", "counters_dict", "find_or_insert",
-    "gather", "find", "find_slots", "apply_gradients", "erase", "erase_if", "export", "import_rows", "grow",
+    "gather", "find", "find_slots", "apply_gradients", "erase", "erase_if", "export",
+    "export_keys", "import_rows", "grow",
     "check_ids", "insert_status_dict", "apply_status_dict", "raise_for_insert_status",
     "raise_for_apply_status",
 ]

@@ -335,3 +335,17 @@ def test_no_key_of_a_call_is_evicted_by_that_call_whatever_its_position():
     assert int(r.evicted.keys[0]) in (2, 3, 4)
     np.testing.assert_array_equal(np.asarray(r.found), [False, True])
     assert 1 in resident(spec, st) and 5 in resident(spec, st)
+
+
+def test_export_keys_returns_whole_rows_without_changing_the_table():
+    spec = spec_(optimizer=h.Adagrad(learning_rate=0.1))
+    st, r = h.find_or_insert(spec, h.init_table(spec), ids(4, 5, 6), step=7)
+    st, _ = h.apply_gradients(spec, st, r.slots, jnp.ones((3, 8)), step=0)
+    before = h.counters_dict(st)
+    rows, found = h.export_keys(spec, st, ids(5, 99, 4))
+    np.testing.assert_array_equal(np.asarray(found), [True, False, True])
+    np.testing.assert_array_equal(np.asarray(rows.keys), [5, h.EMPTY_KEY, 4])
+    full = {int(k): v for p in h.export(spec, st) for k, v in zip(p.keys, p.opt_state)}
+    np.testing.assert_array_equal(np.asarray(rows.opt_state)[0], full[5])
+    assert int(rows.last_step[0]) == 7 and int(rows.freq[2]) == 1
+    assert h.counters_dict(st) == before
