@@ -155,7 +155,7 @@ def test_planner_modules_do_not_import_jax():
 def test_paper_profile_matches_hand_derivation():
     p = paper_profile()
     # Raw published figures, typed in again here (not read from constants).
-    W, g, n = 32, 8, 4
+    W, g = 32, 8  # 4 nodes of 8 GPUs
     ib_node = 100e9 / 8          # 12.5 GB/s per node
     ib_gpu = ib_node / g         # 1.5625 GB/s per GPU when all 8 send
     pcie = 12e9

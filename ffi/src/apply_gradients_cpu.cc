@@ -9,6 +9,7 @@
 #include "cpu_util.h"
 #include "hypereca/common.h"
 #include "hypereca/optim.h"
+#include "table_args.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace hypereca::cpu {
@@ -108,29 +109,13 @@ ffi::Error ApplyGradientsImpl(ffi::ThreadPool pool, ffi::AnyBuffer values,
                               ffi::ResultBufferR1<ffi::S64> counters_out,
                               ffi::ResultBufferR1<ffi::S64> status, int32_t optimizer) {
   constexpr const char* kOp = "hypereca_apply_gradients";
-  auto vd = values.dimensions();
-  if (vd.size() != 2) return InvalidArgument("hypereca_apply_gradients: values must be 2-D");
-  const int64_t capacity = vd[0], dim = vd[1];
+  auto shape_or = CheckApplyGradients(values, opt, counters, slots, grads, hparams, values_out,
+                                      status, optimizer);
+  if (shape_or.has_error()) return shape_or.error();
+  const ApplyShape shape = shape_or.value();
+  const int64_t capacity = shape.capacity, dim = shape.dim, width = shape.width;
+  const OptimizerKind kind = shape.kind;
   const int64_t n = slots.dimensions()[0];
-  if (!IsValidOptimizer(optimizer)) {
-    return InvalidArgument("hypereca_apply_gradients: unknown optimizer " +
-                           std::to_string(optimizer));
-  }
-  const auto kind = static_cast<OptimizerKind>(optimizer);
-  const int64_t width = opt.dimensions()[1];
-  if (opt.dimensions()[0] != capacity || width != StateWidth(kind, dim)) {
-    return InvalidArgument("hypereca_apply_gradients: opt_state must be (capacity, " +
-                           std::to_string(StateWidth(kind, dim)) + ") for this optimizer");
-  }
-  if (grads.dimensions()[0] != n || grads.dimensions()[1] != dim) {
-    return InvalidArgument("hypereca_apply_gradients: grads must be (n, dim) for n slots");
-  }
-  if (hparams.dimensions()[0] < kNumHParams) {
-    return InvalidArgument("hypereca_apply_gradients: hparams must have 8 entries");
-  }
-  if (counters.dimensions()[0] < kNumCounters || status->dimensions()[0] < kNumApplyStatus) {
-    return InvalidArgument("hypereca_apply_gradients: counters/status too short");
-  }
   AliasOutputs(values_out, values, opt_out, opt, counters_out, counters);
   int64_t* st = status->typed_data();
   std::fill(st, st + status->dimensions()[0], 0);

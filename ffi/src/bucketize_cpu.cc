@@ -9,6 +9,7 @@
 #include "cpu_util.h"
 #include "hypereca/common.h"
 #include "hypereca/hash.h"
+#include "table_args.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace hypereca::cpu {
@@ -17,14 +18,9 @@ namespace {
 ffi::Error BucketizeImpl(ffi::BufferR1<ffi::S64> keys, ffi::ResultBufferR2<ffi::S64> send,
                          ffi::ResultBufferR1<ffi::S32> counts,
                          ffi::ResultBufferR1<ffi::S32> position) {
+  if (auto err = CheckBucketize(keys, send, counts, position); err.failure()) return err;
   const int64_t n = keys.dimensions()[0];
   const int64_t shards = send->dimensions()[0], cap = send->dimensions()[1];
-  if (shards <= 0 || counts->dimensions()[0] != shards || position->dimensions()[0] != n) {
-    return InvalidArgument("hypereca_bucketize: send (W, cap), counts (W,), position (n,)");
-  }
-  if (shards * cap >= (int64_t{1} << 31)) {
-    return InvalidArgument("hypereca_bucketize: W * cap must be < 2^31");
-  }
   const int64_t* k = keys.typed_data();
   int64_t* out = send->typed_data();
   int32_t* cnt = counts->typed_data();

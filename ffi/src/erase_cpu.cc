@@ -14,19 +14,6 @@
 namespace hypereca::cpu {
 namespace {
 
-ffi::Error CheckMeta(const char* op, int64_t bucket_size, ffi::BufferR1<ffi::S64> keys,
-                     ffi::BufferR1<ffi::S64> last, ffi::BufferR1<ffi::S64> freq,
-                     ffi::BufferR1<ffi::S64> counters, TableGeometry* g) {
-  auto geometry = GeometryOf(op, keys.dimensions()[0], bucket_size);
-  if (geometry.has_error()) return geometry.error();
-  *g = geometry.value();
-  if (last.dimensions()[0] != g->capacity || freq.dimensions()[0] != g->capacity ||
-      counters.dimensions()[0] < kNumCounters) {
-    return InvalidArgument(std::string(op) + ": table metadata shapes disagree");
-  }
-  return ffi::Error::Success();
-}
-
 ffi::Error EraseImpl(ffi::BufferR1<ffi::S64> keys, ffi::BufferR1<ffi::S64> last,
                      ffi::BufferR1<ffi::S64> freq, ffi::BufferR1<ffi::S64> counters,
                      ffi::BufferR1<ffi::S64> query, ffi::ResultBufferR1<ffi::S64> keys_out,
@@ -34,11 +21,9 @@ ffi::Error EraseImpl(ffi::BufferR1<ffi::S64> keys, ffi::BufferR1<ffi::S64> last,
                      ffi::ResultBufferR1<ffi::S64> freq_out,
                      ffi::ResultBufferR1<ffi::S64> counters_out,
                      ffi::ResultBufferR1<ffi::PRED> erased, int64_t bucket_size) {
-  TableGeometry g;
-  if (auto err = CheckMeta("hypereca_erase", bucket_size, keys, last, freq, counters, &g);
-      err.failure()) {
-    return err;
-  }
+  auto g_or = CheckTableMeta("hypereca_erase", bucket_size, keys, last, freq, counters);
+  if (g_or.has_error()) return g_or.error();
+  const TableGeometry g = g_or.value();
   const int64_t n = query.dimensions()[0];
   AliasOutputs(keys_out, keys, last_out, last, freq_out, freq, counters_out, counters);
   int64_t* k = keys_out->typed_data();
@@ -68,13 +53,11 @@ ffi::Error EraseIfImpl(ffi::ThreadPool pool, ffi::BufferR1<ffi::S64> keys,
                        ffi::ResultBufferR1<ffi::S64> counters_out,
                        ffi::ResultBufferR0<ffi::S64> erased, int64_t bucket_size,
                        int32_t mode, int32_t policy) {
-  TableGeometry g;
-  if (auto err = CheckMeta("hypereca_erase_if", bucket_size, keys, last, freq, counters, &g);
-      err.failure()) {
+  auto g_or = CheckTableMeta("hypereca_erase_if", bucket_size, keys, last, freq, counters);
+  if (g_or.has_error()) return g_or.error();
+  const TableGeometry g = g_or.value();
+  if (auto err = CheckModeAndPolicy("hypereca_erase_if", mode, policy); err.failure()) {
     return err;
-  }
-  if (mode < 0 || mode > 2 || policy < 0 || policy > 1) {
-    return InvalidArgument("hypereca_erase_if: bad mode or policy");
   }
   AliasOutputs(keys_out, keys, last_out, last, freq_out, freq, counters_out, counters);
   int64_t* k = keys_out->typed_data();

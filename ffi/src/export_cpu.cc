@@ -8,6 +8,7 @@
 #include "cpu_util.h"
 #include "hypereca/common.h"
 #include "hypereca/erase.h"
+#include "table_args.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace hypereca::cpu {
@@ -23,25 +24,11 @@ ffi::Error ExportImpl(ffi::BufferR1<ffi::S64> keys, ffi::AnyBuffer values,
                       ffi::ResultBufferR1<ffi::S64> out_last,
                       ffi::ResultBufferR1<ffi::S64> out_freq,
                       ffi::ResultBufferR1<ffi::S64> info, int32_t mode, int32_t policy) {
-  const int64_t capacity = keys.dimensions()[0];
-  auto vd = values.dimensions();
-  const int64_t chunk = out_keys->dimensions()[0];
-  if (vd.size() != 2 || vd[0] != capacity || opt.dimensions()[0] != capacity ||
-      last.dimensions()[0] != capacity || freq.dimensions()[0] != capacity) {
-    return InvalidArgument("hypereca_export: table shapes disagree");
-  }
-  const int64_t dim = vd[1], width = opt.dimensions()[1];
-  if (out_values->dimensions().size() != 2 || out_values->dimensions()[0] != chunk ||
-      out_values->dimensions()[1] != dim ||
-      out_values->element_type() != values.element_type() ||
-      out_opt->dimensions()[0] != chunk || out_opt->dimensions()[1] != width ||
-      out_last->dimensions()[0] != chunk || out_freq->dimensions()[0] != chunk ||
-      info->dimensions()[0] < 2) {
-    return InvalidArgument("hypereca_export: output shapes disagree with the chunk size");
-  }
-  if (mode < 0 || mode > 2 || policy < 0 || policy > 1) {
-    return InvalidArgument("hypereca_export: bad mode or policy");
-  }
+  auto shape_or = CheckExport(keys, values, opt, last, freq, out_keys, out_values, out_opt,
+                              out_last, out_freq, info, mode, policy);
+  if (shape_or.has_error()) return shape_or.error();
+  const int64_t capacity = shape_or->capacity, dim = shape_or->dim, width = shape_or->width;
+  const int64_t chunk = shape_or->chunk;
   const auto m = static_cast<ExportMode>(mode);
   const auto p = static_cast<ScorePolicy>(policy);
   const int64_t thr = *threshold.typed_data();

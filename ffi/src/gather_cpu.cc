@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "cpu_util.h"
+#include "table_args.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace hypereca::cpu {
@@ -55,27 +56,15 @@ ffi::Error GatherImpl(ffi::ThreadPool pool, ffi::AnyBuffer values,
 ffi::Error GatherTaggedImpl(ffi::ThreadPool pool, ffi::BufferR1<ffi::S32> tags,
                             ffi::BufferR1<ffi::S32> slots, ffi::RemainingArgs tables,
                             ffi::Result<ffi::AnyBuffer> rows) {
+  std::vector<const void*> base;
+  std::vector<int64_t> capacity;
+  if (auto err = CheckGatherTagged(tags, slots, tables, rows, &base, &capacity);
+      err.failure()) {
+    return err;
+  }
   const int64_t n = slots.dimensions()[0];
-  const int64_t num_tables = static_cast<int64_t>(tables.size());
-  if (tags.dimensions()[0] != n || num_tables == 0 || rows->dimensions().size() != 2 ||
-      rows->dimensions()[0] != n) {
-    return InvalidArgument("hypereca_gather_tagged: tags and slots (n,), rows (n, dim), "
-                           "and at least one table");
-  }
+  const int64_t num_tables = static_cast<int64_t>(base.size());
   const int64_t dim = rows->dimensions()[1];
-  std::vector<const void*> base(num_tables);
-  std::vector<int64_t> capacity(num_tables);
-  for (int64_t t = 0; t < num_tables; ++t) {
-    auto v = tables.get<ffi::AnyBuffer>(t);
-    if (v.has_error()) return v.error();
-    auto d = v->dimensions();
-    if (d.size() != 2 || d[1] != dim || v->element_type() != rows->element_type()) {
-      return InvalidArgument("hypereca_gather_tagged: every table must be (C, dim) of the "
-                             "rows' dtype");
-    }
-    base[t] = v->untyped_data();
-    capacity[t] = d[0];
-  }
   return DispatchValueType(rows->element_type(), "hypereca_gather_tagged", [&](auto tag) {
     using T = decltype(tag);
     T* out = reinterpret_cast<T*>(rows->untyped_data());

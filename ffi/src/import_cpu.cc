@@ -17,13 +17,6 @@
 namespace hypereca::cpu {
 namespace {
 
-enum ImportStatus : int32_t {
-  kImRows = 0,         // non-sentinel rows offered
-  kImInserted = 1,     // new keys
-  kImOverwritten = 2,  // keys already resident: row replaced
-  kImRefused = 3,      // bucket full: refused (slot -1 in `slots`)
-  kNumImportStatus = 4,
-};
 
 template <typename T>
 void ImportRange(const TableShape& shape, const int64_t* order, int64_t begin, int64_t end,
@@ -74,16 +67,12 @@ ffi::Error ImportImpl(ffi::ThreadPool pool, ffi::BufferR1<ffi::S64> keys,
   auto shape_or = CheckTable(kOp, bucket_size, keys, values, opt, last, freq, counters);
   if (shape_or.has_error()) return shape_or.error();
   const TableShape shape = shape_or.value();
-  const int64_t n = in_keys.dimensions()[0];
-  auto ivd = in_values.dimensions();
-  if (ivd.size() != 2 || ivd[0] != n || ivd[1] != shape.dim ||
-      in_values.element_type() != values.element_type() || in_opt.dimensions()[0] != n ||
-      in_opt.dimensions()[1] != shape.state_width || in_last.dimensions()[0] != n ||
-      in_freq.dimensions()[0] != n || slots->dimensions()[0] != n ||
-      status->dimensions()[0] < kNumImportStatus) {
-    return InvalidArgument(
-        "hypereca_import_rows: rows must match the table's dim, state width and dtype");
+  if (auto err = CheckImport(shape, values, in_keys, in_values, in_opt, in_last, in_freq, slots,
+                             status);
+      err.failure()) {
+    return err;
   }
+  const int64_t n = in_keys.dimensions()[0];
   const int64_t C = shape.geometry.capacity;
   AliasOutputs(keys_out, keys, values_out, values, opt_out, opt, last_out, last,
                freq_out, freq, counters_out, counters);

@@ -13,6 +13,22 @@
 #error "HYPERECA_JAXLIB_VERSION must be defined by the build (jaxlib built against)"
 #endif
 
+// Every custom call: X(HandlerStem, "target name"). Each platform's module
+// defines the handlers Hypereca<Stem>Cpu / Hypereca<Stem>Cuda and registers
+// the whole list, so the two platforms always offer the same ops.
+#define HYPERECA_FOR_EACH_OP(X)                  \
+  X(FindOrInsert, "hypereca_find_or_insert")     \
+  X(Find, "hypereca_find")                       \
+  X(Gather, "hypereca_gather")                   \
+  X(GatherTagged, "hypereca_gather_tagged")      \
+  X(ApplyGradients, "hypereca_apply_gradients")  \
+  X(Erase, "hypereca_erase")                     \
+  X(EraseIf, "hypereca_erase_if")                \
+  X(Export, "hypereca_export")                   \
+  X(ImportRows, "hypereca_import_rows")          \
+  X(Unique, "hypereca_unique")                   \
+  X(Bucketize, "hypereca_bucketize")
+
 namespace hypereca {
 
 namespace nb = nanobind;

@@ -4,8 +4,10 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "hypereca/common.h"
+#include "hypereca/optim.h"
 #include "hypereca/probe.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -135,6 +137,189 @@ inline ffi::ErrorOr<TableGeometry> CheckFind(ffi::BufferR1<ffi::S64> keys,
   }
   if (init_kind < 0 || init_kind > 2) return ffi::Unexpected(BadShape(kOp, "bad init_kind"));
   return g;
+}
+
+// Table arrays without values: keys (C), last_step (C), freq (C), counters.
+inline ffi::ErrorOr<TableGeometry> CheckTableMeta(const char* op, int64_t bucket_size,
+                                                  ffi::BufferR1<ffi::S64> keys,
+                                                  ffi::BufferR1<ffi::S64> last,
+                                                  ffi::BufferR1<ffi::S64> freq,
+                                                  ffi::BufferR1<ffi::S64> counters) {
+  auto g = GeometryOf(op, keys.dimensions()[0], bucket_size);
+  if (g.has_error()) return g;
+  if (last.dimensions()[0] != g->capacity || freq.dimensions()[0] != g->capacity ||
+      counters.dimensions()[0] < kNumCounters) {
+    return ffi::Unexpected(BadShape(op, "table metadata shapes disagree"));
+  }
+  return g;
+}
+
+inline ffi::Error CheckModeAndPolicy(const char* op, int32_t mode, int32_t policy) {
+  if (mode < 0 || mode > 2 || policy < 0 || policy > 1) {
+    return BadShape(op, "bad mode or policy");
+  }
+  return ffi::Error::Success();
+}
+
+// apply_gradients: values (C, D), opt (C, StateWidth), grads (n, D) for n
+// slots, 8 hparams, counters and status long enough.
+struct ApplyShape {
+  int64_t capacity;
+  int64_t dim;
+  int64_t width;
+  OptimizerKind kind;
+};
+
+inline ffi::ErrorOr<ApplyShape> CheckApplyGradients(
+    ffi::AnyBuffer values, ffi::BufferR2<ffi::F32> opt, ffi::BufferR1<ffi::S64> counters,
+    ffi::BufferR1<ffi::S32> slots, ffi::BufferR2<ffi::F32> grads,
+    ffi::BufferR1<ffi::F32> hparams, ffi::Result<ffi::AnyBuffer> values_out,
+    ffi::ResultBufferR1<ffi::S64> status, int32_t optimizer) {
+  constexpr const char* kOp = "hypereca_apply_gradients";
+  auto vd = values.dimensions();
+  if (vd.size() != 2) return ffi::Unexpected(BadShape(kOp, "values must be 2-D"));
+  ApplyShape a;
+  a.capacity = vd[0];
+  a.dim = vd[1];
+  const int64_t n = slots.dimensions()[0];
+  if (!IsValidOptimizer(optimizer)) {
+    return ffi::Unexpected(BadShape(kOp, "unknown optimizer " + std::to_string(optimizer)));
+  }
+  a.kind = static_cast<OptimizerKind>(optimizer);
+  a.width = opt.dimensions()[1];
+  if (opt.dimensions()[0] != a.capacity || a.width != StateWidth(a.kind, a.dim)) {
+    return ffi::Unexpected(BadShape(
+        kOp, "opt_state must be (capacity, " + std::to_string(StateWidth(a.kind, a.dim)) +
+                 ") for this optimizer"));
+  }
+  if (grads.dimensions()[0] != n || grads.dimensions()[1] != a.dim) {
+    return ffi::Unexpected(BadShape(kOp, "grads must be (n, dim) for n slots"));
+  }
+  if (hparams.dimensions()[0] < kNumHParams) {
+    return ffi::Unexpected(BadShape(kOp, "hparams must have 8 entries"));
+  }
+  if (counters.dimensions()[0] < kNumCounters || status->dimensions()[0] < kNumApplyStatus) {
+    return ffi::Unexpected(BadShape(kOp, "counters/status too short"));
+  }
+  if (values_out->element_type() != values.element_type()) {
+    return ffi::Unexpected(BadShape(kOp, "value dtypes disagree"));
+  }
+  return a;
+}
+
+// export: a chunk of M rows out of a table shard.
+struct ExportShape {
+  int64_t capacity;
+  int64_t dim;
+  int64_t width;
+  int64_t chunk;
+};
+
+inline ffi::ErrorOr<ExportShape> CheckExport(
+    ffi::BufferR1<ffi::S64> keys, ffi::AnyBuffer values, ffi::BufferR2<ffi::F32> opt,
+    ffi::BufferR1<ffi::S64> last, ffi::BufferR1<ffi::S64> freq,
+    ffi::ResultBufferR1<ffi::S64> out_keys, ffi::Result<ffi::AnyBuffer> out_values,
+    ffi::ResultBufferR2<ffi::F32> out_opt, ffi::ResultBufferR1<ffi::S64> out_last,
+    ffi::ResultBufferR1<ffi::S64> out_freq, ffi::ResultBufferR1<ffi::S64> info, int32_t mode,
+    int32_t policy) {
+  constexpr const char* kOp = "hypereca_export";
+  ExportShape e;
+  e.capacity = keys.dimensions()[0];
+  auto vd = values.dimensions();
+  e.chunk = out_keys->dimensions()[0];
+  if (vd.size() != 2 || vd[0] != e.capacity || opt.dimensions()[0] != e.capacity ||
+      last.dimensions()[0] != e.capacity || freq.dimensions()[0] != e.capacity) {
+    return ffi::Unexpected(BadShape(kOp, "table shapes disagree"));
+  }
+  e.dim = vd[1];
+  e.width = opt.dimensions()[1];
+  if (out_values->dimensions().size() != 2 || out_values->dimensions()[0] != e.chunk ||
+      out_values->dimensions()[1] != e.dim ||
+      out_values->element_type() != values.element_type() ||
+      out_opt->dimensions()[0] != e.chunk || out_opt->dimensions()[1] != e.width ||
+      out_last->dimensions()[0] != e.chunk || out_freq->dimensions()[0] != e.chunk ||
+      info->dimensions()[0] < 2) {
+    return ffi::Unexpected(BadShape(kOp, "output shapes disagree with the chunk size"));
+  }
+  if (auto err = CheckModeAndPolicy(kOp, mode, policy); err.failure()) {
+    return ffi::Unexpected(err);
+  }
+  return e;
+}
+
+// import_rows: n rows of the table's dim, state width and dtype.
+inline ffi::Error CheckImport(const TableShape& shape, ffi::AnyBuffer values,
+                              ffi::BufferR1<ffi::S64> in_keys, ffi::AnyBuffer in_values,
+                              ffi::BufferR2<ffi::F32> in_opt, ffi::BufferR1<ffi::S64> in_last,
+                              ffi::BufferR1<ffi::S64> in_freq,
+                              ffi::ResultBufferR1<ffi::S32> slots,
+                              ffi::ResultBufferR1<ffi::S64> status) {
+  const int64_t n = in_keys.dimensions()[0];
+  auto ivd = in_values.dimensions();
+  if (ivd.size() != 2 || ivd[0] != n || ivd[1] != shape.dim ||
+      in_values.element_type() != values.element_type() || in_opt.dimensions()[0] != n ||
+      in_opt.dimensions()[1] != shape.state_width || in_last.dimensions()[0] != n ||
+      in_freq.dimensions()[0] != n || slots->dimensions()[0] != n ||
+      status->dimensions()[0] < kNumImportStatus) {
+    return BadShape("hypereca_import_rows",
+                    "rows must match the table's dim, state width and dtype");
+  }
+  return ffi::Error::Success();
+}
+
+inline ffi::Error CheckUnique(ffi::BufferR1<ffi::S64> keys, ffi::ResultBufferR1<ffi::S64> uniq,
+                              ffi::ResultBufferR1<ffi::S32> inverse) {
+  constexpr const char* kOp = "hypereca_unique";
+  const int64_t n = keys.dimensions()[0];
+  if (uniq->dimensions()[0] != n || inverse->dimensions()[0] != n) {
+    return BadShape(kOp, "outputs must have one entry per key");
+  }
+  if (n >= (int64_t{1} << 31)) return BadShape(kOp, "at most 2^31-1 keys");
+  return ffi::Error::Success();
+}
+
+inline ffi::Error CheckBucketize(ffi::BufferR1<ffi::S64> keys,
+                                 ffi::ResultBufferR2<ffi::S64> send,
+                                 ffi::ResultBufferR1<ffi::S32> counts,
+                                 ffi::ResultBufferR1<ffi::S32> position) {
+  constexpr const char* kOp = "hypereca_bucketize";
+  const int64_t n = keys.dimensions()[0];
+  const int64_t shards = send->dimensions()[0], cap = send->dimensions()[1];
+  if (shards <= 0 || counts->dimensions()[0] != shards || position->dimensions()[0] != n) {
+    return BadShape(kOp, "send (W, cap), counts (W,), position (n,)");
+  }
+  if (shards * cap >= (int64_t{1} << 31)) return BadShape(kOp, "W * cap must be < 2^31");
+  if (n >= (int64_t{1} << 31)) return BadShape(kOp, "at most 2^31-1 keys");
+  return ffi::Error::Success();
+}
+
+// gather_tagged: tags and slots (n,), rows (n, D), every table (C_t, D) of the
+// rows' dtype; fills the tables' base pointers and capacities.
+inline ffi::Error CheckGatherTagged(ffi::BufferR1<ffi::S32> tags, ffi::BufferR1<ffi::S32> slots,
+                                    ffi::RemainingArgs tables, ffi::Result<ffi::AnyBuffer> rows,
+                                    std::vector<const void*>* base,
+                                    std::vector<int64_t>* capacity) {
+  constexpr const char* kOp = "hypereca_gather_tagged";
+  const int64_t n = slots.dimensions()[0];
+  const int64_t num_tables = static_cast<int64_t>(tables.size());
+  if (tags.dimensions()[0] != n || num_tables == 0 || rows->dimensions().size() != 2 ||
+      rows->dimensions()[0] != n) {
+    return BadShape(kOp, "tags and slots (n,), rows (n, dim), and at least one table");
+  }
+  const int64_t dim = rows->dimensions()[1];
+  base->assign(num_tables, nullptr);
+  capacity->assign(num_tables, 0);
+  for (int64_t t = 0; t < num_tables; ++t) {
+    auto v = tables.get<ffi::AnyBuffer>(t);
+    if (v.has_error()) return v.error();
+    auto d = v->dimensions();
+    if (d.size() != 2 || d[1] != dim || v->element_type() != rows->element_type()) {
+      return BadShape(kOp, "every table must be (C, dim) of the rows' dtype");
+    }
+    (*base)[t] = v->untyped_data();
+    (*capacity)[t] = d[0];
+  }
+  return ffi::Error::Success();
 }
 
 }  // namespace hypereca

@@ -8,6 +8,7 @@
 #include "cpu_util.h"
 #include "hypereca/common.h"
 #include "hypereca/hash.h"
+#include "table_args.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace hypereca::cpu {
@@ -16,11 +17,8 @@ namespace {
 ffi::Error UniqueImpl(ffi::BufferR1<ffi::S64> keys, ffi::ResultBufferR1<ffi::S64> uniq,
                       ffi::ResultBufferR1<ffi::S32> inverse,
                       ffi::ResultBufferR0<ffi::S32> count) {
+  if (auto err = CheckUnique(keys, uniq, inverse); err.failure()) return err;
   const int64_t n = keys.dimensions()[0];
-  if (uniq->dimensions()[0] != n || inverse->dimensions()[0] != n) {
-    return InvalidArgument("hypereca_unique: outputs must have one entry per key");
-  }
-  if (n >= (int64_t{1} << 31)) return InvalidArgument("hypereca_unique: at most 2^31-1 keys");
   const int64_t* k = keys.typed_data();
   int64_t* u = uniq->typed_data();
   int32_t* inv = inverse->typed_data();

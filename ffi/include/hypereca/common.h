@@ -99,6 +99,15 @@ enum ApplyStatus : int32_t {
   kNumApplyStatus = 4,
 };
 
+// Per-call status vector of import_rows (int64).
+enum ImportStatus : int32_t {
+  kImRows = 0,         // non-sentinel rows offered
+  kImInserted = 1,     // new keys
+  kImOverwritten = 2,  // keys already resident: row replaced
+  kImRefused = 3,      // bucket full: refused (slot -1)
+  kNumImportStatus = 4,
+};
+
 // Export predicate modes.
 enum class ExportMode : int32_t {
   kAll = 0,
