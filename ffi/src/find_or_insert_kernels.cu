@@ -98,28 +98,7 @@ struct ScratchLayout {
   size_t total = 0;
 };
 
-constexpr size_t kAlign = 256;
-
-size_t Take(size_t* cursor, size_t bytes) {
-  const size_t at = *cursor;
-  *cursor += (bytes + kAlign - 1) / kAlign * kAlign;
-  return at;
-}
-
 bool Sequential(const FindOrInsertArgs& a) { return a.ev_capacity < a.n; }
-
-// Bits that hold every bucket id and the sentinel num_buckets.
-int SortBits(uint64_t num_buckets) {
-  int bits = 1;
-  while (bits < 64 && (num_buckets >> bits) != 0) ++bits;
-  return bits;
-}
-
-struct MaxOp {
-  __host__ __device__ __forceinline__ int32_t operator()(int32_t a, int32_t b) const {
-    return a > b ? a : b;
-  }
-};
 
 LaunchStatus Layout(const FindOrInsertArgs& a, ScratchLayout* l) {
   *l = ScratchLayout{};
@@ -207,15 +186,6 @@ __global__ void PrepKernel(const int64_t* __restrict__ query, int64_t n,
 }
 
 // ---------------------------------------------------------------- 2. dedup
-// Sorted position i heads a segment of equal keys when it differs from i-1.
-__global__ void SegmentHeadsKernel(const int64_t* __restrict__ sorted_key, int64_t n,
-                                   int32_t* __restrict__ head_pos) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  const bool head = i == 0 || sorted_key[i] != sorted_key[i - 1];
-  head_pos[i] = head ? static_cast<int32_t>(i) : 0;
-}
-
 // After the max-scan seg_head[i] is the head of i's segment: the key's first
 // occurrence in query order (the sort is stable). Marks repeats and gives
 // every query its bucket (sentinel for repeats, reserved and padding ids).
@@ -310,45 +280,12 @@ __device__ __forceinline__ bool Better(ScorePolicy policy, int64_t a_slot, int64
 __device__ void ProcessQuery(const ProbeParams& p, int64_t q, int64_t key, int64_t step,
                              int64_t pin, unsigned lane, Tally& t) {
   const uint32_t bucket_size = p.bucket_size;
-  const uint32_t mask = bucket_size - 1;
-  const uint64_t h = BucketHash(key);
-  const int64_t base = static_cast<int64_t>(BucketOf(h, p.num_buckets)) * bucket_size;
-  const uint32_t start = ProbeStart(h, bucket_size);
-
+  const int64_t base =
+      static_cast<int64_t>(BucketOf(BucketHash(key), p.num_buckets)) * bucket_size;
   // Probe in the order of ProbeForInsert: stop at the key or at an empty slot;
   // the first tombstone before that is the insert target.
-  int64_t hit = -1, free_slot = -1;
-  int64_t first_tomb = -1;  // probe position
-  bool stopped = false;
-  for (uint32_t i0 = 0; i0 < bucket_size; i0 += kWarp) {
-    const uint32_t pos = i0 + lane;
-    const bool valid = pos < bucket_size;
-    int64_t k = 0;
-    if (valid) k = p.keys[base + ((start + pos) & mask)];
-    const unsigned m = __ballot_sync(kFullMask, valid && k == key);
-    const unsigned e = __ballot_sync(kFullMask, valid && k == kEmptyKey);
-    const unsigned tb = __ballot_sync(kFullMask, valid && k == kErasedKey);
-    const unsigned stop = m | e;
-    if (stop != 0u) {
-      const int b = __ffs(static_cast<int>(stop)) - 1;
-      if (first_tomb < 0) {
-        const unsigned before = tb & ((1u << b) - 1u);  // tombstones ahead of the stop
-        if (before != 0u) first_tomb = i0 + (__ffs(static_cast<int>(before)) - 1);
-      }
-      if ((m >> b) & 1u) {
-        hit = base + ((start + i0 + static_cast<uint32_t>(b)) & mask);
-      } else {
-        const int64_t fp = first_tomb >= 0 ? first_tomb : static_cast<int64_t>(i0) + b;
-        free_slot = base + ((static_cast<int64_t>(start) + fp) & mask);
-      }
-      stopped = true;
-      break;
-    }
-    if (first_tomb < 0 && tb != 0u) first_tomb = i0 + (__ffs(static_cast<int>(tb)) - 1);
-  }
-  if (!stopped && first_tomb >= 0) {
-    free_slot = base + ((static_cast<int64_t>(start) + first_tomb) & mask);
-  }
+  const WarpProbeResult probe = WarpProbe(p.keys, bucket_size, p.num_buckets, key, lane);
+  const int64_t hit = probe.hit, free_slot = probe.free_slot;
 
   if (hit >= 0) {
     // Resident before this call: only first occurrences are probed.
@@ -428,6 +365,14 @@ __device__ void FlushTally(const ProbeParams& p, const Tally& t, unsigned lane) 
   if (t.failed) atomicAdd(p.status + kStFailed, t.failed);
 }
 
+// Rows accessed at or after this step are not evicted: pin_from, at most step
+// (as std::min on CPU).
+__device__ __forceinline__ int64_t PinFrom(const ProbeParams& p) {
+  const int64_t step = *p.step;
+  const int64_t pin_from = *p.pin_from;
+  return pin_from < step ? pin_from : step;
+}
+
 // Parallel path: warp w starts at sorted position w and works only if that
 // position begins a run of one bucket (every bucket has exactly one run).
 __global__ void ProbeRunsKernel(ProbeParams p, const uint32_t* __restrict__ sorted_bucket,
@@ -439,8 +384,7 @@ __global__ void ProbeRunsKernel(ProbeParams p, const uint32_t* __restrict__ sort
   if (static_cast<uint64_t>(bucket) == p.num_buckets) return;  // reserved or padding
   if (w > 0 && sorted_bucket[w - 1] == bucket) return;          // not a run start
   const int64_t step = *p.step;
-  const int64_t pin_from = *p.pin_from;
-  const int64_t pin = pin_from < step ? pin_from : step;  // as std::min on CPU
+  const int64_t pin = PinFrom(p);
   Tally t;
   for (int64_t r = w; r < p.n && sorted_bucket[r] == bucket; ++r) {
     const int64_t q = sorted_q[r];
@@ -454,8 +398,7 @@ __global__ void ProbeSequentialKernel(ProbeParams p) {
   const unsigned lane = threadIdx.x % kWarp;
   if (blockIdx.x != 0 || threadIdx.x >= kWarp) return;
   const int64_t step = *p.step;
-  const int64_t pin_from = *p.pin_from;
-  const int64_t pin = pin_from < step ? pin_from : step;  // as std::min on CPU
+  const int64_t pin = PinFrom(p);
   Tally t;
   for (int64_t q = 0; q < p.n; ++q) {
     const int64_t key = p.query[q];
@@ -621,7 +564,7 @@ LaunchStatus Run(const FindOrInsertArgs& a, const ScratchLayout& l, char* scratc
                                                       qidx_in, sorted_kq, num_items, 0, 64,
                                                       stream),
                       "sorting the queries by key");
-    SegmentHeadsKernel<<<blocks, kThreads, 0, stream>>>(sorted_key, n, head_pos);
+    SegmentHeadsKernel<int64_t><<<blocks, kThreads, 0, stream>>>(sorted_key, n, head_pos);
     HYPERECA_CUDA_LAUNCHED("launching the find_or_insert segment kernel");
     temp_bytes = l.cub_temp_bytes;
     HYPERECA_CUDA_TRY(cub::DeviceScan::InclusiveScan(cub_temp, temp_bytes, head_pos, seg_head,
@@ -717,9 +660,8 @@ LaunchStatus FindOrInsert(const FindOrInsertArgs& a, void* scratch, size_t scrat
   ScratchLayout l;
   const LaunchStatus s = Layout(a, &l);
   if (!s.ok()) return s;
-  if (scratch_bytes < l.total || (l.total > 0 && scratch == nullptr)) {
-    return LaunchStatus{cudaErrorInvalidValue, "checking the scratch size"};
-  }
+  const LaunchStatus checked = CheckScratch(scratch, scratch_bytes, l.total);
+  if (!checked.ok()) return checked;
   char* base = static_cast<char*>(scratch);
   if (a.value_type == ValueType::kF32) return Run<float>(a, l, base, stream);
   return Run<Bf16>(a, l, base, stream);

@@ -1,4 +1,4 @@
-// XLA FFI handlers of the CUDA custom calls: find_or_insert, find, gather.
+// XLA FFI handlers of the CUDA custom calls: every op of the CPU module.
 // Operands, results and attributes are exactly those of the CPU handlers (same
 // names, order and dtypes), so one jax.ffi.ffi_call serves both platforms; the
 // shape checks and their messages are the CPU's. The kernels live in
@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "cuda_kernels.h"
 #include "hypereca/common.h"
@@ -51,6 +52,46 @@ LaunchStatus CopyIfDistinct(void* dst, const void* src, size_t bytes, cudaStream
   return LaunchStatus{err, "copying a table array into its output"};
 }
 
+// Device scratch of `bytes` from XLA's allocator, based at a 256-byte
+// boundary (the launchers' layouts assume it; XLA's FFI allocator accepts
+// alignments up to 16 only, so over-allocate). nullptr for 0 bytes.
+ffi::ErrorOr<void*> AllocateScratch(ffi::ScratchAllocator& scratch, size_t bytes,
+                                    const char* op) {
+  if (bytes == 0) return static_cast<void*>(nullptr);
+  constexpr size_t kBaseAlign = 256;
+  std::optional<void*> got = scratch.Allocate(bytes + kBaseAlign, 16);
+  if (!got.has_value() || *got == nullptr) {
+    return ffi::Unexpected(ffi::Error(
+        ffi::ErrorCode::kResourceExhausted,
+        std::string(op) + ": could not allocate " + std::to_string(bytes + kBaseAlign) +
+            " bytes of device scratch memory"));
+  }
+  const uintptr_t base = reinterpret_cast<uintptr_t>(*got);
+  return reinterpret_cast<void*>((base + kBaseAlign - 1) / kBaseAlign * kBaseAlign);
+}
+
+// Sizes the launcher's scratch, allocates it and enqueues the launch.
+template <typename Args, typename SizeFn, typename LaunchFn>
+ffi::Error LaunchWithScratch(const char* op, const Args& a, ffi::ScratchAllocator& scratch,
+                             cudaStream_t stream, SizeFn size_fn, LaunchFn launch_fn) {
+  size_t bytes = 0;
+  LaunchStatus s = size_fn(a, &bytes);
+  if (!s.ok()) return CudaFailure(op, s);
+  auto mem = AllocateScratch(scratch, bytes, op);
+  if (mem.has_error()) return mem.error();
+  s = launch_fn(a, mem.value(), bytes, stream);
+  if (!s.ok()) return CudaFailure(op, s);
+  return ffi::Error::Success();
+}
+
+// Sorted with 32-bit indices on the GPU.
+ffi::Error CheckIndexRange(const char* op, int64_t n, const char* what) {
+  if (n > (int64_t{1} << 31) - 1) {
+    return InvalidArgument(std::string(op) + ": at most 2^31-1 " + what + " per call on CUDA");
+  }
+  return ffi::Error::Success();
+}
+
 // ---------------------------------------------------------------- find_or_insert
 ffi::Error FindOrInsertImpl(
     cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::BufferR1<ffi::S64> keys,
@@ -81,10 +122,7 @@ ffi::Error FindOrInsertImpl(
   const int64_t ev_capacity = ev_keys->dimensions()[0];
   const std::optional<ValueType> vt = ValueTypeOf(values.element_type());
   if (!vt) return BadValueType(kOp);
-  // CUDA only: the queries are sorted with 32-bit indices.
-  if (n > (int64_t{1} << 31) - 1) {
-    return InvalidArgument("hypereca_find_or_insert: at most 2^31-1 queries per call");
-  }
+  if (auto err = CheckIndexRange(kOp, n, "queries"); err.failure()) return err;
 
   const int64_t C = shape.geometry.capacity;
   for (const LaunchStatus& s :
@@ -132,27 +170,7 @@ ffi::Error FindOrInsertImpl(
   a.status = status->typed_data();
   a.status_len = status->dimensions()[0];
 
-  size_t bytes = 0;
-  LaunchStatus s = FindOrInsertScratchBytes(a, &bytes);
-  if (!s.ok()) return CudaFailure(kOp, s);
-  void* mem = nullptr;
-  if (bytes > 0) {
-    // XLA's FFI allocator accepts alignments up to 16 only: over-allocate and
-    // align the base to the 256 bytes the launcher's layout assumes.
-    constexpr size_t kBaseAlign = 256;
-    std::optional<void*> got = scratch.Allocate(bytes + kBaseAlign, 16);
-    if (!got.has_value() || *got == nullptr) {
-      return ffi::Error(ffi::ErrorCode::kResourceExhausted,
-                        std::string(kOp) + ": could not allocate " +
-                            std::to_string(bytes + kBaseAlign) +
-                            " bytes of device scratch memory");
-    }
-    const uintptr_t base = reinterpret_cast<uintptr_t>(*got);
-    mem = reinterpret_cast<void*>((base + kBaseAlign - 1) / kBaseAlign * kBaseAlign);
-  }
-  s = FindOrInsert(a, mem, bytes, stream);
-  if (!s.ok()) return CudaFailure(kOp, s);
-  return ffi::Error::Success();
+  return LaunchWithScratch(kOp, a, scratch, stream, FindOrInsertScratchBytes, FindOrInsert);
 }
 
 // ---------------------------------------------------------------- find
@@ -218,6 +236,309 @@ ffi::Error GatherImpl(cudaStream_t stream, ffi::AnyBuffer values,
   return ffi::Error::Success();
 }
 
+// ---------------------------------------------------------------- gather_tagged
+ffi::Error GatherTaggedImpl(cudaStream_t stream, ffi::BufferR1<ffi::S32> tags,
+                            ffi::BufferR1<ffi::S32> slots, ffi::RemainingArgs tables,
+                            ffi::Result<ffi::AnyBuffer> rows) {
+  constexpr const char* kOp = "hypereca_gather_tagged";
+  std::vector<const void*> base;
+  std::vector<int64_t> capacity;
+  if (auto err = CheckGatherTagged(tags, slots, tables, rows, &base, &capacity);
+      err.failure()) {
+    return err;
+  }
+  const std::optional<ValueType> vt = ValueTypeOf(rows->element_type());
+  if (!vt) return BadValueType(kOp);
+  GatherTaggedArgs a;
+  a.tables = base.data();
+  a.capacities = capacity.data();
+  a.num_tables = static_cast<int64_t>(base.size());
+  a.dim = rows->dimensions()[1];
+  a.value_type = *vt;
+  a.tags = tags.typed_data();
+  a.slots = slots.typed_data();
+  a.n = slots.dimensions()[0];
+  a.rows = rows->untyped_data();
+  const LaunchStatus s = GatherTagged(a, stream);
+  if (!s.ok()) return CudaFailure(kOp, s);
+  return ffi::Error::Success();
+}
+
+// ---------------------------------------------------------------- apply_gradients
+ffi::Error ApplyGradientsImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
+                              ffi::AnyBuffer values, ffi::BufferR2<ffi::F32> opt,
+                              ffi::BufferR1<ffi::S64> counters, ffi::BufferR1<ffi::S32> slots,
+                              ffi::BufferR2<ffi::F32> grads, ffi::BufferR1<ffi::F32> hparams,
+                              ffi::Result<ffi::AnyBuffer> values_out,
+                              ffi::ResultBufferR2<ffi::F32> opt_out,
+                              ffi::ResultBufferR1<ffi::S64> counters_out,
+                              ffi::ResultBufferR1<ffi::S64> status, int32_t optimizer) {
+  constexpr const char* kOp = "hypereca_apply_gradients";
+  auto shape_or = CheckApplyGradients(values, opt, counters, slots, grads, hparams, values_out,
+                                      status, optimizer);
+  if (shape_or.has_error()) return shape_or.error();
+  const ApplyShape shape = shape_or.value();
+  const std::optional<ValueType> vt = ValueTypeOf(values.element_type());
+  if (!vt) return BadValueType(kOp);
+  const int64_t n = slots.dimensions()[0];
+  if (auto err = CheckIndexRange(kOp, n, "gradient rows"); err.failure()) return err;
+  if (auto err = CheckIndexRange(kOp, shape.capacity, "table rows"); err.failure()) return err;
+  for (const LaunchStatus& s :
+       {CopyIfDistinct(values_out->untyped_data(), values.untyped_data(), values.size_bytes(),
+                       stream),
+        CopyIfDistinct(opt_out->typed_data(), opt.typed_data(), opt.size_bytes(), stream),
+        CopyIfDistinct(counters_out->typed_data(), counters.typed_data(),
+                       counters.size_bytes(), stream)}) {
+    if (!s.ok()) return CudaFailure(kOp, s);
+  }
+  ApplyGradientsArgs a;
+  a.values = values_out->untyped_data();
+  a.opt = opt_out->typed_data();
+  a.counters = counters_out->typed_data();
+  a.capacity = shape.capacity;
+  a.dim = shape.dim;
+  a.width = shape.width;
+  a.value_type = *vt;
+  a.optimizer = optimizer;
+  a.slots = slots.typed_data();
+  a.grads = grads.typed_data();
+  a.n = n;
+  a.hparams = hparams.typed_data();
+  a.status = status->typed_data();
+  a.status_len = status->dimensions()[0];
+  return LaunchWithScratch(kOp, a, scratch, stream, ApplyGradientsScratchBytes,
+                           ApplyGradients);
+}
+
+// ---------------------------------------------------------------- erase / erase_if
+// Copies the table's key and score arrays into their outputs unless aliased.
+LaunchStatus CopyMeta(ffi::BufferR1<ffi::S64> keys, ffi::BufferR1<ffi::S64> last,
+                      ffi::BufferR1<ffi::S64> freq, ffi::BufferR1<ffi::S64> counters,
+                      ffi::ResultBufferR1<ffi::S64>& keys_out,
+                      ffi::ResultBufferR1<ffi::S64>& last_out,
+                      ffi::ResultBufferR1<ffi::S64>& freq_out,
+                      ffi::ResultBufferR1<ffi::S64>& counters_out, cudaStream_t stream) {
+  for (const LaunchStatus& s :
+       {CopyIfDistinct(keys_out->typed_data(), keys.typed_data(), keys.size_bytes(), stream),
+        CopyIfDistinct(last_out->typed_data(), last.typed_data(), last.size_bytes(), stream),
+        CopyIfDistinct(freq_out->typed_data(), freq.typed_data(), freq.size_bytes(), stream),
+        CopyIfDistinct(counters_out->typed_data(), counters.typed_data(),
+                       counters.size_bytes(), stream)}) {
+    if (!s.ok()) return s;
+  }
+  return {};
+}
+
+ffi::Error EraseImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
+                     ffi::BufferR1<ffi::S64> keys, ffi::BufferR1<ffi::S64> last,
+                     ffi::BufferR1<ffi::S64> freq, ffi::BufferR1<ffi::S64> counters,
+                     ffi::BufferR1<ffi::S64> query, ffi::ResultBufferR1<ffi::S64> keys_out,
+                     ffi::ResultBufferR1<ffi::S64> last_out,
+                     ffi::ResultBufferR1<ffi::S64> freq_out,
+                     ffi::ResultBufferR1<ffi::S64> counters_out,
+                     ffi::ResultBufferR1<ffi::PRED> erased, int64_t bucket_size) {
+  constexpr const char* kOp = "hypereca_erase";
+  auto g_or = CheckTableMeta(kOp, bucket_size, keys, last, freq, counters);
+  if (g_or.has_error()) return g_or.error();
+  const TableGeometry g = g_or.value();
+  const int64_t n = query.dimensions()[0];
+  if (auto err = CheckIndexRange(kOp, n, "keys"); err.failure()) return err;
+  if (const LaunchStatus s = CopyMeta(keys, last, freq, counters, keys_out, last_out, freq_out,
+                                      counters_out, stream);
+      !s.ok()) {
+    return CudaFailure(kOp, s);
+  }
+  EraseArgs a;
+  a.keys = keys_out->typed_data();
+  a.last_step = last_out->typed_data();
+  a.freq = freq_out->typed_data();
+  a.counters = counters_out->typed_data();
+  a.capacity = g.capacity;
+  a.bucket_size = g.bucket_size;
+  a.num_buckets = g.num_buckets;
+  a.query = query.typed_data();
+  a.n = n;
+  a.erased = erased->typed_data();
+  return LaunchWithScratch(kOp, a, scratch, stream, EraseScratchBytes, Erase);
+}
+
+ffi::Error EraseIfImpl(cudaStream_t stream, ffi::BufferR1<ffi::S64> keys,
+                       ffi::BufferR1<ffi::S64> last, ffi::BufferR1<ffi::S64> freq,
+                       ffi::BufferR1<ffi::S64> counters, ffi::BufferR0<ffi::S64> threshold,
+                       ffi::ResultBufferR1<ffi::S64> keys_out,
+                       ffi::ResultBufferR1<ffi::S64> last_out,
+                       ffi::ResultBufferR1<ffi::S64> freq_out,
+                       ffi::ResultBufferR1<ffi::S64> counters_out,
+                       ffi::ResultBufferR0<ffi::S64> erased, int64_t bucket_size,
+                       int32_t mode, int32_t policy) {
+  constexpr const char* kOp = "hypereca_erase_if";
+  auto g_or = CheckTableMeta(kOp, bucket_size, keys, last, freq, counters);
+  if (g_or.has_error()) return g_or.error();
+  const TableGeometry g = g_or.value();
+  if (auto err = CheckModeAndPolicy(kOp, mode, policy); err.failure()) return err;
+  if (const LaunchStatus s = CopyMeta(keys, last, freq, counters, keys_out, last_out, freq_out,
+                                      counters_out, stream);
+      !s.ok()) {
+    return CudaFailure(kOp, s);
+  }
+  EraseIfArgs a;
+  a.keys = keys_out->typed_data();
+  a.last_step = last_out->typed_data();
+  a.freq = freq_out->typed_data();
+  a.counters = counters_out->typed_data();
+  a.capacity = g.capacity;
+  a.bucket_size = g.bucket_size;
+  a.num_buckets = g.num_buckets;
+  a.threshold = threshold.typed_data();
+  a.mode = mode;
+  a.policy = policy;
+  a.erased = erased->typed_data();
+  const LaunchStatus s = EraseIf(a, stream);
+  if (!s.ok()) return CudaFailure(kOp, s);
+  return ffi::Error::Success();
+}
+
+// ---------------------------------------------------------------- export
+ffi::Error ExportImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
+                      ffi::BufferR1<ffi::S64> keys, ffi::AnyBuffer values,
+                      ffi::BufferR2<ffi::F32> opt, ffi::BufferR1<ffi::S64> last,
+                      ffi::BufferR1<ffi::S64> freq, ffi::BufferR0<ffi::S64> cursor,
+                      ffi::BufferR0<ffi::S64> threshold, ffi::ResultBufferR1<ffi::S64> out_keys,
+                      ffi::Result<ffi::AnyBuffer> out_values,
+                      ffi::ResultBufferR2<ffi::F32> out_opt,
+                      ffi::ResultBufferR1<ffi::S64> out_last,
+                      ffi::ResultBufferR1<ffi::S64> out_freq,
+                      ffi::ResultBufferR1<ffi::S64> info, int32_t mode, int32_t policy) {
+  constexpr const char* kOp = "hypereca_export";
+  auto shape_or = CheckExport(keys, values, opt, last, freq, out_keys, out_values, out_opt,
+                              out_last, out_freq, info, mode, policy);
+  if (shape_or.has_error()) return shape_or.error();
+  const ExportShape shape = shape_or.value();
+  const std::optional<ValueType> vt = ValueTypeOf(values.element_type());
+  if (!vt) return BadValueType(kOp);
+  if (auto err = CheckIndexRange(kOp, shape.capacity, "table rows"); err.failure()) return err;
+  if (auto err = CheckIndexRange(kOp, shape.chunk, "exported rows"); err.failure()) return err;
+  ExportArgs a;
+  a.keys = keys.typed_data();
+  a.values = values.untyped_data();
+  a.opt = opt.typed_data();
+  a.last_step = last.typed_data();
+  a.freq = freq.typed_data();
+  a.capacity = shape.capacity;
+  a.dim = shape.dim;
+  a.width = shape.width;
+  a.value_type = *vt;
+  a.cursor = cursor.typed_data();
+  a.threshold = threshold.typed_data();
+  a.mode = mode;
+  a.policy = policy;
+  a.chunk = shape.chunk;
+  a.out_keys = out_keys->typed_data();
+  a.out_values = out_values->untyped_data();
+  a.out_opt = out_opt->typed_data();
+  a.out_last = out_last->typed_data();
+  a.out_freq = out_freq->typed_data();
+  a.info = info->typed_data();
+  return LaunchWithScratch(kOp, a, scratch, stream, ExportScratchBytes, Export);
+}
+
+// ---------------------------------------------------------------- import_rows
+ffi::Error ImportImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
+                      ffi::BufferR1<ffi::S64> keys, ffi::AnyBuffer values,
+                      ffi::BufferR2<ffi::F32> opt, ffi::BufferR1<ffi::S64> last,
+                      ffi::BufferR1<ffi::S64> freq, ffi::BufferR1<ffi::S64> counters,
+                      ffi::BufferR1<ffi::S64> in_keys, ffi::AnyBuffer in_values,
+                      ffi::BufferR2<ffi::F32> in_opt, ffi::BufferR1<ffi::S64> in_last,
+                      ffi::BufferR1<ffi::S64> in_freq, ffi::ResultBufferR1<ffi::S64> keys_out,
+                      ffi::Result<ffi::AnyBuffer> values_out,
+                      ffi::ResultBufferR2<ffi::F32> opt_out,
+                      ffi::ResultBufferR1<ffi::S64> last_out,
+                      ffi::ResultBufferR1<ffi::S64> freq_out,
+                      ffi::ResultBufferR1<ffi::S64> counters_out,
+                      ffi::ResultBufferR1<ffi::S32> slots, ffi::ResultBufferR1<ffi::S64> status,
+                      int64_t bucket_size) {
+  constexpr const char* kOp = "hypereca_import_rows";
+  auto shape_or = CheckTable(kOp, bucket_size, keys, values, opt, last, freq, counters);
+  if (shape_or.has_error()) return shape_or.error();
+  const TableShape shape = shape_or.value();
+  if (auto err = CheckImport(shape, values, in_keys, in_values, in_opt, in_last, in_freq, slots,
+                             status);
+      err.failure()) {
+    return err;
+  }
+  const std::optional<ValueType> vt = ValueTypeOf(values.element_type());
+  if (!vt) return BadValueType(kOp);
+  if (values_out->element_type() != values.element_type()) {
+    return InvalidArgument("hypereca_import_rows: value dtypes disagree");
+  }
+  const int64_t n = in_keys.dimensions()[0];
+  if (auto err = CheckIndexRange(kOp, n, "rows"); err.failure()) return err;
+  for (const LaunchStatus& s :
+       {CopyIfDistinct(values_out->untyped_data(), values.untyped_data(), values.size_bytes(),
+                       stream),
+        CopyIfDistinct(opt_out->typed_data(), opt.typed_data(), opt.size_bytes(), stream),
+        CopyMeta(keys, last, freq, counters, keys_out, last_out, freq_out, counters_out,
+                 stream)}) {
+    if (!s.ok()) return CudaFailure(kOp, s);
+  }
+  ImportArgs a;
+  a.keys = keys_out->typed_data();
+  a.values = values_out->untyped_data();
+  a.opt = opt_out->typed_data();
+  a.last_step = last_out->typed_data();
+  a.freq = freq_out->typed_data();
+  a.counters = counters_out->typed_data();
+  a.capacity = shape.geometry.capacity;
+  a.bucket_size = shape.geometry.bucket_size;
+  a.num_buckets = shape.geometry.num_buckets;
+  a.dim = shape.dim;
+  a.width = shape.state_width;
+  a.value_type = *vt;
+  a.in_keys = in_keys.typed_data();
+  a.in_values = in_values.untyped_data();
+  a.in_opt = in_opt.typed_data();
+  a.in_last = in_last.typed_data();
+  a.in_freq = in_freq.typed_data();
+  a.n = n;
+  a.slots = slots->typed_data();
+  a.status = status->typed_data();
+  a.status_len = status->dimensions()[0];
+  return LaunchWithScratch(kOp, a, scratch, stream, ImportScratchBytes, Import);
+}
+
+// ---------------------------------------------------------------- unique
+ffi::Error UniqueImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
+                      ffi::BufferR1<ffi::S64> keys, ffi::ResultBufferR1<ffi::S64> uniq,
+                      ffi::ResultBufferR1<ffi::S32> inverse,
+                      ffi::ResultBufferR0<ffi::S32> count) {
+  if (auto err = CheckUnique(keys, uniq, inverse); err.failure()) return err;
+  UniqueArgs a;
+  a.keys = keys.typed_data();
+  a.n = keys.dimensions()[0];
+  a.uniq = uniq->typed_data();
+  a.inverse = inverse->typed_data();
+  a.count = count->typed_data();
+  return LaunchWithScratch("hypereca_unique", a, scratch, stream, UniqueScratchBytes, Unique);
+}
+
+// ---------------------------------------------------------------- bucketize
+ffi::Error BucketizeImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
+                         ffi::BufferR1<ffi::S64> keys, ffi::ResultBufferR2<ffi::S64> send,
+                         ffi::ResultBufferR1<ffi::S32> counts,
+                         ffi::ResultBufferR1<ffi::S32> position) {
+  if (auto err = CheckBucketize(keys, send, counts, position); err.failure()) return err;
+  BucketizeArgs a;
+  a.keys = keys.typed_data();
+  a.n = keys.dimensions()[0];
+  a.shards = send->dimensions()[0];
+  a.cap = send->dimensions()[1];
+  a.send = send->typed_data();
+  a.counts = counts->typed_data();
+  a.position = position->typed_data();
+  return LaunchWithScratch("hypereca_bucketize", a, scratch, stream, BucketizeScratchBytes,
+                           Bucketize);
+}
+
 }  // namespace
 }  // namespace hypereca::cuda
 
@@ -280,4 +601,134 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Arg<xla::ffi::AnyBuffer>()                // values (C, D)
         .Arg<xla::ffi::BufferR1<xla::ffi::S32>>()  // slots  (n,)
         .Ret<xla::ffi::AnyBuffer>());              // rows   (n, D)
+// clang-format on
+
+// clang-format off
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    HyperecaGatherTaggedCuda, hypereca::cuda::GatherTaggedImpl,
+    xla::ffi::Ffi::Bind()
+        .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()
+        .Arg<xla::ffi::BufferR1<xla::ffi::S32>>()  // tags   (n,) table of each row, -1: none
+        .Arg<xla::ffi::BufferR1<xla::ffi::S32>>()  // slots  (n,)
+        .RemainingArgs()                           // values of each table (C_t, D)
+        .Ret<xla::ffi::AnyBuffer>());              // rows   (n, D)
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    HyperecaApplyGradientsCuda, hypereca::cuda::ApplyGradientsImpl,
+    xla::ffi::Ffi::Bind()
+        .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()
+        .Ctx<xla::ffi::ScratchAllocator>()
+        .Arg<xla::ffi::AnyBuffer>()                  // values    (C, D)
+        .Arg<xla::ffi::BufferR2<xla::ffi::F32>>()    // opt_state (C, K)
+        .Arg<xla::ffi::BufferR1<xla::ffi::S64>>()    // counters  (16,)
+        .Arg<xla::ffi::BufferR1<xla::ffi::S32>>()    // slots     (n,) -1 ignored
+        .Arg<xla::ffi::BufferR2<xla::ffi::F32>>()    // grads     (n, D)
+        .Arg<xla::ffi::BufferR1<xla::ffi::F32>>()    // hparams   (8,) see HParam
+        .Ret<xla::ffi::AnyBuffer>()                  // values    aliased
+        .Ret<xla::ffi::BufferR2<xla::ffi::F32>>()    // opt_state aliased
+        .Ret<xla::ffi::BufferR1<xla::ffi::S64>>()    // counters  aliased
+        .Ret<xla::ffi::BufferR1<xla::ffi::S64>>()    // status    (4,) see ApplyStatus
+        .Attr<int32_t>("optimizer"));                // OptimizerKind
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    HyperecaEraseCuda, hypereca::cuda::EraseImpl,
+    xla::ffi::Ffi::Bind()
+        .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()
+        .Ctx<xla::ffi::ScratchAllocator>()
+        .Arg<xla::ffi::BufferR1<xla::ffi::S64>>()   // keys      (C,)
+        .Arg<xla::ffi::BufferR1<xla::ffi::S64>>()   // last_step (C,)
+        .Arg<xla::ffi::BufferR1<xla::ffi::S64>>()   // freq      (C,)
+        .Arg<xla::ffi::BufferR1<xla::ffi::S64>>()   // counters  (16,)
+        .Arg<xla::ffi::BufferR1<xla::ffi::S64>>()   // query     (n,) keys to erase
+        .Ret<xla::ffi::BufferR1<xla::ffi::S64>>()   // keys      aliased
+        .Ret<xla::ffi::BufferR1<xla::ffi::S64>>()   // last_step aliased
+        .Ret<xla::ffi::BufferR1<xla::ffi::S64>>()   // freq      aliased
+        .Ret<xla::ffi::BufferR1<xla::ffi::S64>>()   // counters  aliased
+        .Ret<xla::ffi::BufferR1<xla::ffi::PRED>>()  // erased    (n,) key was resident
+        .Attr<int64_t>("bucket_size"));             // slots per bucket
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    HyperecaEraseIfCuda, hypereca::cuda::EraseIfImpl,
+    xla::ffi::Ffi::Bind()
+        .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()
+        .Arg<xla::ffi::BufferR1<xla::ffi::S64>>()   // keys      (C,)
+        .Arg<xla::ffi::BufferR1<xla::ffi::S64>>()   // last_step (C,)
+        .Arg<xla::ffi::BufferR1<xla::ffi::S64>>()   // freq      (C,)
+        .Arg<xla::ffi::BufferR1<xla::ffi::S64>>()   // counters  (16,)
+        .Arg<xla::ffi::BufferR0<xla::ffi::S64>>()   // threshold ()
+        .Ret<xla::ffi::BufferR1<xla::ffi::S64>>()   // keys      aliased
+        .Ret<xla::ffi::BufferR1<xla::ffi::S64>>()   // last_step aliased
+        .Ret<xla::ffi::BufferR1<xla::ffi::S64>>()   // freq      aliased
+        .Ret<xla::ffi::BufferR1<xla::ffi::S64>>()   // counters  aliased
+        .Ret<xla::ffi::BufferR0<xla::ffi::S64>>()   // erased    () rows removed
+        .Attr<int64_t>("bucket_size")               // slots per bucket
+        .Attr<int32_t>("mode")                      // ExportMode (kAll erases everything)
+        .Attr<int32_t>("policy"));                  // ScorePolicy: which score is compared
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    HyperecaExportCuda, hypereca::cuda::ExportImpl,
+    xla::ffi::Ffi::Bind()
+        .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()
+        .Ctx<xla::ffi::ScratchAllocator>()
+        .Arg<xla::ffi::BufferR1<xla::ffi::S64>>()   // keys       (C,)
+        .Arg<xla::ffi::AnyBuffer>()                 // values     (C, D)
+        .Arg<xla::ffi::BufferR2<xla::ffi::F32>>()   // opt_state  (C, K)
+        .Arg<xla::ffi::BufferR1<xla::ffi::S64>>()   // last_step  (C,)
+        .Arg<xla::ffi::BufferR1<xla::ffi::S64>>()   // freq       (C,)
+        .Arg<xla::ffi::BufferR0<xla::ffi::S64>>()   // cursor     () first slot to scan
+        .Arg<xla::ffi::BufferR0<xla::ffi::S64>>()   // threshold  () for the predicate
+        .Ret<xla::ffi::BufferR1<xla::ffi::S64>>()   // keys       (M,) kEmptyKey past count
+        .Ret<xla::ffi::AnyBuffer>()                 // values     (M, D)
+        .Ret<xla::ffi::BufferR2<xla::ffi::F32>>()   // opt_state  (M, K)
+        .Ret<xla::ffi::BufferR1<xla::ffi::S64>>()   // last_step  (M,)
+        .Ret<xla::ffi::BufferR1<xla::ffi::S64>>()   // freq       (M,)
+        .Ret<xla::ffi::BufferR1<xla::ffi::S64>>()   // info       (2,) count, next cursor
+        .Attr<int32_t>("mode")                      // ExportMode
+        .Attr<int32_t>("policy"));                  // ScorePolicy: which score is compared
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    HyperecaImportRowsCuda, hypereca::cuda::ImportImpl,
+    xla::ffi::Ffi::Bind()
+        .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()
+        .Ctx<xla::ffi::ScratchAllocator>()
+        .Arg<xla::ffi::BufferR1<xla::ffi::S64>>()   // keys       (C,)
+        .Arg<xla::ffi::AnyBuffer>()                 // values     (C, D)
+        .Arg<xla::ffi::BufferR2<xla::ffi::F32>>()   // opt_state  (C, K)
+        .Arg<xla::ffi::BufferR1<xla::ffi::S64>>()   // last_step  (C,)
+        .Arg<xla::ffi::BufferR1<xla::ffi::S64>>()   // freq       (C,)
+        .Arg<xla::ffi::BufferR1<xla::ffi::S64>>()   // counters   (16,)
+        .Arg<xla::ffi::BufferR1<xla::ffi::S64>>()   // row keys   (n,) sentinels skipped
+        .Arg<xla::ffi::AnyBuffer>()                 // row values (n, D)
+        .Arg<xla::ffi::BufferR2<xla::ffi::F32>>()   // row state  (n, K)
+        .Arg<xla::ffi::BufferR1<xla::ffi::S64>>()   // row last_step (n,)
+        .Arg<xla::ffi::BufferR1<xla::ffi::S64>>()   // row freq   (n,)
+        .Ret<xla::ffi::BufferR1<xla::ffi::S64>>()   // keys       aliased
+        .Ret<xla::ffi::AnyBuffer>()                 // values     aliased
+        .Ret<xla::ffi::BufferR2<xla::ffi::F32>>()   // opt_state  aliased
+        .Ret<xla::ffi::BufferR1<xla::ffi::S64>>()   // last_step  aliased
+        .Ret<xla::ffi::BufferR1<xla::ffi::S64>>()   // freq       aliased
+        .Ret<xla::ffi::BufferR1<xla::ffi::S64>>()   // counters   aliased
+        .Ret<xla::ffi::BufferR1<xla::ffi::S32>>()   // slots      (n,) -1: sentinel or refused
+        .Ret<xla::ffi::BufferR1<xla::ffi::S64>>()   // status     (4,) see ImportStatus
+        .Attr<int64_t>("bucket_size"));             // slots per bucket
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    HyperecaUniqueCuda, hypereca::cuda::UniqueImpl,
+    xla::ffi::Ffi::Bind()
+        .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()
+        .Ctx<xla::ffi::ScratchAllocator>()
+        .Arg<xla::ffi::BufferR1<xla::ffi::S64>>()   // keys    (n,)
+        .Ret<xla::ffi::BufferR1<xla::ffi::S64>>()   // unique  (n,) first-occurrence order, kEmptyKey past count
+        .Ret<xla::ffi::BufferR1<xla::ffi::S32>>()   // inverse (n,) -1 for padding
+        .Ret<xla::ffi::BufferR0<xla::ffi::S32>>()); // count   ()
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    HyperecaBucketizeCuda, hypereca::cuda::BucketizeImpl,
+    xla::ffi::Ffi::Bind()
+        .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()
+        .Ctx<xla::ffi::ScratchAllocator>()
+        .Arg<xla::ffi::BufferR1<xla::ffi::S64>>()   // keys     (n,)
+        .Ret<xla::ffi::BufferR2<xla::ffi::S64>>()   // send     (W, cap) kEmptyKey padded
+        .Ret<xla::ffi::BufferR1<xla::ffi::S32>>()   // counts   (W,) true counts, may exceed cap
+        .Ret<xla::ffi::BufferR1<xla::ffi::S32>>()); // position (n,) d*cap+j, -1: padding/overflow
 // clang-format on
