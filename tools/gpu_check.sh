@@ -67,7 +67,8 @@ summary() {
       echo "key benchmark lines ($RESULTS/bench_ops_gpu.jsonl):"
       "$PY" - "$RESULTS/bench_ops_gpu.jsonl" <<'EOF' 2>/dev/null ||
 import json, sys
-keep = ("find_slots", "find", "gather", "find_or_insert_gather", "apply_rowwise_adagrad")
+keep = ("copy_bandwidth", "jnp_take", "find", "gather", "find_or_insert",
+        "find_or_insert_gather", "apply_rowwise_adagrad")
 for line in open(sys.argv[1]):
     d = json.loads(line)
     if d.get("bench") == "ops" and d.get("op") in keep:
@@ -80,7 +81,11 @@ for line in open(sys.argv[1]):
         print(f"  {d['op']:<22} C={d.get('capacity')} dim={d.get('dim')} "
               f"load={d.get('load')} {ms}{extra}")
     elif d.get("bench") == "ops_summary":
-        print("  summary: " + json.dumps(d)[:400])
+        for k, v in d.get("measured", {}).items():
+            print(f"  goal {k:<40} {v:12.4g} vs {d['goals'][k]:10.4g}  "
+                  f"{'met' if d['met'][k] else 'NOT met'}")
+        if "measured" not in d:
+            print("  summary: " + json.dumps(d)[:400])
 EOF
         head -n 12 "$RESULTS/bench_ops_gpu.jsonl" | cut -c1-200 | sed 's/^/  /'
     fi
@@ -185,7 +190,7 @@ if [[ -f "$REPO/experiments/bench_ops.py" ]]; then
   set +e
   (
     cd "$WORK/bench" &&
-      timeout "${HYPERECA_BENCH_TIMEOUT:-900}" "$PY" -m experiments.bench_ops --platform gpu --quick \
+      XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}" timeout "${HYPERECA_BENCH_TIMEOUT:-900}" "$PY" -m experiments.bench_ops --platform gpu --quick \
         --out "$RESULTS/bench_ops_gpu.jsonl"
   ) 2>&1 | tee -a "$LOG"
   bench_rc=${PIPESTATUS[0]}
