@@ -17,7 +17,8 @@ target_link_libraries(_hypereca_cuda PRIVATE CUDA::cudart_static)
 set_target_properties(_hypereca_cuda PROPERTIES CUDA_SEPARABLE_COMPILATION OFF
                                                 CUDA_STANDARD 17 CUDA_STANDARD_REQUIRED ON)
 install(TARGETS _hypereca_cuda LIBRARY DESTINATION jax_hypereca)
-# The optimizer formulas round as on the CPU (x86-64 without FMA): no a*b+c
-# contraction in the fused update.
+# The optimizer formulas round as on the CPU: no a*b+c contraction (x86-64
+# has no FMA by default) and denormals flushed to zero (XLA runs CPU handlers
+# with FTZ/DAZ set). Division and square root stay IEEE.
 set_source_files_properties(${CMAKE_SOURCE_DIR}/ffi/src/apply_gradients_kernels.cu
-                            PROPERTIES COMPILE_OPTIONS "--fmad=false")
+                            PROPERTIES COMPILE_OPTIONS "--fmad=false;--ftz=true")

@@ -634,6 +634,29 @@ def test_apply_hot_slot_sums_deterministically():
                  rtol=1e-4)
 
 
+@pytest.mark.parametrize("opt", [h.SGD(learning_rate=1.0), h.Adam(learning_rate=1e-3)],
+                         ids=["sgd", "adam"])
+def test_apply_flushes_denormals_as_the_cpu(opt):
+    """XLA runs CPU handlers with denormals flushed to zero; the GPU update
+    is compiled to flush them too (a gradient of 1e-39, and Adam moments that
+    decay below 2^-126 in a column whose gradient stays 0)."""
+    spec = tbl.TableSpec(name="t", dim=4, capacity=64, bucket_size=16, optimizer=opt,
+                         initializer=h.constant(0.0), seed=1)
+    with jax.default_device(CPU):
+        state = tbl.init_table(spec)
+    pair = Pair(spec, state)
+    res = pair.insert(np.arange(1, 9, dtype=np.int64), 1, 1, 8, what="fill")
+    slots = np.asarray(res.slots).astype(np.int32)
+    grads = np.zeros((len(slots), spec.dim), np.float32)
+    grads[:, 0] = 1e-39                      # denormal gradient
+    grads[:, 1] = np.float32(2.0 ** -120)    # tiny, squares underflow
+    grads[0, 2] = np.float32(2.0 ** -120)    # once, then zero: moments decay
+    for step in range(8 if isinstance(opt, h.SGD) else 40):
+        pair.apply(slots, grads, step, what=f"step {step}")
+        grads[0, 2] = 0.0
+        grads[:, 3] = np.float32(1e-38) * (step % 3)
+
+
 def test_sharded_training_on_one_gpu_matches_cpu():
     """The whole sharded step (unique, bucketize, exchange, find_or_insert,
     gather_tagged, apply_gradients) on a one-device GPU mesh against the same

@@ -1,6 +1,8 @@
 // apply_gradients on CUDA: the same update as ffi/src/apply_gradients_cpu.cc
 // (optimizer formulas of ffi/include/hypereca/optim.h, compiled here without
-// FMA contraction so they round as on the CPU).
+// FMA contraction and with denormals flushed, so they round as on the CPU;
+// the bits of a NaN produced from finite inputs by degenerate hyperparameters
+// are not specified).
 //
 // Duplicate slots are summed deterministically by sort + segmented reduction:
 //   1. prep     sort key per query: its slot, or the sentinel C for -1 and
