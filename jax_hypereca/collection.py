@@ -27,7 +27,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jax_hypereca.errors import (
-    HyperecaError, NonFiniteGradientError, TableFullError, raise_for_insert_status)
+    HyperecaError, TableFullError, raise_for_apply_status, raise_for_insert_status)
 from jax_hypereca.flax.scope import embedding_scope
 from jax_hypereca.features import (
     FeatureSpec, Jagged, check_weights, jagged_to_padded, padded_ids, validate_features)
@@ -496,11 +496,8 @@ class ShardedTrainStep:
                 raise_for_insert_status(
                     t, total, capacity=rows, bucket_size=self.c.tables[t].bucket_size,
                     max_evictions=rows // self.c.num_shards)
-            if total["apply_nonfinite"]:
-                raise NonFiniteGradientError(
-                    f"table {t!r}: {total['apply_nonfinite']} gradient rows held NaN or Inf "
-                    f"and were skipped (those rows and their optimizer state are unchanged). "
-                    f"Check the loss for overflow, lower the learning rate, or clip.")
+            # Summed over the owners: their own unique rows are not counted.
+            raise_for_apply_status(t, {"nonfinite": total["apply_nonfinite"]})
 
 
 def _first(x) -> np.ndarray:

@@ -91,11 +91,12 @@ def raise_for_insert_status(table: str, status: Mapping[str, int], *, capacity: 
 def raise_for_apply_status(table: str, status: Mapping[str, int]):
     """Raises when apply_gradients skipped rows with non-finite gradients."""
     if status["nonfinite"]:
+        of = f" of {status['unique_rows']}" if status.get("unique_rows") is not None else ""
         raise NonFiniteGradientError(
-            f"table {table!r}: {status['nonfinite']} of {status['unique_rows']} gradient rows "
-            f"held NaN or Inf and were skipped (those rows and their optimizer state are "
-            f"unchanged). Check the loss for overflow, lower the learning rate, or clip.")
-    if status["bad_slots"]:
+            f"table {table!r}: {status['nonfinite']}{of} gradient rows held NaN or Inf and "
+            f"were skipped (those rows and their optimizer state are unchanged). Check the "
+            f"loss for overflow, lower the learning rate, or clip.")
+    if status.get("bad_slots"):
         raise HyperecaError(
             f"table {table!r}: {status['bad_slots']} gradient slots were outside the table "
             f"and ignored; slots must come from this table's find_or_insert.")

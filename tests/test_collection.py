@@ -293,6 +293,32 @@ def test_reserved_id_in_device_input_is_reported_after_the_step(batches):
     assert int(err.value.state.step) == 2  # the step ran; the bad id got no row
 
 
+def test_nonfinite_gradients_skip_rows_and_raise_after_the_step(batches):
+    coll = EmbeddingCollection(table_specs(OPTS["sgd"][0]), FEATURES, mesh=make_mesh())
+    dense_tx = optax.sgd(0.1)
+
+    def nan_on_fb(params, emb, batch):  # d loss / d emb["fb"] is NaN, the rest finite
+        return head_loss(params, emb, batch) + jnp.sum(emb["fb"] * jnp.nan)
+
+    step = coll.make_train_step(nan_on_fb, dense_tx)
+    state = coll.init_train_state(init_params(), dense_tx)
+    with pytest.raises(h.NonFiniteGradientError, match="table 'b': .* gradient rows held NaN"
+                       ) as err:
+        step(state, batches[0])
+    after = err.value.state
+    assert int(after.step) == 1
+    # table b's new rows kept their initial values; table a's rows were trained
+    for i, n in enumerate(DIMS):
+        keys = np.asarray(after.tables[n].keys).reshape(-1)
+        vals = np.asarray(after.tables[n].values).reshape(keys.size, -1)
+        live = keys >= 0
+        init = h.init_rows(7 + i, keys[live], DIMS[n], h.uniform(0.2))
+        same = (vals[live] == init).all(axis=1)
+        assert same.all() if n == "b" else not same.all(), n
+    nonfinite = h.COUNTER_NAMES["nonfinite_grads"]
+    assert int(np.asarray(after.tables["b"].counters)[..., nonfinite].sum()) > 0
+
+
 def test_ragged_input_equals_padded(batches):
     b = batches[0]
     fb = b["ids"]["fb"]
