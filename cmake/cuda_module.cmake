@@ -12,13 +12,14 @@ target_compile_definitions(_hypereca_cuda PRIVATE
   HYPERECA_JAXLIB_VERSION="${HYPERECA_JAXLIB_VERSION}")
 target_compile_options(_hypereca_cuda PRIVATE
   $<$<COMPILE_LANGUAGE:CXX>:${HYPERECA_OPT_FLAGS}>
-  $<$<COMPILE_LANGUAGE:CUDA>:-O3 --expt-relaxed-constexpr -lineinfo>)
+  $<$<COMPILE_LANGUAGE:CUDA>:-O3 --expt-relaxed-constexpr -lineinfo --ftz=true>)
 target_link_libraries(_hypereca_cuda PRIVATE CUDA::cudart_static)
 set_target_properties(_hypereca_cuda PROPERTIES CUDA_SEPARABLE_COMPILATION OFF
                                                 CUDA_STANDARD 17 CUDA_STANDARD_REQUIRED ON)
 install(TARGETS _hypereca_cuda LIBRARY DESTINATION jax_hypereca)
-# The optimizer formulas round as on the CPU: no a*b+c contraction (x86-64
-# has no FMA by default) and denormals flushed to zero (XLA runs CPU handlers
-# with FTZ/DAZ set). Division and square root stay IEEE.
+# Float math rounds as on the CPU: denormals flushed to zero everywhere (XLA
+# runs CPU handlers with FTZ/DAZ set; division and square root stay IEEE),
+# and no a*b+c contraction in the optimizer update (x86-64 has no FMA by
+# default).
 set_source_files_properties(${CMAKE_SOURCE_DIR}/ffi/src/apply_gradients_kernels.cu
-                            PROPERTIES COMPILE_OPTIONS "--fmad=false;--ftz=true")
+                            PROPERTIES COMPILE_OPTIONS "--fmad=false")
