@@ -672,7 +672,8 @@ def test_sharded_training_on_one_gpu_matches_cpu():
     batches = tc.make_batches(seed=3, steps=12)
     results = []
     for dev in (CPU, TARGET):
-        with jax.default_device(dev):
+        # full fp32 matmuls in the dense head (a GPU would use TF32 by default)
+        with jax.default_device(dev), jax.default_matmul_precision("highest"):
             coll = EmbeddingCollection(tc.table_specs(h.Adagrad(learning_rate=0.05)),
                                        tc.FEATURES, mesh=make_mesh([dev]))
             dense_tx = optax.adam(0.01)
@@ -684,12 +685,14 @@ def test_sharded_training_on_one_gpu_matches_cpu():
                 losses.append(float(m["loss"]))
             results.append((losses, jax.tree.map(np.asarray, state.tables)))
     (ref_losses, ref_tables), (losses, tables) = results
+    # The dense head's reductions differ in order between the platforms; the
+    # embedding ops themselves are bit-exact (the tests above).
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-6)
     for name in ref_tables:
         ref_t, got_t = ref_tables[name], tables[name]
         assert_same(ref_t.keys, got_t.keys, f"{name}.keys")
         assert_same(ref_t.counters, got_t.counters, f"{name}.counters")
-        assert_close(ref_t.values, got_t.values, f"{name}.values", rtol=1e-5, atol=1e-6)
+        assert_close(ref_t.values, got_t.values, f"{name}.values", rtol=1e-4, atol=1e-5)
 
 
 _SANITIZER_SCRIPT = r"""
