@@ -155,7 +155,9 @@ LaunchStatus ApplyGradients(const ApplyGradientsArgs& a, void* scratch, size_t s
                             cudaStream_t stream);
 
 // ---------------------------------------------------------------- erase / erase_if
-struct EraseArgs {
+// A table shard's keys, scores and counters (updated in place) and geometry:
+// what erase, erase_if and import_rows share.
+struct TableMeta {
   int64_t* keys = nullptr;       // (C,) updated in place
   int64_t* last_step = nullptr;  // (C,)
   int64_t* freq = nullptr;       // (C,)
@@ -163,6 +165,10 @@ struct EraseArgs {
   int64_t capacity = 0;
   uint32_t bucket_size = 0;
   uint64_t num_buckets = 0;
+};
+
+struct EraseArgs {
+  TableMeta table;
   const int64_t* query = nullptr;  // (n,)
   int64_t n = 0;                   // < 2^31
   bool* erased = nullptr;          // (n,)
@@ -173,13 +179,7 @@ LaunchStatus Erase(const EraseArgs& a, void* scratch, size_t scratch_bytes,
                    cudaStream_t stream);
 
 struct EraseIfArgs {
-  int64_t* keys = nullptr;
-  int64_t* last_step = nullptr;
-  int64_t* freq = nullptr;
-  int64_t* counters = nullptr;
-  int64_t capacity = 0;
-  uint32_t bucket_size = 0;
-  uint64_t num_buckets = 0;
+  TableMeta table;
   const int64_t* threshold = nullptr;  // () device scalar
   int32_t mode = 0;                    // ExportMode
   int32_t policy = 0;                  // ScorePolicy
@@ -218,15 +218,9 @@ LaunchStatus Export(const ExportArgs& a, void* scratch, size_t scratch_bytes,
 
 // ---------------------------------------------------------------- import_rows
 struct ImportArgs {
-  int64_t* keys = nullptr;       // table, updated in place
-  void* values = nullptr;
-  float* opt = nullptr;
-  int64_t* last_step = nullptr;
-  int64_t* freq = nullptr;
-  int64_t* counters = nullptr;
-  int64_t capacity = 0;
-  uint32_t bucket_size = 0;
-  uint64_t num_buckets = 0;
+  TableMeta table;               // updated in place, with:
+  void* values = nullptr;        // (C, D)
+  float* opt = nullptr;          // (C, K)
   int64_t dim = 0;
   int64_t width = 0;
   ValueType value_type = ValueType::kF32;

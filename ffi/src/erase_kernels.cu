@@ -21,11 +21,11 @@ namespace {
 
 constexpr int kThreads = 256;
 
-TableGeometry GeometryOf(int64_t capacity, uint32_t bucket_size, uint64_t num_buckets) {
+TableGeometry GeometryOf(const TableMeta& t) {
   TableGeometry g;
-  g.capacity = capacity;
-  g.bucket_size = bucket_size;
-  g.num_buckets = num_buckets;
+  g.capacity = t.capacity;
+  g.bucket_size = t.bucket_size;
+  g.num_buckets = t.num_buckets;
   return g;
 }
 
@@ -40,7 +40,7 @@ LaunchStatus LayoutOf(const EraseArgs& a, Layout* l) {
   size_t cursor = 0;
   l->count = Take(&cursor, 8);
   if (a.n > 0) {
-    const LaunchStatus s = l->sort.Plan(&cursor, a.n, a.num_buckets, true);
+    const LaunchStatus s = l->sort.Plan(&cursor, a.n, a.table.num_buckets, true);
     if (!s.ok()) return s;
   }
   l->total = cursor;
@@ -130,18 +130,18 @@ LaunchStatus Erase(const EraseArgs& a, void* scratch, size_t scratch_bytes,
   HYPERECA_CUDA_TRY(cudaMemsetAsync(count, 0, 8, stream), "clearing the erase count");
   if (a.n > 0) {
     const unsigned blocks = static_cast<unsigned>(CeilDiv(a.n, kThreads));
-    PrepKernel<<<blocks, kThreads, 0, stream>>>(a.query, a.n, a.num_buckets, a.erased,
+    PrepKernel<<<blocks, kThreads, 0, stream>>>(a.query, a.n, a.table.num_buckets, a.erased,
                                                 l.sort.KeysIn(base), l.sort.IdxIn(base));
     HYPERECA_CUDA_LAUNCHED("launching the erase prep kernel");
     const LaunchStatus sorted = l.sort.Run(base, nullptr, stream, "sorting the keys by bucket");
     if (!sorted.ok()) return sorted;
     EraseRunsKernel<<<blocks, kThreads, 0, stream>>>(
         l.sort.KeysOut(base), l.sort.IdxOut(base), a.n, a.query,
-        GeometryOf(a.capacity, a.bucket_size, a.num_buckets), a.keys, a.last_step, a.freq,
+        GeometryOf(a.table), a.table.keys, a.table.last_step, a.table.freq,
         a.erased, count);
     HYPERECA_CUDA_LAUNCHED("launching the erase kernel");
   }
-  CountersKernel<<<1, 1, 0, stream>>>(count, a.counters);
+  CountersKernel<<<1, 1, 0, stream>>>(count, a.table.counters);
   HYPERECA_CUDA_LAUNCHED("launching the erase counters kernel");
   return {};
 }
@@ -149,12 +149,12 @@ LaunchStatus Erase(const EraseArgs& a, void* scratch, size_t scratch_bytes,
 LaunchStatus EraseIf(const EraseIfArgs& a, cudaStream_t stream) {
   auto* count = reinterpret_cast<unsigned long long*>(a.erased);
   HYPERECA_CUDA_TRY(cudaMemsetAsync(count, 0, 8, stream), "clearing the erase_if count");
-  const auto buckets = static_cast<int64_t>(a.num_buckets);
+  const auto buckets = static_cast<int64_t>(a.table.num_buckets);
   EraseIfKernel<<<static_cast<unsigned>(CeilDiv(buckets, kThreads)), kThreads, 0, stream>>>(
-      GeometryOf(a.capacity, a.bucket_size, a.num_buckets), a.keys, a.last_step, a.freq,
+      GeometryOf(a.table), a.table.keys, a.table.last_step, a.table.freq,
       a.threshold, static_cast<ExportMode>(a.mode), static_cast<ScorePolicy>(a.policy), count);
   HYPERECA_CUDA_LAUNCHED("launching the erase_if kernel");
-  CountersKernel<<<1, 1, 0, stream>>>(count, a.counters);
+  CountersKernel<<<1, 1, 0, stream>>>(count, a.table.counters);
   HYPERECA_CUDA_LAUNCHED("launching the erase_if counters kernel");
   return {};
 }

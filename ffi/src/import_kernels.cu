@@ -35,7 +35,7 @@ LaunchStatus LayoutOf(const ImportArgs& a, Layout* l) {
   size_t cursor = 0;
   l->counts = Take(&cursor, kNumImportStatus * 8);
   if (a.n > 0) {
-    const LaunchStatus s = l->sort.Plan(&cursor, a.n, a.num_buckets, true);
+    const LaunchStatus s = l->sort.Plan(&cursor, a.n, a.table.num_buckets, true);
     if (!s.ok()) return s;
   }
   l->total = cursor;
@@ -153,21 +153,21 @@ LaunchStatus Import(const ImportArgs& a, void* scratch, size_t scratch_bytes,
                     "clearing the import status");
   if (a.n > 0) {
     PrepKernel<<<static_cast<unsigned>(CeilDiv(a.n, kThreads)), kThreads, 0, stream>>>(
-        a.in_keys, a.n, a.num_buckets, a.slots, l.sort.KeysIn(base), l.sort.IdxIn(base),
+        a.in_keys, a.n, a.table.num_buckets, a.slots, l.sort.KeysIn(base), l.sort.IdxIn(base),
         counts);
     HYPERECA_CUDA_LAUNCHED("launching the import prep kernel");
     const LaunchStatus sorted =
         l.sort.Run(base, nullptr, stream, "sorting the imported rows by bucket");
     if (!sorted.ok()) return sorted;
     RunParams p;
-    p.keys = a.keys;
+    p.keys = a.table.keys;
     p.in_values = a.in_values;
     p.values = a.values;
     p.opt = a.opt;
-    p.last = a.last_step;
-    p.freq = a.freq;
-    p.bucket_size = a.bucket_size;
-    p.num_buckets = a.num_buckets;
+    p.last = a.table.last_step;
+    p.freq = a.table.freq;
+    p.bucket_size = a.table.bucket_size;
+    p.num_buckets = a.table.num_buckets;
     p.dim = a.dim;
     p.width = a.width;
     p.in_keys = a.in_keys;
@@ -186,7 +186,7 @@ LaunchStatus Import(const ImportArgs& a, void* scratch, size_t scratch_bytes,
     }
     HYPERECA_CUDA_LAUNCHED("launching the import kernel");
   }
-  FinishKernel<<<1, 1, 0, stream>>>(counts, a.status, a.counters);
+  FinishKernel<<<1, 1, 0, stream>>>(counts, a.status, a.table.counters);
   HYPERECA_CUDA_LAUNCHED("launching the import finish kernel");
   return {};
 }

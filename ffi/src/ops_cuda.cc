@@ -311,22 +311,35 @@ ffi::Error ApplyGradientsImpl(cudaStream_t stream, ffi::ScratchAllocator scratch
 }
 
 // ---------------------------------------------------------------- erase / erase_if
-// Copies the table's key and score arrays into their outputs unless aliased.
-LaunchStatus CopyMeta(ffi::BufferR1<ffi::S64> keys, ffi::BufferR1<ffi::S64> last,
-                      ffi::BufferR1<ffi::S64> freq, ffi::BufferR1<ffi::S64> counters,
-                      ffi::ResultBufferR1<ffi::S64>& keys_out,
-                      ffi::ResultBufferR1<ffi::S64>& last_out,
-                      ffi::ResultBufferR1<ffi::S64>& freq_out,
-                      ffi::ResultBufferR1<ffi::S64>& counters_out, cudaStream_t stream) {
+// The outputs that hold a table's keys, scores and counters after the call,
+// filled with the inputs' contents (copied unless XLA aliased them), as the
+// TableMeta of geometry g.
+ffi::ErrorOr<TableMeta> MetaOutputs(const char* op, const TableGeometry& g,
+                                    ffi::BufferR1<ffi::S64> keys, ffi::BufferR1<ffi::S64> last,
+                                    ffi::BufferR1<ffi::S64> freq,
+                                    ffi::BufferR1<ffi::S64> counters,
+                                    ffi::ResultBufferR1<ffi::S64>& keys_out,
+                                    ffi::ResultBufferR1<ffi::S64>& last_out,
+                                    ffi::ResultBufferR1<ffi::S64>& freq_out,
+                                    ffi::ResultBufferR1<ffi::S64>& counters_out,
+                                    cudaStream_t stream) {
   for (const LaunchStatus& s :
        {CopyIfDistinct(keys_out->typed_data(), keys.typed_data(), keys.size_bytes(), stream),
         CopyIfDistinct(last_out->typed_data(), last.typed_data(), last.size_bytes(), stream),
         CopyIfDistinct(freq_out->typed_data(), freq.typed_data(), freq.size_bytes(), stream),
         CopyIfDistinct(counters_out->typed_data(), counters.typed_data(),
                        counters.size_bytes(), stream)}) {
-    if (!s.ok()) return s;
+    if (!s.ok()) return ffi::Unexpected(CudaFailure(op, s));
   }
-  return {};
+  TableMeta t;
+  t.keys = keys_out->typed_data();
+  t.last_step = last_out->typed_data();
+  t.freq = freq_out->typed_data();
+  t.counters = counters_out->typed_data();
+  t.capacity = g.capacity;
+  t.bucket_size = g.bucket_size;
+  t.num_buckets = g.num_buckets;
+  return t;
 }
 
 ffi::Error EraseImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
@@ -340,22 +353,13 @@ ffi::Error EraseImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
   constexpr const char* kOp = "hypereca_erase";
   auto g_or = CheckTableMeta(kOp, bucket_size, keys, last, freq, counters);
   if (g_or.has_error()) return g_or.error();
-  const TableGeometry g = g_or.value();
   const int64_t n = query.dimensions()[0];
   if (auto err = CheckIndexRange(kOp, n, "keys"); err.failure()) return err;
-  if (const LaunchStatus s = CopyMeta(keys, last, freq, counters, keys_out, last_out, freq_out,
-                                      counters_out, stream);
-      !s.ok()) {
-    return CudaFailure(kOp, s);
-  }
+  auto meta = MetaOutputs(kOp, g_or.value(), keys, last, freq, counters, keys_out, last_out,
+                          freq_out, counters_out, stream);
+  if (meta.has_error()) return meta.error();
   EraseArgs a;
-  a.keys = keys_out->typed_data();
-  a.last_step = last_out->typed_data();
-  a.freq = freq_out->typed_data();
-  a.counters = counters_out->typed_data();
-  a.capacity = g.capacity;
-  a.bucket_size = g.bucket_size;
-  a.num_buckets = g.num_buckets;
+  a.table = meta.value();
   a.query = query.typed_data();
   a.n = n;
   a.erased = erased->typed_data();
@@ -374,21 +378,12 @@ ffi::Error EraseIfImpl(cudaStream_t stream, ffi::BufferR1<ffi::S64> keys,
   constexpr const char* kOp = "hypereca_erase_if";
   auto g_or = CheckTableMeta(kOp, bucket_size, keys, last, freq, counters);
   if (g_or.has_error()) return g_or.error();
-  const TableGeometry g = g_or.value();
   if (auto err = CheckModeAndPolicy(kOp, mode, policy); err.failure()) return err;
-  if (const LaunchStatus s = CopyMeta(keys, last, freq, counters, keys_out, last_out, freq_out,
-                                      counters_out, stream);
-      !s.ok()) {
-    return CudaFailure(kOp, s);
-  }
+  auto meta = MetaOutputs(kOp, g_or.value(), keys, last, freq, counters, keys_out, last_out,
+                          freq_out, counters_out, stream);
+  if (meta.has_error()) return meta.error();
   EraseIfArgs a;
-  a.keys = keys_out->typed_data();
-  a.last_step = last_out->typed_data();
-  a.freq = freq_out->typed_data();
-  a.counters = counters_out->typed_data();
-  a.capacity = g.capacity;
-  a.bucket_size = g.bucket_size;
-  a.num_buckets = g.num_buckets;
+  a.table = meta.value();
   a.threshold = threshold.typed_data();
   a.mode = mode;
   a.policy = policy;
@@ -476,21 +471,16 @@ ffi::Error ImportImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
   for (const LaunchStatus& s :
        {CopyIfDistinct(values_out->untyped_data(), values.untyped_data(), values.size_bytes(),
                        stream),
-        CopyIfDistinct(opt_out->typed_data(), opt.typed_data(), opt.size_bytes(), stream),
-        CopyMeta(keys, last, freq, counters, keys_out, last_out, freq_out, counters_out,
-                 stream)}) {
+        CopyIfDistinct(opt_out->typed_data(), opt.typed_data(), opt.size_bytes(), stream)}) {
     if (!s.ok()) return CudaFailure(kOp, s);
   }
+  auto meta = MetaOutputs(kOp, shape.geometry, keys, last, freq, counters, keys_out, last_out,
+                          freq_out, counters_out, stream);
+  if (meta.has_error()) return meta.error();
   ImportArgs a;
-  a.keys = keys_out->typed_data();
+  a.table = meta.value();
   a.values = values_out->untyped_data();
   a.opt = opt_out->typed_data();
-  a.last_step = last_out->typed_data();
-  a.freq = freq_out->typed_data();
-  a.counters = counters_out->typed_data();
-  a.capacity = shape.geometry.capacity;
-  a.bucket_size = shape.geometry.bucket_size;
-  a.num_buckets = shape.geometry.num_buckets;
   a.dim = shape.dim;
   a.width = shape.state_width;
   a.value_type = *vt;
