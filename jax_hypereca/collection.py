@@ -26,17 +26,22 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jax_hypereca.capacity import ExchangeCapacities, Group
 from jax_hypereca.errors import (
     HyperecaError, TableFullError, raise_for_apply_status, raise_for_insert_status)
 from jax_hypereca.flax.scope import embedding_scope
 from jax_hypereca.features import (
     FeatureSpec, Jagged, check_weights, jagged_to_padded, padded_ids, validate_features)
 from jax_hypereca.sharding import (
-    STAT_NAMES, Layout, TableContext, _round8, backward_local, exchange_groups, forward_local,
-    grow_sharded_table, host_gather, init_sharded_table, initial_capacity, make_mesh)
+    STAT_NAMES, Layout, TableContext, backward_local, exchange_groups, forward_local,
+    grow_sharded_table, host_gather, init_sharded_table, make_mesh)
 from jax_hypereca.table import COUNTER_NAMES, TableSpec, TableState
 
 log = logging.getLogger("jax_hypereca")
+
+# A call re-run more often than this (each time with larger exchange buffers
+# or tables) raises instead.
+MAX_RERUNS = 16
 
 
 class TrainState(NamedTuple):
@@ -65,9 +70,11 @@ class EmbeddingCollection:
       mesh: a mesh with the axis ``axis`` (default: all devices, one axis).
       axis: the mesh axis the tables are sharded over and the batch is split on.
       capacity_slack: first per-destination capacity = slack x the even share
-        of a device's ids; raised automatically when a batch needs more.
-      retune_every: steps between capacity re-fits to the observed counts
-        (keeps padding low); 0 disables shrinking.
+        of a device's ids; raised automatically when a batch needs more (the
+        call is re-run; nothing is dropped). Train steps and evaluation keep
+        separate capacities, evaluation one set per batch size.
+      retune_every: train steps between capacity re-fits to the observed
+        counts (keeps padding low); 0 disables shrinking.
       capacities: optional first per-destination capacity per table (ids one
         device sends one owner per step), instead of the slack rule; tables
         exchanged together (same dim and dtype) share the sum of theirs.
@@ -109,13 +116,16 @@ class EmbeddingCollection:
                          bucket)
         self.capacity_slack = capacity_slack
         self.retune_every = retune_every
-        self._caps: dict[tuple[str, ...], int] | None = None
-        self._first_caps = dict(capacities or {})
+        first = {g: sum(capacities[t] for t in g if t in capacities)
+                 for g in self.groups if any(t in (capacities or {}) for t in g)}
+        self.train_capacities = ExchangeCapacities(
+            self._ids_per_device, self.num_shards, slack=capacity_slack, first=first,
+            retune_every=retune_every, what="train step")
+        self._eval_capacities: dict[int, ExchangeCapacities] = {}
         self.grow_threshold = grow_threshold
         self.evict = evict
         self.max_shard_bytes = max_shard_bytes
         self._cap_warned: set[str] = set()
-        self._observed: dict[str, int] = {}
 
     # ------------------------------------------------------------------ state
     @property
@@ -217,49 +227,47 @@ class EmbeddingCollection:
         """Tables exchanged together (same dim and dtype), in stats order."""
         return exchange_groups(tuple(self.tables.values()), tuple(self.features.values()))
 
-    def layout(self, batch_size: int, hot: Sequence[str] = ()) -> Layout:
+    def layout(self, batch_size: int, hot: Sequence[str] = (), *,
+               capacities: ExchangeCapacities | None = None) -> Layout:
         """The exchange layout for a global batch of `batch_size` samples, with
-        hot folds for the tables in `hot`."""
-        groups = self.groups
-        if self._caps is None:
-            self._caps = {}
-            for g in groups:
-                given = [self._first_caps[t] for t in g if t in self._first_caps]
-                self._caps[g] = sum(given) if given else initial_capacity(
-                    self._ids_per_device(g, batch_size), self.num_shards, self.capacity_slack)
+        hot folds for the tables in `hot`, sized by `capacities` (default:
+        the train step's)."""
+        caps = (capacities or self.train_capacities).current(self.groups, batch_size)
         return Layout(tuple(self.tables.values()), tuple(self.features.values()),
-                      self.num_shards, self.axis, tuple(self._caps[g] for g in groups),
-                      self.evict, tuple(sorted(hot)))
+                      self.num_shards, self.axis, caps, self.evict, tuple(sorted(hot)))
 
-    def _ids_per_device(self, group: tuple[str, ...], batch_size: int) -> int:
+    def eval_capacities(self, batch_size: int) -> ExchangeCapacities:
+        """The exchange capacities of evaluation calls on `batch_size` samples."""
+        if batch_size not in self._eval_capacities:
+            self._eval_capacities[batch_size] = ExchangeCapacities(
+                self._ids_per_device, self.num_shards, slack=self.capacity_slack,
+                what="eval call")
+        return self._eval_capacities[batch_size]
+
+    def _ids_per_device(self, group: Group, batch_size: int) -> int:
         per_device = batch_size // self.num_shards
         return per_device * sum(f.max_ids for f in self.features.values() if f.table in group)
 
-    def observe(self, stats: dict[str, dict[str, np.ndarray]], batch_size: int,
-                step: int) -> bool:
-        """Fits the group capacities to the observed per-destination counts.
-        Returns True when one was too small for this batch (then the step was
-        not applied and must be re-run)."""
-        assert self._caps is not None
-        overflow = False
-        for g in self._caps:
-            need = int(stats[g[0]]["max_count"].max())
-            self._observed[g] = max(self._observed.get(g, 0), need)
-            if need > self._caps[g]:
-                new = min(_round8(self._ids_per_device(g, batch_size)), _round8(need * 1.25))
-                log.info("tables %s: %d ids for one destination > capacity %d; recompiling "
-                         "with %d and re-running the step", list(g), need, self._caps[g], new)
-                self._caps[g] = new
-                overflow = True
-        if not overflow and self.retune_every and step % self.retune_every == 0:
-            for g, seen in self._observed.items():
-                fit = max(8, _round8(seen * 1.05))
-                if fit < 0.9 * self._caps[g]:
-                    log.info("tables %s: capacity %d -> %d (largest count seen: %d)", list(g),
-                             self._caps[g], fit, seen)
-                    self._caps[g] = fit
-            self._observed = {}
-        return overflow
+    def host_stats(self, stats: jax.Array, problems: jax.Array | None = None
+                   ) -> dict[str, dict[str, np.ndarray]]:
+        """A step's per-device statistics on the host, per table (exact counts):
+        the forward's (STAT_NAMES) and, for a train step, the apply's
+        (``apply_nonfinite``, ``apply_bad_slots``)."""
+        names = [t for g in self.groups for t in g]
+        s = host_gather(stats).reshape(self.num_shards, len(names), len(STAT_NAMES))
+        p = None if problems is None else host_gather(problems).reshape(
+            self.num_shards, len(names), 2)
+        out = {}
+        for i, t in enumerate(names):
+            d = {k: s[:, i, j] for j, k in enumerate(STAT_NAMES)}
+            if p is not None:
+                d["apply_nonfinite"], d["apply_bad_slots"] = p[:, i, 0], p[:, i, 1]
+            out[t] = d
+        return out
+
+    def needs(self, stats: Mapping[str, Mapping[str, np.ndarray]]) -> dict[Group, int]:
+        """The largest per-destination count of each group in a step."""
+        return {g: int(stats[g[0]]["max_count"].max()) for g in self.groups}
 
     # ---------------------------------------------------------------- growth
     def shard_bytes(self, tables: Mapping[str, TableState]) -> int:
@@ -327,7 +335,7 @@ class EmbeddingCollection:
     def backward_fn(self, layout: Layout):
         """shard_map'ped backward: routes output gradients to the owners (cold)
         or all-reduces them (hot) and applies the fused optimizers; returns
-        (tables, hot, nonfinite (W*T,))."""
+        (tables, hot, apply problems (W*T, 2))."""
         def fn(tables, hot, grads, contexts, weights, step, ok):
             t_spec, _, w_spec = self._specs(tables, {}, weights)
             h_spec = jax.tree.map(lambda _: P(), hot)
@@ -350,26 +358,12 @@ class EmbeddingCollection:
         to the params and the tables' fused optimizers on the owners."""
         return ShardedTrainStep(self, loss_fn, dense_tx, has_aux=has_aux)
 
-    def make_eval_fn(self, predict_fn: Callable[[Any, dict, Mapping], Any]):
+    def make_eval_fn(self, predict_fn: Callable[[Any, dict, Mapping], Any]) -> "EvalFn":
         """``fn(state, batch) -> predict_fn(params, embeddings, batch)`` without
         inserting anything: an unseen id gets the row it would be created with
-        (its deterministic initial value), and the tables are not modified."""
-        cache: dict[Layout, Callable] = {}
-
-        def run(state: TrainState, batch):
-            batch = self.prepare_batch(batch)
-            size = next(iter(batch["ids"].values())).shape[0]
-            layout = self.layout(size, tuple(state.hot))
-            if layout not in cache:
-                fwd = self.forward_fn(layout, train=False)
-
-                def ev(state, batch):
-                    _, outputs, _, _, _ = fwd(state.tables, state.hot, batch["ids"],
-                                              batch["weights"], state.step)
-                    return _scoped(predict_fn)(state.params, outputs, batch)
-                cache[layout] = jax.jit(ev)
-            return cache[layout](state, batch)
-        return run
+        (its deterministic initial value), and the tables are not modified.
+        Any batch size works (see EvalFn)."""
+        return EvalFn(self, predict_fn)
 
     def table_stats(self, tables: Mapping[str, TableState]) -> dict[str, dict[str, int]]:
         """Counters summed over the shards, plus the fullest shard's load."""
@@ -383,6 +377,20 @@ class EmbeddingCollection:
         return out
 
 
+def _batch_size(batch) -> int:
+    return next(iter(batch["ids"].values())).shape[0]
+
+
+def _raise_for_reserved(stats, where: str) -> None:
+    """ReservedIdError for reserved ids a call's device inputs held."""
+    for t, st in stats.items():
+        n = int(st["reserved"].sum())
+        if n:
+            raise_for_insert_status(t, {"reserved": n, "queries": int(st["ids"].sum()),
+                                        "failed": 0}, capacity=0, bucket_size=0,
+                                    max_evictions=0, where=where)
+
+
 def _scoped(fn):
     """fn(params, outputs, batch) with the outputs in scope for HypeRecaEmbed."""
     def wrapped(params, outputs, batch):
@@ -393,6 +401,52 @@ def _scoped(fn):
 
 def _ctx_spec(axis):
     return TableContext(P(axis), P(axis), P(axis), P(axis))
+
+
+class EvalFn:
+    """The compiled evaluation of an EmbeddingCollection (one per layout).
+
+    Every call checks on the host that its exchange had room for all of its
+    ids and otherwise re-runs with larger buffers (eval capacities are kept
+    per batch size, apart from the train step's), so a row is never dropped
+    and any batch size gives each sample the same embeddings. Reserved ids in
+    device inputs raise ReservedIdError. ``reruns`` counts the re-runs."""
+
+    def __init__(self, collection: EmbeddingCollection, predict_fn: Callable):
+        self.c = collection
+        self.predict_fn = predict_fn
+        self._compiled: dict[Layout, Callable] = {}
+        self.reruns = 0
+
+    def _build(self, layout: Layout) -> Callable:
+        fwd = self.c.forward_fn(layout, train=False)
+        predict = _scoped(self.predict_fn)
+
+        def ev(state, batch):
+            _, outputs, _, stats, ok = fwd(state.tables, state.hot, batch["ids"],
+                                           batch["weights"], state.step)
+            return predict(state.params, outputs, batch), stats, ok
+        return jax.jit(ev)
+
+    def __call__(self, state: TrainState, batch, *, local: bool = False):
+        batch = self.c.prepare_batch(batch, local=local)
+        size = _batch_size(batch)
+        caps = self.c.eval_capacities(size)
+        for _ in range(MAX_RERUNS):
+            layout = self.c.layout(size, tuple(state.hot), capacities=caps)
+            if layout not in self._compiled:
+                self._compiled[layout] = self._build(layout)
+            out, stats, ok = self._compiled[layout](state, batch)
+            stats = self.c.host_stats(stats)
+            if bool(_first(ok)):
+                _raise_for_reserved(stats, "evaluation")
+                return out
+            if not caps.observe(self.c.needs(stats), size, 0):
+                raise HyperecaError("an eval call reported an exchange overflow that its "
+                                    "counts do not show (a bug: please report it)")
+            self.reruns += 1
+        raise HyperecaError(f"an eval call on {size} samples kept needing larger exchange "
+                            f"buffers after {MAX_RERUNS} re-runs")
 
 
 class ShardedTrainStep:
@@ -426,20 +480,20 @@ class ShardedTrainStep:
                                                         has_aux=has_aux)(state.params, outputs,
                                                                          batch)
             loss, aux = out if has_aux else (out, None)
-            tables, hot, nonfinite = bwd(tables, state.hot, g_out, contexts, batch["weights"],
-                                         state.step, ok)
+            tables, hot, problems = bwd(tables, state.hot, g_out, contexts, batch["weights"],
+                                        state.step, ok)
             updates, opt_state = tx.update(g_params, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
             keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
             new_state = TrainState(keep(params, state.params), keep(opt_state, state.opt_state),
                                    tables, jnp.where(ok, state.step + 1, state.step), hot)
             return new_state, {"loss": loss, "aux": aux, "stats": stats,
-                               "nonfinite": nonfinite, "ok": ok}
+                               "apply_problems": problems, "ok": ok}
 
         return jax.jit(step_fn, donate_argnums=(0,))
 
     def compiled(self, state: TrainState, batch) -> Callable:
-        size = next(iter(batch["ids"].values())).shape[0]
+        size = _batch_size(batch)
         layout = self.c.layout(size, tuple(state.hot))
         if layout not in self._compiled:
             self._compiled[layout] = self._build(layout)
@@ -451,11 +505,12 @@ class ShardedTrainStep:
 
     def __call__(self, state: TrainState, batch, *, local: bool = False):
         batch = self.c.prepare_batch(batch, local=local)
-        size = next(iter(batch["ids"].values())).shape[0]
-        for _ in range(16):
+        size = _batch_size(batch)
+        for _ in range(MAX_RERUNS):
             state, metrics = self.compiled(state, batch)(state, batch)
-            stats = self._host_stats(metrics)
-            overflow = self.c.observe(stats, size, int(_first(state.step)))
+            stats = self.c.host_stats(metrics["stats"], metrics["apply_problems"])
+            overflow = self.c.train_capacities.observe(self.c.needs(stats), size,
+                                                       int(_first(state.step)))
             refused = set() if overflow else {t for t, st in stats.items()
                                               if st["failed"].sum() and not st["reserved"].sum()}
             state = self.c._maybe_grow(state, stats, refused)
@@ -463,8 +518,8 @@ class ShardedTrainStep:
                 break
             self.retries += 1
         else:
-            raise HyperecaError("the step kept needing larger exchange buffers or tables after "
-                                "16 re-runs")
+            raise HyperecaError(f"the step kept needing larger exchange buffers or tables after "
+                                f"{MAX_RERUNS} re-runs")
         metrics = dict(metrics, loss=float(_first(metrics["loss"])), stats=stats,
                        bytes_per_step=self.c.layout(size, tuple(state.hot)).bytes_per_step())
         try:
@@ -473,20 +528,6 @@ class ShardedTrainStep:
             e.state, e.metrics = state, metrics
             raise
         return state, metrics
-
-    def _host_stats(self, metrics) -> dict[str, dict[str, np.ndarray]]:
-        """Per-table, per-device statistics of the step (exact counts)."""
-        s = host_gather(metrics["stats"])
-        nf = host_gather(metrics["nonfinite"])
-        names = [t for g in self.c.groups for t in g]
-        s = s.reshape(self.c.num_shards, len(names), len(STAT_NAMES))
-        nf = nf.reshape(self.c.num_shards, len(names))
-        out = {}
-        for i, t in enumerate(names):
-            d = {k: s[:, i, j] for j, k in enumerate(STAT_NAMES)}
-            d["apply_nonfinite"] = nf[:, i]
-            out[t] = d
-        return out
 
     def _raise_for_status(self, stats, state) -> None:
         for t, st in stats.items():
@@ -497,7 +538,8 @@ class ShardedTrainStep:
                     t, total, capacity=rows, bucket_size=self.c.tables[t].bucket_size,
                     max_evictions=rows // self.c.num_shards)
             # Summed over the owners: their own unique rows are not counted.
-            raise_for_apply_status(t, {"nonfinite": total["apply_nonfinite"]})
+            raise_for_apply_status(t, {"nonfinite": total["apply_nonfinite"],
+                                       "bad_slots": total["apply_bad_slots"]})
 
 
 def _first(x) -> np.ndarray:

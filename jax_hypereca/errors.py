@@ -70,11 +70,14 @@ def apply_status_dict(status) -> dict[str, int]:
 
 
 def raise_for_insert_status(table: str, status: Mapping[str, int], *, capacity: int,
-                            bucket_size: int, max_evictions: int, size: int | None = None):
-    """Raises on reserved ids or refused inserts reported by find_or_insert."""
+                            bucket_size: int, max_evictions: int, size: int | None = None,
+                            where: str | None = None):
+    """Raises on reserved ids or refused inserts reported by find_or_insert
+    (or on reserved ids a lookup reported, `where` naming the call)."""
     if status["reserved"]:
         raise ReservedIdError(
-            f"table {table!r}: {status['reserved']} of {status['queries']} ids equal the "
+            f"{where + ': ' if where else ''}table {table!r}: {status['reserved']} of "
+            f"{status['queries']} ids equal the "
             f"reserved ERASED_KEY {ERASED_KEY}; they were not stored and got no row. Remove "
             f"them from the input ({PADDING_ID} is the padding id).")
     if status["failed"]:

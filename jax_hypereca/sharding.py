@@ -262,6 +262,9 @@ def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, 
             contexts.append(TableContext(inverse, position, jnp.stack(slots), hot_slots))
         else:
             rows = _rows_or_init(layout, group, tables, q_keys, q_tags)
+            for i, t in enumerate(group):  # find gives a reserved id no row: reported
+                reserved = ((q_tags == i) & (q_keys == ERASED_KEY)).sum()
+                stats[t] = stats[t].at[_ST["reserved"]].set(reserved)
         back = lax.all_to_all(rows.reshape(W, cap, -1), ax, 0, 0, tiled=True)
         b = back.reshape(W * cap, -1).astype(jnp.float32)
         cold = jnp.where((position >= 0)[:, None],
@@ -309,10 +312,11 @@ def backward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str,
     """Per-device backward exchange: routes d loss / d outputs of cold ids to
     their owners, which apply the fused optimizer; sums the hot ids' gradients
     over all devices (one all-reduce per group) and applies them identically
-    on every replica. Returns (tables, hot, nonfinite (T,))."""
+    on every replica. Returns (tables, hot, apply problems (T, 2): gradient
+    rows skipped as non-finite, slots outside the table)."""
     W, ax = layout.num_shards, layout.axis
     batch = next(iter(grads.values())).shape[0]
-    nonfinite = {}
+    problems = {}
     for group, cap, ctx in zip(layout.groups, layout.capacities, contexts):
         dim = layout.spec(group[0]).dim
         n_unique = ctx.position.shape[0]
@@ -332,17 +336,19 @@ def backward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str,
         for i, t in enumerate(group):
             slot = jnp.where(ok, ctx.slots[i], -1)
             tables[t], status = apply_gradients(layout.spec(t), tables[t], slot, g, step=step)
-            nonfinite[t] = status[1]
-        hot, skipped = _apply_hot(layout, group, hot, ctx.hot_slots, g_unique, batch, step, ok)
-        for t, n in skipped.items():
-            nonfinite[t] = nonfinite[t] + n
-    return tables, hot, jnp.stack([nonfinite[t] for t in layout.looked_up])
+            problems[t] = status[1:3]
+        hot, hot_problems = _apply_hot(layout, group, hot, ctx.hot_slots, g_unique, batch,
+                                       step, ok)
+        for t, p in hot_problems.items():
+            problems[t] = problems[t] + p
+    return tables, hot, jnp.stack([problems[t] for t in layout.looked_up])
 
 
 def _apply_hot(layout: Layout, group, hot, hot_slots, g_unique, batch: int, step, ok):
     """Data-parallel update of the group's hot folds: per hot row, the sum of
     every device's gradient (and a touch count, so only rows some device used
-    are updated), one psum for the whole group."""
+    are updated), one psum for the whole group. Returns (hot, per table
+    (non-finite rows skipped, bad slots))."""
     tables = [(t, start, n) for t, start, n in _group_segments(layout, group, batch) if t in hot]
     if not tables:
         return hot, {}
@@ -361,7 +367,7 @@ def _apply_hot(layout: Layout, group, hot, hot_slots, g_unique, batch: int, step
         part = summed[off:off + rows]
         slot = jnp.where(ok & (part[:, -1] > 0), jnp.arange(rows, dtype=jnp.int32), -1)
         hot[t], status = apply_gradients(layout.spec(t), hot[t], slot, part[:, :-1], step=step)
-        skipped[t] = status[1]
+        skipped[t] = status[1:3]
         off += rows
     return hot, skipped
 
@@ -391,18 +397,6 @@ def grow_sharded_table(spec: TableSpec, state: TableState, mesh: Mesh, axis: str
                              f"left {refused} rows without room; the table was not changed")
     return new
 
-
-def initial_capacity(ids_per_device: int, num_shards: int, slack: float = 2.0) -> int:
-    """A first per-destination capacity for a table whose local batch holds
-    `ids_per_device` ids (the collection raises it from observed counts)."""
-    if num_shards == 1:
-        return max(8, _round8(ids_per_device))
-    return max(8, min(_round8(ids_per_device), _round8(math.ceil(ids_per_device / num_shards
-                                                                   * slack))))
-
-
-def _round8(x: float) -> int:
-    return int(math.ceil(x / 8)) * 8
 
 # ---------------------------------------------------------------- placement
 def host_gather(x: jax.Array) -> np.ndarray:
