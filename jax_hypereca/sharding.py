@@ -249,10 +249,12 @@ def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, 
         if train:
             slots = []
             for i, t in enumerate(group):
-                q = jnp.where(q_tags == i, q_keys, PADDING_ID)
+                # An id arrives once from each device that looked it up: the owner
+                # looks it up once, so its scores count steps whatever the mesh.
+                q, inv, _ = _ops.unique(jnp.where(q_tags == i, q_keys, PADDING_ID))
                 tables[t], res = find_or_insert(layout.spec(t), tables[t], q, step=step,
                                                 pin_from=None if layout.evict else 0)
-                slots.append(res.slots)
+                slots.append(jnp.where(inv >= 0, res.slots[jnp.maximum(inv, 0)], -1))
                 stats[t] = stats[t].at[_ST["queries"]:_ST["failed"] + 1].set(res.status[:6])
                 stats[t] = stats[t].at[_ST["resident"]].set(tables[t].counters[0])
                 refused = jnp.maximum(refused, (res.status[5] > 0).astype(jnp.int32))
@@ -347,8 +349,9 @@ def backward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str,
 def _apply_hot(layout: Layout, group, hot, hot_slots, g_unique, batch: int, step, ok):
     """Data-parallel update of the group's hot folds: per hot row, the sum of
     every device's gradient (and a touch count, so only rows some device used
-    are updated), one psum for the whole group. Returns (hot, per table
-    (non-finite rows skipped, bad slots))."""
+    are updated, and their scores set as the cold fold's lookup sets them:
+    last step = this step, freq + 1), one psum for the whole group. Returns
+    (hot, per table (non-finite rows skipped, bad slots))."""
     tables = [(t, start, n) for t, start, n in _group_segments(layout, group, batch) if t in hot]
     if not tables:
         return hot, {}
@@ -365,8 +368,11 @@ def _apply_hot(layout: Layout, group, hot, hot_slots, g_unique, batch: int, step
     for t, _, _ in tables:
         rows = hot[t].capacity
         part = summed[off:off + rows]
-        slot = jnp.where(ok & (part[:, -1] > 0), jnp.arange(rows, dtype=jnp.int32), -1)
+        touched = ok & (part[:, -1] > 0)
+        slot = jnp.where(touched, jnp.arange(rows, dtype=jnp.int32), -1)
         hot[t], status = apply_gradients(layout.spec(t), hot[t], slot, part[:, :-1], step=step)
+        hot[t] = hot[t]._replace(last_step=jnp.where(touched, step + 1, hot[t].last_step),
+                                 freq=hot[t].freq + touched)
         skipped[t] = status[1:3]
         off += rows
     return hot, skipped
