@@ -9,9 +9,10 @@ ffi/include/hypereca/optim.h:
 
 =================  ==========================================================
 ``SGD``            w -= lr * (g + wd*w)
-``Adagrad``        a += g²;  w -= lr * (g / sqrt(a + eps) + wd*w)   (as optax)
+``Adagrad``        a += g²;  w -= lr * (g / sqrt(a + eps) + wd*w)
+                   (optax's: accumulator from 0.1, eps inside the root)
 ``RowwiseAdagrad`` a += mean(g²);  w -= lr * (g / (sqrt(a) + eps) + wd*w)
-                   (as FBGEMM/TorchRec, one accumulator per row)
+                   (FBGEMM/TorchRec's, one accumulator per row, starting at 0)
 ``Adam``           per-row step count t; bias-corrected m, v (as optax.adam)
 ``FTRL``           FTRL-proximal, lr_power -1/2 (as Keras), state z, n
 =================  ==========================================================
@@ -107,14 +108,24 @@ class Adagrad(Optimizer):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RowwiseAdagrad(Optimizer):
-    """Row-wise Adagrad (FBGEMM / TorchRec's EXACT_ROWWISE_ADAGRAD): one
-    accumulator per row, fed with the mean of the squared gradient."""
+    """FBGEMM's ``EXACT_ROWWISE_ADAGRAD`` (TorchRec's fused row-wise Adagrad):
+    one accumulator per row, fed with the mean of the squared gradient::
+
+        a += mean(g**2);  w -= lr * g / (sqrt(a) + eps)
+
+    with FBGEMM's defaults: the accumulator starts at 0 and ``eps`` (1e-8) is
+    added outside the square root, so a TorchRec config ported with the same
+    learning rate takes the same steps (the first one is about ``lr`` per
+    element, whatever the gradient's scale). ``weight_decay`` is FBGEMM's
+    ``WeightDecayMode.DECOUPLE`` (``w -= lr * wd * w`` on the touched rows);
+    FBGEMM's L2 mode is not offered.
+    """
 
     kind: ClassVar[int] = 2
-    initial_accumulator_value: float = 0.1
-    """Starting value of the row accumulator (TorchRec: 0)."""
+    initial_accumulator_value: float = 0.0
+    """Starting value of the row accumulator (FBGEMM and TorchRec: 0)."""
     eps: ScalarOrSchedule = 1e-8
-    """Added outside the square root."""
+    """Added outside the square root (FBGEMM's placement and default)."""
     weight_decay: ScalarOrSchedule = 0.0
     """Decoupled weight decay applied to the rows a step touches."""
 

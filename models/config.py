@@ -94,8 +94,10 @@ class Preset:
     """Distinct ids each feature can take (bounds its table's capacity)."""
     multi_hot: tuple[int, ...] = (1,) * NUM_SPARSE
     """Ids per sample of each feature (1: one-hot)."""
-    sparse_lr: float = 2.0
-    """Learning rate of the tables' fused optimizer (row-wise Adagrad by default)."""
+    sparse_lr: float = 0.05
+    """Learning rate of the tables' fused optimizer (row-wise Adagrad by default,
+    FBGEMM's: accumulator from 0, so the first step moves each element by about
+    this much; 0.05 as TorchRec's DLRM example on this stream)."""
     dense_lr: float = 0.01
     """Learning rate of the MLPs' optimizer (Adam by default)."""
 

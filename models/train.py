@@ -45,12 +45,10 @@ from jax_hypereca.data.criteo import DataFormatError
 from models.config import PRESETS, ModelConfig, Preset, sparse_specs
 from models.data import CriteoSource, SyntheticSource
 from models.dlrm import DLRM
+from models import optimizers as opts
 
 log = logging.getLogger("models.train")
 
-SPARSE_OPTIMIZERS = {"rowwise_adagrad": h.RowwiseAdagrad, "adagrad": h.Adagrad, "sgd": h.SGD,
-                     "adam": h.Adam, "ftrl": h.FTRL}
-DENSE_OPTIMIZERS = ("adam", "adagrad", "sgd", "adamw")
 DEFAULT_CPU_DEVICES = 8
 
 
@@ -83,12 +81,19 @@ class TrainConfig:
     eval_every: int = _field(200, "steps between evaluations (and at the end)")
     eval_size: int = _field(65536, "held-out samples per evaluation (rounded up to batches)")
     log_every: int = _field(50, "steps between train-loss lines in the metrics")
-    sparse_optimizer: str = _field("rowwise_adagrad", "fused table optimizer",
-                                   choices=tuple(SPARSE_OPTIMIZERS))
+    sparse_optimizer: str = _field("rowwise_adagrad", "fused table optimizer (rowwise_adagrad "
+                                   "is FBGEMM's EXACT_ROWWISE_ADAGRAD)", choices=tuple(opts.SPARSE))
     sparse_lr: float | None = _field(None, "table learning rate (default: the preset's)")
-    dense_optimizer: str = _field("adam", "optax optimizer of the MLPs",
-                                  choices=DENSE_OPTIMIZERS)
+    sparse_initial_accumulator: float | None = _field(
+        None, "initial accumulator of rowwise_adagrad, adagrad or ftrl (default: the "
+              "optimizer's: 0 for rowwise_adagrad as FBGEMM, 0.1 for adagrad as optax)")
+    sparse_optimizer_args: str | None = _field(
+        None, 'other fields of the table optimizer as a JSON object, e.g. \'{"eps": 1e-8}\'')
+    dense_optimizer: str = _field("adam", "optax optimizer of the MLPs", choices=opts.DENSE)
     dense_lr: float | None = _field(None, "MLP learning rate (default: the preset's)")
+    dense_optimizer_args: str | None = _field(
+        None, "keyword arguments of the optax optimizer as a JSON object, e.g. "
+              '\'{"initial_accumulator_value": 0.0, "eps": 1e-8}\' (torch.optim.Adagrad\'s)')
     table_memory_mb: int = _field(512, "memory budget of all tables (bounds capacities)")
     seed: int = _field(0, "seed of the data stream, the tables and the MLPs")
     devices: int | None = _field(None, "devices in the mesh (default: all; on CPU 8 fake ones)")
@@ -396,12 +401,10 @@ def make_source(cfg: TrainConfig, preset: Preset, features) -> CriteoSource | Sy
     return SyntheticSource(seed=cfg.seed, **kw)
 
 
-def make_trainer(cfg: TrainConfig, mcfg: ModelConfig, preset: Preset, mesh, tables, features,
+def make_trainer(cfg: TrainConfig, mcfg: ModelConfig, dense_tx, mesh, tables, features,
                  sample: dict) -> tuple[SparseTrainer | DenseTrainer, h.TrainState]:
     """The model's trainer and its initial state (params from `sample`)."""
     model = DLRM(config=mcfg, features=() if cfg.dense_only else tuple(features))
-    dense_tx = getattr(optax, cfg.dense_optimizer)(
-        preset.dense_lr if cfg.dense_lr is None else cfg.dense_lr)
     params = model.init(jax.random.PRNGKey(cfg.seed), sample)["params"]
     if cfg.dense_only:
         trainer = DenseTrainer(model, mesh, dense_tx)
@@ -418,11 +421,16 @@ def train(cfg: TrainConfig) -> dict:
     mesh = make_mesh(cfg)
     pid, nproc = jax.process_index(), jax.process_count()
     preset, mcfg = model_config(cfg)
-    tables, features = sparse_specs(
-        preset, optimizer=SPARSE_OPTIMIZERS[cfg.sparse_optimizer](
-            learning_rate=preset.sparse_lr if cfg.sparse_lr is None else cfg.sparse_lr),
-        budget_bytes=cfg.table_memory_mb << 20, seed=cfg.seed, embedding_dim=mcfg.embedding_dim)
     # Everything that can fail on bad input fails here, before training.
+    sparse_opt = opts.sparse_optimizer(
+        cfg.sparse_optimizer, preset.sparse_lr if cfg.sparse_lr is None else cfg.sparse_lr,
+        initial_accumulator=cfg.sparse_initial_accumulator, args=cfg.sparse_optimizer_args)
+    dense_lr = preset.dense_lr if cfg.dense_lr is None else cfg.dense_lr
+    dense_tx, dense_kw = opts.dense_optimizer(cfg.dense_optimizer, dense_lr,
+                                         args=cfg.dense_optimizer_args)
+    tables, features = sparse_specs(
+        preset, optimizer=sparse_opt, budget_bytes=cfg.table_memory_mb << 20, seed=cfg.seed,
+        embedding_dim=mcfg.embedding_dim)
     source = make_source(cfg, preset, features)
     ckpt = (CheckpointManager(cfg.checkpoint_dir, max_to_keep=cfg.keep_checkpoints)
             if cfg.checkpoint_dir else None)
@@ -431,7 +439,7 @@ def train(cfg: TrainConfig) -> dict:
     eval_batches = -(-cfg.eval_size // cfg.batch)
     eval_set = source.eval_set(eval_batches * cfg.batch)  # the whole set, on every process
 
-    trainer, state = make_trainer(cfg, mcfg, preset, mesh, tables, features,
+    trainer, state = make_trainer(cfg, mcfg, dense_tx, mesh, tables, features,
                                   jax.tree.map(lambda x: x[:cfg.batch // nproc], eval_set))
     start = 0
     if cfg.resume and ckpt.latest_step() is not None:
@@ -441,6 +449,7 @@ def train(cfg: TrainConfig) -> dict:
     mlog.emit("config", step=start, config=dataclasses.asdict(cfg), model=dataclasses.asdict(
         mcfg), source=source.describe(), devices=mesh.size, processes=nproc,
         platform=jax.default_backend(),
+        optimizers=opts.describe(sparse_opt, cfg.dense_optimizer, dense_lr, dense_kw),
         params=int(sum(x.size for x in jax.tree.leaves(state.params))),
         tables={t.name: t.capacity for t in tables} if not cfg.dense_only else {})
 
