@@ -3,8 +3,8 @@ and the functional ops on it.
 
 The state is ordinary JAX arrays, passed into the custom calls and aliased
 back out; call the mutating functions inside `jit` with the state donated and
-the update is in place. `Table` wraps them for eager use (jitted, donated,
-status checked on the host).
+the update is in place; their status outputs are the caller's to check
+(errors.raise_for_insert_status / raise_for_apply_status).
 
 Table format (fixed for every platform): ``keys[C]`` int64 with
 ``EMPTY_KEY`` (-1, also the padding id) for never-used slots and
@@ -186,7 +186,8 @@ def find_or_insert(spec: TableSpec, state: TableState, ids, *, step, pin_from=No
                    max_evictions: int | None = None) -> tuple[TableState, InsertResult]:
     """Slots of `ids` (1-D int64), inserting and initializing the missing ones.
 
-    Rows last accessed at or after `pin_from` (default `step`) are never
+    Rows last accessed at or after `pin_from` (default `step`; a larger value
+    counts as `step`, so rows of this step are always pinned) are never
     evicted; ids of this call are accessed at `step`. Evicted rows come back in
     `InsertResult.evicted` (at most `max_evictions`, default len(ids)).
     """
