@@ -1,5 +1,6 @@
 """The collection across 2 processes x 4 CPU devices (jax.distributed on
-127.0.0.1) equals the single-device reference (I2)."""
+127.0.0.1) equals the single-device reference (I2), with the cold fold only
+and with hot folds planned, applied and re-planned across the processes."""
 
 import os
 import pathlib
@@ -34,4 +35,5 @@ def test_two_processes_equal_the_reference():
         outs.append(out)
     for pid, (p, out) in enumerate(zip(procs, outs)):
         assert p.returncode == 0, f"process {pid} failed:\n{out[-4000:]}"
-        assert f"process {pid}: OK" in out
+        assert f"process {pid}: OK {steps} steps" in out, out[-4000:]
+        assert f"process {pid}: OK hot folds" in out, out[-4000:]
