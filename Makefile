@@ -5,12 +5,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hypereca-installed
+# pytest-xdist workers: two fill a 2-core machine (compiles are single-threaded);
+# TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 NATIVE := CMakeLists.txt pyproject.toml $(shell find ffi cmake -type f 2>/dev/null)
 
 .PHONY: test train bench clean
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 train: $(STAMP)
 	@if [ -f models/train.py ]; then $(PY) -m models.train $(ARGS); \
