@@ -21,8 +21,9 @@ from jax_hypereca.table import (
     init_table)
 from jax_hypereca._ops import bucketize, ids_array, unique
 from jax_hypereca.features import FeatureSpec, Jagged, jagged_to_padded
-from jax_hypereca.sharding import make_mesh
-from jax_hypereca.collection import EmbeddingCollection, TrainState
+from jax_hypereca.placement import make_mesh
+from jax_hypereca.state import TrainState
+from jax_hypereca.collection import EmbeddingCollection
 from jax_hypereca import replication
 
 __version__ = "0.1.0"

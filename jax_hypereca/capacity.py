@@ -5,7 +5,7 @@ owner in one call, per exchange group. Each value is compiled into the step
 - first, from the batch: ``slack`` x the even share of a device's ids (or the
   user's value), never more than all of a device's ids;
 - a call that needs more is detected on the device before anything is
-  exchanged (see sharding.py), and the host re-runs it with the observed
+  exchanged (see lookup.py), and the host re-runs it with the observed
   count x ``GROWTH`` (a few such re-runs at most, never a silent drop);
 - every ``retune_every`` calls the values shrink to the largest count seen
   (x ``REFIT``), so padding stays low while the id mix drifts.

@@ -35,14 +35,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jax_hypereca.collection import EmbeddingCollection, TrainState
-from jax_hypereca.errors import EMPTY_KEY, HyperecaError
-from jax_hypereca.sharding import (
-    host_gather, insert_rows, live_rows, replica_rows, replicate_rows, to_device)
-from jax_hypereca.table import COUNTER_NAMES, NUM_COUNTERS, Rows, TableState
+from jax_hypereca.errors import HyperecaError
+from jax_hypereca.placement import (
+    counter_totals, live_rows, local_rows, place_rows, replica_rows, rows_on_mesh)
+from jax_hypereca.replication import replicate_rows
+from jax_hypereca.table import COUNTER_NAMES, Rows
 
 log = logging.getLogger("jax_hypereca")
 
@@ -66,43 +65,6 @@ def check_writable(directory: str | os.PathLike) -> Path:
         raise CheckpointError(f"checkpoint directory {path} is not writable: "
                               f"{e.strerror or e}") from None
     return path
-
-
-def _host_shards(x: jax.Array) -> list[np.ndarray]:
-    """Host copies of the shards of `x` this process holds, in shard order."""
-    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
-    return [np.array(s.data, copy=True) for s in shards]
-
-
-def local_rows(state: TableState) -> list[Rows]:
-    """The resident rows of each shard of a sharded table this process
-    holds (host copies), in shard order; empty and erased slots left out."""
-    return [live_rows(arrays)
-            for arrays in zip(*(_host_shards(getattr(state, f)) for f in ROW_FIELDS))]
-
-
-def _global_rows(rows: list[Rows], mesh: Mesh, axis: str) -> dict[str, jax.Array]:
-    """Each local shard's rows padded to the longest shard of the mesh (keys
-    EMPTY_KEY) as global arrays split like the table: {field: array}."""
-    longest = max([len(r.keys) for r in rows] + [0])
-    if jax.process_count() > 1:
-        longest = int(np.max(np.asarray(multihost_utils.process_allgather(np.int32(longest)))))
-    sharding = NamedSharding(mesh, P(axis))
-    devices = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
-    out = {}
-    for i, field in enumerate(ROW_FIELDS):
-        blocks = []
-        for r, dev in zip(rows, devices):
-            a = r[i]
-            pad = np.full((longest - len(a),) + a.shape[1:], EMPTY_KEY if i == 0 else 0, a.dtype)
-            blocks.append(to_device(np.concatenate([a, pad]), dev))
-        shape = (mesh.shape[axis] * longest,) + rows[0][i].shape[1:]
-        out[field] = jax.make_array_from_single_device_arrays(shape, sharding, blocks)
-    return out
-
-
-def _counter_totals(state: TableState, num_shards: int) -> np.ndarray:
-    return host_gather(state.counters).reshape(num_shards, NUM_COUNTERS).sum(axis=0)
 
 
 def _copy_dense(tree):
@@ -149,9 +111,9 @@ class CheckpointManager:
         cold, hot, meta_tables = {}, {}, {}
         for name, st in state.tables.items():
             spec = collection.tables[name]
-            counters = _counter_totals(st, collection.num_shards)
-            cold[name] = dict(_global_rows(local_rows(st), collection.mesh, collection.axis),
-                              counters=counters)
+            counters = counter_totals({name: st})[name]
+            on_mesh = rows_on_mesh(local_rows(st), collection.mesh, collection.axis)
+            cold[name] = dict(on_mesh._asdict(), counters=counters)
             meta_tables[name] = dict(capacity=int(st.keys.shape[0]), dim=spec.dim,
                                      state_width=spec.state_width,
                                      dtype=np.dtype(spec.dtype).name,
@@ -195,7 +157,7 @@ class CheckpointManager:
         d = self._mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
             dense, restore_args=ocp.checkpoint_utils.construct_restore_args(dense))))["state"]
         cold, hot = self._rows(step, meta)
-        tables = {name: insert_rows(collection.tables[name], rows, counters, collection.mesh,
+        tables = {name: place_rows(collection.tables[name], rows, counters, collection.mesh,
                                     collection.axis, min_capacity=meta["tables"][name]["capacity"])
                   for name, (rows, counters) in cold.items()}
         hot = {name: replicate_rows(collection.tables[name], rows, counters, collection.mesh)

@@ -18,7 +18,7 @@ pooling "none") and returns the mean loss over the global batch (or
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -27,36 +27,19 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jax_hypereca.capacity import ExchangeCapacities, Group
-from jax_hypereca.errors import (
-    HyperecaError, TableFullError, raise_for_apply_status, raise_for_insert_status)
-from jax_hypereca.flax.scope import embedding_scope
+from jax_hypereca.errors import TableFullError
 from jax_hypereca.features import (
     FeatureSpec, Jagged, check_weights, jagged_to_padded, padded_ids, validate_features)
-from jax_hypereca.sharding import (
-    STAT_NAMES, Layout, TableContext, backward_local, exchange_groups, forward_local,
-    grow_sharded_table, host_gather, init_sharded_table, make_mesh)
+from jax_hypereca.layout import STAT_NAMES, Layout, exchange_groups
+from jax_hypereca.lookup import TableContext, backward_local, forward_local
+from jax_hypereca.placement import (
+    counter_totals, counters_by_name, grow_sharded_table, host_gather, init_sharded_table,
+    make_mesh)
+from jax_hypereca.state import LossFn, TrainState
+from jax_hypereca.steps import EvalFn, ShardedTrainStep
 from jax_hypereca.table import COUNTER_NAMES, TableSpec, TableState
 
 log = logging.getLogger("jax_hypereca")
-
-# A call re-run more often than this (each time with larger exchange buffers
-# or tables) raises instead.
-MAX_RERUNS = 16
-
-
-class TrainState(NamedTuple):
-    """Dense parameters (replicated), their optax state, the sharded tables
-    (the cold fold), the number of completed steps, and the replicated hot
-    folds of the tables that have one (see replication.py)."""
-
-    params: Any
-    opt_state: Any
-    tables: dict[str, TableState]
-    step: jax.Array
-    hot: dict[str, TableState] = {}
-
-
-LossFn = Callable[[Any, dict[str, jax.Array], Mapping[str, Any]], Any]
 
 
 class EmbeddingCollection:
@@ -365,183 +348,22 @@ class EmbeddingCollection:
         Any batch size works (see EvalFn)."""
         return EvalFn(self, predict_fn)
 
-    def table_stats(self, tables: Mapping[str, TableState]) -> dict[str, dict[str, int]]:
-        """Counters summed over the shards, plus the fullest shard's load."""
+    def table_stats(self, tables: Mapping[str, TableState],
+                    hot: Mapping[str, TableState] | None = None) -> dict[str, dict[str, int]]:
+        """Counters summed over the shards and, given `hot`, the hot folds
+        (placement.counter_totals), plus the fullest shard's load."""
         out = {}
-        for n, st in tables.items():
-            c = host_gather(st.counters).reshape(self.num_shards, -1)
-            d = {k: int(c[:, i].sum()) for k, i in COUNTER_NAMES.items()}
-            rows = st.keys.shape[0] // self.num_shards
-            d["max_shard_load"] = float(c[:, COUNTER_NAMES["size"]].max() / rows)
+        for n, total in counter_totals(tables, hot).items():
+            d = counters_by_name(total)
+            rows = tables[n].keys.shape[0] // self.num_shards
+            size = host_gather(tables[n].counters).reshape(self.num_shards, -1)[
+                :, COUNTER_NAMES["size"]]
+            d["max_shard_load"] = float(size.max() / rows)
             out[n] = d
         return out
 
 
-def _batch_size(batch) -> int:
-    return next(iter(batch["ids"].values())).shape[0]
-
-
-def _raise_for_reserved(stats, where: str) -> None:
-    """ReservedIdError for reserved ids a call's device inputs held."""
-    for t, st in stats.items():
-        n = int(st["reserved"].sum())
-        if n:
-            raise_for_insert_status(t, {"reserved": n, "queries": int(st["ids"].sum()),
-                                        "failed": 0}, capacity=0, bucket_size=0,
-                                    max_evictions=0, where=where)
-
-
-def _scoped(fn):
-    """fn(params, outputs, batch) with the outputs in scope for HypeRecaEmbed."""
-    def wrapped(params, outputs, batch):
-        with embedding_scope(outputs, batch["ids"]):
-            return fn(params, outputs, batch)
-    return wrapped
 
 
 def _ctx_spec(axis):
     return TableContext(P(axis), P(axis), P(axis), P(axis))
-
-
-class EvalFn:
-    """The compiled evaluation of an EmbeddingCollection (one per layout).
-
-    Every call checks on the host that its exchange had room for all of its
-    ids and otherwise re-runs with larger buffers (eval capacities are kept
-    per batch size, apart from the train step's), so a row is never dropped
-    and any batch size gives each sample the same embeddings. Reserved ids in
-    device inputs raise ReservedIdError. ``reruns`` counts the re-runs."""
-
-    def __init__(self, collection: EmbeddingCollection, predict_fn: Callable):
-        self.c = collection
-        self.predict_fn = predict_fn
-        self._compiled: dict[Layout, Callable] = {}
-        self.reruns = 0
-
-    def _build(self, layout: Layout) -> Callable:
-        fwd = self.c.forward_fn(layout, train=False)
-        predict = _scoped(self.predict_fn)
-
-        def ev(state, batch):
-            _, outputs, _, stats, ok = fwd(state.tables, state.hot, batch["ids"],
-                                           batch["weights"], state.step)
-            return predict(state.params, outputs, batch), stats, ok
-        return jax.jit(ev)
-
-    def __call__(self, state: TrainState, batch, *, local: bool = False):
-        batch = self.c.prepare_batch(batch, local=local)
-        size = _batch_size(batch)
-        caps = self.c.eval_capacities(size)
-        for _ in range(MAX_RERUNS):
-            layout = self.c.layout(size, tuple(state.hot), capacities=caps)
-            if layout not in self._compiled:
-                self._compiled[layout] = self._build(layout)
-            out, stats, ok = self._compiled[layout](state, batch)
-            stats = self.c.host_stats(stats)
-            if bool(_first(ok)):
-                _raise_for_reserved(stats, "evaluation")
-                return out
-            if not caps.observe(self.c.needs(stats), size, 0):
-                raise HyperecaError("an eval call reported an exchange overflow that its "
-                                    "counts do not show (a bug: please report it)")
-            self.reruns += 1
-        raise HyperecaError(f"an eval call on {size} samples kept needing larger exchange "
-                            f"buffers after {MAX_RERUNS} re-runs")
-
-
-class ShardedTrainStep:
-    """The compiled train step of an EmbeddingCollection (one per layout).
-
-    The state is donated: tables are updated in place. After each call the
-    step's statistics come back to the host (a few integers per table): an
-    exchange capacity that was too small is raised and the step re-run
-    (nothing was applied), reserved ids, refused inserts and non-finite
-    gradients raise with the numbers, the exception carrying the step's
-    outputs as ``.state``."""
-
-    def __init__(self, collection: EmbeddingCollection, loss_fn: LossFn,
-                 dense_tx: optax.GradientTransformation, *, has_aux: bool = False):
-        self.c = collection
-        self.loss_fn = loss_fn
-        self.dense_tx = dense_tx
-        self.has_aux = has_aux
-        self._compiled: dict[Layout, Callable] = {}
-        self.retries = 0
-
-    def _build(self, layout: Layout):
-        fwd = self.c.forward_fn(layout, train=True)
-        bwd = self.c.backward_fn(layout)
-        loss_fn, tx, has_aux = self.loss_fn, self.dense_tx, self.has_aux
-
-        def step_fn(state: TrainState, batch):
-            tables, outputs, contexts, stats, ok = fwd(state.tables, state.hot, batch["ids"],
-                                                       batch["weights"], state.step + 1)
-            out, (g_params, g_out) = jax.value_and_grad(_scoped(loss_fn), argnums=(0, 1),
-                                                        has_aux=has_aux)(state.params, outputs,
-                                                                         batch)
-            loss, aux = out if has_aux else (out, None)
-            tables, hot, problems = bwd(tables, state.hot, g_out, contexts, batch["weights"],
-                                        state.step, ok)
-            updates, opt_state = tx.update(g_params, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-            new_state = TrainState(keep(params, state.params), keep(opt_state, state.opt_state),
-                                   tables, jnp.where(ok, state.step + 1, state.step), hot)
-            return new_state, {"loss": loss, "aux": aux, "stats": stats,
-                               "apply_problems": problems, "ok": ok}
-
-        return jax.jit(step_fn, donate_argnums=(0,))
-
-    def compiled(self, state: TrainState, batch) -> Callable:
-        size = _batch_size(batch)
-        layout = self.c.layout(size, tuple(state.hot))
-        if layout not in self._compiled:
-            self._compiled[layout] = self._build(layout)
-        return self._compiled[layout]
-
-    def lower(self, state: TrainState, batch):
-        """The lowered step for a prepared batch (to inspect its HLO)."""
-        return self.compiled(state, batch).lower(state, batch)
-
-    def __call__(self, state: TrainState, batch, *, local: bool = False):
-        batch = self.c.prepare_batch(batch, local=local)
-        size = _batch_size(batch)
-        for _ in range(MAX_RERUNS):
-            state, metrics = self.compiled(state, batch)(state, batch)
-            stats = self.c.host_stats(metrics["stats"], metrics["apply_problems"])
-            overflow = self.c.train_capacities.observe(self.c.needs(stats), size,
-                                                       int(_first(state.step)))
-            refused = set() if overflow else {t for t, st in stats.items()
-                                              if st["failed"].sum() and not st["reserved"].sum()}
-            state = self.c._maybe_grow(state, stats, refused)
-            if not overflow and not refused:
-                break
-            self.retries += 1
-        else:
-            raise HyperecaError(f"the step kept needing larger exchange buffers or tables after "
-                                f"{MAX_RERUNS} re-runs")
-        metrics = dict(metrics, loss=float(_first(metrics["loss"])), stats=stats,
-                       bytes_per_step=self.c.layout(size, tuple(state.hot)).bytes_per_step())
-        try:
-            self._raise_for_status(stats, state)
-        except HyperecaError as e:
-            e.state, e.metrics = state, metrics
-            raise
-        return state, metrics
-
-    def _raise_for_status(self, stats, state) -> None:
-        for t, st in stats.items():
-            total = {k: int(v.sum()) for k, v in st.items()}
-            if total["reserved"] or total["failed"]:
-                rows = state.tables[t].keys.shape[0]
-                raise_for_insert_status(
-                    t, total, capacity=rows, bucket_size=self.c.tables[t].bucket_size,
-                    max_evictions=rows // self.c.num_shards)
-            # Summed over the owners: their own unique rows are not counted.
-            raise_for_apply_status(t, {"nonfinite": total["apply_nonfinite"],
-                                       "bad_slots": total["apply_bad_slots"]})
-
-
-def _first(x) -> np.ndarray:
-    """A replicated array's value on this process."""
-    return np.asarray(x.addressable_shards[0].data)

@@ -20,31 +20,131 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
-from jax_hypereca.collection import EmbeddingCollection, TrainState
+from jax import lax
+
 from jax_hypereca.errors import ERASED_KEY, PADDING_ID, TableFullError
 from jax_hypereca.hashing import owner_of
 from jax_hypereca.initializers import init_rows
 from jax_hypereca.planner import (
     CostProfile, DecayedCounter, Measurement, ProfileCache, ReplicationPlan, TableStats,
     collect_table_stats, plan_replication)
-from jax_hypereca.sharding import host_gather, replica_rows, replicate_rows
+from jax_hypereca.layout import Layout
+from jax_hypereca.placement import (
+    counter_totals, counters_by_name, host_gather, place_replicated, replica_rows,
+    rows_to_owners, sharded_specs)
+from jax_hypereca.state import TrainState
 from jax_hypereca.table import (
-    COUNTER_NAMES, NUM_COUNTERS, Rows, TableSpec, TableState, erase, export_keys, import_rows)
+    COUNTER_NAMES, NUM_COUNTERS, Rows, TableSpec, TableState, apply_gradients, erase,
+    export_keys, find_slots, gather, import_rows)
 
 log = logging.getLogger("jax_hypereca")
 _C = COUNTER_NAMES
 
 
+class Sharded(Protocol):
+    """What the moves and the planning need of a collection (which sits above
+    this module): its mesh, axis, tables and exchange groups, and how it puts
+    a batch's ids on the devices."""
+
+    mesh: Mesh
+    axis: str
+    num_shards: int
+    tables: Mapping[str, TableSpec]
+    features: Mapping
+
+    @property
+    def groups(self) -> tuple[tuple[str, ...], ...]: ...
+
+    def prepare_batch(self, batch: Mapping, *, local: bool = False) -> dict: ...
+
+
+# ---------------------------------------------------- the hot fold in a step
+def hot_capacity(hot_rows: int, bucket_size: int = 128) -> int:
+    """Slots of a hot fold holding `hot_rows` ids: 1.5 R rounded up to whole
+    buckets (a bucket of 128 then overflows with odds below 1e-6; a refused
+    row would raise, never vanish), at least 16. Every step all-reduces a
+    buffer of this many rows, so it is kept tight."""
+    want = max(16, math.ceil(1.5 * hot_rows))
+    if want <= bucket_size:
+        return 1 << (want - 1).bit_length()
+    return math.ceil(want / bucket_size) * bucket_size
+
+
+def replicate_rows(spec: TableSpec, rows: Rows, counters: np.ndarray, mesh: Mesh
+                   ) -> TableState:
+    """A hot fold: a table holding `rows` replicated on every device of
+    `mesh` (``hot_capacity`` slots), with these counters."""
+    return place_replicated(spec, rows, counters, mesh,
+                            hot_capacity(len(rows.keys), spec.bucket_size))
+
+
+def split_hot(spec: TableSpec, hot: TableState | None, uniq: jax.Array
+              ) -> tuple[jax.Array, jax.Array]:
+    """(the ids not in the hot fold, with hot ones turned to padding; each id's
+    slot in the local replica, -1 when cold)."""
+    if hot is None:
+        return uniq, jnp.full(uniq.shape, -1, jnp.int32)
+    slots = find_slots(spec, hot, uniq)[0]
+    return jnp.where(slots >= 0, PADDING_ID, uniq), slots
+
+
+def with_hot_rows(layout: Layout, group, hot, hot_slots, cold, batch: int):
+    """The group's unique rows: the local replica's for hot ids, else `cold`."""
+    if not any(t in hot for t in group):
+        return cold
+    parts = []
+    for t, start, n in layout.segments(group, batch):
+        seg = lax.dynamic_slice_in_dim(hot_slots, start, n)
+        if t in hot:
+            parts.append(gather(hot[t], seg).astype(jnp.float32))
+        else:
+            parts.append(jnp.zeros((n, cold.shape[1]), jnp.float32))
+    return jnp.where((hot_slots >= 0)[:, None], jnp.concatenate(parts), cold)
+
+
+def apply_hot(layout: Layout, group, hot, hot_slots, g_unique, batch: int, step, ok):
+    """Data-parallel update of the group's hot folds: per hot row, the sum of
+    every device's gradient (and a touch count, so only rows some device used
+    are updated, and their scores set as the cold fold's lookup sets them:
+    last step = this step, freq + 1), one psum for the whole group. Returns
+    (hot, per table (non-finite rows skipped, bad slots))."""
+    tables = [(t, start, n) for t, start, n in layout.segments(group, batch) if t in hot]
+    if not tables:
+        return hot, {}
+    bufs = []
+    for t, start, n in tables:
+        rows = hot[t].capacity
+        seg = lax.dynamic_slice_in_dim(hot_slots, start, n)
+        g = lax.dynamic_slice_in_dim(g_unique, start, n)
+        g1 = jnp.concatenate([g, (seg >= 0).astype(jnp.float32)[:, None]], axis=1)
+        bufs.append(jnp.zeros((rows, g.shape[1] + 1), jnp.float32).at[
+            jnp.where(seg >= 0, seg, rows)].add(g1, mode="drop"))
+    summed = lax.psum(jnp.concatenate(bufs), layout.axis)
+    hot, skipped, off = dict(hot), {}, 0
+    for t, _, _ in tables:
+        rows = hot[t].capacity
+        part = summed[off:off + rows]
+        touched = ok & (part[:, -1] > 0)
+        slot = jnp.where(touched, jnp.arange(rows, dtype=jnp.int32), -1)
+        hot[t], status = apply_gradients(layout.spec(t), hot[t], slot, part[:, :-1], step=step)
+        hot[t] = hot[t]._replace(last_step=jnp.where(touched, step + 1, hot[t].last_step),
+                                 freq=hot[t].freq + touched)
+        skipped[t] = status[1:3]
+        off += rows
+    return hot, skipped
+
+
 # ----------------------------------------------------------------- statistics
-def device_ids(collection: EmbeddingCollection, batch: Mapping, table: str,
+def device_ids(collection: Sharded, batch: Mapping, table: str,
                num_devices: int | None = None) -> list[np.ndarray]:
     """The ids of `table` each device looks up for a host (global) batch: the
     batch split evenly over the devices (default: the mesh's), every feature
@@ -57,7 +157,7 @@ def device_ids(collection: EmbeddingCollection, batch: Mapping, table: str,
     return [chunk.reshape(-1) for chunk in np.split(ids, w)]
 
 
-def peek(collection: EmbeddingCollection, batches: Iterable[Mapping], *,
+def peek(collection: Sharded, batches: Iterable[Mapping], *,
          max_batches: int = 100, num_devices: int | None = None) -> list[TableStats]:
     """Exact per-table counts of the ids the exchange would carry (per-device
     dedup, remote ids only) over up to `max_batches` host batches, on this
@@ -75,7 +175,7 @@ def peek(collection: EmbeddingCollection, batches: Iterable[Mapping], *,
 
 
 # ------------------------------------------------------------- cost profile
-def measure_profile(collection: EmbeddingCollection, *, dim: int = 64, repeats: int = 5,
+def measure_profile(collection: Sharded, *, dim: int = 64, repeats: int = 5,
                     cache_dir: str | None = None) -> CostProfile:
     """C_ar and C_a2a of this mesh, measured with the real step: a one-table
     collection is timed with n cold lookups per device (the whole cold path:
@@ -115,7 +215,7 @@ def measure_profile(collection: EmbeddingCollection, *, dim: int = 64, repeats: 
     return profile
 
 
-def _time_probe(collection: EmbeddingCollection, dim: int, lookups: int, hot_rows: int,
+def _time_probe(collection: Sharded, dim: int, lookups: int, hot_rows: int,
                 repeats: int) -> float:
     """Median seconds of a train step of a one-table collection on the same
     mesh: `lookups` distinct cold ids per device, plus `hot_rows` replicated
@@ -127,8 +227,9 @@ def _time_probe(collection: EmbeddingCollection, dim: int, lookups: int, hot_row
     spec = TableSpec(name="probe", dim=dim, capacity=4 * lookups * w)
     feature = dataclasses.replace(next(iter(collection.features.values())), name="probe",
                                   table="probe", max_ids=1, pooling="sum", weighted=False)
-    probe = EmbeddingCollection([spec], [feature], mesh=collection.mesh, axis=collection.axis,
-                                retune_every=0)
+    # a collection of the caller's class (this module sits below it)
+    probe = type(collection)([spec], [feature], mesh=collection.mesh, axis=collection.axis,
+                             retune_every=0)
     tx = optax.set_to_zero()
     step = probe.make_train_step(lambda p, emb, b: (emb["probe"] ** 2).mean(), tx)
     state = probe.init_train_state({}, tx)
@@ -147,7 +248,7 @@ def _time_probe(collection: EmbeddingCollection, dim: int, lookups: int, hot_row
     return float(np.median(times))
 
 
-def plan(collection: EmbeddingCollection, stats: Sequence[TableStats], profile: CostProfile, *,
+def plan(collection: Sharded, stats: Sequence[TableStats], profile: CostProfile, *,
          memory_budget_bytes: int, **kw) -> ReplicationPlan:
     """The planner's choice of R per table for this collection's tables."""
     floats = {t.name: t.state_width for t in collection.tables.values()}
@@ -158,7 +259,7 @@ def plan(collection: EmbeddingCollection, stats: Sequence[TableStats], profile: 
 
 
 # ---------------------------------------------------------------- the moves
-def apply_plan(collection: EmbeddingCollection, state: TrainState,
+def apply_plan(collection: Sharded, state: TrainState,
                plan: ReplicationPlan | Mapping[str, np.ndarray]) -> TrainState:
     """Moves rows between the folds so that each table's hot fold holds
     exactly the plan's hot ids (a plan, or {table: hot ids}; none removes the
@@ -172,7 +273,7 @@ def apply_plan(collection: EmbeddingCollection, state: TrainState,
         spec = collection.tables[name]
         want = np.unique(np.asarray(hot_ids, np.int64))
         want = want[(want != PADDING_ID) & (want != ERASED_KEY)]
-        old_hot = replica_rows(hot[name])[0] if name in hot else _empty_rows(spec)
+        old_hot = replica_rows(hot[name])[0] if name in hot else Rows.empty(spec)
         stay = np.isin(old_hot.keys, want)
         leaving = Rows(*(x[~stay] for x in old_hot))
         arriving = want[~np.isin(want, old_hot.keys)]
@@ -202,12 +303,6 @@ def apply_plan(collection: EmbeddingCollection, state: TrainState,
     return state._replace(tables=tables, hot=hot)
 
 
-def _empty_rows(spec: TableSpec) -> Rows:
-    return Rows(np.zeros((0,), np.int64), np.zeros((0, spec.dim), np.dtype(spec.dtype)),
-                np.zeros((0, spec.state_width), np.float32), np.zeros((0,), np.int64),
-                np.zeros((0,), np.int64))
-
-
 def _fresh_rows(spec: TableSpec, ids: np.ndarray) -> Rows:
     """Rows exactly as find_or_insert would create them (never accessed)."""
     n = len(ids)
@@ -221,7 +316,7 @@ def _per_shard(collection, fn, state: TableState, *inputs, out):
     """shard_map of fn(local state, *inputs) over the collection's axis;
     inputs are replicated, outputs sharded like `out` specs."""
     ax = collection.axis
-    specs = TableState(*([P(ax)] * 6))
+    specs = sharded_specs(ax)
     return jax.jit(jax.shard_map(fn, mesh=collection.mesh,
                                  in_specs=(specs,) + tuple(P() for _ in inputs),
                                  out_specs=out))(state, *inputs)
@@ -232,7 +327,7 @@ def _take_from_cold(collection, spec: TableSpec, state: TableState, ids: np.ndar
     """Removes `ids` from the cold fold, returning the rows that were there
     (with their state and scores); counted as moved out, not erased."""
     if not len(ids):
-        return _empty_rows(spec), state
+        return Rows.empty(spec), state
     w, ax = collection.num_shards, collection.axis
     q = jnp.asarray(ids, jnp.int64)
 
@@ -245,7 +340,7 @@ def _take_from_cold(collection, spec: TableSpec, state: TableState, ids: np.ndar
 
     new, (found, values, opt, last, freq) = _per_shard(
         collection, local, state, q,
-        out=(TableState(*([P(ax)] * 6)), (P(ax), P(ax), P(ax), P(ax), P(ax))))
+        out=(sharded_specs(ax), (P(ax),) * 5))
     found, values, opt, last, freq = (host_gather(x).reshape((w, len(ids)) + x.shape[1:])
                                       for x in (found, values, opt, last, freq))
     shard, idx = np.nonzero(found)
@@ -256,27 +351,15 @@ def _take_from_cold(collection, spec: TableSpec, state: TableState, ids: np.ndar
 def _put_into_cold(collection, spec: TableSpec, state: TableState, rows: Rows) -> TableState:
     """Inserts whole rows into their owner shards of the cold fold (counted as
     moved in); raises TableFullError, the state unchanged, if some found no room."""
-    w, ax = collection.num_shards, collection.axis
-    owner = owner_of(rows.keys, w)
-    n = max(1, int(np.bincount(owner, minlength=w).max()))
-    blocks = [np.full((w, n), PADDING_ID, np.int64),
-              np.zeros((w, n, spec.dim), np.dtype(spec.dtype)),
-              np.zeros((w, n, spec.state_width), np.float32), np.zeros((w, n), np.int64),
-              np.zeros((w, n), np.int64)]
-    for s in range(w):
-        sel = owner == s
-        for b, x in zip(blocks, rows):
-            b[s, :sel.sum()] = x[sel]
-    sharding = NamedSharding(collection.mesh, P(ax))
-    args = [jax.device_put(jnp.asarray(b.reshape((w * n,) + b.shape[2:]), d), sharding)
-            for b, d in zip(blocks, (jnp.int64, spec.dtype, jnp.float32, jnp.int64, jnp.int64))]
+    ax = collection.axis
+    args = rows_to_owners(rows, collection.mesh, ax)
 
     def local(st: TableState, k, v, o, ls, f):
         st, _, status = import_rows(spec, st, Rows(k, v, o, ls, f))
         st = st._replace(counters=st.counters.at[_C["moved_in"]].add(status[1]))
         return st, status[None, 3]
 
-    specs = TableState(*([P(ax)] * 6))
+    specs = sharded_specs(ax)
     new, refused = jax.jit(jax.shard_map(
         local, mesh=collection.mesh, in_specs=(specs,) + (P(ax),) * 5,
         out_specs=(specs, P(ax))))(state, *args)
@@ -297,7 +380,7 @@ class Replicator:
     less than `min_coverage` of its exchanged lookups. Re-plans move rows at a
     step boundary, so the model is unchanged (I2)."""
 
-    collection: EmbeddingCollection
+    collection: Sharded
     profile: CostProfile
     memory_budget_bytes: int
     every: int = 1000
@@ -347,16 +430,9 @@ class Replicator:
 
 
 def fold_counters(state: TrainState) -> dict[str, dict[str, int]]:
-    """Counters of each table summed over shards and both folds (the hot fold
-    counted once: every device holds the same replica)."""
-    out = {}
-    for name, st in state.tables.items():
-        c = host_gather(st.counters).reshape(-1, NUM_COUNTERS)
-        total = c.sum(axis=0)
-        if name in state.hot:
-            total = total + np.asarray(state.hot[name].counters.addressable_shards[0].data)
-        out[name] = {k: int(total[i]) for k, i in _C.items()}
-    return out
+    """Counters of each table summed over shards and both folds."""
+    return {name: counters_by_name(c)
+            for name, c in counter_totals(state.tables, state.hot).items()}
 
 
 __all__ = ["peek", "measure_profile", "plan", "apply_plan", "Replicator",

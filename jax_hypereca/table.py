@@ -133,6 +133,24 @@ class TableState(NamedTuple):
     def capacity(self) -> int:
         return self.keys.shape[-1]
 
+    @staticmethod
+    def empty(spec: "TableSpec", rows: int, sharding=None, *, shards: int = 1) -> "TableState":
+        """An empty table of `rows` slots in total and `shards` counter
+        vectors: keys EMPTY_KEY, everything else zero. With a `sharding`, the
+        arrays are created on the devices it lays them out on (axis 0)."""
+        def make():
+            return TableState(
+                keys=jnp.full((rows,), EMPTY_KEY, jnp.int64),
+                values=jnp.zeros((rows, spec.dim), spec.dtype),
+                opt_state=jnp.zeros((rows, spec.state_width), jnp.float32),
+                last_step=jnp.zeros((rows,), jnp.int64),
+                freq=jnp.zeros((rows,), jnp.int64),
+                counters=jnp.zeros((shards * NUM_COUNTERS,), jnp.int64))
+
+        if sharding is None:
+            return make()
+        return jax.jit(make, out_shardings=TableState(*([sharding] * 6)))()
+
 
 def counters_dict(state: TableState) -> dict[str, int]:
     """Cumulative counters of a (single-shard) state, summed over leading axes."""
@@ -148,13 +166,7 @@ def init_table(spec: TableSpec, *, rows: int | None = None) -> TableState:
         if rows != spec.capacity:
             log.info("table %r: capacity %d rounded up to %d (whole buckets of %d)",
                      spec.name, spec.capacity, rows, spec.shard_geometry(1)[1])
-    return TableState(
-        keys=jnp.full((rows,), EMPTY_KEY, jnp.int64),
-        values=jnp.zeros((rows, spec.dim), spec.dtype),
-        opt_state=jnp.zeros((rows, spec.state_width), jnp.float32),
-        last_step=jnp.zeros((rows,), jnp.int64),
-        freq=jnp.zeros((rows,), jnp.int64),
-        counters=jnp.zeros((NUM_COUNTERS,), jnp.int64))
+    return TableState.empty(spec, rows)
 
 
 def _bucket_size(spec: TableSpec, state: TableState) -> int:
@@ -287,6 +299,16 @@ class Rows(NamedTuple):
     @staticmethod
     def concat(parts: list["Rows"]) -> "Rows":
         return Rows(*(np.concatenate(xs) for xs in zip(*parts)))
+
+    @staticmethod
+    def empty(spec: TableSpec, shape: int | tuple[int, ...] = 0) -> "Rows":
+        """Host rows of `shape` (leading dims) for `spec`: keys EMPTY_KEY,
+        everything else zero, each field in its stored dtype."""
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        return Rows(np.full(shape, EMPTY_KEY, np.int64),
+                    np.zeros(shape + (spec.dim,), np.dtype(spec.dtype)),
+                    np.zeros(shape + (spec.state_width,), np.float32),
+                    np.zeros(shape, np.int64), np.zeros(shape, np.int64))
 
 
 @functools.partial(jax.jit, static_argnames=("chunk", "mode", "policy"))

@@ -31,7 +31,7 @@ import test_replication as tr  # noqa: E402
 import jax_hypereca as h  # noqa: E402
 from jax_hypereca import replication as rep  # noqa: E402
 from jax_hypereca.collection import EmbeddingCollection  # noqa: E402
-from jax_hypereca.sharding import host_gather, make_mesh, replica_rows  # noqa: E402
+from jax_hypereca.placement import host_gather, make_mesh, replica_rows  # noqa: E402
 from jax_hypereca.table import COUNTER_NAMES  # noqa: E402
 
 assert jax.device_count() == 8 and jax.local_device_count() == 4

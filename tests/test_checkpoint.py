@@ -17,7 +17,7 @@ import jax_hypereca as h
 from jax_hypereca.checkpoint import (
     CheckpointError, CheckpointManager, check_writable, local_rows, replica_rows)
 from jax_hypereca.collection import EmbeddingCollection
-from jax_hypereca.sharding import make_mesh
+from jax_hypereca.placement import make_mesh
 
 sys.path.insert(0, os.path.dirname(__file__))
 import sparse_reference as sr  # noqa: E402

@@ -10,7 +10,7 @@ import pytest
 import jax_hypereca as h
 from jax_hypereca.collection import EmbeddingCollection
 from jax_hypereca.features import FeatureSpec, Jagged
-from jax_hypereca.sharding import make_mesh
+from jax_hypereca.placement import make_mesh
 
 V = {"a": 400, "b": 60, "c": 120}
 DIMS = {"a": 8, "b": 4, "c": 8}

@@ -667,7 +667,7 @@ def test_sharded_training_on_one_gpu_matches_cpu():
 
     import test_collection as tc
     from jax_hypereca.collection import EmbeddingCollection
-    from jax_hypereca.sharding import make_mesh
+    from jax_hypereca.placement import make_mesh
 
     batches = tc.make_batches(seed=3, steps=12)
     results = []

@@ -16,7 +16,7 @@ import jax_hypereca as h
 from jax_hypereca import replication as rep
 from jax_hypereca.collection import EmbeddingCollection
 from jax_hypereca.planner import CostProfile
-from jax_hypereca.sharding import make_mesh
+from jax_hypereca.placement import make_mesh
 
 import test_collection as tc
 

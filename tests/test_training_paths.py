@@ -14,7 +14,7 @@ import pytest
 
 import jax_hypereca as h
 from jax_hypereca.collection import EmbeddingCollection
-from jax_hypereca.sharding import make_mesh
+from jax_hypereca.placement import make_mesh
 
 import sparse_reference as sr
 import test_collection as tc

@@ -1,30 +1,16 @@
 """Where the Flax layers find their rows: the collection looks every feature
 up before the model runs (the exchange must see the whole batch), then runs
-the model with the looked-up outputs in scope. The layers return them, and
-the gradient the loss sends them goes back to the tables."""
+the model with the looked-up outputs current (jax_hypereca.lookup_scope). The
+layers return them, and the gradient the loss sends them goes back to the
+tables."""
 
 from __future__ import annotations
-
-import contextlib
-from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 
 from jax_hypereca.features import FeatureSpec
-
-_SCOPES: list[tuple[Mapping[str, jax.Array], Mapping[str, jax.Array]]] = []
-
-
-@contextlib.contextmanager
-def embedding_scope(outputs: Mapping[str, jax.Array], ids: Mapping[str, jax.Array]):
-    """Makes `outputs` (per feature) visible to HypeRecaEmbed layers called
-    with the matching `ids`. The collection's steps open it for you."""
-    _SCOPES.append((outputs, ids))
-    try:
-        yield
-    finally:
-        _SCOPES.pop()
+from jax_hypereca.lookup_scope import current_scope
 
 
 def output_shape(feature: FeatureSpec, dim: int, ids_shape) -> tuple[int, ...]:
@@ -35,14 +21,15 @@ def output_shape(feature: FeatureSpec, dim: int, ids_shape) -> tuple[int, ...]:
 def current_output(feature: FeatureSpec, dim: int, ids, *, initializing: bool) -> jax.Array:
     """The looked-up output of `feature` for these ids (zeros while a linen
     model is being initialized outside any step)."""
-    if not _SCOPES:
+    scope = current_scope()
+    if scope is None:
         if initializing:
             return jnp.zeros(output_shape(feature, dim, ids.shape), jnp.float32)
         raise RuntimeError(
             f"HypeRecaEmbed({feature.name!r}) was called outside a jax_hypereca step. Run the "
             f"model inside the loss given to EmbeddingCollection.make_train_step, or the "
             f"function given to make_eval_fn: they look the ids up and provide the rows.")
-    outputs, scope_ids = _SCOPES[-1]
+    outputs, scope_ids = scope
     if feature.name not in outputs:
         raise KeyError(f"HypeRecaEmbed({feature.name!r}): the collection has no feature "
                        f"{feature.name!r}; features: {sorted(outputs)}")

@@ -1,0 +1,86 @@
+"""Layout: the static description of one compiled exchange (features,
+tables, exchange groups, their per-destination capacities and the exchange
+schedule), and the per-device statistics each step reports."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from jax_hypereca.features import FeatureSpec
+from jax_hypereca.table import TableSpec
+
+# Per-device statistics, one int64 vector per table (see Layout.looked_up).
+STAT_NAMES = ("ids", "unique", "remote_unique", "max_count", "queries", "hits", "inserted",
+              "evicted", "reserved", "failed", "resident", "hot_unique", "apply_nonfinite")
+STAT_INDEX = {n: i for i, n in enumerate(STAT_NAMES)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Static description of one compiled exchange: features, tables, exchange
+    groups and their per-destination capacities. Hashable (a jit cache key)."""
+
+    tables: tuple[TableSpec, ...]
+    features: tuple[FeatureSpec, ...]
+    num_shards: int
+    axis: str
+    capacities: tuple[int, ...]  # per group: ids one device sends one owner per step
+    evict: bool = True            # False: every row is pinned; full buckets grow the table
+    hot: tuple[str, ...] = ()     # tables with a replicated hot fold
+
+    @property
+    def table_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tables)
+
+    def spec(self, name: str) -> TableSpec:
+        return self.tables[self.table_names.index(name)]
+
+    def features_of(self, table: str) -> tuple[FeatureSpec, ...]:
+        return tuple(f for f in self.features if f.table == table)
+
+    @property
+    def groups(self) -> tuple[tuple[str, ...], ...]:
+        """Tables that share one exchange (one buffer, one capacity): same dim
+        and storage dtype, in table order."""
+        return exchange_groups(self.tables, self.features)
+
+    def group_features(self, group) -> list[FeatureSpec]:
+        """The features of a group's tables, in the order their ids are listed."""
+        return [f for t in group for f in self.features_of(t)]
+
+    def segments(self, group, batch: int) -> list[tuple[str, int, int]]:
+        """(table, start, length) of each table's unique list in the group's."""
+        out, start = [], 0
+        for t in group:
+            n = batch * sum(f.max_ids for f in self.features_of(t))
+            out.append((t, start, n))
+            start += n
+        return out
+
+    @property
+    def looked_up(self) -> tuple[str, ...]:
+        """Tables some feature looks up, in stats order."""
+        return tuple(t for g in self.groups for t in g)
+
+    def bytes_per_step(self) -> dict[str, int]:
+        """Bytes one device sends to other devices per training step, padding
+        included (the self block of each all_to_all stays on the device)."""
+        ids = rows = grads = 0
+        for g, cap in zip(self.groups, self.capacities):
+            spec = self.spec(g[0])
+            ids += (self.num_shards - 1) * cap * 16  # key + table tag
+            rows += (self.num_shards - 1) * cap * spec.dim * np.dtype(spec.dtype).itemsize
+            grads += (self.num_shards - 1) * cap * spec.dim * 4
+        return {"ids": ids, "rows": rows, "grads": grads}
+
+
+def exchange_groups(tables, features) -> tuple[tuple[str, ...], ...]:
+    """Looked-up tables grouped by (dim, storage dtype)."""
+    used = {f.table for f in features}
+    out: dict[tuple, list[str]] = {}
+    for t in tables:
+        if t.name in used:
+            out.setdefault((t.dim, np.dtype(t.dtype).name), []).append(t.name)
+    return tuple(tuple(v) for v in out.values())

@@ -1,0 +1,220 @@
+"""The per-device lookup and update of a sharded step (the model-parallel
+fold), run inside ``shard_map`` over the layout's axis.
+
+Per exchange group (tables of one dim and dtype):
+
+forward   dedup the local ids per table (unique; hot-fold ids are served by
+          the local replica) -> one tagged list per group -> bucketize by
+          owner into one static per-destination buffer -> exchange (id,
+          table tag) to the owners -> find_or_insert per table (or find, for
+          evaluation) + one tagged gather on the owner -> exchange rows back
+          -> expand by the inverse and pool per feature.
+backward  d loss / d pooled -> per unique id (the pooling's transpose) ->
+          scattered into the same buffers -> exchange to the owners -> the
+          owner sums the senders' gradients of a slot and applies the fused
+          optimizer; hot rows are all-reduced (replication.apply_hot).
+
+How blocks move between devices is the layout's Exchange (exchange.py).
+Per-destination capacities are static. A batch that needs more is detected
+before anything is updated: every device learns it through one max-reduction,
+the exchange then carries only padding (no insert, no update) and the host
+re-runs the step with larger capacities (see steps.py). Likewise, when an
+owner must refuse an id a row (its bucket is full of rows this very step
+uses), a second max-reduction cancels the step's updates and the host grows
+the table before re-running it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jax_hypereca import _ops
+from jax_hypereca.errors import ERASED_KEY, PADDING_ID
+from jax_hypereca.features import FeatureSpec
+from jax_hypereca.layout import STAT_INDEX, STAT_NAMES, Layout
+from jax_hypereca.replication import apply_hot, split_hot, with_hot_rows
+from jax_hypereca.table import TableState, apply_gradients, find_or_insert
+from jax_hypereca.table import find as table_find
+
+class TableContext(NamedTuple):
+    """What the backward pass of one exchange group needs from its forward."""
+
+    inverse: jax.Array    # (n,) int32 local id -> index into the group's unique list
+    position: jax.Array   # (N,) int32 unique id -> send-buffer position, -1 padding/hot
+    slots: jax.Array      # (T, W * cap) int32 owner slots per table, -1 elsewhere
+    hot_slots: jax.Array  # (N,) int32 slot in the table's hot fold, -1 when cold
+
+
+def _pool(feature: FeatureSpec, rows, inverse, weights, batch: int):
+    """Rows of the unique ids -> the feature's output ([b, D] or [b, L, D])."""
+    L = feature.max_ids
+    valid = (inverse >= 0).reshape(batch, L)
+    r = jnp.take(rows, jnp.maximum(inverse, 0), axis=0).reshape(batch, L, -1)
+    w = valid.astype(jnp.float32)
+    if weights is not None:
+        w = w * weights.reshape(batch, L)
+    r = r * w[..., None]
+    if feature.pooling == "none":
+        return r
+    s = r.sum(axis=1)
+    if feature.pooling == "sum":
+        return s
+    den = w.sum(axis=1, keepdims=True)
+    return jnp.where(den > 0, s / jnp.where(den > 0, den, 1.0), 0.0)
+
+
+def _pool_group(layout: Layout, group, urows, inverse, weights, batch: int):
+    """Every feature of the group from its unique rows (linear in urows)."""
+    out, start = {}, 0
+    for f in layout.group_features(group):
+        n = batch * f.max_ids
+        w = weights.get(f.name) if f.weighted else None
+        out[f.name] = _pool(f, urows, lax.dynamic_slice_in_dim(inverse, start, n), w, batch)
+        start += n
+    return out
+
+
+def _dedup_group(layout: Layout, group, ids, hot):
+    """Per table: unique ids, split into the hot fold (found in the local
+    replica) and the cold rest; concatenated over the group with table tags.
+    Returns (cold keys (N,), tags (N,), hot slots (N,), inverse (n,), stats)."""
+    keys, tags, hot_slots, inverse, stats, offset = [], [], [], [], [], 0
+    for i, t in enumerate(group):
+        flat = jnp.concatenate([ids[f.name].reshape(-1) for f in layout.features_of(t)])
+        uniq, inv, count = _ops.unique(flat)
+        uniq, hs = split_hot(layout.spec(t), hot.get(t), uniq)
+        keys.append(uniq)
+        hot_slots.append(hs)
+        tags.append(jnp.where(uniq != PADDING_ID, i, -1).astype(jnp.int32))
+        inverse.append(jnp.where(inv >= 0, inv + offset, -1))
+        stats.append(((flat != PADDING_ID).sum(), count, (hs >= 0).sum()))
+        offset += flat.shape[0]
+    return (jnp.concatenate(keys), jnp.concatenate(tags), jnp.concatenate(hot_slots),
+            jnp.concatenate(inverse), stats)
+
+
+def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, TableState],
+                  ids: dict, weights: dict, step, *, train: bool):
+    """Per-device forward exchange (call inside shard_map over layout.axis).
+    `hot` holds the replicated hot folds (every device has all of them).
+
+    Returns (tables, outputs per feature, contexts per group, stats (T, S), ok)."""
+    W, ax = layout.num_shards, layout.axis
+    me = lax.axis_index(ax)
+    batch = next(iter(ids.values())).shape[0]
+    local, stats = [], {}
+    too_big = jnp.zeros((), jnp.int32)
+    for group, cap in zip(layout.groups, layout.capacities):
+        keys, tags, hot_slots, inverse, tstats = _dedup_group(layout, group, ids, hot)
+        send, counts, position = _ops.bucketize(keys, num_shards=W, capacity=cap)
+        too_big = jnp.maximum(too_big, (counts > cap).any().astype(jnp.int32))
+        tag_send = jnp.full((W * cap + 1,), -1, jnp.int32).at[
+            jnp.where(position >= 0, position, W * cap)].set(tags)[:-1].reshape(W, cap)
+        local.append((inverse, position, send, tag_send, hot_slots))
+        remote = (position >= 0) & (position // cap != me)
+        for i, t in enumerate(group):
+            st = jnp.zeros((len(STAT_NAMES),), jnp.int64)
+            st = st.at[STAT_INDEX["ids"]].set(tstats[i][0]).at[STAT_INDEX["unique"]].set(tstats[i][1])
+            st = st.at[STAT_INDEX["hot_unique"]].set(tstats[i][2])
+            st = st.at[STAT_INDEX["remote_unique"]].set((remote & (tags == i)).sum())
+            stats[t] = st.at[STAT_INDEX["max_count"]].set(counts.max())
+    # One max-reduction tells every device whether some buffer would overflow;
+    # then nothing is exchanged, inserted or updated this step.
+    ok = lax.pmax(too_big, ax) == 0
+
+    urows, contexts = [], []
+    refused = jnp.zeros((), jnp.int32)
+    for gi, (group, cap) in enumerate(zip(layout.groups, layout.capacities)):
+        inverse, position, send, tag_send, hot_slots = local[gi]
+        send = jnp.where(ok, send, PADDING_ID)
+        payload = jnp.stack([send, tag_send.astype(jnp.int64)], axis=-1)
+        recv = lax.all_to_all(payload, ax, 0, 0, tiled=True).reshape(W * cap, 2)
+        q_keys, q_tags = recv[:, 0], recv[:, 1].astype(jnp.int32)
+        if train:
+            slots = []
+            for i, t in enumerate(group):
+                # An id arrives once from each device that looked it up: the owner
+                # looks it up once, so its scores count steps whatever the mesh.
+                q, inv, _ = _ops.unique(jnp.where(q_tags == i, q_keys, PADDING_ID))
+                tables[t], res = find_or_insert(layout.spec(t), tables[t], q, step=step,
+                                                pin_from=None if layout.evict else 0)
+                slots.append(jnp.where(inv >= 0, res.slots[jnp.maximum(inv, 0)], -1))
+                stats[t] = stats[t].at[STAT_INDEX["queries"]:STAT_INDEX["failed"] + 1].set(res.status[:6])
+                stats[t] = stats[t].at[STAT_INDEX["resident"]].set(tables[t].counters[0])
+                refused = jnp.maximum(refused, (res.status[5] > 0).astype(jnp.int32))
+            # each entry has a slot in its own table only (-1 in the others)
+            rows = _ops.gather_tagged(q_tags, jnp.max(jnp.stack(slots), axis=0),
+                                      [tables[t].values for t in group])
+            contexts.append(TableContext(inverse, position, jnp.stack(slots), hot_slots))
+        else:
+            rows = _rows_or_init(layout, group, tables, q_keys, q_tags)
+            for i, t in enumerate(group):  # find gives a reserved id no row: reported
+                reserved = ((q_tags == i) & (q_keys == ERASED_KEY)).sum()
+                stats[t] = stats[t].at[STAT_INDEX["reserved"]].set(reserved)
+        back = lax.all_to_all(rows.reshape(W, cap, -1), ax, 0, 0, tiled=True)
+        b = back.reshape(W * cap, -1).astype(jnp.float32)
+        cold = jnp.where((position >= 0)[:, None],
+                         jnp.take(b, jnp.maximum(position, 0), axis=0), 0.0)
+        urows.append(with_hot_rows(layout, group, hot, hot_slots, cold, batch))
+    if train:
+        # An id refused a row (its bucket is full of this step's rows): nothing
+        # is updated this step; the host grows the table and re-runs it.
+        ok = ok & (lax.pmax(refused, ax) == 0)
+    outputs = {}
+    for gi, group in enumerate(layout.groups):
+        outputs.update(_pool_group(layout, group, urows[gi], local[gi][0], weights, batch))
+    stat_matrix = jnp.stack([stats[t] for t in layout.looked_up])
+    return tables, outputs, tuple(contexts) if train else (), stat_matrix, ok
+
+
+def _rows_or_init(layout: Layout, group, tables, keys, tags):
+    """Evaluation rows: the resident row, else the row an insert would create
+    (one find per table of the group; the others' entries come back zero)."""
+    rows = None
+    for i, t in enumerate(group):
+        spec = layout.spec(t)
+        r, _ = table_find(spec, tables[t], jnp.where(tags == i, keys, PADDING_ID),
+                          miss_init=True)
+        rows = r if rows is None else rows + r  # other tables' entries are zero rows
+    return rows
+
+
+def backward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, TableState],
+                   grads: dict, contexts, weights: dict, step, ok):
+    """Per-device backward exchange: routes d loss / d outputs of cold ids to
+    their owners, which apply the fused optimizer; sums the hot ids' gradients
+    over all devices (one all-reduce per group) and applies them identically
+    on every replica. Returns (tables, hot, apply problems (T, 2): gradient
+    rows skipped as non-finite, slots outside the table)."""
+    W, ax = layout.num_shards, layout.axis
+    batch = next(iter(grads.values())).shape[0]
+    problems = {}
+    for group, cap, ctx in zip(layout.groups, layout.capacities, contexts):
+        dim = layout.spec(group[0]).dim
+        n_unique = ctx.position.shape[0]
+
+        def pooled(u, group=group, ctx=ctx):
+            return _pool_group(layout, group, u, ctx.inverse, weights, batch)
+
+        # The linearization point must vary over the axis like the data: an
+        # axis-invariant one would make the transpose psum the gradients.
+        zero = lax.pcast(jnp.zeros((n_unique, dim), jnp.float32), ax, to="varying")
+        _, vjp = jax.vjp(pooled, zero)
+        (g_unique,) = vjp({f.name: grads[f.name] for f in layout.group_features(group)})
+        target = jnp.where(ctx.position >= 0, ctx.position, W * cap)
+        buf = jnp.zeros((W * cap, dim), jnp.float32).at[target].set(g_unique, mode="drop")
+        recv = lax.all_to_all(buf.reshape(W, cap, dim), ax, 0, 0, tiled=True)
+        g = recv.reshape(W * cap, dim)
+        for i, t in enumerate(group):
+            slot = jnp.where(ok, ctx.slots[i], -1)
+            tables[t], status = apply_gradients(layout.spec(t), tables[t], slot, g, step=step)
+            problems[t] = status[1:3]
+        hot, hot_problems = apply_hot(layout, group, hot, ctx.hot_slots, g_unique, batch,
+                                       step, ok)
+        for t, p in hot_problems.items():
+            problems[t] = problems[t] + p
+    return tables, hot, jnp.stack([problems[t] for t in layout.looked_up])
