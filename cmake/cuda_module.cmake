@@ -1,9 +1,18 @@
-# The CUDA extension: kernels in .cu (no FFI header, fast nvcc), FFI bindings
+# The CUDA extension: kernels in .cu (no FFI header, fast nvcc), the FFI
+# handlers (one <op>_cuda.cc per op family, as the CPU module's <op>_cpu.cc)
 # and the nanobind module in .cc (host compiler).
 file(GLOB HYPERECA_CUDA_KERNELS CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/ffi/src/*_kernels.cu)
 nanobind_add_module(_hypereca_cuda NOMINSIZE NB_STATIC
   ffi/src/module_cuda.cc
-  ffi/src/ops_cuda.cc
+  ffi/src/find_or_insert_cuda.cc
+  ffi/src/find_cuda.cc
+  ffi/src/gather_cuda.cc
+  ffi/src/apply_gradients_cuda.cc
+  ffi/src/erase_cuda.cc
+  ffi/src/export_cuda.cc
+  ffi/src/import_cuda.cc
+  ffi/src/unique_cuda.cc
+  ffi/src/bucketize_cuda.cc
   ${HYPERECA_CUDA_KERNELS})
 target_include_directories(_hypereca_cuda PRIVATE ffi/include ffi/src)
 # SYSTEM: the XLA FFI headers' own warnings are not ours to fix.

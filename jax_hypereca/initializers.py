@@ -13,9 +13,10 @@ from typing import Literal
 
 import numpy as np
 
+from jax_hypereca._native import CONSTANTS
 from jax_hypereca.hashing import GOLDEN, _INIT_SALT, as_u64, mix64
 
-_KINDS = {"uniform": 0, "normal": 1, "constant": 2}
+_KINDS: dict[str, int] = dict(CONSTANTS["INIT_KINDS"])  # InitKind (enums.h)
 _NORMAL_SALT = np.uint64(0x4E4F524D)
 
 

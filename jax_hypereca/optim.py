@@ -35,6 +35,7 @@ Schedule = Callable[[jnp.ndarray], jnp.ndarray]
 ScalarOrSchedule = Union[float, Schedule]
 
 _HP = CONSTANTS["HPARAMS"]
+_KINDS: dict[str, int] = CONSTANTS["OPTIMIZERS"]  # OptimizerKind (enums.h)
 
 
 def _value(v: ScalarOrSchedule, step) -> jnp.ndarray:
@@ -73,7 +74,7 @@ class Optimizer:
 class SGD(Optimizer):
     """Plain SGD, optionally with decoupled weight decay on touched rows."""
 
-    kind: ClassVar[int] = 0
+    kind: ClassVar[int] = _KINDS["sgd"]
     weight_decay: ScalarOrSchedule = 0.0
     """Decoupled weight decay applied to the rows a step touches."""
 
@@ -88,7 +89,7 @@ class SGD(Optimizer):
 class Adagrad(Optimizer):
     """Element-wise Adagrad with optax's conventions (``optax.adagrad``)."""
 
-    kind: ClassVar[int] = 1
+    kind: ClassVar[int] = _KINDS["adagrad"]
     initial_accumulator_value: float = 0.1
     """Starting value of every accumulator (optax: 0.1; TorchRec: 0)."""
     eps: ScalarOrSchedule = 1e-7
@@ -121,7 +122,7 @@ class RowwiseAdagrad(Optimizer):
     FBGEMM's L2 mode is not offered.
     """
 
-    kind: ClassVar[int] = 2
+    kind: ClassVar[int] = _KINDS["rowwise_adagrad"]
     initial_accumulator_value: float = 0.0
     """Starting value of the row accumulator (FBGEMM and TorchRec: 0)."""
     eps: ScalarOrSchedule = 1e-8
@@ -145,7 +146,7 @@ class Adam(Optimizer):
     row touched every step matches ``optax.adam`` exactly (AdamW with
     ``weight_decay``)."""
 
-    kind: ClassVar[int] = 3
+    kind: ClassVar[int] = _KINDS["adam"]
     b1: ScalarOrSchedule = 0.9
     """First-moment decay."""
     b2: ScalarOrSchedule = 0.999
@@ -167,7 +168,7 @@ class Adam(Optimizer):
 class FTRL(Optimizer):
     """FTRL-proximal with learning-rate power -1/2 (Keras ``Ftrl``)."""
 
-    kind: ClassVar[int] = 4
+    kind: ClassVar[int] = _KINDS["ftrl"]
     l1: ScalarOrSchedule = 0.0
     """L1 regularization strength."""
     l2: ScalarOrSchedule = 0.0

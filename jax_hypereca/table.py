@@ -38,7 +38,7 @@ log = logging.getLogger("jax_hypereca")
 
 COUNTER_NAMES: dict[str, int] = dict(CONSTANTS["COUNTERS"])
 NUM_COUNTERS: int = CONSTANTS["NUM_COUNTERS"]
-_POLICIES = {"lru": 0, "lfu": 1}
+_POLICIES: dict[str, int] = dict(CONSTANTS["POLICIES"])  # ScorePolicy (enums.h)
 _DTYPES = {np.dtype(jnp.float32): "float32", np.dtype(jnp.bfloat16): "bfloat16"}
 MAX_SHARD_ROWS = (1 << 31) - 1
 
@@ -262,7 +262,7 @@ def erase(spec: TableSpec, state: TableState, ids) -> tuple[TableState, jax.Arra
     return state._replace(keys=keys, last_step=last, freq=freq, counters=counters), erased
 
 
-_MODES = {None: 0, "below": 1, "at_least": 2}
+_MODES: dict[str, int] = dict(CONSTANTS["EXPORT_MODES"])  # ExportMode (enums.h)
 
 
 def _predicate(below, at_least) -> tuple[int, int]:
@@ -272,7 +272,7 @@ def _predicate(below, at_least) -> tuple[int, int]:
         return _MODES["below"], below
     if at_least is not None:
         return _MODES["at_least"], at_least
-    return _MODES[None], 0
+    return _MODES["all"], 0
 
 
 def erase_if(spec: TableSpec, state: TableState, *, below=None, at_least=None

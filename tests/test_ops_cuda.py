@@ -536,6 +536,11 @@ def test_shape_errors_match_cpu():
                                         put(np.zeros(0, np.float32), dev), seed=0,
                                         init_kind=0, init_scale=0.1, policy=0, bucket_size=3,
                                         max_evictions=5),
+            lambda: _ops.find_or_insert(tuple(st), ids, put(np.int64(1), dev),
+                                        put(np.int64(1), dev),
+                                        put(spec.optimizer.initial_state(4), dev), seed=0,
+                                        init_kind=0, init_scale=0.1, policy=2, bucket_size=4,
+                                        max_evictions=5),
         ):
             with pytest.raises(Exception) as info, jax.default_device(dev):
                 jax.block_until_ready(call())
@@ -544,7 +549,8 @@ def test_shape_errors_match_cpu():
     expected = ("hypereca_find: bucket_size must be a power of two <= 65536 dividing the "
                 "capacity 64 (got 3)",
                 "hypereca_find_or_insert: bucket_size must be a power of two <= 65536 "
-                "dividing the capacity 64 (got 3)")
+                "dividing the capacity 64 (got 3)",
+                "hypereca_find_or_insert: attribute policy = 2 is not one of 0 (lru), 1 (lfu)")
     for cpu_msg, dut_msg, want in zip(msgs[0], msgs[1], expected):
         assert want in cpu_msg, cpu_msg
         assert want in dut_msg, dut_msg

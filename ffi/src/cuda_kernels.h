@@ -1,6 +1,6 @@
 // Plain C++ launchers of the CUDA kernels (no XLA header here: the .cu files
-// that implement them compile in seconds, the FFI bindings live in
-// ops_cuda.cc). Every launcher enqueues its work on `stream` only, never
+// that implement them compile in seconds, the FFI bindings live in the
+// <op>_cuda.cc files). Every launcher enqueues its work on `stream` only, never
 // synchronizes, and returns the first CUDA error with the step it came from.
 #pragma once
 

@@ -4,9 +4,11 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
 
+#include <cstddef>
 #include <string>
 
 #include "hypereca/common.h"
+#include "hypereca/enums.h"
 #include "xla/ffi/api/c_api.h"
 
 #ifndef HYPERECA_JAXLIB_VERSION
@@ -45,6 +47,14 @@ inline nb::dict BuildInfo(const char* platform) {
   d["jaxlib_version"] = std::string(HYPERECA_JAXLIB_VERSION);
   d["ffi_api_major"] = XLA_FFI_API_MAJOR;
   d["ffi_api_minor"] = XLA_FFI_API_MINOR;
+  return d;
+}
+
+// {name: value} of an enumeration of enums.h, in value order.
+template <size_t N>
+nb::dict EnumDict(const char* const (&names)[N]) {
+  nb::dict d;
+  for (size_t i = 0; i < N; ++i) d[names[i]] = static_cast<int>(i);
   return d;
 }
 
@@ -94,6 +104,11 @@ inline nb::dict Constants() {
   hparams["beta"] = static_cast<int>(kBeta);
   hparams["weight_decay"] = static_cast<int>(kWeightDecay);
   d["HPARAMS"] = hparams;
+  // The int32 selector attributes of the ops (enums.h).
+  d["POLICIES"] = EnumDict(kScorePolicyNames);
+  d["INIT_KINDS"] = EnumDict(kInitKindNames);
+  d["OPTIMIZERS"] = EnumDict(kOptimizerKindNames);
+  d["EXPORT_MODES"] = EnumDict(kExportModeNames);
   return d;
 }
 

@@ -2,11 +2,13 @@
 // set of checks and messages for both platforms).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "hypereca/common.h"
+#include "hypereca/enums.h"
 #include "hypereca/optim.h"
 #include "hypereca/probe.h"
 #include "xla/ffi/api/ffi.h"
@@ -28,6 +30,22 @@ inline std::string ShapeError(const char* op, const std::string& what) {
 
 inline ffi::Error BadShape(const char* op, const std::string& what) {
   return ffi::Error::InvalidArgument(ShapeError(op, what));
+}
+
+// An int32 selector attribute (enums.h) outside [0, count): the error names the
+// op, the attribute, the value and every valid value with its name, e.g.
+// "hypereca_find_or_insert: attribute policy = 7 is not one of 0 (lru), 1 (lfu)".
+template <size_t N>
+inline ffi::Error CheckEnumAttr(const char* op, const char* attr, int32_t value,
+                                bool valid, const char* const (&names)[N]) {
+  if (valid) return ffi::Error::Success();
+  std::string what = std::string("attribute ") + attr + " = " + std::to_string(value) +
+                     " is not one of ";
+  for (size_t i = 0; i < N; ++i) {
+    if (i > 0) what += ", ";
+    what += std::to_string(i) + " (" + names[i] + ")";
+  }
+  return BadShape(op, what);
 }
 
 // Geometry of a shard of `capacity` slots in buckets of `bucket_size`.
@@ -107,8 +125,15 @@ inline ffi::Error CheckFindOrInsert(
   if (shape.geometry.capacity > (int64_t{1} << 31) - 1) {
     return BadShape(kOp, "a shard holds at most 2^31-1 rows");
   }
-  if (init_kind < 0 || init_kind > 2 || policy < 0 || policy > 1) {
-    return BadShape(kOp, "bad init_kind or policy");
+  if (auto err = CheckEnumAttr(kOp, "init_kind", init_kind, IsValidInitKind(init_kind),
+                               kInitKindNames);
+      err.failure()) {
+    return err;
+  }
+  if (auto err = CheckEnumAttr(kOp, "policy", policy, IsValidScorePolicy(policy),
+                               kScorePolicyNames);
+      err.failure()) {
+    return err;
   }
   if (values.element_type() != values_out->element_type() ||
       values.element_type() != ev_values->element_type()) {
@@ -135,7 +160,11 @@ inline ffi::ErrorOr<TableGeometry> CheckFind(ffi::BufferR1<ffi::S64> keys,
       rows->element_type() != values.element_type()) {
     return ffi::Unexpected(BadShape(kOp, "rows must be (n, dim) or (0, dim) of the table's dtype"));
   }
-  if (init_kind < 0 || init_kind > 2) return ffi::Unexpected(BadShape(kOp, "bad init_kind"));
+  if (auto err = CheckEnumAttr(kOp, "init_kind", init_kind, IsValidInitKind(init_kind),
+                               kInitKindNames);
+      err.failure()) {
+    return ffi::Unexpected(err);
+  }
   return g;
 }
 
@@ -155,10 +184,11 @@ inline ffi::ErrorOr<TableGeometry> CheckTableMeta(const char* op, int64_t bucket
 }
 
 inline ffi::Error CheckModeAndPolicy(const char* op, int32_t mode, int32_t policy) {
-  if (mode < 0 || mode > 2 || policy < 0 || policy > 1) {
-    return BadShape(op, "bad mode or policy");
+  if (auto err = CheckEnumAttr(op, "mode", mode, IsValidExportMode(mode), kExportModeNames);
+      err.failure()) {
+    return err;
   }
-  return ffi::Error::Success();
+  return CheckEnumAttr(op, "policy", policy, IsValidScorePolicy(policy), kScorePolicyNames);
 }
 
 // apply_gradients: values (C, D), opt (C, StateWidth), grads (n, D) for n
@@ -182,8 +212,10 @@ inline ffi::ErrorOr<ApplyShape> CheckApplyGradients(
   a.capacity = vd[0];
   a.dim = vd[1];
   const int64_t n = slots.dimensions()[0];
-  if (!IsValidOptimizer(optimizer)) {
-    return ffi::Unexpected(BadShape(kOp, "unknown optimizer " + std::to_string(optimizer)));
+  if (auto err = CheckEnumAttr(kOp, "optimizer", optimizer, IsValidOptimizer(optimizer),
+                               kOptimizerKindNames);
+      err.failure()) {
+    return ffi::Unexpected(err);
   }
   a.kind = static_cast<OptimizerKind>(optimizer);
   a.width = opt.dimensions()[1];

@@ -1,4 +1,4 @@
-// Native unit tests of the XLA-free core (hash, probe, erase, init, optim).
+// Native unit tests of the XLA-free core (hash, probe, erase, init, optim, enums).
 // Built and run by tests/test_native.py with the host compiler; prints
 // "name value..." lines for the cross-checks against the numpy twins.
 #include <cassert>
@@ -6,10 +6,12 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "hypereca/common.h"
 #include "hypereca/dtype.h"
+#include "hypereca/enums.h"
 #include "hypereca/erase.h"
 #include "hypereca/hash.h"
 #include "hypereca/init.h"
@@ -131,12 +133,44 @@ void TestOptimizers() {
   CHECK(StateWidth(OptimizerKind::kAdam, 4) == 9 && StateWidth(OptimizerKind::kFtrl, 4) == 8);
 }
 
+// Every enumerator's name is at its value, every state width is defined, and
+// the range checks accept exactly 0 .. count-1.
+void TestEnums() {
+  CHECK(std::strcmp(kScorePolicyNames[static_cast<int>(ScorePolicy::kLfu)], "lfu") == 0);
+  CHECK(std::strcmp(kInitKindNames[static_cast<int>(InitKind::kConstant)], "constant") == 0);
+  CHECK(std::strcmp(kOptimizerKindNames[static_cast<int>(OptimizerKind::kRowwiseAdagrad)],
+                    "rowwise_adagrad") == 0);
+  CHECK(std::strcmp(kExportModeNames[static_cast<int>(ExportMode::kScoreAtLeast)],
+                    "at_least") == 0);
+  for (int32_t k = 0; k < kNumOptimizerKinds; ++k) {
+    CHECK(StateWidth(static_cast<OptimizerKind>(k), 3) >= 0);
+  }
+  CHECK(IsValidScorePolicy(0) && IsValidScorePolicy(kNumScorePolicies - 1));
+  CHECK(!IsValidScorePolicy(-1) && !IsValidScorePolicy(kNumScorePolicies));
+  CHECK(IsValidInitKind(kNumInitKinds - 1) && !IsValidInitKind(kNumInitKinds));
+  CHECK(IsValidOptimizer(kNumOptimizerKinds - 1) && !IsValidOptimizer(kNumOptimizerKinds));
+  CHECK(IsValidExportMode(kNumExportModes - 1) && !IsValidExportMode(kNumExportModes));
+  CHECK(!IsValidInitKind(-1) && !IsValidOptimizer(-1) && !IsValidExportMode(-1));
+}
+
+// "enum TABLE name value" lines: the enumerations as the header defines them,
+// compared by tests/test_native.py with the nanobind module's CONSTANTS.
+template <size_t N>
+void PrintEnum(const char* table, const char* const (&names)[N]) {
+  for (size_t i = 0; i < N; ++i) std::printf("enum %s %s %zu\n", table, names[i], i);
+}
+
 int main() {
   TestProbeInsertFindErase();
   TestTombstonesKeepChains();
   TestLfuVictim();
   TestBf16RoundTrip();
   TestOptimizers();
+  TestEnums();
+  PrintEnum("POLICIES", kScorePolicyNames);
+  PrintEnum("INIT_KINDS", kInitKindNames);
+  PrintEnum("OPTIMIZERS", kOptimizerKindNames);
+  PrintEnum("EXPORT_MODES", kExportModeNames);
   // Cross-check values for the numpy twins (read by tests/test_native.py).
   const int64_t keys[] = {0, 1, -3, 123456789012345, INT64_MIN, INT64_MAX};
   for (int64_t k : keys) {

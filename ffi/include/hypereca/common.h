@@ -1,5 +1,7 @@
 // XLA-free definitions shared by the CPU and CUDA custom calls and mirrored
-// (read at import time, never retyped) by the Python package.
+// (read at import time, never retyped) by the Python package: reserved keys
+// and the layouts of the counters, status and hyperparameter vectors. The
+// enumerations of the int32 attributes are in enums.h.
 #pragma once
 
 #include <cstdint>
@@ -27,28 +29,6 @@ constexpr int64_t kPaddingKey = kEmptyKey;
 HYPERECA_HD bool IsReserved(int64_t key) {
   return key == kEmptyKey || key == kErasedKey;
 }
-
-// Score policies for eviction.
-enum class ScorePolicy : int32_t {
-  kLru = 0,  // score = step of last access
-  kLfu = 1,  // score = access count (ties: older last access first)
-};
-
-// Row initializers: a pure function of (seed, key, column).
-enum class InitKind : int32_t {
-  kUniform = 0,   // U[-scale, scale) with 24-bit resolution
-  kNormal = 1,    // scale * Irwin-Hall(12) - bounded approximation of N(0,1)
-  kConstant = 2,  // every element = scale
-};
-
-// Fused sparse optimizers.
-enum class OptimizerKind : int32_t {
-  kSgd = 0,
-  kAdagrad = 1,
-  kRowwiseAdagrad = 2,
-  kAdam = 3,
-  kFtrl = 4,
-};
 
 // Layout of the hyperparameter operand of apply_gradients (float32 vector).
 enum HParam : int32_t {
@@ -106,13 +86,6 @@ enum ImportStatus : int32_t {
   kImOverwritten = 2,  // keys already resident: row replaced
   kImRefused = 3,      // bucket full: refused (slot -1)
   kNumImportStatus = 4,
-};
-
-// Export predicate modes.
-enum class ExportMode : int32_t {
-  kAll = 0,
-  kScoreBelow = 1,    // score < threshold
-  kScoreAtLeast = 2,  // score >= threshold
 };
 
 }  // namespace hypereca

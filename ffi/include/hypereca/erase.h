@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "hypereca/common.h"
+#include "hypereca/enums.h"
 #include "hypereca/probe.h"
 
 namespace hypereca {

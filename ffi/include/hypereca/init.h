@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "hypereca/common.h"
+#include "hypereca/enums.h"
 #include "hypereca/hash.h"
 
 namespace hypereca {

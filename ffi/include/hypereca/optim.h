@@ -11,6 +11,7 @@
 
 #include "hypereca/common.h"
 #include "hypereca/dtype.h"
+#include "hypereca/enums.h"
 
 namespace hypereca {
 
@@ -25,8 +26,6 @@ HYPERECA_HD int64_t StateWidth(OptimizerKind kind, int64_t dim) {
   }
   return -1;
 }
-
-HYPERECA_HD bool IsValidOptimizer(int32_t kind) { return kind >= 0 && kind <= 4; }
 
 // Finite check on the bits, identical on host and device and immune to
 // -ffast-math style assumptions.

@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "hypereca/common.h"
+#include "hypereca/enums.h"
 #include "hypereca/hash.h"
 
 namespace hypereca {
