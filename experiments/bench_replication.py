@@ -45,7 +45,8 @@ def main(argv=None):
     from experiments.harness import JsonLines, environment
     from jax_hypereca import replication as rep
     from jax_hypereca.data.synthetic import SyntheticConfig, SyntheticCriteo, default_vocab_sizes
-    from jax_hypereca.planner import TableCostModel, paper_profile
+    from jax_hypereca.planner import (TableCostModel, covered_lookups, exchanged_lookups, hot_ids,
+                                       paper_profile)
 
     out = JsonLines(args.out)
     out.emit(environment())
@@ -109,8 +110,8 @@ def main(argv=None):
         probe = make_collection()
         stats = rep.peek(probe, (host_batch(gen, s) for s in range(peek_batches)),
                          max_batches=peek_batches)
-        exchanged = sum(s.exchanged_lookups for s in stats)
-        rho = {int(r): float(sum(s.covered_lookups(int(r)) for s in stats) / exchanged)
+        exchanged = sum(exchanged_lookups(s) for s in stats)
+        rho = {int(r): float(sum(covered_lookups(s, int(r)) for s in stats) / exchanged)
                for r in r_grid}
         out.emit(dict(bench="replication_rho", alpha=alpha, devices=W, batch_per_device=per_device,
                       peek_batches=peek_batches, rho_per_table_R=rho,
@@ -134,7 +135,7 @@ def main(argv=None):
         sweep = {}
         if alpha == 1.05:
             for r in r_grid[1:]:
-                sweep[f"r{r}"] = {s.name: s.hot_ids(int(r)) for s in stats}
+                sweep[f"r{r}"] = {s.name: hot_ids(s, int(r)) for s in stats}
         res = run_configs(gen, {**configs, **sweep}, start=peek_batches)
         base = res["r0"]
         for name, r in res.items():
@@ -191,10 +192,10 @@ def main(argv=None):
             for b in iter_batches(str(path), W, drop_remainder=True):
                 batches.append({"ids": {f"f{f}": b.ids[:, f, 0] for f in range(F)}})
         stats = rep.peek(probe, batches, max_batches=len(batches))
-        exchanged = max(1, sum(s.exchanged_lookups for s in stats))
+        exchanged = max(1, sum(exchanged_lookups(s) for s in stats))
         out.emit(dict(bench="replication_rho_criteo_samples", rows=sum(
             len(b["ids"]["f0"]) for b in batches), files=[p.name for p in files],
-            rho_per_table_R={int(r): float(sum(s.covered_lookups(int(r)) for s in stats)
+            rho_per_table_R={int(r): float(sum(covered_lookups(s, int(r)) for s in stats)
                                            / exchanged) for r in r_grid}))
     else:
         out.emit(dict(bench="replication_rho_criteo_samples", skipped=f"no samples in {data}"))

@@ -49,7 +49,10 @@ import numpy as np
 
 from . import constants as K
 from .cost_model import TableCostModel, check_profile_matches
-from .types import CostProfile, PlannerError, ReplicationPlan, TablePlan, TableStats, format_bytes
+from .errors import PlannerError
+from .report import format_bytes
+from .stats import hot_ids
+from .types import CostProfile, ReplicationPlan, TablePlan, TableStats
 
 PerTable = int | Mapping[str, int] | None
 
@@ -309,7 +312,7 @@ def plan_replication(
         req = max(f, need_cov)
         if req > u:
             if need_cov > u:
-                reach = float(m.stats.coverage(u))
+                reach = float(m.coverage(u))
                 raise PlannerError(
                     f"table '{name}': `min_coverage`={min_coverage} needs {need_cov:,} hot rows "
                     f"but `max_hot_rows`={c:,}; raise `max_hot_rows` to >= {need_cov:,} or lower "
@@ -446,8 +449,8 @@ def _table_plan(m: TableCostModel, r: int, cap: int) -> TablePlan:
         name=s.name,
         dim=s.dim,
         hot_rows=int(r),
-        hot_ids=s.hot_ids(r),
-        coverage=float(s.coverage(r)),
+        hot_ids=hot_ids(s, r),
+        coverage=float(m.coverage(r)),
         bytes_per_hot_row=m.bytes_per_hot_row,
         memory_bytes_per_device=int(m.memory_bytes(r)),
         max_hot_rows=int(cap),
