@@ -43,7 +43,7 @@ def main(argv=None):
 
     import jax_hypereca as h
     from experiments.harness import JsonLines, environment
-    from jax_hypereca.data.synthetic import SyntheticConfig, SyntheticCriteo, default_vocab_sizes
+    from jax_hypereca.data import SyntheticConfig, SyntheticCriteo, default_vocab_sizes
 
     out = JsonLines(args.out)
     out.emit(environment())

@@ -196,7 +196,7 @@ def bench_workload(out: JsonLines, platform: str, capacity: int, dim: int, load:
     for op, fn, kw in (("find_or_insert_gather", _lookup, dict(rows=n, baseline="jnp_take")),
                        ("find_or_insert", _foi, {})):
         t = timed(chained(fn))
-        st = h.errors.insert_status_dict(box["status"])
+        st = h.insert_status_dict(box["status"])
         emit(op, t, **kw, extra={k: st[k] for k in ("hits", "inserted", "evicted", "failed")})
     state = box["state"]
 

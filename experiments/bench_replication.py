@@ -44,7 +44,7 @@ def main(argv=None):
     import jax_hypereca as h
     from experiments.harness import JsonLines, environment
     from jax_hypereca import replication as rep
-    from jax_hypereca.data.synthetic import SyntheticConfig, SyntheticCriteo, default_vocab_sizes
+    from jax_hypereca.data import SyntheticConfig, SyntheticCriteo, default_vocab_sizes
     from jax_hypereca.planner import (TableCostModel, covered_lookups, exchanged_lookups, hot_ids,
                                        paper_profile)
 
@@ -185,7 +185,7 @@ def main(argv=None):
     files = sorted([*data.glob("paddlerec_raw_sample_*.tsv"),
                     *data.glob("deepctr_criteo_sample.txt")]) if data.is_dir() else []
     if files:
-        from jax_hypereca.data.criteo import iter_batches
+        from jax_hypereca.data import iter_batches
         probe = make_collection()
         batches = []
         for path in files:

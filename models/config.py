@@ -22,10 +22,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, Sequence
 
-from jax_hypereca.data.synthetic import CRITEO_KAGGLE_VOCAB, NUM_SPARSE, default_vocab_sizes
-from jax_hypereca.features import FeatureSpec
-from jax_hypereca.optim import Optimizer
-from jax_hypereca.table import TableSpec
+from jax_hypereca import FeatureSpec, Optimizer, TableSpec
+from jax_hypereca.data import CRITEO_KAGGLE_VOCAB, NUM_SPARSE, default_vocab_sizes
 from models.interaction import FASTEST, FORMS
 
 # facebookresearch/dlrm torchrec_dlrm/README.MD @090956ee2319ddd349a42232958aefccfe3f7b0a and

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jax_hypereca.features import FeatureSpec
+from jax_hypereca import FeatureSpec
 from jax_hypereca.flax.linen import HypeRecaEmbed
 from models.config import ModelConfig
 from models.dcn import CrossNetwork

@@ -40,8 +40,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import jax_hypereca as h
 from jax_hypereca.checkpoint import CheckpointError, CheckpointManager, check_writable
-from jax_hypereca.data import metrics as data_metrics
-from jax_hypereca.data.criteo import DataFormatError
+from jax_hypereca.data import DataFormatError, auc, logloss
 from models.config import PRESETS, ModelConfig, Preset, sparse_specs
 from models.data import CriteoSource, SyntheticSource
 from models.dlrm import DLRM
@@ -385,8 +384,8 @@ def evaluate(trainer, state, eval_set: dict, batch: int) -> dict:
         out = trainer.predict(state, chunk)
         logits.append(np.asarray(multihost_utils.process_allgather(out, tiled=True)))
     scores = np.concatenate(logits)
-    return {"auc": data_metrics.auc(labels, scores),
-            "logloss": data_metrics.logloss(labels, scores, from_logits=True),
+    return {"auc": auc(labels, scores),
+            "logloss": logloss(labels, scores, from_logits=True),
             "samples": int(labels.size)}
 
 
