@@ -69,7 +69,7 @@ class DLRM(nn.Module):
         if not embedded:
             h = x
         elif cfg.interaction == "dot":
-            h = jnp.concatenate([x, dot_interaction([x] + embedded, cfg.dot_form)], axis=1)
+            h = jnp.concatenate([x, dot_interaction([x] + embedded)], axis=1)
         else:
             h = CrossNetwork(cfg.cross_layers, cfg.cross_low_rank, name="cross")(
                 jnp.concatenate([x] + embedded, axis=1))
