@@ -19,7 +19,12 @@ minimum: each device's unique ids owned by other devices x dim x 4).
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from typing import Any
+
+import numpy as np  # numpy does not start JAX; everything that imports jax does so after
+                    # use_fake_devices, inside the functions below
 
 from experiments.cli import mesh_bench_parser, use_fake_devices
 
@@ -32,47 +37,42 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse(argv)
-    use_fake_devices(args.devices)
-    import jax
+@dataclasses.dataclass(eq=False)
+class Workload:
+    """The pinned step: sizes, the Adagrad settings, the mesh and the fixed head."""
+
+    vocab: list[int]
+    dim: int
+    batch: int
+    steps: int
+    warmup: int
+    mesh: Any
+    head: Any
+    lr: float = 0.05
+    eps: float = 1e-8
+
+    @property
+    def features(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def devices(self) -> int:
+        return self.mesh.shape["shard"]
+
+
+def make_ours(w: Workload):
+    """This design's train step: (step(state, ids, labels), collection, compiled step, state)."""
     import jax.numpy as jnp
-    import numpy as np
     import optax
-    from jax.sharding import NamedSharding, PartitionSpec as P
 
     import jax_hypereca as h
-    from experiments.harness import JsonLines, environment
-    from jax_hypereca.data.synthetic import SyntheticConfig, SyntheticCriteo, default_vocab_sizes
 
-    out = JsonLines(args.out)
-    out.emit(environment())
-    vocab = default_vocab_sizes(args.max_vocab)
-    gen = SyntheticCriteo(SyntheticConfig(seed=0, vocab_sizes=vocab, alpha=1.05))
-    steps = 12 if args.quick else 40
-    warmup = 3
-    D, B, F = args.dim, args.batch, len(vocab)
-    lr, eps = 0.05, 1e-8
-    mesh = h.make_mesh(axis_name="shard")
-    W = mesh.shape["shard"]
-    head = jax.random.normal(jax.random.PRNGKey(0), (F * D,), jnp.float32) / np.sqrt(F * D)
-
-    def batches():
-        for s in range(warmup + steps):
-            _, ids, labels = gen.samples(s * B, B)
-            yield ids[:, :, 0], labels
-
-    data = list(batches())
-    table_rows = sum(vocab)
-    cfg = dict(devices=W, batch=B, dim=D, features=F, table_rows=table_rows, alpha=1.05,
-               max_vocab=args.max_vocab, steps=steps)
-
-    # ---------------------------------------------------------------- this design
-    tables = [h.TableSpec(name=f"t{f}", dim=D, capacity=v,
-                          optimizer=h.RowwiseAdagrad(learning_rate=lr, eps=eps))
-              for f, v in enumerate(vocab)]
+    F = w.features
+    tables = [h.TableSpec(name=f"t{f}", dim=w.dim, capacity=v,
+                          optimizer=h.RowwiseAdagrad(learning_rate=w.lr, eps=w.eps))
+              for f, v in enumerate(w.vocab)]
     feats = [h.FeatureSpec(name=f"f{f}", table=f"t{f}") for f in range(F)]
-    coll = h.EmbeddingCollection(tables, feats, mesh=mesh, retune_every=4)
+    coll = h.EmbeddingCollection(tables, feats, mesh=w.mesh, retune_every=4)
 
     def loss_fn(params, emb, batch):
         x = jnp.concatenate([emb[f"f{f}"] for f in range(F)], axis=1)
@@ -80,18 +80,29 @@ def main(argv=None):
 
     fixed = optax.set_to_zero()
     step = coll.make_train_step(loss_fn, fixed)
-    state = coll.init_train_state({"head": head}, fixed)
+    state = coll.init_train_state({"head": w.head}, fixed)
 
     def ours(state, ids, labels):
         return step(state, {"ids": {f"f{f}": ids[:, f] for f in range(F)}, "y": labels})
 
-    # ---------------------------------------------------------------- naive JAX
-    row_sharded = NamedSharding(mesh, P("shard", None))
-    batch_sh = NamedSharding(mesh, P("shard"))
-    padded = [int(np.ceil(v / W) * W) for v in vocab]
+    return ours, coll, step, state
+
+
+def make_naive(w: Workload):
+    """The naive JAX steps, {"dense", "sparse"} -> (step fn, (tables, accumulators))."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    import jax_hypereca as h
+
+    row_sharded = NamedSharding(w.mesh, P("shard", None))
+    padded = [int(np.ceil(v / w.devices) * w.devices) for v in w.vocab]
+    lr, eps, head = w.lr, w.eps, w.head
 
     def naive_tables():
-        t = [jax.device_put(jnp.asarray(h.init_rows(0, np.arange(v), D, h.uniform(0.05))),
+        t = [jax.device_put(jnp.asarray(h.init_rows(0, np.arange(v), w.dim, h.uniform(0.05))),
                             row_sharded) for v in padded]
         a = [jax.device_put(jnp.full((v, 1), 0.1, jnp.float32), row_sharded) for v in padded]
         return t, a
@@ -126,13 +137,23 @@ def main(argv=None):
 
     donate_dense = jax.jit(naive_dense, donate_argnums=(0, 1))
     donate_sparse = jax.jit(naive_sparse, donate_argnums=(0, 1))
-    nv = {"dense": naive_tables(), "sparse": naive_tables()}
-    fns = {"dense": donate_dense, "sparse": donate_sparse}
+    return {"dense": (donate_dense, naive_tables()), "sparse": (donate_sparse, naive_tables())}
 
+
+def run_interleaved(out, w: Workload, cfg: dict, data, ours, state, naive):
+    """Every step of every variant, interleaved so machine noise hits them
+    alike; emits one record per timed step. Returns (times per variant,
+    row bytes sent per step, minimum row bytes per step)."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    batch_sh = NamedSharding(w.mesh, P("shard"))
+    fns = {name: fn for name, (fn, _) in naive.items()}
+    nv = {name: tables for name, (_, tables) in naive.items()}
     times = {"ours": [], "naive_dense": [], "naive_sparse": []}
     bytes_sent, bytes_min = [], []
     for s, (ids, labels) in enumerate(data):
-        # interleaved, so machine noise hits every variant alike
         t0 = time.perf_counter()
         state, m = ours(state, ids, labels)
         jax.block_until_ready(state.tables["t0"].values)
@@ -146,21 +167,52 @@ def main(argv=None):
             jax.block_until_ready(t)
             tn[name] = time.perf_counter() - t0
             nv[name] = (t, a)
-        if s < warmup:
+        if s < w.warmup:
             continue
         times["ours"].append(t_ours)
         times["naive_dense"].append(tn["dense"])
         times["naive_sparse"].append(tn["sparse"])
         st = m["stats"]
         remote = sum(int(v["remote_unique"].sum()) for v in st.values())
-        bytes_min.append(remote * D * 4)
-        bytes_sent.append(W * m["bytes_per_step"]["rows"])
+        bytes_min.append(remote * w.dim * 4)
+        bytes_sent.append(w.devices * m["bytes_per_step"]["rows"])
         out.emit(dict(bench="exchange_step", step=s, **cfg, seconds_ours=t_ours,
                       seconds_naive_dense=tn["dense"], seconds_naive_sparse=tn["sparse"],
                       rows_bytes_sent=bytes_sent[-1], rows_bytes_minimum=bytes_min[-1],
                       ids=sum(int(v["ids"].sum()) for v in st.values()),
                       unique_ids=sum(int(v["unique"].sum()) for v in st.values()),
                       remote_unique_ids=remote, loss=m["loss"]))
+    return times, bytes_sent, bytes_min
+
+
+def main(argv=None):
+    args = parse(argv)
+    use_fake_devices(args.devices)
+    import jax
+    import jax.numpy as jnp
+
+    import jax_hypereca as h
+    from experiments.harness import JsonLines, environment
+    from jax_hypereca.data import SyntheticConfig, SyntheticCriteo, default_vocab_sizes
+
+    out = JsonLines(args.out)
+    out.emit(environment())
+    vocab = default_vocab_sizes(args.max_vocab)
+    gen = SyntheticCriteo(SyntheticConfig(seed=0, vocab_sizes=vocab, alpha=1.05))
+    D, B, F = args.dim, args.batch, len(vocab)
+    w = Workload(vocab=vocab, dim=D, batch=B, steps=12 if args.quick else 40, warmup=3,
+                 mesh=h.make_mesh(axis_name="shard"),
+                 head=jax.random.normal(jax.random.PRNGKey(0), (F * D,), jnp.float32)
+                 / np.sqrt(F * D))
+    data = []
+    for s in range(w.warmup + w.steps):
+        _, ids, labels = gen.samples(s * B, B)
+        data.append((ids[:, :, 0], labels))
+    cfg = dict(devices=w.devices, batch=B, dim=D, features=F, table_rows=sum(vocab), alpha=1.05,
+               max_vocab=args.max_vocab, steps=w.steps)
+    ours, coll, step, state = make_ours(w)
+    naive = make_naive(w)
+    times, bytes_sent, bytes_min = run_interleaved(out, w, cfg, data, ours, state, naive)
     med = {k: float(np.median(v)) for k, v in times.items()}
     best_naive = min(med["naive_dense"], med["naive_sparse"])
     for k, v in med.items():

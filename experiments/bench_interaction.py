@@ -1,4 +1,4 @@
-"""Benchmark of DLRM's dot interaction forms (models/interaction.py) on one device.
+"""Benchmark of DLRM's dot interaction forms (experiments/interaction_forms.py) on one device.
 
     python -m experiments.bench_interaction [--batch 4096] [--vectors 27] [--dim 64]
                                             [--repeats 7] [--out FILE]
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from experiments.harness import JsonLines, environment
-from models.interaction import FORMS
+from experiments.interaction_forms import FORMS
 
 BASELINE = "einsum"
 

@@ -122,6 +122,33 @@ def _touch(values):
     return values + 1.0
 
 
+class Recorder:
+    """Emits one op's record (rates, bandwidth, ratio to a baseline) and keeps
+    its median seconds, and derived fractions, in ``res``."""
+
+    def __init__(self, out: JsonLines, cfg: dict, n: int, row_bytes: int):
+        self.out, self.cfg, self.n, self.row_bytes = out, cfg, n, row_bytes
+        self.res: dict[str, float] = {}
+
+    def emit(self, op, t, *, rows=None, moved_bytes=None, extra=None, baseline=None):
+        res, sec = self.res, t["median_s"]
+        rec = dict(bench="ops", op=op, **self.cfg, seconds=sec, seconds_min=t["min_s"],
+                   repeats=t["repeats"], calls_per_repeat=t["calls_per_repeat"],
+                   keys_per_s=self.n / sec)
+        if rows is not None:
+            rec.update(rows_per_s=rows / sec, row_gb_per_s=rows * self.row_bytes / sec / 1e9)
+            moved_bytes = rows * self.row_bytes if moved_bytes is None else moved_bytes
+        if moved_bytes is not None:
+            gbs = moved_bytes / sec / 1e9
+            rec.update(moved_gb_per_s=gbs, fraction_of_copy_bandwidth=gbs / res["copy_gb_per_s"])
+            res[op + ":fraction_of_copy"] = gbs / res["copy_gb_per_s"]
+        if baseline is not None:
+            rec.update(baseline=baseline, ratio_vs_baseline=sec / res[baseline])
+        rec.update(extra or {})
+        self.out.emit(rec)
+        res[op] = sec
+
+
 def bench_workload(out: JsonLines, platform: str, capacity: int, dim: int, load: float,
                    n: int, repeats: int, seed: int) -> dict[str, float]:
     spec = make_spec(capacity, dim)
@@ -133,33 +160,24 @@ def bench_workload(out: JsonLines, platform: str, capacity: int, dim: int, load:
                achieved_load=counters["size"] / state.capacity,
                fill_evictions=counters["evicted"], fill_refused=counters["insert_failed"],
                keys=n, alpha=ALPHA, id_space=2 * capacity)
-    row_bytes = dim * 4
     q = h.ids_array(zipf_ids(n, 2 * capacity, ALPHA, seed)[1])
-    res: dict[str, float] = {}
+    rec = Recorder(out, cfg, n, dim * 4)
+    bench_lookups(rec, timed, spec, state, q)
+    batches = [h.ids_array(zipf_ids(n, 2 * capacity, ALPHA, seed + 1 + i)[1])
+               for i in range(repeats + 1)]
+    state = bench_inserts(rec, timed, spec, state, step, batches)
+    bench_updates(rec, timed, spec, state, q)
+    return rec.res
 
-    def emit(op, t, *, rows=None, moved_bytes=None, extra=None, baseline=None):
-        sec = t["median_s"]
-        rec = dict(bench="ops", op=op, **cfg, seconds=sec, seconds_min=t["min_s"],
-                   repeats=t["repeats"], calls_per_repeat=t["calls_per_repeat"],
-                   keys_per_s=n / sec)
-        if rows is not None:
-            rec.update(rows_per_s=rows / sec, row_gb_per_s=rows * row_bytes / sec / 1e9)
-            moved_bytes = rows * row_bytes if moved_bytes is None else moved_bytes
-        if moved_bytes is not None:
-            gbs = moved_bytes / sec / 1e9
-            rec.update(moved_gb_per_s=gbs, fraction_of_copy_bandwidth=gbs / res["copy_gb_per_s"])
-            res[op + ":fraction_of_copy"] = gbs / res["copy_gb_per_s"]
-        if baseline is not None:
-            rec.update(baseline=baseline, ratio_vs_baseline=sec / res[baseline])
-        rec.update(extra or {})
-        out.emit(rec)
-        res[op] = sec
 
+def bench_lookups(rec: Recorder, timed, spec, state, q) -> None:
+    """The device's copy bandwidth, then lookups against their jnp baselines."""
+    res, emit, n = rec.res, rec.emit, rec.n
     # copy bandwidth of this device: one elementwise pass over the table
     t = timed(lambda: _touch(state.values))
     res["copy_gb_per_s"] = 2 * state.values.size * 4 / t["median_s"] / 1e9
-    out.emit(dict(bench="ops", op="copy_bandwidth", **cfg, seconds=t["median_s"],
-                  gb_per_s=res["copy_gb_per_s"], bytes="read + written"))
+    rec.out.emit(dict(bench="ops", op="copy_bandwidth", **rec.cfg, seconds=t["median_s"],
+                      gb_per_s=res["copy_gb_per_s"], bytes="read + written"))
 
     # static-vocabulary alternative: binary search over the sorted live keys
     # (sorted on the device; the EMPTY/ERASED sentinels sort first and match no query)
@@ -177,9 +195,10 @@ def bench_workload(out: JsonLines, platform: str, capacity: int, dim: int, load:
     emit("find", timed(lambda: _find(spec, state, q)), rows=n, baseline="jnp_take",
          extra=dict(hit_fraction=res["hit_fraction"]))
 
-    # find_or_insert + gather (the training path), a fresh Zipf batch per call
-    batches = [h.ids_array(zipf_ids(n, 2 * capacity, ALPHA, seed + 1 + i)[1])
-               for i in range(repeats + 1)]
+
+def bench_inserts(rec: Recorder, timed, spec, state, step, batches):
+    """find_or_insert + gather (the training path) and find_or_insert alone, a
+    fresh Zipf batch per call on the donated table; returns the table."""
     box = {"state": state, "step": step, "i": 0, "status": None}
 
     def chained(fn):
@@ -193,14 +212,18 @@ def bench_workload(out: JsonLines, platform: str, capacity: int, dim: int, load:
             return out_
         return once
 
-    for op, fn, kw in (("find_or_insert_gather", _lookup, dict(rows=n, baseline="jnp_take")),
+    for op, fn, kw in (("find_or_insert_gather", _lookup, dict(rows=rec.n, baseline="jnp_take")),
                        ("find_or_insert", _foi, {})):
         t = timed(chained(fn))
-        st = h.errors.insert_status_dict(box["status"])
-        emit(op, t, **kw, extra={k: st[k] for k in ("hits", "inserted", "evicted", "failed")})
-    state = box["state"]
+        st = h.insert_status_dict(box["status"])
+        rec.emit(op, t, **kw, extra={k: st[k] for k in ("hits", "inserted", "evicted", "failed")})
+    return box["state"]
 
-    # fused row-wise Adagrad vs the same update in jnp given deduplicated ids
+
+def bench_updates(rec: Recorder, timed, spec, state, q) -> None:
+    """The fused row-wise Adagrad against the same update in jnp given
+    deduplicated ids, and against a plain scatter-add."""
+    n, dim, emit = rec.n, spec.dim, rec.emit
     slots = _find_slots(spec, state, q)
     grads = jax.random.normal(jax.random.PRNGKey(0), (n, dim), jnp.float32) * 1e-3
     valid = np.asarray(slots) >= 0
@@ -217,7 +240,7 @@ def bench_workload(out: JsonLines, platform: str, capacity: int, dim: int, load:
 
     # Bytes an update must move: the gradient rows in, each touched row and its
     # accumulator read and written.
-    apply_bytes = n * row_bytes + 2 * int(uniq.size) * (row_bytes + 4)
+    apply_bytes = n * rec.row_bytes + 2 * int(uniq.size) * (rec.row_bytes + 4)
     emit("jnp_rowwise_adagrad", timed(jnp_once), moved_bytes=apply_bytes,
          extra=dict(unique_rows=int(uniq.size)))
     del box["a"]
@@ -237,8 +260,7 @@ def bench_workload(out: JsonLines, platform: str, capacity: int, dim: int, load:
     t = timed(apply_once)
     emit("apply_rowwise_adagrad", t, moved_bytes=apply_bytes, baseline="jnp_rowwise_adagrad",
          extra=dict(unique_rows=int(uniq.size),
-                    ratio_vs_scatter_add=t["median_s"] / res["jnp_scatter_add"]))
-    return res
+                    ratio_vs_scatter_add=t["median_s"] / rec.res["jnp_scatter_add"]))
 
 
 @functools.partial(jax.jit, static_argnums=0)

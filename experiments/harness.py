@@ -12,8 +12,8 @@ from typing import Any, Callable, TextIO
 import jax
 import numpy as np
 
-from jax_hypereca.data.synthetic import zipf_ranks
-from jax_hypereca.hashing import mix64
+from jax_hypereca import mix64
+from jax_hypereca.data import zipf_ranks
 
 
 class JsonLines:

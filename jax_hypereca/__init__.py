@@ -13,6 +13,8 @@ from jax_hypereca.errors import (
     EMPTY_KEY, ERASED_KEY, PADDING_ID, HyperecaError, NonFiniteGradientError,
     ReservedIdError, TableFullError, check_ids)
 from jax_hypereca.hashing import owner_of
+from jax_hypereca.hashing import mix64  # public: models and experiments derive ids with it
+from jax_hypereca.errors import insert_status_dict  # public: benchmarks read an insert's status
 from jax_hypereca.initializers import Initializer, constant, init_rows, normal, uniform
 from jax_hypereca.optim import FTRL, SGD, Adagrad, Adam, Optimizer, RowwiseAdagrad
 from jax_hypereca.table import (
@@ -40,4 +42,5 @@ __all__ = [
     "find_or_insert", "find_slots", "gather", "grow", "import_rows", "init_table", "bucketize", "ids_array",
     "unique", "has_platform", "FeatureSpec", "Jagged", "jagged_to_padded", "make_mesh",
     "EmbeddingCollection", "TrainState", "replication",
+    "insert_status_dict", "mix64",
 ]

@@ -1,8 +1,8 @@
 """Recommender models on jax_hypereca and the train command.
 
 * :mod:`models.dlrm`: DLRM and DLRM-DCNv2 in Flax linen (``DLRM``, ``MLP``).
-* :mod:`models.interaction`: the dot interaction in several forms, the fastest chosen by
-  ``experiments/bench_interaction.py``.
+* :mod:`models.interaction`: the dot interaction, in the fastest of the forms
+  ``experiments/bench_interaction.py`` times.
 * :mod:`models.dcn`: DCN-v2's cross network.
 * :mod:`models.config`: ``ModelConfig``, presets (small, criteo-kaggle, mlperf-dlrmv2) and
   their tables with capacities bounded to a memory budget.

@@ -22,11 +22,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, Sequence
 
-from jax_hypereca.data.synthetic import CRITEO_KAGGLE_VOCAB, NUM_SPARSE, default_vocab_sizes
-from jax_hypereca.features import FeatureSpec
-from jax_hypereca.optim import Optimizer
-from jax_hypereca.table import TableSpec
-from models.interaction import FASTEST, FORMS
+from jax_hypereca import FeatureSpec, Optimizer, TableSpec
+from jax_hypereca.data import CRITEO_KAGGLE_VOCAB, NUM_SPARSE, default_vocab_sizes
 
 # facebookresearch/dlrm torchrec_dlrm/README.MD @090956ee2319ddd349a42232958aefccfe3f7b0a and
 # pytorch/torchrec torchrec/datasets/scripts/nvt/utils/criteo_constant.py
@@ -66,8 +63,6 @@ class ModelConfig:
     """Cross layers of the "dcn" interaction."""
     cross_low_rank: int = 512
     """Rank of each cross layer's matrix (0: full rank)."""
-    dot_form: str = FASTEST
-    """Which implementation of the dot interaction (models.interaction.FORMS)."""
 
     def __post_init__(self):
         object.__setattr__(self, "bottom_mlp", tuple(int(s) for s in self.bottom_mlp))
@@ -80,8 +75,6 @@ class ModelConfig:
         if self.interaction == "dot" and self.bottom_mlp[-1] != self.embedding_dim:
             raise ValueError(f"the dot interaction needs the bottom MLP to end at the "
                              f"embedding dim {self.embedding_dim}, got {self.bottom_mlp}")
-        if self.dot_form not in FORMS:
-            raise ValueError(f"unknown dot form {self.dot_form!r}; forms: {sorted(FORMS)}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

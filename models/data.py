@@ -16,8 +16,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from jax_hypereca.data import criteo, synthetic
-from jax_hypereca.hashing import mix64
+from jax_hypereca import mix64
+from jax_hypereca.data import (SPEC_VERSION, BatchIterator, ReaderStats, SyntheticConfig, SyntheticCriteo,
+                               iter_batches, preprocess_dense, resolve_files)
 
 # Salt of the hashed ids of multi-hot bags ("BAGS").
 _BAG_SALT = 0x42414753
@@ -41,7 +42,7 @@ def make_batch(dense: np.ndarray, ids: np.ndarray, labels: np.ndarray,
     for f, (name, size) in enumerate(zip(names, multi_hot)):
         col = ids[:, f, 0]
         out_ids[name] = col if size == 1 else expand_bags(col, f, size)
-    return {"dense": criteo.preprocess_dense(dense), "ids": out_ids, "labels": labels}
+    return {"dense": preprocess_dense(dense), "ids": out_ids, "labels": labels}
 
 
 @dataclasses.dataclass
@@ -61,10 +62,10 @@ class SyntheticSource:
     seed: int = 0
 
     def __post_init__(self):
-        self.gen = synthetic.SyntheticCriteo(synthetic.SyntheticConfig(seed=self.seed))
+        self.gen = SyntheticCriteo(SyntheticConfig(seed=self.seed))
 
     def describe(self) -> str:
-        return f"synthetic Criteo-like stream (spec v{synthetic.SPEC_VERSION}, seed {self.seed})"
+        return f"synthetic Criteo-like stream (spec v{SPEC_VERSION}, seed {self.seed})"
 
     def train_batches(self, start_step: int) -> Iterator[dict]:
         """Batches of global steps start_step, start_step + 1, ..."""
@@ -103,12 +104,12 @@ class CriteoSource:
     eval_path: str | None = None
 
     def __post_init__(self):
-        criteo.resolve_files(self.path)  # a missing path fails here, before training
+        resolve_files(self.path)  # a missing path fails here, before training
         if self.eval_path is not None:
-            criteo.resolve_files(self.eval_path)
+            resolve_files(self.eval_path)
         self._held_out = 0
-        self._readers: list[criteo.BatchIterator] = []  # still streaming
-        self._finished = criteo.ReaderStats()           # totals of exhausted readers
+        self._readers: list[BatchIterator] = []  # still streaming
+        self._finished = ReaderStats()           # totals of exhausted readers
 
     def describe(self) -> str:
         return f"Criteo files at {self.path}"
@@ -122,7 +123,7 @@ class CriteoSource:
                                  f"the batch ({self.local_batch * self.num_processes})")
             self._held_out = size // self.num_processes
         path = self.eval_path or self.path
-        reader = criteo.iter_batches(path, size, drop_remainder=True, on_error=self.on_bad_line)
+        reader = iter_batches(path, size, drop_remainder=True, on_error=self.on_bad_line)
         self._readers.append(reader)
         try:
             b = next(reader)
@@ -138,7 +139,7 @@ class CriteoSource:
 
     def _epochs(self) -> Iterator[dict]:
         while True:
-            reader = criteo.iter_batches(self.path, self.local_batch, shard_index=self.process,
+            reader = iter_batches(self.path, self.local_batch, shard_index=self.process,
                                          num_shards=self.num_processes, drop_remainder=True,
                                          on_error=self.on_bad_line)
             self._readers.append(reader)
@@ -157,8 +158,8 @@ class CriteoSource:
         return _sum_stats([self._finished] + [r.stats for r in self._readers]).as_metrics()
 
 
-def _sum_stats(parts: Sequence[criteo.ReaderStats]) -> criteo.ReaderStats:
+def _sum_stats(parts: Sequence[ReaderStats]) -> ReaderStats:
     """The counters of several readers added up."""
-    return criteo.ReaderStats(lines_read=sum(p.lines_read for p in parts),
+    return ReaderStats(lines_read=sum(p.lines_read for p in parts),
                               lines_skipped=sum(p.lines_skipped for p in parts),
                               bags_truncated=sum(p.bags_truncated for p in parts))

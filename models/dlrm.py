@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jax_hypereca.features import FeatureSpec
+from jax_hypereca import FeatureSpec
 from jax_hypereca.flax.linen import HypeRecaEmbed
 from models.config import ModelConfig
 from models.dcn import CrossNetwork
@@ -69,7 +69,7 @@ class DLRM(nn.Module):
         if not embedded:
             h = x
         elif cfg.interaction == "dot":
-            h = jnp.concatenate([x, dot_interaction([x] + embedded, cfg.dot_form)], axis=1)
+            h = jnp.concatenate([x, dot_interaction([x] + embedded)], axis=1)
         else:
             h = CrossNetwork(cfg.cross_layers, cfg.cross_low_rank, name="cross")(
                 jnp.concatenate([x] + embedded, axis=1))

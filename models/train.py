@@ -40,8 +40,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import jax_hypereca as h
 from jax_hypereca.checkpoint import CheckpointError, CheckpointManager, check_writable
-from jax_hypereca.data import metrics as data_metrics
-from jax_hypereca.data.criteo import DataFormatError
+from jax_hypereca.data import DataFormatError, auc, logloss
 from models.config import PRESETS, ModelConfig, Preset, sparse_specs
 from models.data import CriteoSource, SyntheticSource
 from models.dlrm import DLRM
@@ -385,8 +384,8 @@ def evaluate(trainer, state, eval_set: dict, batch: int) -> dict:
         out = trainer.predict(state, chunk)
         logits.append(np.asarray(multihost_utils.process_allgather(out, tiled=True)))
     scores = np.concatenate(logits)
-    return {"auc": data_metrics.auc(labels, scores),
-            "logloss": data_metrics.logloss(labels, scores, from_logits=True),
+    return {"auc": auc(labels, scores),
+            "logloss": logloss(labels, scores, from_logits=True),
             "samples": int(labels.size)}
 
 
@@ -414,6 +413,68 @@ def make_trainer(cfg: TrainConfig, mcfg: ModelConfig, dense_tx, mesh, tables, fe
     return trainer, trainer.init_state(params)
 
 
+def make_optimizers(cfg: TrainConfig, preset: Preset):
+    """(sparse optimizer, dense learning rate, dense optax transform, its
+    keyword arguments); unknown names or bad arguments fail here."""
+    sparse_opt = opts.sparse_optimizer(
+        cfg.sparse_optimizer, preset.sparse_lr if cfg.sparse_lr is None else cfg.sparse_lr,
+        initial_accumulator=cfg.sparse_initial_accumulator, args=cfg.sparse_optimizer_args)
+    dense_lr = preset.dense_lr if cfg.dense_lr is None else cfg.dense_lr
+    dense_tx, dense_kw = opts.dense_optimizer(cfg.dense_optimizer, dense_lr,
+                                         args=cfg.dense_optimizer_args)
+    return sparse_opt, dense_lr, dense_tx, dense_kw
+
+
+def record_eval(trainer, state: h.TrainState, step: int, *, eval_set: dict, batch: int,
+                mlog: MetricsLog, source) -> dict:
+    """Evaluates on the held-out set and logs it, the tables' counters and
+    the reader's counts; returns the eval metrics."""
+    t0 = time.perf_counter()
+    res = evaluate(trainer, state, eval_set, batch)
+    mlog.emit("eval", step=step, **res, eval_s=time.perf_counter() - t0)
+    stats = trainer.table_stats(state)
+    if stats:
+        total = {k: sum(s[k] for s in stats.values()) for k in h.COUNTER_NAMES}
+        mlog.emit("tables", step=step, total=total, per_table=stats)
+    if source.stats():
+        mlog.emit("data", step=step, **source.stats())
+    return res
+
+
+def train_steps(cfg: TrainConfig, trainer, state: h.TrainState, start: int, source,
+                mlog: MetricsLog, ckpt: CheckpointManager | None, evaluate_at):
+    """Steps start + 1 .. cfg.steps with logging, evals (``evaluate_at(step,
+    state)``) and checkpoints on their schedules; returns (state, the last
+    train record, the last eval metrics or None)."""
+    bar = _progress(cfg, start, enabled=jax.process_index() == 0)
+    losses, busy, last, res = [], 0.0, None, None
+    t_mark = time.perf_counter()
+    with contextlib.closing(prefetch(source.train_batches(start))) as batches:
+        for done, batch in zip(range(start + 1, cfg.steps + 1), batches):
+            state, m = trainer.step(state, batch)
+            busy += time.perf_counter() - t_mark  # data wait + step, not eval or saving
+            losses.append(m["loss"])
+            bar.update(cfg.batch)
+            bar.set_postfix(step=done, loss=f"{m['loss']:.4f}",
+                            auc=f"{res['auc']:.4f}" if res else "-", refresh=False)
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                last = mlog.emit("train", step=done, loss=float(np.mean(losses)),
+                                 samples_per_s=len(losses) * cfg.batch / busy,
+                                 **{k: v for k, v in m.items() if k != "loss"})
+                losses, busy = [], 0.0
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                res = evaluate_at(done, state)
+            if ckpt and ((cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
+                         or done == cfg.steps):
+                t0 = time.perf_counter()
+                ckpt.save(state, trainer.collection, extra={"config": dataclasses.asdict(cfg)})
+                mlog.emit("checkpoint", step=done, directory=str(ckpt.directory),
+                          blocking_s=time.perf_counter() - t0)
+            t_mark = time.perf_counter()
+    bar.close()
+    return state, last, res
+
+
 def train(cfg: TrainConfig) -> dict:
     """Runs the training described by `cfg`; returns the summary record."""
     t_start = time.perf_counter()
@@ -422,12 +483,7 @@ def train(cfg: TrainConfig) -> dict:
     pid, nproc = jax.process_index(), jax.process_count()
     preset, mcfg = model_config(cfg)
     # Everything that can fail on bad input fails here, before training.
-    sparse_opt = opts.sparse_optimizer(
-        cfg.sparse_optimizer, preset.sparse_lr if cfg.sparse_lr is None else cfg.sparse_lr,
-        initial_accumulator=cfg.sparse_initial_accumulator, args=cfg.sparse_optimizer_args)
-    dense_lr = preset.dense_lr if cfg.dense_lr is None else cfg.dense_lr
-    dense_tx, dense_kw = opts.dense_optimizer(cfg.dense_optimizer, dense_lr,
-                                         args=cfg.dense_optimizer_args)
+    sparse_opt, dense_lr, dense_tx, dense_kw = make_optimizers(cfg, preset)
     tables, features = sparse_specs(
         preset, optimizer=sparse_opt, budget_bytes=cfg.table_memory_mb << 20, seed=cfg.seed,
         embedding_dim=mcfg.embedding_dim)
@@ -453,46 +509,13 @@ def train(cfg: TrainConfig) -> dict:
         params=int(sum(x.size for x in jax.tree.leaves(state.params))),
         tables={t.name: t.capacity for t in tables} if not cfg.dense_only else {})
 
-    def record_eval(step: int, state: h.TrainState) -> dict:
-        t0 = time.perf_counter()
-        res = evaluate(trainer, state, eval_set, cfg.batch)
-        mlog.emit("eval", step=step, **res, eval_s=time.perf_counter() - t0)
-        stats = trainer.table_stats(state)
-        if stats:
-            total = {k: sum(s[k] for s in stats.values()) for k in h.COUNTER_NAMES}
-            mlog.emit("tables", step=step, total=total, per_table=stats)
-        if source.stats():
-            mlog.emit("data", step=step, **source.stats())
-        return res
+    def evaluate_at(step: int, state: h.TrainState) -> dict:
+        return record_eval(trainer, state, step, eval_set=eval_set, batch=cfg.batch, mlog=mlog,
+                           source=source)
 
-    bar = _progress(cfg, start, enabled=pid == 0)
-    losses, busy, last, res = [], 0.0, None, None
-    t_mark = time.perf_counter()
-    with contextlib.closing(prefetch(source.train_batches(start))) as batches:
-        for done, batch in zip(range(start + 1, cfg.steps + 1), batches):
-            state, m = trainer.step(state, batch)
-            busy += time.perf_counter() - t_mark  # data wait + step, not eval or saving
-            losses.append(m["loss"])
-            bar.update(cfg.batch)
-            bar.set_postfix(step=done, loss=f"{m['loss']:.4f}",
-                            auc=f"{res['auc']:.4f}" if res else "-", refresh=False)
-            if done % cfg.log_every == 0 or done == cfg.steps:
-                last = mlog.emit("train", step=done, loss=float(np.mean(losses)),
-                                 samples_per_s=len(losses) * cfg.batch / busy,
-                                 **{k: v for k, v in m.items() if k != "loss"})
-                losses, busy = [], 0.0
-            if done % cfg.eval_every == 0 or done == cfg.steps:
-                res = record_eval(done, state)
-            if ckpt and ((cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
-                         or done == cfg.steps):
-                t0 = time.perf_counter()
-                ckpt.save(state, trainer.collection, extra={"config": dataclasses.asdict(cfg)})
-                mlog.emit("checkpoint", step=done, directory=str(ckpt.directory),
-                          blocking_s=time.perf_counter() - t0)
-            t_mark = time.perf_counter()
-    bar.close()
+    state, last, res = train_steps(cfg, trainer, state, start, source, mlog, ckpt, evaluate_at)
     if res is None:  # nothing left to train (resumed a finished run)
-        res = record_eval(start, state)
+        res = evaluate_at(start, state)
     if ckpt:
         ckpt.close()
     summary = mlog.emit("summary", step=max(start, cfg.steps), auc=res["auc"],

@@ -56,6 +56,12 @@ TableCostModel = _planner.TableCostModel
 TableStats = _planner.TableStats
 collect_table_stats = _planner.collect_table_stats
 coverage = _planner.coverage
+exchanged_lookups = _planner.exchanged_lookups
+lookups_per_step = _planner.lookups_per_step
+plan_summary = _planner.plan_summary
+# the profile's per-row costs (make_profile's keyword names shadow the short names)
+ar_row_cost = _planner.c_ar_row
+a2a_lookup_cost = _planner.c_a2a_lookup
 dedup_step = _planner.dedup_step
 fit_line = _planner.fit_line
 paper_profile = _planner.paper_profile
@@ -170,18 +176,18 @@ def test_paper_profile_matches_hand_derivation():
     c_a2a = lookup * ((24 / 31) / ib_gpu + (7 / 31) / pcie)
 
     assert p.num_devices == W
-    assert p.c_ar_row(128, 4) == pytest.approx(c_ar, rel=1e-12)
-    assert p.c_a2a_lookup(128, 4) == pytest.approx(c_a2a, rel=1e-12)
+    assert ar_row_cost(p, 128, 4) == pytest.approx(c_ar, rel=1e-12)
+    assert a2a_lookup_cost(p, 128, 4) == pytest.approx(c_a2a, rel=1e-12)
     # The numbers quoted in the docs.
-    assert p.c_ar_row(128, 4) == pytest.approx(1.36107e-7, rel=1e-5)
-    assert p.c_a2a_lookup(128, 4) == pytest.approx(5.30759e-7, rel=1e-5)
+    assert ar_row_cost(p, 128, 4) == pytest.approx(1.36107e-7, rel=1e-5)
+    assert a2a_lookup_cost(p, 128, 4) == pytest.approx(5.30759e-7, rel=1e-5)
     # Bytes sent per payload byte and fixed costs.
     assert p.ar_bytes_sent_per_payload_byte == pytest.approx(7 / 8 + 3 / 16 + 7 / 8)
     assert p.ar_fixed_s == pytest.approx((7 + 6 + 7) * 10e-6)
     assert p.a2a_fixed_s == pytest.approx(3 * 31 * 10e-6)
     # Costs scale with dim and bytes per element.
-    assert p.c_ar_row(64, 2) == pytest.approx(p.c_ar_row(128, 4) / 4)
-    assert p.c_a2a_lookup(64, 2) == pytest.approx(c_a2a / lookup * (8 + 2 * 128))
+    assert ar_row_cost(p, 64, 2) == pytest.approx(ar_row_cost(p, 128, 4) / 4)
+    assert a2a_lookup_cost(p, 64, 2) == pytest.approx(c_a2a / lookup * (8 + 2 * 128))
 
 
 def test_paper_profile_plan_threshold():
@@ -191,7 +197,7 @@ def test_paper_profile_plan_threshold():
     counts = zipf_counts(20_000, 1.1, scale=1e6)
     s = TableStats.from_counts(name="t", dim=128, counts=counts, num_devices=32, num_batches=100)
     plan = plan_replication([s], p, memory_budget_bytes=1 << 30, optimizer_state_floats_per_row=0)
-    ratio = p.c_ar_row(128, 4) / p.c_a2a_lookup(128, 4)
+    ratio = ar_row_cost(p, 128, 4) / a2a_lookup_cost(p, 128, 4)
     expected = int(np.count_nonzero(counts / (100 * 32) > ratio))
     assert plan["t"].hot_rows == expected
     assert plan.predicted_step_s < plan.unreplicated_step_s
@@ -229,7 +235,7 @@ def test_from_measurements_recovers_coefficients():
     assert p.a2a_fixed_s == pytest.approx(a_a2a, rel=1e-6)
     assert p.r2_all_reduce == pytest.approx(1.0, abs=1e-12)
     assert p.r2_all_to_all == pytest.approx(1.0, abs=1e-12)
-    assert p.c_ar_row(128, 4) == pytest.approx(b_ar * 512)
+    assert ar_row_cost(p, 128, 4) == pytest.approx(b_ar * 512)
     assert p.ar_bytes_sent_per_payload_byte == pytest.approx(2 * 7 / 8)
     # Round trip through JSON.
     assert CostProfile.from_json(p.to_json()) == p
@@ -561,7 +567,7 @@ def test_exact_counting_hand_example():
     assert s.ids.tolist() == [3, 2, 4, 7, 5, 6]
     assert s.counts.tolist() == [4, 2, 2, 2, 1, 1]
     assert s.total_lookups == 4 + 4 + 4 + 3
-    assert s.deduplicated_lookups == 12 == s.exchanged_lookups
+    assert s.deduplicated_lookups == 12 == exchanged_lookups(s)
     assert s.num_batches == 2 and s.num_devices == 2 and not s.remote_only
 
     # owner = id % 2: dev0 sends odd ids, dev1 sends even ids
@@ -569,10 +575,10 @@ def test_exact_counting_hand_example():
     # b1: dev0 {3,5} dev1 {2}; b2: dev0 {3,7} dev1 {2,4}
     assert s.ids.tolist() == [2, 3, 4, 5, 7]
     assert s.counts.tolist() == [2, 2, 1, 1, 1]
-    assert s.remote_only and s.deduplicated_lookups == 12 and s.exchanged_lookups == 7
-    np.testing.assert_allclose(s.coverage(np.array([0, 1, 2, 5, 10])), [0, 2 / 7, 4 / 7, 1, 1])
-    assert s.coverage(3) == pytest.approx(5 / 7)
-    assert s.lookups_per_step() == pytest.approx(7 / 4)
+    assert s.remote_only and s.deduplicated_lookups == 12 and exchanged_lookups(s) == 7
+    np.testing.assert_allclose(coverage(s.counts, np.array([0, 1, 2, 5, 10])), [0, 2 / 7, 4 / 7, 1, 1])
+    assert coverage(s.counts, 3) == pytest.approx(5 / 7)
+    assert lookups_per_step(s) == pytest.approx(7 / 4)
 
     # the plan's exchange volume is exact on these batches
     prof = make_profile(c_ar_row=1.0, c_a2a_lookup=1.0, dim=2, num_devices=2)
@@ -682,7 +688,7 @@ def test_paper_skew_shape():
     counts = zipf_counts(100_000, 1.45, 1e7)
     s = TableStats.from_counts(name="t", dim=128, counts=counts, num_devices=32)
     r = int(round(K.PAPER_HOT_ID_SHARE * s.num_ids))
-    assert s.coverage(r) > K.PAPER_HOT_COVERAGE
+    assert coverage(s.counts, r) > K.PAPER_HOT_COVERAGE
 
 
 # --------------------------------------------------------------------------
@@ -786,7 +792,7 @@ def test_plan_json_round_trip():
     np.testing.assert_array_equal(back["t"].hot_ids, plan["t"].hot_ids)
     assert back["t"].predicted_step_s == plan["t"].predicted_step_s
     assert "hot_ids" not in json.loads(plan.to_json(include_hot_ids=False))["tables"][0]
-    summary = plan.summary()
+    summary = plan_summary(plan)
     assert "t" in summary and "ms/step" in summary
     with pytest.raises(KeyError):
         plan["missing"]
@@ -810,3 +816,21 @@ def test_profile_cache(tmp_path):
     assert cache.get((8,), 128, "float32") is None
     path.write_text(json.dumps({"schema": 999, "key": "x", "profile": {}}))
     assert cache.get((8,), 128, "float32") is None
+
+
+def test_planner_import_graph_has_no_cycles_and_types_imports_only_below():
+    """DESIGN.md section 5: the planner imports nothing else of the package,
+    nothing inside it cycles, and types.py (contracts) imports only the
+    modules below it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("import_graph", ROOT / "tools" / "import_graph.py")
+    graph_tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(graph_tool)
+    _, graph = graph_tool.build_graph(ROOT)
+    planner = {m for m in graph if m == "jax_hypereca.planner" or m.startswith("jax_hypereca.planner.")}
+    assert [c for c in graph_tool.strongly_connected(graph) if set(c) & planner] == []
+    outside = {(m, d) for m in planner for d in graph[m] if d not in planner}
+    assert outside == set()
+    below_types = {f"jax_hypereca.planner.{m}" for m in ("constants", "errors", "fit", "ranking")}
+    assert set(graph["jax_hypereca.planner.types"]) <= below_types

@@ -17,7 +17,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .constants import PROFILE_CACHE_SCHEMA
-from .types import CostProfile, PlannerError
+from .errors import PlannerError
+from .types import CostProfile
 
 MeshShape = Sequence[int] | Mapping[str, int]
 """Device mesh shape: sizes per axis, optionally named (``{'data': 8}``)."""

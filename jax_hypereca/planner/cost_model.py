@@ -16,21 +16,43 @@ This module holds
 * the derivation of C_ar and C_a2a for the paper's cluster from the raw
   figures in :mod:`.constants` (:func:`hierarchical_ring_allreduce`,
   :func:`two_level_alltoall`, :func:`paper_profile`);
-* the least-squares fit of a profile from measured timings
-  (:func:`fit_profile`, used by ``CostProfile.from_measurements``);
+* the per-row costs of a profile (:func:`c_ar_row`, :func:`c_a2a_lookup`,
+  :func:`lookup_bytes`) and :func:`fit_profile`, a profile fitted from
+  measured timings (the fit itself is in :mod:`.fit`);
 * :class:`TableCostModel`, L(R) and the exact byte counts for one table.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from . import constants as K
-from .types import CostProfile, Measurement, PlannerError, TableStats
+from .errors import PlannerError
+from .stats import coverage, covered_lookups, prefix_sums
+from .types import CostProfile, Measurement, TableStats
+
+# ==========================================================================
+# Per-row costs of a profile.
+# ==========================================================================
+
+
+def lookup_bytes(profile: CostProfile, dim: int, value_bytes: int = 4) -> int:
+    """Bytes one remote lookup moves: key + forward row + backward gradient."""
+    return profile.key_bytes + 2 * (int(dim) * int(value_bytes))
+
+
+def c_ar_row(profile: CostProfile, dim: int, value_bytes: int = 4) -> float:
+    """C_ar: seconds per replicated row per step."""
+    return profile.c_ar_per_byte * (int(dim) * int(value_bytes))
+
+
+def c_a2a_lookup(profile: CostProfile, dim: int, value_bytes: int = 4) -> float:
+    """C_a2a: seconds per remote lookup per step."""
+    return profile.c_a2a_per_byte * lookup_bytes(profile, dim, value_bytes)
+
 
 # ==========================================================================
 # Analytic collectives.
@@ -197,16 +219,16 @@ def paper_derivation(dim: int = K.PAPER_EMBEDDING_DIM, value_bytes: int = K.PAPE
     ar, a2a = paper_collectives()
     p = paper_profile()
     lines = [f"row = {dim} x {value_bytes} B = {dim * value_bytes} B; "
-             f"lookup = key {p.key_bytes} B + row + gradient = {p.lookup_bytes(dim, value_bytes)} B"]
+             f"lookup = key {p.key_bytes} B + row + gradient = {lookup_bytes(p, dim, value_bytes)} B"]
     lines.append("all-reduce (hierarchical ring), per payload byte:")
     for name, b, s in ar.steps:
         lines.append(f"  {name}: {b:.6g} B -> {s:.6g} s")
-    lines.append(f"  total {ar.seconds_per_byte:.6g} s/B -> C_ar = {p.c_ar_row(dim, value_bytes):.6g} s/row; "
+    lines.append(f"  total {ar.seconds_per_byte:.6g} s/B -> C_ar = {c_ar_row(p, dim, value_bytes):.6g} s/row; "
                  f"fixed {ar.messages} msgs = {ar.fixed_s * 1e6:.0f} us")
     lines.append("all-to-all (two-level), per payload byte:")
     for name, b, s in a2a.steps:
         lines.append(f"  {name}: share {b:.6g} -> {s:.6g} s")
-    lines.append(f"  total {a2a.seconds_per_byte:.6g} s/B -> C_a2a = {p.c_a2a_lookup(dim, value_bytes):.6g} s/lookup; "
+    lines.append(f"  total {a2a.seconds_per_byte:.6g} s/B -> C_a2a = {c_a2a_lookup(p, dim, value_bytes):.6g} s/lookup; "
                  f"fixed {a2a.messages} msgs = {a2a.fixed_s * 1e6:.0f} us")
     return "\n".join(lines)
 
@@ -214,50 +236,6 @@ def paper_derivation(dim: int = K.PAPER_EMBEDDING_DIM, value_bytes: int = K.PAPE
 # ==========================================================================
 # Fitting measured timings.
 # ==========================================================================
-
-
-@dataclass(frozen=True, kw_only=True)
-class LinearFit:
-    """``seconds = intercept + slope * bytes`` fitted by least squares."""
-
-    intercept: float
-    """Fixed seconds per call."""
-    slope: float
-    """Seconds per byte."""
-    r2: float
-    """Coefficient of determination on the fitted points."""
-    num_points: int
-    """Measurements used."""
-
-
-def fit_line(x: np.ndarray, y: np.ndarray, *, what: str = "timings") -> LinearFit:
-    """Least-squares ``y = a + b x`` with a >= 0 and b > 0.
-
-    If the unconstrained intercept is negative the line is refitted through
-    the origin.  Raises :class:`PlannerError` if fewer than two distinct x
-    or if y does not grow with x.
-    """
-    x = np.asarray(x, np.float64).reshape(-1)
-    y = np.asarray(y, np.float64).reshape(-1)
-    if np.unique(x).size < 2:
-        raise PlannerError(
-            f"{what}: need measurements at >= 2 distinct sizes to fit a fixed and a "
-            f"per-byte cost, got {np.unique(x).size}; time more row counts"
-        )
-    A = np.stack([np.ones_like(x), x], axis=1)
-    (a, b), *_ = np.linalg.lstsq(A, y, rcond=None)
-    if a < 0:
-        a, b = 0.0, float(x @ y / (x @ x))
-    if not b > 0:
-        raise PlannerError(
-            f"{what}: fitted seconds per byte is {b:.3g} (time does not grow with size); "
-            "measure larger sizes or more repeats"
-        )
-    pred = a + b * x
-    ss_res = float(np.sum((y - pred) ** 2))
-    ss_tot = float(np.sum((y - y.mean()) ** 2))
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res <= 1e-30 else 0.0)
-    return LinearFit(intercept=float(a), slope=float(b), r2=r2, num_points=int(x.size))
 
 
 def fit_profile(
@@ -275,59 +253,17 @@ def fit_profile(
     """Fit a :class:`CostProfile` from measured collectives.
 
     For each kind separately, ``seconds = fixed + per_byte * bytes`` by
-    least squares (:func:`fit_line`): the all-reduce fit gives
+    least squares (:func:`.fit.fit_line`): the all-reduce fit gives
     ``c_ar_per_byte`` and ``ar_fixed_s``, the all-to-all fit
     ``c_a2a_per_byte`` and ``a2a_fixed_s``.  All measurements must share
     one ``num_devices``.  ``ar_bytes_sent_per_payload_byte`` defaults to the
-    flat ring's 2 (W-1)/W.  With ``min_r2`` a poorer fit raises.
+    flat ring's 2 (W-1)/W.  With ``min_r2`` a poorer fit raises.  The same
+    as ``CostProfile.from_measurements``.
     """
-    ms = list(measurements)
-    if not ms:
-        raise PlannerError("from_measurements: no measurements given")
-    devices = {m.num_devices for m in ms}
-    if len(devices) != 1:
-        raise PlannerError(
-            f"from_measurements: measurements mix device counts {sorted(devices)}; "
-            "fit one profile per mesh"
-        )
-    w = devices.pop()
-    by_kind: dict[str, list[Measurement]] = defaultdict(list)
-    for m in ms:
-        by_kind[m.kind].append(m)
-    fits = {}
-    for kind in ("all_reduce", "all_to_all"):
-        if not by_kind[kind]:
-            raise PlannerError(
-                f"from_measurements: no '{kind}' measurements; time at least two sizes"
-            )
-        fits[kind] = fit_line(
-            np.array([m.bytes for m in by_kind[kind]], np.float64),
-            np.array([m.seconds for m in by_kind[kind]], np.float64),
-            what=f"{kind} timings",
-        )
-        if min_r2 is not None and fits[kind].r2 < min_r2:
-            raise PlannerError(
-                f"from_measurements: {kind} fit has r^2 = {fits[kind].r2:.3f} < "
-                f"min_r2 = {min_r2}; re-measure with more repeats or lower min_r2"
-            )
-    if ar_bytes_sent_per_payload_byte is None:
-        ar_bytes_sent_per_payload_byte = 2.0 * (w - 1) / w
-    return CostProfile(
-        name=name,
-        num_devices=w,
-        devices_per_node=devices_per_node,
-        c_ar_per_byte=fits["all_reduce"].slope,
-        c_a2a_per_byte=fits["all_to_all"].slope,
-        latency_s=float(latency_s),
-        ar_fixed_s=fits["all_reduce"].intercept,
-        a2a_fixed_s=fits["all_to_all"].intercept,
-        ar_bytes_sent_per_payload_byte=float(ar_bytes_sent_per_payload_byte),
-        ar_algorithm=ar_algorithm,
-        key_bytes=int(key_bytes),
-        source=source,
-        r2_all_reduce=fits["all_reduce"].r2,
-        r2_all_to_all=fits["all_to_all"].r2,
-    )
+    return CostProfile.from_measurements(
+        measurements, name=name, source=source, devices_per_node=devices_per_node,
+        ar_algorithm=ar_algorithm, ar_bytes_sent_per_payload_byte=ar_bytes_sent_per_payload_byte,
+        latency_s=latency_s, key_bytes=key_bytes, min_r2=min_r2)
 
 
 # ==========================================================================
@@ -364,10 +300,10 @@ class TableCostModel:
         w = stats.num_devices
         self.remote_scale = 1.0 if stats.remote_only else (w - 1) / w
         self.steps_x_devices = stats.num_batches * stats.num_devices
-        self.c_ar = profile.c_ar_row(stats.dim, value_bytes)
-        self.c_a2a = profile.c_a2a_lookup(stats.dim, value_bytes)
+        self.c_ar = c_ar_row(profile, stats.dim, value_bytes)
+        self.c_a2a = c_a2a_lookup(profile, stats.dim, value_bytes)
         self.row_bytes = stats.dim * self.value_bytes
-        self.lookup_bytes = profile.lookup_bytes(stats.dim, value_bytes)
+        self.lookup_bytes = lookup_bytes(profile, stats.dim, value_bytes)
         self.bytes_per_hot_row = int(
             self.row_bytes
             + int(optimizer_state_floats_per_row) * int(optimizer_state_bytes_per_float)
@@ -375,13 +311,17 @@ class TableCostModel:
             + int(index_overhead_bytes)
         )
         self.num_ids = stats.num_ids
+        self.prefix = prefix_sums(stats.counts)
+        """``prefix[R]``: sampled lookups the top-R ids absorb."""
+        self.exchanged_lookups = int(self.prefix[-1])
+        """Deduplicated (remote) lookups in the sample."""
 
     # ---- exchange volume ---------------------------------------------------
 
     def remote_lookups_sampled(self, r: int | np.ndarray) -> np.ndarray:
         """Remote lookups left over the whole sample (float; exact integers
         for remote-only stats)."""
-        left = self.stats.exchanged_lookups - np.asarray(self.stats.covered_lookups(r))
+        left = self.exchanged_lookups - np.asarray(covered_lookups(self.stats, r, prefix=self.prefix))
         return left * self.remote_scale
 
     def remote_lookups_per_step(self, r: int | np.ndarray) -> np.ndarray:
@@ -437,11 +377,17 @@ class TableCostModel:
     def memory_bytes(self, r: int | np.ndarray) -> np.ndarray:
         return np.minimum(np.asarray(r), self.num_ids) * self.bytes_per_hot_row
 
+    # ---- coverage --------------------------------------------------------------
+
+    def coverage(self, r: int | np.ndarray) -> np.ndarray | float:
+        """rho(R): share of the exchanged lookups the top-R ids absorb."""
+        return coverage(self.stats.counts, r, prefix=self.prefix)
+
     def rows_for_coverage(self, target: float) -> int:
         """Smallest R with rho(R) >= target (0 if nothing is exchanged)."""
-        if self.stats.exchanged_lookups == 0 or target <= 0:
+        if self.exchanged_lookups == 0 or target <= 0:
             return 0
-        rho = self.stats.coverage(np.arange(self.num_ids + 1))
+        rho = self.coverage(np.arange(self.num_ids + 1))
         hit = np.flatnonzero(rho >= target)
         return int(hit[0]) if hit.size else self.num_ids
 

@@ -49,7 +49,10 @@ import numpy as np
 
 from . import constants as K
 from .cost_model import TableCostModel, check_profile_matches
-from .types import CostProfile, PlannerError, ReplicationPlan, TablePlan, TableStats, format_bytes
+from .errors import PlannerError
+from .report import format_bytes
+from .stats import hot_ids
+from .types import CostProfile, ReplicationPlan, TablePlan, TableStats
 
 PerTable = int | Mapping[str, int] | None
 
@@ -254,6 +257,52 @@ def plan_replication(
         names the setting to change and the value that would work.
     """
     stats = list(stats)
+    budget = _check_request(stats, profile, memory_budget_bytes, value_bytes, min_coverage)
+    names = [s.name for s in stats]
+    opt = _per_table(optimizer_state_floats_per_row, names, "optimizer_state_floats_per_row", None)
+    if any(o is None for o in opt):
+        missing = [n for n, o in zip(names, opt) if o is None]
+        raise PlannerError(
+            f"`optimizer_state_floats_per_row` has no entry for tables {missing}; "
+            "give an int or a value for every table"
+        )
+    caps = _per_table(max_hot_rows, names, "max_hot_rows", None)
+    floors = _per_table(min_hot_rows, names, "min_hot_rows", 0)
+    models = [TableCostModel(s, profile, value_bytes=int(value_bytes), optimizer_state_floats_per_row=o,
+                             optimizer_state_bytes_per_float=optimizer_state_bytes_per_float,
+                             index_overhead_bytes=index_overhead_bytes)
+              for s, o in zip(stats, opt)]
+    # 1. requirements
+    upper = [m.num_ids if c is None else min(c, m.num_ids) for m, c in zip(models, caps)]
+    lower = _required_rows(models, floors, caps, upper, min_coverage)
+    _check_budget_holds(models, lower, floors, upper, budget, min_coverage)
+    # 2-5. allocate and refine, then try the fixed-cost jumps
+    chosen, search_cap = _allocate_with_moves(models, lower, upper, budget, search_window)
+    tables = [_table_plan(m, r, cap) for m, r, cap in zip(models, chosen, search_cap)]
+    used = sum(t.memory_bytes_per_device for t in tables)
+    assert used <= budget, (used, budget)
+    return ReplicationPlan(
+        tables=tuple(tables), profile_name=profile.name, memory_budget_bytes=budget,
+        memory_used_bytes=used, value_bytes=int(value_bytes),
+        optimizer_state_floats_per_row=(
+            int(optimizer_state_floats_per_row)
+            if not isinstance(optimizer_state_floats_per_row, Mapping)
+            else {n: int(o) for n, o in zip(names, opt)}
+        ),
+        predicted_step_s=float(sum(t.predicted_step_s for t in tables)),
+        unreplicated_step_s=float(sum(t.unreplicated_step_s for t in tables)),
+        method=METHOD.format(w=search_window),
+    )
+
+
+def _check_request(
+    stats: Sequence[TableStats],
+    profile: CostProfile,
+    memory_budget_bytes: int,
+    value_bytes: int,
+    min_coverage: float | None,
+) -> int:
+    """Raise on a malformed request; return the budget as an int."""
     if not stats:
         raise PlannerError("plan_replication needs stats for at least one table")
     names = [s.name for s in stats]
@@ -265,37 +314,23 @@ def plan_replication(
         raise PlannerError(
             f"`memory_budget_bytes` must be a finite number >= 0, got {memory_budget_bytes!r}"
         )
-    budget = int(memory_budget_bytes)
     if int(value_bytes) != value_bytes or value_bytes < 1:
         raise PlannerError(f"`value_bytes` must be an integer >= 1, got {value_bytes!r}")
     if min_coverage is not None and not (0.0 <= min_coverage <= 1.0):
         raise PlannerError(f"`min_coverage` must be in [0, 1], got {min_coverage}")
     for s in stats:
         check_profile_matches(s, profile)
+    return int(memory_budget_bytes)
 
-    opt = _per_table(optimizer_state_floats_per_row, names, "optimizer_state_floats_per_row", None)
-    if any(o is None for o in opt):
-        missing = [n for n, o in zip(names, opt) if o is None]
-        raise PlannerError(
-            f"`optimizer_state_floats_per_row` has no entry for tables {missing}; "
-            "give an int or a value for every table"
-        )
-    caps = _per_table(max_hot_rows, names, "max_hot_rows", None)
-    floors = _per_table(min_hot_rows, names, "min_hot_rows", 0)
 
-    models = [
-        TableCostModel(
-            s, profile,
-            value_bytes=int(value_bytes),
-            optimizer_state_floats_per_row=o,
-            optimizer_state_bytes_per_float=optimizer_state_bytes_per_float,
-            index_overhead_bytes=index_overhead_bytes,
-        )
-        for s, o in zip(stats, opt)
-    ]
-
-    # ---- 1. requirements ------------------------------------------------
-    upper = [m.num_ids if c is None else min(c, m.num_ids) for m, c in zip(models, caps)]
+def _required_rows(
+    models: Sequence[TableCostModel],
+    floors: Sequence[int],
+    caps: Sequence[int | None],
+    upper: Sequence[int],
+    min_coverage: float | None,
+) -> list[int]:
+    """Step 1: the smallest R each table may have; raise on conflicts."""
     lower = []
     for m, f, c, u in zip(models, floors, caps, upper):
         name = m.stats.name
@@ -309,7 +344,7 @@ def plan_replication(
         req = max(f, need_cov)
         if req > u:
             if need_cov > u:
-                reach = float(m.stats.coverage(u))
+                reach = float(m.coverage(u))
                 raise PlannerError(
                     f"table '{name}': `min_coverage`={min_coverage} needs {need_cov:,} hot rows "
                     f"but `max_hot_rows`={c:,}; raise `max_hot_rows` to >= {need_cov:,} or lower "
@@ -320,69 +355,70 @@ def plan_replication(
                 f"raise `max_hot_rows` to >= {f:,} or lower `min_hot_rows` to <= {c:,}"
             )
         lower.append(req)
+    return lower
 
+
+def _check_budget_holds(
+    models: Sequence[TableCostModel],
+    lower: Sequence[int],
+    floors: Sequence[int],
+    upper: Sequence[int],
+    budget: int,
+    min_coverage: float | None,
+) -> None:
+    """Raise if the budget cannot hold the required rows, naming what would fit."""
     required_bytes = sum(r * m.bytes_per_hot_row for r, m in zip(lower, models))
-    if required_bytes > budget:
-        parts = ", ".join(
-            f"'{m.stats.name}' {r:,} rows x {m.bytes_per_hot_row} B"
-            for r, m in zip(lower, models) if r
-        )
-        what = []
-        if min_coverage:
-            best = _best_reachable_coverage(models, floors, upper, budget)
-            what.append(f"lower `min_coverage` to <= {best} (the most this budget reaches)")
-        if any(floors):
-            fits = [
-                f"'{m.stats.name}' <= {budget // m.bytes_per_hot_row:,}"
-                for m, f in zip(models, floors) if f
-            ]
-            what.append("lower `min_hot_rows` (alone in the budget: " + ", ".join(fits) + ")")
-        raise PlannerError(
-            f"budget {format_bytes(budget)} per device cannot hold the required hot rows "
-            f"({format_bytes(required_bytes)}: {parts}); raise `memory_budget_bytes` to at "
-            f"least {required_bytes:,} or " + " or ".join(what)
-        )
+    if required_bytes <= budget:
+        return
+    parts = ", ".join(
+        f"'{m.stats.name}' {r:,} rows x {m.bytes_per_hot_row} B"
+        for r, m in zip(lower, models) if r
+    )
+    what = []
+    if min_coverage:
+        best = _best_reachable_coverage(models, floors, upper, budget)
+        what.append(f"lower `min_coverage` to <= {best} (the most this budget reaches)")
+    if any(floors):
+        fits = [
+            f"'{m.stats.name}' <= {budget // m.bytes_per_hot_row:,}"
+            for m, f in zip(models, floors) if f
+        ]
+        what.append("lower `min_hot_rows` (alone in the budget: " + ", ".join(fits) + ")")
+    raise PlannerError(
+        f"budget {format_bytes(budget)} per device cannot hold the required hot rows "
+        f"({format_bytes(required_bytes)}: {parts}); raise `memory_budget_bytes` to at "
+        f"least {required_bytes:,} or " + " or ".join(what)
+    )
 
-    # ---- 2-5. allocate and refine, then try the fixed-cost jumps --------
-    chosen, search_cap = _allocate(models, lower, upper, budget, {}, search_window)
+
+def _allocate_with_moves(
+    models: Sequence[TableCostModel],
+    lower: Sequence[int],
+    upper: Sequence[int],
+    budget: int,
+    window: int,
+) -> tuple[list[int], list[int]]:
+    """Steps 2-5: allocate and refine, then pin one table at a time to each of
+    its fixed-cost candidates and keep the best total.  Returns (R per table,
+    search cap per table)."""
+    chosen, search_cap = _allocate(models, lower, upper, budget, {}, window)
     best_cost = _total(models, chosen)
     required = [lo * m.bytes_per_hot_row for lo, m in zip(lower, models)]
     for _ in range(len(models)):
         improved = False
         for i, m in enumerate(models):
             room = (budget - (sum(required) - required[i])) // m.bytes_per_hot_row
-            alone = best_hot_rows(m, lower[i], min(upper[i], room), window=search_window)
+            alone = best_hot_rows(m, lower[i], min(upper[i], room), window=window)
             for c in sorted({lower[i], upper[i], chosen[i], alone}):
                 if c > room:
                     continue
-                trial, caps = _allocate(models, lower, upper, budget, {i: c}, search_window)
+                trial, caps = _allocate(models, lower, upper, budget, {i: c}, window)
                 cost = _total(models, trial)
                 if cost < best_cost * (1 - 1e-12) - 1e-18:
                     chosen, search_cap, best_cost, improved = trial, caps, cost, True
         if not improved:
             break
-
-    # ---- plan -----------------------------------------------------------
-    tables = []
-    for m, r, cap in zip(models, chosen, search_cap):
-        tables.append(_table_plan(m, r, cap))
-    used = sum(t.memory_bytes_per_device for t in tables)
-    assert used <= budget, (used, budget)
-    return ReplicationPlan(
-        tables=tuple(tables),
-        profile_name=profile.name,
-        memory_budget_bytes=budget,
-        memory_used_bytes=used,
-        value_bytes=int(value_bytes),
-        optimizer_state_floats_per_row=(
-            int(optimizer_state_floats_per_row)
-            if not isinstance(optimizer_state_floats_per_row, Mapping)
-            else {n: int(o) for n, o in zip(names, opt)}
-        ),
-        predicted_step_s=float(sum(t.predicted_step_s for t in tables)),
-        unreplicated_step_s=float(sum(t.unreplicated_step_s for t in tables)),
-        method=METHOD.format(w=search_window),
-    )
+    return chosen, search_cap
 
 
 def _total(models: Sequence[TableCostModel], rows: Sequence[int]) -> float:
@@ -446,8 +482,8 @@ def _table_plan(m: TableCostModel, r: int, cap: int) -> TablePlan:
         name=s.name,
         dim=s.dim,
         hot_rows=int(r),
-        hot_ids=s.hot_ids(r),
-        coverage=float(s.coverage(r)),
+        hot_ids=hot_ids(s, r),
+        coverage=float(m.coverage(r)),
         bytes_per_hot_row=m.bytes_per_hot_row,
         memory_bytes_per_device=int(m.memory_bytes(r)),
         max_hot_rows=int(cap),

@@ -8,7 +8,9 @@ dropped, and with an ``owner_fn`` only ids owned by *another* device are
 counted, so the counts describe exactly what the all-to-all carries.
 
 * :class:`ExactCounter` / :func:`collect_table_stats`: exact counts over a
-  sample of steps (default 100, the paper's "peek") -> :class:`TableStats`.
+  sample of steps (default 100, the paper's "peek") -> :class:`TableStats`;
+  :func:`coverage`, :func:`covered_lookups`, :func:`exchanged_lookups`,
+  :func:`lookups_per_step` and :func:`hot_ids` read one.
 * :class:`DecayedCounter`: bounded-memory online counter with exponential
   decay for use during training (decayed Misra-Gries summary, see its
   docstring for the error bound).
@@ -22,7 +24,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .constants import DEFAULT_PEEK_BATCHES, RESERVED_IDS
-from .types import PlannerError, TableStats
+from .errors import PlannerError
+from .types import TableStats
 
 OwnerFn = Callable[[np.ndarray], np.ndarray]
 """``owner_fn(ids) -> device index per id`` (same shape, values in [0, W))."""
@@ -68,6 +71,45 @@ def coverage(
     else:
         out = covered / float(total)
     return float(out) if np.ndim(out) == 0 else out
+
+
+def prefix_sums(sorted_counts: np.ndarray) -> np.ndarray:
+    """``[0, cumsum(counts)...]`` (int64): ``prefix[R]`` = lookups the top-R ids absorb."""
+    return np.concatenate(([0], np.cumsum(np.asarray(sorted_counts).reshape(-1), dtype=np.int64)))
+
+
+# --------------------------------------------------------------------------
+# Reading TableStats.
+# --------------------------------------------------------------------------
+
+
+def exchanged_lookups(stats: TableStats) -> int:
+    """``counts.sum()``: deduplicated (remote) lookups in the sample."""
+    return int(prefix_sums(stats.counts)[-1])
+
+
+def lookups_per_step(stats: TableStats) -> float:
+    """Mean deduplicated (remote) lookups per device per step, N."""
+    return exchanged_lookups(stats) / (stats.num_batches * stats.num_devices)
+
+
+def covered_lookups(
+    stats: TableStats, hot_rows: int | np.ndarray, *, prefix: np.ndarray | None = None
+) -> np.ndarray | int:
+    """Sample lookups absorbed by the top-R ids (exact integer prefix sums;
+    vectorised over R; R beyond ``stats.num_ids`` is clipped).  ``prefix``
+    (:func:`prefix_sums` of the counts) may be passed to reuse it."""
+    r = np.asarray(hot_rows)
+    if np.any(r < 0):
+        raise PlannerError(f"hot_rows must be >= 0, got {int(np.min(r))}")
+    prefix = prefix_sums(stats.counts) if prefix is None else prefix
+    out = prefix[np.minimum(r, stats.num_ids)]
+    return int(out) if out.ndim == 0 else out
+
+
+def hot_ids(stats: TableStats, hot_rows: int) -> np.ndarray:
+    """The top-R ids (read-only view)."""
+    return stats.ids[: max(0, min(int(hot_rows), stats.num_ids))]
 
 
 # --------------------------------------------------------------------------

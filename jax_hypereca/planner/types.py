@@ -4,6 +4,14 @@ Every record is a keyword-only frozen dataclass.  Records holding numpy
 arrays (:class:`TableStats`, :class:`TablePlan`) compare by identity
 (``eq=False``); their arrays are copied and made read-only on construction.
 
+Records only: fields, the invariants checked on construction, accessors
+that read fields without computing, plain dict / JSON forms, and two
+one-line constructors from raw inputs (``TableStats.from_counts``,
+``CostProfile.from_measurements``) that call modules *below* this one
+(:mod:`.ranking`, :mod:`.fit`).  What is computed from the records lives
+above: coverage and lookup totals in :mod:`.stats`, costs and bytes in
+:mod:`.cost_model`, text in :mod:`.report`.  Nothing here imports them.
+
 Units everywhere: bytes, seconds, "per step" = one training step, "per
 device" = one of the W devices of the mesh.
 """
@@ -13,35 +21,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
 from .constants import KEY_BYTES
+from .errors import PlannerError
+from .fit import fitted_profile_fields
+from .ranking import ranked_stats_fields
 
-
-class PlannerError(ValueError):
-    """A planning request that cannot be satisfied or is malformed.
-
-    The message always says what is impossible and which setting to change
-    (and to what value) to make it possible.
-    """
+__all__ = ["CostProfile", "Measurement", "MeasurementKind", "PlannerError", "ReplicationPlan",
+           "TablePlan", "TableStats"]
 
 
 def _readonly(a: Any, dtype: Any) -> np.ndarray:
     arr = np.array(a, dtype=dtype, copy=True).reshape(-1)
     arr.setflags(write=False)
     return arr
-
-
-def format_bytes(n: float) -> str:
-    """Human-readable binary size, e.g. ``1.0 MiB``."""
-    n = float(n)
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n:.0f} B"
 
 
 # ==========================================================================
@@ -94,8 +91,6 @@ class TableStats:
     what the all-to-all carries).  If False, the cost model scales the
     exchange volume by the expected remote share (W-1)/W."""
 
-    _prefix: np.ndarray = field(init=False, repr=False, compare=False)
-
     def __post_init__(self) -> None:
         ids = _readonly(self.ids, np.int64)
         counts = _readonly(self.counts, np.int64)
@@ -110,18 +105,19 @@ class TableStats:
                 "descending; build it with TableStats.from_counts(...)"
             )
         if ids.size and np.unique(ids).size != ids.size:
-            raise PlannerError(f"TableStats '{self.name}': ids must be unique")
+            raise PlannerError(
+                f"TableStats '{self.name}': ids must be unique, got "
+                f"{ids.size - np.unique(ids).size} repeated; sum the counts of each id"
+            )
         if int(self.dim) <= 0:
             raise PlannerError(f"TableStats '{self.name}': dim must be >= 1, got {self.dim}")
         if int(self.num_batches) <= 0 or int(self.num_devices) <= 0:
             raise PlannerError(
-                f"TableStats '{self.name}': num_batches and num_devices must be >= 1"
+                f"TableStats '{self.name}': num_batches and num_devices must be >= 1, got "
+                f"num_batches={self.num_batches}, num_devices={self.num_devices}"
             )
         object.__setattr__(self, "ids", ids)
         object.__setattr__(self, "counts", counts)
-        prefix = np.concatenate(([0], np.cumsum(counts, dtype=np.int64)))
-        prefix.setflags(write=False)
-        object.__setattr__(self, "_prefix", prefix)
 
     # ---- constructors -------------------------------------------------
 
@@ -139,72 +135,23 @@ class TableStats:
         deduplicated_lookups: int | None = None,
         remote_only: bool = True,
     ) -> "TableStats":
-        """Build from unsorted per-id counts (zeros dropped).
+        """Build from unsorted per-id counts (zeros dropped; ranked most
+        frequent first, ties by ascending id).  ``ids`` defaults to
+        ``0..len(counts)-1``; the totals default to the sum of the counts.
+        See :func:`.ranking.ranked_stats_fields`."""
+        return cls(**ranked_stats_fields(
+            name=name, dim=dim, counts=counts, ids=ids, num_batches=num_batches,
+            num_devices=num_devices, total_lookups=total_lookups,
+            deduplicated_lookups=deduplicated_lookups, remote_only=remote_only))
 
-        ``ids`` defaults to ``0..len(counts)-1``; the totals default to the
-        sum of the counts.
-        """
-        counts = np.asarray(counts, dtype=np.int64).reshape(-1)
-        ids = (
-            np.arange(counts.size, dtype=np.int64)
-            if ids is None
-            else np.asarray(ids, dtype=np.int64).reshape(-1)
-        )
-        if ids.shape != counts.shape:
-            raise PlannerError(f"TableStats '{name}': ids and counts differ in length")
-        if counts.size and counts.min() < 0:
-            raise PlannerError(f"TableStats '{name}': counts must be >= 0")
-        keep = counts > 0
-        ids, counts = ids[keep], counts[keep]
-        order = np.lexsort((ids, -counts))
-        total = int(counts.sum())
-        return cls(
-            name=name,
-            dim=dim,
-            ids=ids[order],
-            counts=counts[order],
-            total_lookups=total if total_lookups is None else int(total_lookups),
-            deduplicated_lookups=total if deduplicated_lookups is None else int(deduplicated_lookups),
-            num_batches=num_batches,
-            num_devices=num_devices,
-            remote_only=remote_only,
-        )
-
-    # ---- derived quantities --------------------------------------------
+    # ---- accessors ------------------------------------------------------
+    # Computed quantities (exchanged and covered lookups, coverage, hot ids)
+    # are functions of jax_hypereca.planner.stats.
 
     @property
     def num_ids(self) -> int:
         """Distinct ids seen in the (remote) exchange."""
         return int(self.counts.size)
-
-    @property
-    def exchanged_lookups(self) -> int:
-        """``counts.sum()``: deduplicated (remote) lookups in the sample."""
-        return int(self._prefix[-1])
-
-    def lookups_per_step(self) -> float:
-        """Mean deduplicated (remote) lookups per device per step, N."""
-        return self.exchanged_lookups / (self.num_batches * self.num_devices)
-
-    def covered_lookups(self, hot_rows: int | np.ndarray) -> np.ndarray | int:
-        """Sample lookups absorbed by the top-R ids (exact integer prefix
-        sums; vectorised over R; R beyond ``num_ids`` is clipped)."""
-        r = np.asarray(hot_rows)
-        if np.any(r < 0):
-            raise PlannerError("hot_rows must be >= 0")
-        out = self._prefix[np.minimum(r, self.num_ids)]
-        return int(out) if out.ndim == 0 else out
-
-    def coverage(self, hot_rows: int | np.ndarray) -> np.ndarray | float:
-        """rho(R): share of the exchanged lookups absorbed by the top-R ids
-        (0 when nothing was exchanged).  Vectorised over R."""
-        from .stats import coverage as _coverage
-
-        return _coverage(self.counts, hot_rows, prefix=self._prefix)
-
-    def hot_ids(self, hot_rows: int) -> np.ndarray:
-        """The top-R ids (read-only view)."""
-        return self.ids[: max(0, min(int(hot_rows), self.num_ids))]
 
 
 # ==========================================================================
@@ -285,7 +232,9 @@ class CostProfile:
 
     with R hot rows, n remote lookups per device (after dedup), vb bytes per
     element.  Use :func:`jax_hypereca.planner.paper_profile` for the paper's
-    cluster or :meth:`from_measurements` for a measured mesh.
+    cluster or :meth:`from_measurements` for a measured mesh; the per-row
+    costs are :func:`jax_hypereca.planner.c_ar_row` and
+    :func:`jax_hypereca.planner.c_a2a_lookup`.
     """
 
     name: str
@@ -346,25 +295,6 @@ class CostProfile:
         if self.num_devices < 1:
             raise PlannerError(f"CostProfile '{self.name}': num_devices must be >= 1")
 
-    # ---- per-row costs --------------------------------------------------
-
-    def row_bytes(self, dim: int, value_bytes: int = 4) -> int:
-        """Bytes of one row (or one gradient row)."""
-        return int(dim) * int(value_bytes)
-
-    def lookup_bytes(self, dim: int, value_bytes: int = 4) -> int:
-        """Bytes one remote lookup moves: key + forward row + backward
-        gradient."""
-        return self.key_bytes + 2 * self.row_bytes(dim, value_bytes)
-
-    def c_ar_row(self, dim: int, value_bytes: int = 4) -> float:
-        """C_ar: seconds per replicated row per step."""
-        return self.c_ar_per_byte * self.row_bytes(dim, value_bytes)
-
-    def c_a2a_lookup(self, dim: int, value_bytes: int = 4) -> float:
-        """C_a2a: seconds per remote lookup per step."""
-        return self.c_a2a_per_byte * self.lookup_bytes(dim, value_bytes)
-
     # ---- construction / serialisation ----------------------------------
 
     @classmethod
@@ -386,20 +316,11 @@ class CostProfile:
         each fit is stored on the profile.  Needs >= 2 distinct sizes per
         kind, all on the same number of devices; with ``min_r2`` a poorer
         fit raises :class:`PlannerError`.  See
-        :func:`jax_hypereca.planner.cost_model.fit_profile`."""
-        from .cost_model import fit_profile
-
-        return fit_profile(
-            measurements,
-            name=name,
-            source=source,
-            devices_per_node=devices_per_node,
-            ar_algorithm=ar_algorithm,
-            ar_bytes_sent_per_payload_byte=ar_bytes_sent_per_payload_byte,
-            latency_s=latency_s,
-            key_bytes=key_bytes,
-            min_r2=min_r2,
-        )
+        :func:`.fit.fitted_profile_fields`."""
+        return cls(**fitted_profile_fields(
+            measurements, name=name, source=source, devices_per_node=devices_per_node,
+            ar_algorithm=ar_algorithm, ar_bytes_sent_per_payload_byte=ar_bytes_sent_per_payload_byte,
+            latency_s=latency_s, key_bytes=key_bytes, min_r2=min_r2))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -523,7 +444,10 @@ class TablePlan:
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class ReplicationPlan:
-    """Hot-set sizes for all tables sharing one per-device memory budget."""
+    """Hot-set sizes for all tables sharing one per-device memory budget.
+
+    ``plan["name"]`` is one table's :class:`TablePlan`;
+    :func:`jax_hypereca.planner.plan_summary` prints the plan as a table."""
 
     tables: tuple[TablePlan, ...]
     """One plan per table, in the order of the input stats."""
@@ -567,11 +491,6 @@ class ReplicationPlan:
         """R per table name."""
         return {t.name: t.hot_rows for t in self.tables}
 
-    @property
-    def speedup(self) -> float:
-        """L(0) / L(R) summed over tables (inf if the plan costs nothing)."""
-        return self.unreplicated_step_s / self.predicted_step_s if self.predicted_step_s > 0 else math.inf
-
     def to_dict(self, *, include_hot_ids: bool = True) -> dict[str, Any]:
         d: dict[str, Any] = {}
         for f in dataclasses.fields(self):
@@ -593,29 +512,3 @@ class ReplicationPlan:
     @classmethod
     def from_json(cls, text: str) -> "ReplicationPlan":
         return cls.from_dict(json.loads(text))
-
-    def summary(self) -> str:
-        """A fixed-width text table of the plan."""
-        lines = [
-            f"ReplicationPlan (profile {self.profile_name!r}, budget "
-            f"{format_bytes(self.memory_budget_bytes)}/device, used "
-            f"{format_bytes(self.memory_used_bytes)})",
-            f"{'table':<20} {'R':>10} {'rho(R)':>8} {'mem/dev':>10} "
-            f"{'a2a B/step':>12} {'AR B/step':>12} {'L(R) ms':>9} {'L(0) ms':>9}",
-        ]
-        for t in self.tables:
-            lines.append(
-                f"{t.name[:20]:<20} {t.hot_rows:>10,} {t.coverage:>8.4f} "
-                f"{format_bytes(t.memory_bytes_per_device):>10} "
-                f"{t.alltoall_bytes_per_step:>12.4g} {t.allreduce_bytes_sent_per_device:>12.4g} "
-                f"{t.predicted_step_s * 1e3:>9.3f} {t.unreplicated_step_s * 1e3:>9.3f}"
-            )
-        lines.append(
-            f"total predicted {self.predicted_step_s * 1e3:.3f} ms/step vs "
-            f"{self.unreplicated_step_s * 1e3:.3f} ms/step unreplicated "
-            f"(x{self.speedup:.2f})"
-        )
-        return "\n".join(lines)
-
-    def __str__(self) -> str:  # pragma: no cover - convenience
-        return self.summary()
