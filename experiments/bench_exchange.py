@@ -11,10 +11,23 @@ with respect to the rows and updates the tables.
 Naive JAX, at equal table memory: one row-sharded jnp table per feature,
 ids used as row indices under plain jit (XLA's own gather), in two variants:
 a dense update of the whole tables, and a sparse ``.at[].add`` update.
-Reports step times (medians, interleaved) and exact exchange bytes; the last
-line is the summary with ``speedup_vs_naive`` (over the faster naive variant)
-and ``bytes_vs_minimum`` (forward row bytes sent, padding included, over the
-minimum: each device's unique ids owned by other devices x dim x 4).
+Reports step times (medians, interleaved) and exact exchange bytes.
+
+Then the exchange strategies against each other (DESIGN section 3.3): the
+same step with ``exchange="all_to_all"`` and ``exchange="ring"`` on 2, 4 and
+8 devices (up to --devices), interleaved, plus what ``exchange="auto"``
+keeps there after its own trial (the two take turns on its first steps).
+Both move the same bytes (asserted).
+Capacities are not re-fitted there (fixed after the first overflow) and
+tables have twice the vocabulary's rows, so no step recompiles.
+
+The last line is the summary: ``speedup_vs_naive`` (over the faster naive
+variant), ``bytes_vs_minimum`` (forward row bytes sent, padding included, over
+the minimum: each device's unique ids owned by other devices x dim x 4),
+``ring_vs_all_to_all`` (all-to-all step time over ring step time at the
+largest device count; above 1 the ring is faster) and ``auto_picked_faster``
+(at every device count, whether auto kept the strategy whose step was faster
+here, or one within 5% of it).
 """
 
 from __future__ import annotations
@@ -50,6 +63,9 @@ class Workload:
     head: Any
     lr: float = 0.05
     eps: float = 1e-8
+    exchange: str = "all_to_all"
+    retune_every: int = 4
+    headroom: float = 1.0  # table capacity = headroom x vocabulary
 
     @property
     def features(self) -> int:
@@ -68,11 +84,12 @@ def make_ours(w: Workload):
     import jax_hypereca as h
 
     F = w.features
-    tables = [h.TableSpec(name=f"t{f}", dim=w.dim, capacity=v,
+    tables = [h.TableSpec(name=f"t{f}", dim=w.dim, capacity=int(w.headroom * v),
                           optimizer=h.RowwiseAdagrad(learning_rate=w.lr, eps=w.eps))
               for f, v in enumerate(w.vocab)]
     feats = [h.FeatureSpec(name=f"f{f}", table=f"t{f}") for f in range(F)]
-    coll = h.EmbeddingCollection(tables, feats, mesh=w.mesh, retune_every=4)
+    coll = h.EmbeddingCollection(tables, feats, mesh=w.mesh, retune_every=w.retune_every,
+                                 exchange=w.exchange)
 
     def loss_fn(params, emb, batch):
         x = jnp.concatenate([emb[f"f{f}"] for f in range(F)], axis=1)
@@ -185,6 +202,60 @@ def run_interleaved(out, w: Workload, cfg: dict, data, ours, state, naive):
     return times, bytes_sent, bytes_min
 
 
+def compare_strategies(out, w: Workload, cfg: dict, data) -> dict:
+    """All-to-all vs ring (and auto's pick) on 2, 4, ... w.devices devices,
+    steps interleaved. Returns {devices: (median s all_to_all, median s ring,
+    auto's pick)}."""
+    import jax
+
+    import jax_hypereca as h
+
+    result = {}
+    for n in [d for d in (2, 4, 8) if d <= w.devices]:
+        mesh = h.make_mesh(jax.devices()[:n], axis_name="shard")
+        # Capacities fixed after the first overflow and tables with room (no
+        # re-fits or growth, so no recompiles inside the timed steps); the
+        # exchange buffers the same for every strategy.
+        runs = {x: make_ours(dataclasses.replace(w, mesh=mesh, exchange=x, retune_every=0,
+                                                 headroom=2.0))
+                for x in ("all_to_all", "ring", "auto")}
+        states = {x: r[3] for x, r in runs.items()}
+        times = {x: [] for x in runs}
+        for s, (ids, labels) in enumerate(data):
+            sent = {}
+            for x, (ours, _, _, _) in runs.items():
+                t0 = time.perf_counter()
+                states[x], m = ours(states[x], ids, labels)
+                jax.block_until_ready(states[x].tables["t0"].values)
+                times[x].append(time.perf_counter() - t0)
+                sent[x] = m["bytes_per_step"]
+            assert sent["ring"] == sent["all_to_all"], sent
+            if s >= w.warmup:
+                out.emit(dict(bench="exchange_strategy_step", step=s, **dict(cfg, devices=n),
+                              seconds_all_to_all=times["all_to_all"][-1],
+                              seconds_ring=times["ring"][-1], seconds_auto=times["auto"][-1],
+                              bytes_sent_per_device=sent["ring"]))
+        med = {x: float(np.median(t[w.warmup:])) for x, t in times.items()}
+        auto = runs["auto"][1]
+        out.emit(dict(bench="exchange_strategy", **dict(cfg, devices=n),
+                      seconds_median_all_to_all=med["all_to_all"],
+                      seconds_median_ring=med["ring"], ring_vs_all_to_all=med["all_to_all"]
+                      / med["ring"], auto_picked=auto.exchange,
+                      auto_trial_median_s=auto.exchange_timings))
+        result[n] = (med["all_to_all"], med["ring"], auto.exchange)
+    return result
+
+
+def _auto_picked_faster(result: dict) -> bool:
+    """Whether auto kept, at every device count, the strategy whose measured
+    step was faster (or within 5% of the faster one)."""
+    for a2a, ring, pick in result.values():
+        picked, other = (ring, a2a) if pick == "ring" else (a2a, ring)
+        if picked > 1.05 * other:
+            return False
+    return True
+
+
 def main(argv=None):
     args = parse(argv)
     use_fake_devices(args.devices)
@@ -219,7 +290,11 @@ def main(argv=None):
         out.emit(dict(bench="exchange", variant=k, **cfg, seconds_median=v,
                       samples_per_s=B / v))
     layout = coll.layout(B)
+    strategies = compare_strategies(out, w, cfg, data)
+    a2a, ring, _ = strategies[max(strategies)] if strategies else (np.nan, np.nan, None)
     out.emit(dict(bench="exchange_summary", **cfg,
+                  ring_vs_all_to_all=a2a / ring, auto_picked_faster=_auto_picked_faster(
+                      strategies),
                   speedup_vs_naive=best_naive / med["ours"],
                   faster_naive="naive_dense" if med["naive_dense"] < med["naive_sparse"]
                   else "naive_sparse",

@@ -28,6 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jax_hypereca.capacity import ExchangeCapacities, Group
 from jax_hypereca.errors import TableFullError
+from jax_hypereca.exchange import AllToAll, Exchange, ExchangeTrial, get_exchange
 from jax_hypereca.features import (
     FeatureSpec, Jagged, check_weights, jagged_to_padded, padded_ids, validate_features)
 from jax_hypereca.layout import STAT_NAMES, Layout, exchange_groups
@@ -70,13 +71,20 @@ class EmbeddingCollection:
       evict: whether a full bucket evicts its lowest-score row (counted) to
         make room; with False every row stays and the table grows instead
         (raising TableFullError at the memory cap).
+      exchange: how ids, rows and gradients move between the devices:
+        "all_to_all" (one collective per exchange), "ring" (W-1 shifts of
+        the ring, each device receiving from one peer at a time; DESIGN
+        section 3.3), "auto" (the two take turns on the first train steps,
+        the faster kept and logged; ``exchange_timings`` holds the median
+        step seconds), or an ``Exchange`` instance. Results are bit-identical
+        for all, so the turns change nothing but the time.
     """
 
     def __init__(self, tables: Sequence[TableSpec], features: Sequence[FeatureSpec], *,
                  mesh: Mesh | None = None, axis: str = "shard", capacity_slack: float = 2.0,
                  retune_every: int = 50, capacities: Mapping[str, int] | None = None,
                  grow_threshold: float = 0.85, max_shard_bytes: int | None = None,
-                 evict: bool = True):
+                 evict: bool = True, exchange: str | Exchange = "all_to_all"):
         names = [t.name for t in tables]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate table names in {names}")
@@ -109,6 +117,11 @@ class EmbeddingCollection:
         self.evict = evict
         self.max_shard_bytes = max_shard_bytes
         self._cap_warned: set[str] = set()
+        auto = isinstance(exchange, str) and exchange == "auto"
+        self._exchange = AllToAll() if auto else (
+            exchange if isinstance(exchange, Exchange) else get_exchange(exchange))
+        # One device moves nothing: no trial.
+        self.exchange_trial = ExchangeTrial() if auto and self.num_shards > 1 else None
 
     # ------------------------------------------------------------------ state
     @property
@@ -217,7 +230,28 @@ class EmbeddingCollection:
         the train step's)."""
         caps = (capacities or self.train_capacities).current(self.groups, batch_size)
         return Layout(tuple(self.tables.values()), tuple(self.features.values()),
-                      self.num_shards, self.axis, caps, self.evict, tuple(sorted(hot)))
+                      self.num_shards, self.axis, caps, self.evict, tuple(sorted(hot)),
+                      self.exchange_strategy)
+
+    @property
+    def exchange_strategy(self) -> Exchange:
+        """The strategy the next step runs with (with "auto": the turn of the
+        trial until it decides, see ExchangeTrial)."""
+        if self.exchange_trial is not None:
+            return self.exchange_trial.current()
+        return self._exchange
+
+    @property
+    def exchange(self) -> str:
+        """The exchange strategy's name ("auto" until the trial has decided)."""
+        trial = self.exchange_trial
+        return "auto" if trial is not None and trial.chosen is None else \
+            self.exchange_strategy.name
+
+    @property
+    def exchange_timings(self) -> dict[str, float]:
+        """With "auto": the median step seconds per strategy that decided."""
+        return dict(self.exchange_trial.timings) if self.exchange_trial is not None else {}
 
     def eval_capacities(self, batch_size: int) -> ExchangeCapacities:
         """The exchange capacities of evaluation calls on `batch_size` samples."""

@@ -29,14 +29,11 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import time
 from typing import ClassVar
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 ID_ENTRY_BYTES = 16  # one sent id: int64 key + table tag widened to int64
 
@@ -150,74 +147,60 @@ def get_exchange(name: str) -> Exchange:
     except (KeyError, TypeError):
         raise ValueError(
             f"unknown exchange strategy {name!r}; set exchange to one of "
-            f"{', '.join(repr(k) for k in EXCHANGES)} (or pick it by measurement with "
-            f"pick_exchange).") from None
+            f"{', '.join(repr(k) for k in EXCHANGES)} (or \"auto\" in an "
+            f"EmbeddingCollection, which times both on its first steps).") from None
 
 
-def _three_exchanges(strategy: Exchange, mesh: Mesh, axis: str):
-    """A jitted shard_map running the step's three exchanges with `strategy`:
-    (ids (W*W, cap, 2), rows (W*W, cap, dim), grads (W*W, cap, dim)), sharded
-    along axis 0, each rank holding its (W, cap, ...) send buffers."""
-    w = mesh.shape[axis]
-
-    def body(ids, rows, grads):
-        return (strategy.send_ids(ids, axis, w), strategy.return_rows(rows, axis, w),
-                strategy.send_grads(grads, axis, w))
-
-    spec = P(axis)
-    return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(spec,) * 3,
-                                 out_specs=(spec,) * 3))
+# "auto" keeps the ring only when its steps are faster by more than this
+# share: within it the two are indistinguishable from timing noise, and one
+# collective is the simpler program.
+RING_MARGIN = 0.05
 
 
-def _buffers(mesh: Mesh, axis: str, capacity: int, dim: int, dtype):
-    """Send buffers of every rank, made on the devices (no host transfer, so
-    it also works with several processes)."""
-    w = mesh.shape[axis]
-    sharding = NamedSharding(mesh, P(axis))
+class ExchangeTrial:
+    """How exchange="auto" picks: the strategies take turns on the real train
+    steps (their results are bit-identical, so a turn costs nothing but one
+    compile per strategy), each for `rounds` timed steps; then the one whose
+    median step wall time is lower is kept (the ring only when faster by more
+    than RING_MARGIN). Calls that compiled or were re-run are not timed.
 
-    def make():
-        n = w * w * capacity
-        ids = jnp.arange(n * 2, dtype=jnp.int64).reshape(w * w, capacity, 2)
-        rows = jnp.arange(n * dim, dtype=jnp.float32).reshape(w * w, capacity, dim)
-        return ids, rows.astype(dtype), rows
+    With several processes the decision takes, per strategy, the largest
+    median over the processes, so every process keeps the same strategy (a
+    different program per process would hang the collectives); all processes
+    record the same calls, since compiles and re-runs happen on all alike."""
 
-    return jax.jit(make, out_shardings=(sharding,) * 3)()
+    def __init__(self, rounds: int = 3):
+        if rounds < 1:
+            raise ValueError(f"ExchangeTrial: rounds={rounds}; set rounds to at least 1")
+        self.rounds = rounds
+        self.seconds: dict[str, list[float]] = {n: [] for n in EXCHANGES}
+        self.chosen: Exchange | None = None
+        self.timings: dict[str, float] = {}
 
+    def current(self) -> Exchange:
+        """The strategy the next step runs with."""
+        if self.chosen is not None:
+            return self.chosen
+        names = list(EXCHANGES)
+        return EXCHANGES[names[sum(map(len, self.seconds.values())) % len(names)]]()
 
-def _median_seconds(fn, args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # warm-up (and compile)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    def record(self, name: str, seconds: float) -> None:
+        """One timed step of strategy `name`; decides after the last turn."""
+        if self.chosen is not None:
+            return
+        self.seconds[name].append(seconds)
+        if all(len(t) >= self.rounds for t in self.seconds.values()):
+            self._decide()
 
-
-def pick_exchange(mesh: Mesh, axis: str, capacity: int, dim: int, dtype, *, repeats: int = 5
-                  ) -> tuple[Exchange, dict[str, float]]:
-    """The faster strategy on this mesh axis for one exchange group, by
-    measurement: each strategy's three exchanges (ids (W, cap, 2) int64, rows
-    (W, cap, dim) `dtype`, grads (W, cap, dim) float32 per rank) compiled into
-    one shard_map, run once to warm up, then `repeats` times; the median wall
-    time in seconds per strategy name. Ties go to AllToAll.
-
-    With several processes every process takes the maximum of the processes'
-    timings, so all of them pick the same strategy (a different program per
-    process would hang the collectives). With W == 1 nothing moves: AllToAll,
-    timings 0.0, nothing compiled."""
-    if repeats < 1:
-        raise ValueError(f"pick_exchange: repeats={repeats}; set repeats to at least 1")
-    if mesh.shape[axis] == 1:
-        return AllToAll(), {name: 0.0 for name in EXCHANGES}
-    args = _buffers(mesh, axis, capacity, dim, dtype)
-    names = list(EXCHANGES)
-    secs = np.array([_median_seconds(_three_exchanges(EXCHANGES[n](), mesh, axis), args, repeats)
-                     for n in names], np.float64)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        gathered = multihost_utils.process_allgather(secs.astype(np.float32))
-        secs = np.asarray(gathered, np.float64).reshape(-1, len(names)).max(axis=0)
-    timings = {n: float(t) for n, t in zip(names, secs)}
-    best = min(names, key=lambda n: (timings[n], n != "all_to_all"))
-    return EXCHANGES[best](), timings
+    def _decide(self) -> None:
+        names = list(EXCHANGES)
+        secs = np.array([statistics.median(self.seconds[n]) for n in names], np.float64)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            gathered = multihost_utils.process_allgather(secs.astype(np.float32))
+            secs = np.asarray(gathered, np.float64).reshape(-1, len(names)).max(axis=0)
+        self.timings = {n: float(t) for n, t in zip(names, secs)}
+        faster = min(names, key=lambda n: (self.timings[n], n != "all_to_all"))
+        if self.timings[faster] >= (1 - RING_MARGIN) * self.timings["all_to_all"]:
+            faster = "all_to_all"
+        self.chosen = EXCHANGES[faster]()

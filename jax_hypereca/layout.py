@@ -1,6 +1,6 @@
 """Layout: the static description of one compiled exchange (features,
 tables, exchange groups, their per-destination capacities and the exchange
-schedule), and the per-device statistics each step reports."""
+strategy), and the per-device statistics each step reports."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import dataclasses
 
 import numpy as np
 
+from jax_hypereca.exchange import AllToAll, Exchange
 from jax_hypereca.features import FeatureSpec
 from jax_hypereca.table import TableSpec
 
@@ -29,6 +30,7 @@ class Layout:
     capacities: tuple[int, ...]  # per group: ids one device sends one owner per step
     evict: bool = True            # False: every row is pinned; full buckets grow the table
     hot: tuple[str, ...] = ()     # tables with a replicated hot fold
+    exchange: Exchange = AllToAll()  # how the blocks move (exchange.py)
 
     @property
     def table_names(self) -> tuple[str, ...]:
@@ -66,14 +68,14 @@ class Layout:
 
     def bytes_per_step(self) -> dict[str, int]:
         """Bytes one device sends to other devices per training step, padding
-        included (the self block of each all_to_all stays on the device)."""
-        ids = rows = grads = 0
+        included (the self block stays on the device), summed over groups."""
+        total = {"ids": 0, "rows": 0, "grads": 0}
         for g, cap in zip(self.groups, self.capacities):
             spec = self.spec(g[0])
-            ids += (self.num_shards - 1) * cap * 16  # key + table tag
-            rows += (self.num_shards - 1) * cap * spec.dim * np.dtype(spec.dtype).itemsize
-            grads += (self.num_shards - 1) * cap * spec.dim * 4
-        return {"ids": ids, "rows": rows, "grads": grads}
+            b = self.exchange.bytes_per_step(self.num_shards, cap, spec.dim,
+                                             np.dtype(spec.dtype).itemsize)
+            total = {k: total[k] + b[k] for k in total}
+        return total
 
 
 def exchange_groups(tables, features) -> tuple[tuple[str, ...], ...]:

@@ -40,6 +40,7 @@ from jax_hypereca.replication import apply_hot, split_hot, with_hot_rows
 from jax_hypereca.table import TableState, apply_gradients, find_or_insert
 from jax_hypereca.table import find as table_find
 
+
 class TableContext(NamedTuple):
     """What the backward pass of one exchange group needs from its forward."""
 
@@ -132,7 +133,7 @@ def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, 
         inverse, position, send, tag_send, hot_slots = local[gi]
         send = jnp.where(ok, send, PADDING_ID)
         payload = jnp.stack([send, tag_send.astype(jnp.int64)], axis=-1)
-        recv = lax.all_to_all(payload, ax, 0, 0, tiled=True).reshape(W * cap, 2)
+        recv = layout.exchange.send_ids(payload, ax, W).reshape(W * cap, 2)
         q_keys, q_tags = recv[:, 0], recv[:, 1].astype(jnp.int32)
         if train:
             slots = []
@@ -155,7 +156,7 @@ def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, 
             for i, t in enumerate(group):  # find gives a reserved id no row: reported
                 reserved = ((q_tags == i) & (q_keys == ERASED_KEY)).sum()
                 stats[t] = stats[t].at[STAT_INDEX["reserved"]].set(reserved)
-        back = lax.all_to_all(rows.reshape(W, cap, -1), ax, 0, 0, tiled=True)
+        back = layout.exchange.return_rows(rows.reshape(W, cap, -1), ax, W)
         b = back.reshape(W * cap, -1).astype(jnp.float32)
         cold = jnp.where((position >= 0)[:, None],
                          jnp.take(b, jnp.maximum(position, 0), axis=0), 0.0)
@@ -207,7 +208,7 @@ def backward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str,
         (g_unique,) = vjp({f.name: grads[f.name] for f in layout.group_features(group)})
         target = jnp.where(ctx.position >= 0, ctx.position, W * cap)
         buf = jnp.zeros((W * cap, dim), jnp.float32).at[target].set(g_unique, mode="drop")
-        recv = lax.all_to_all(buf.reshape(W, cap, dim), ax, 0, 0, tiled=True)
+        recv = layout.exchange.send_grads(buf.reshape(W, cap, dim), ax, W)
         g = recv.reshape(W * cap, dim)
         for i, t in enumerate(group):
             slot = jnp.where(ok, ctx.slots[i], -1)

@@ -8,6 +8,8 @@ and every status the device code reports is raised with its numbers
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Callable, Mapping
 
 import jax
@@ -20,6 +22,8 @@ from jax_hypereca.errors import (
 from jax_hypereca.layout import Layout
 from jax_hypereca.lookup_scope import scoped
 from jax_hypereca.state import LossFn, TrainState
+
+log = logging.getLogger("jax_hypereca")
 
 # A call re-run more often than this (each time with larger exchange buffers
 # or tables) raises instead.
@@ -149,6 +153,7 @@ class ShardedTrainStep:
     def __call__(self, state: TrainState, batch, *, local: bool = False):
         batch = self.c.prepare_batch(batch, local=local)
         size = _batch_size(batch)
+        t0, compiled, retries = time.perf_counter(), len(self._compiled), self.retries
         for _ in range(MAX_RERUNS):
             state, metrics = self.compiled(state, batch)(state, batch)
             stats = self.c.host_stats(metrics["stats"], metrics["apply_problems"])
@@ -163,14 +168,29 @@ class ShardedTrainStep:
         else:
             raise HyperecaError(f"the step kept needing larger exchange buffers or tables after "
                                 f"{MAX_RERUNS} re-runs")
+        layout = self.c.layout(size, tuple(state.hot))
         metrics = dict(metrics, loss=float(_first(metrics["loss"])), stats=stats,
-                       bytes_per_step=self.c.layout(size, tuple(state.hot)).bytes_per_step())
+                       bytes_per_step=layout.bytes_per_step(), exchange=layout.exchange.name)
+        self._time_exchange(layout.exchange.name, time.perf_counter() - t0,
+                            compiled == len(self._compiled) and retries == self.retries)
         try:
             raise_for_stats(self.c, stats, state.tables, where="train step")
         except HyperecaError as e:
             e.state, e.metrics = state, metrics
             raise
         return state, metrics
+
+
+    def _time_exchange(self, name: str, seconds: float, clean: bool) -> None:
+        """Gives exchange="auto"'s trial the wall time of a step that neither
+        compiled nor re-ran."""
+        trial = self.c.exchange_trial
+        if trial is None or trial.chosen is not None or not clean:
+            return
+        trial.record(name, seconds)
+        if trial.chosen is not None:
+            log.info("exchange 'auto' keeps %r on %d devices (median step seconds: %s)",
+                     trial.chosen.name, self.c.num_shards, trial.timings)
 
 
 def _batch_size(batch) -> int:

@@ -83,8 +83,8 @@ class TableSpec:
             raise ValueError(f"TableSpec {self.name!r}: bucket_size must be a power of two "
                              f"<= 65536, got {b}")
         if self.policy not in _POLICIES:
-            raise ValueError(f"TableSpec {self.name!r}: policy must be 'lru' or 'lfu', "
-                             f"got {self.policy!r}")
+            raise ValueError(f"TableSpec {self.name!r}: policy must be one of "
+                             f"{', '.join(map(repr, _POLICIES))}, got {self.policy!r}")
         if np.dtype(self.dtype) not in _DTYPES:
             raise ValueError(f"TableSpec {self.name!r}: dtype must be float32 or bfloat16, "
                              f"got {self.dtype!r}")

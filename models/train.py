@@ -93,6 +93,9 @@ class TrainConfig:
     dense_optimizer_args: str | None = _field(
         None, "keyword arguments of the optax optimizer as a JSON object, e.g. "
               '\'{"initial_accumulator_value": 0.0, "eps": 1e-8}\' (torch.optim.Adagrad\'s)')
+    exchange: str = _field("all_to_all", "how ids, rows and gradients move between devices: "
+                           "all_to_all, ring, or auto (both timed on the first steps, the "
+                           "faster kept)", choices=("all_to_all", "ring", "auto"))
     table_memory_mb: int = _field(512, "memory budget of all tables (bounds capacities)")
     seed: int = _field(0, "seed of the data stream, the tables and the MLPs")
     devices: int | None = _field(None, "devices in the mesh (default: all; on CPU 8 fake ones)")
@@ -242,7 +245,7 @@ class SparseTrainer:
     def step(self, state, batch) -> tuple[h.TrainState, dict]:
         state, m = self._step(state, batch, local=self.local)
         return state, {"loss": m["loss"], "exchange_bytes_per_step": m["bytes_per_step"],
-                       "step_reruns": self._step.retries}
+                       "exchange": m["exchange"], "step_reruns": self._step.retries}
 
     def predict(self, state, batch) -> jax.Array:
         """Logits of a global host batch (every process passes all of it)."""
@@ -408,8 +411,8 @@ def make_trainer(cfg: TrainConfig, mcfg: ModelConfig, dense_tx, mesh, tables, fe
     if cfg.dense_only:
         trainer = DenseTrainer(model, mesh, dense_tx)
     else:
-        trainer = SparseTrainer(model, h.EmbeddingCollection(tables, features, mesh=mesh),
-                                dense_tx)
+        trainer = SparseTrainer(model, h.EmbeddingCollection(tables, features, mesh=mesh,
+                                                             exchange=cfg.exchange), dense_tx)
     return trainer, trainer.init_state(params)
 
 

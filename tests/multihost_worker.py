@@ -6,7 +6,10 @@ with element-wise Adagrad and no hot fold, once with row-wise Adagrad, a
 planned hot fold applied before training and a re-plan half-way that swaps
 half of each hot set (rows move both ways between the folds, across the
 processes' shards); there also I1 (one home per id) and identical replicas of
-the hot folds on every device of both processes."""
+the hot folds on every device of both processes. The hot-fold run picks its
+exchange with exchange="auto" (both processes must agree, or the collectives
+hang; it decides after 3 timed steps of each, well inside the run); a last run repeats the first with the ring exchange and must equal it
+bit for bit."""
 
 import os
 import sys
@@ -39,8 +42,9 @@ batches = tc.make_batches(steps=steps)
 half = tc.B // num
 
 
-def train(opt, hot_plan=None, replan_at=None, replan=None):
-    coll = EmbeddingCollection(tc.table_specs(opt), tc.FEATURES, mesh=make_mesh())
+def train(opt, hot_plan=None, replan_at=None, replan=None, exchange="all_to_all"):
+    coll = EmbeddingCollection(tc.table_specs(opt), tc.FEATURES, mesh=make_mesh(),
+                               exchange=exchange)
     dense_tx = optax.adam(0.01)
     step = coll.make_train_step(tc.head_loss, dense_tx)
     state = coll.init_train_state(tc.init_params(), dense_tx)
@@ -122,6 +126,7 @@ def check_replicas(state):
 # element-wise Adagrad, the cold fold only
 ref = tc.reference(batches, tc.OPTS["adagrad"][1], optax.adam(0.01))
 coll, state, losses = train(tc.OPTS["adagrad"][0])
+a2a_state, a2a_losses = state, losses
 checked, _ = check_equivalent(state, losses, ref)
 stats = coll.table_stats(state.tables)
 assert all(v["evicted"] == 0 for v in stats.values())
@@ -155,7 +160,9 @@ def swapped(plan):
 coll, state, losses = train(h.RowwiseAdagrad(learning_rate=tr.RW_LR,
                                              initial_accumulator_value=tr.RW_ACC0),
                             hot_plan=planned, replan_at=steps // 2,
-                            replan=lambda coll: swapped(plans["plan"]))
+                            replan=lambda coll: swapped(plans["plan"]), exchange="auto")
+assert coll.exchange in ("all_to_all", "ring") and set(coll.exchange_timings) == {
+    "all_to_all", "ring"}
 assert any(tp.hot_rows for tp in plans["plan"].tables)
 assert set(state.hot) == {tp.name for tp in plans["plan"].tables if tp.hot_rows}
 checked, err = check_equivalent(state, losses, ref)
@@ -170,5 +177,16 @@ for n, t in state.hot.items():  # the re-plan moved rows cold -> hot and hot -> 
     assert hot_counters[COUNTER_NAMES["moved_out"]] > 0, n
 hot = {n: len(replica_rows(t)[0].keys) for n, t in state.hot.items()}
 print(f"process {pid}: OK hot folds {hot}, {checked} local cold rows, row-wise Adagrad "
-      f"max relative error {err:.3g}", flush=True)
+      f"max relative error {err:.3g}, exchange auto -> {coll.exchange} "
+      f"{coll.exchange_timings}", flush=True)
+
+# the first run again with the ring exchange: bit for bit the same
+_, state, losses = train(tc.OPTS["adagrad"][0], exchange="ring")
+assert losses == a2a_losses
+for n in tc.DIMS:
+    for field in ("keys", "values", "opt_state"):
+        for a, b in zip(getattr(state.tables[n], field).addressable_shards,
+                        getattr(a2a_state.tables[n], field).addressable_shards):
+            np.testing.assert_array_equal(np.asarray(a.data), np.asarray(b.data))
+print(f"process {pid}: OK ring equals all_to_all bit for bit", flush=True)
 jax.distributed.shutdown()

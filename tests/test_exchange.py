@@ -190,16 +190,21 @@ def test_wrong_leading_dimension_is_a_clear_error():
             jax.jit(f)(jnp.zeros((4 * 3, 2), jnp.float32))
 
 
-def test_pick_exchange_measures_both_on_8_devices():
-    mesh = mesh_of(8)
-    best, timings = ex.pick_exchange(mesh, AX, capacity=1000, dim=16, dtype=jnp.bfloat16,
-                                     repeats=3)
-    assert isinstance(best, (ex.AllToAll, ex.Ring))
-    assert set(timings) == {"all_to_all", "ring"}
-    assert all(t > 0 for t in timings.values())
-    assert timings[best.name] == min(timings.values())
+def test_trial_takes_turns_then_keeps_the_faster_with_a_margin():
+    t = ex.ExchangeTrial(rounds=2)
+    turns = []
+    for seconds in ({"all_to_all": 1.0, "ring": 0.9}[n] for n in ["all_to_all", "ring"] * 2):
+        turns.append(t.current().name)
+        assert t.chosen is None
+        t.record(turns[-1], seconds)
+    assert turns == ["all_to_all", "ring", "all_to_all", "ring"]
+    assert t.chosen == ex.Ring() and t.timings == {"all_to_all": 1.0, "ring": 0.9}
+    t.record("all_to_all", 0.01)  # decided: later steps change nothing
+    assert t.current() == ex.Ring()
 
-    one, t1 = ex.pick_exchange(mesh_of(1), AX, capacity=10, dim=4, dtype=jnp.float32)
-    assert one == ex.AllToAll() and t1 == {"all_to_all": 0.0, "ring": 0.0}
-    with pytest.raises(ValueError, match="repeats"):
-        ex.pick_exchange(mesh, AX, capacity=10, dim=4, dtype=jnp.float32, repeats=0)
+    close = ex.ExchangeTrial(rounds=1)  # the ring within the margin: AllToAll stays
+    close.record("all_to_all", 1.0)
+    close.record("ring", 1.0 - ex.RING_MARGIN / 2)
+    assert close.chosen == ex.AllToAll()
+    with pytest.raises(ValueError, match="rounds=0; set rounds to at least 1"):
+        ex.ExchangeTrial(rounds=0)

@@ -102,7 +102,7 @@ def _valid_values(table: str) -> str:
 
 def test_out_of_range_enums_are_refused():
     # The public layer takes names and refuses unknown ones before any op runs.
-    with pytest.raises(ValueError, match="policy must be 'lru' or 'lfu', got 'mru'"):
+    with pytest.raises(ValueError, match="policy must be one of 'lru', 'lfu', got 'mru'"):
         tbl.TableSpec(name="t", dim=4, capacity=64, policy="mru")
     with pytest.raises(ValueError, match="Initializer.kind must be one of"):
         h.Initializer(kind="zeros")

@@ -137,3 +137,33 @@ def test_the_check_accepts_public_use():
           "from jax_hypereca.data import DataFormatError\nfrom jax_hypereca.flax.linen import HypeRecaEmbed\n"
           "from jax_hypereca.planner import plan_replication\nh.TableSpec\nrep.peek\n")
     assert violations(ok, "snippet.py") == []
+
+
+def test_no_module_imports_a_higher_layer_and_nothing_cycles():
+    """DESIGN.md section 5 over the whole tree: tools/import_graph.py finds no
+    upward arrow, no cycle and no module it cannot place."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "tools" / "import_graph.py"), "--root",
+                        str(root)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_functions_under_80_lines_and_files_under_600():
+    """The size rules of the contributing notes, over the Python tree."""
+    root = Path(__file__).resolve().parents[1]
+    too_long = []
+    for top in ("jax_hypereca", "models", "experiments", "tools"):
+        for path in sorted((root / top).rglob("*.py")):
+            src = path.read_text()
+            if src.count("\n") > 600:
+                too_long.append(f"{path.relative_to(root)}: {src.count(chr(10))} lines")
+            for node in ast.walk(ast.parse(src)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    n = node.end_lineno - node.lineno + 1
+                    if n > 80:
+                        too_long.append(f"{path.relative_to(root)}:{node.lineno} "
+                                        f"{node.name}: {n} lines")
+    assert too_long == [], too_long

@@ -80,6 +80,7 @@ def test_make_train_meets_the_readme_auc_shortened(tmp_path):
     last = full["train"][-1]
     assert last["step"] == 60 and last["samples_per_s"] > 0 and np.isfinite(last["loss"])
     assert set(last["exchange_bytes_per_step"]) == {"ids", "rows", "grads"}
+    assert last["exchange"] == "all_to_all"
     tables = full["tables"][-1]
     assert tables["total"]["size"] == sum(t["size"] for t in tables["per_table"].values()) > 0
     assert tables["total"]["evicted"] == 0
@@ -90,13 +91,15 @@ def test_optimizer_flags_reach_both_optimizers_and_bad_ones_fail_first(tmp_path,
     got = run(TINY + ["--steps", "2", "--eval-every", "2", "--sparse-optimizer", "adagrad",
                       "--sparse-initial-accumulator", "0.5", "--sparse-optimizer-args",
                       '{"eps": 1e-6}', "--dense-optimizer", "adagrad", "--dense-optimizer-args",
-                      '{"initial_accumulator_value": 0.0, "eps": 1e-8}'], tmp_path / "ok")
+                      '{"initial_accumulator_value": 0.0, "eps": 1e-8}', "--exchange", "ring"],
+              tmp_path / "ok")
     opts = got["config"][0]["optimizers"]
     assert opts["sparse"] == {"name": "Adagrad", "learning_rate": 0.05,
                               "initial_accumulator_value": 0.5, "eps": 1e-6,
                               "weight_decay": 0.0}
     assert opts["dense"]["initial_accumulator_value"] == 0.0 and opts["dense"]["eps"] == 1e-8
     assert np.isfinite(got["eval"][-1]["logloss"])
+    assert got["train"][-1]["exchange"] == "ring"
     out = tmp_path / "bad"
     for flags, message in [
             (["--sparse-optimizer", "sgd", "--sparse-initial-accumulator", "0"],

@@ -38,8 +38,11 @@ LAYER_ORDER = [
     "ops",         # ffi_call wrappers
     "core",        # one shard's table, optimizers, initializers, features, data readers
     "planner",     # numpy-only replication planner
-    "capacity",
-    "sharding",    # everything between the planner and the collection
+    "capacity",    # exchange-buffer capacities
+    "placement",   # how tables, rows and counters sit on a mesh; Layout; TrainState
+    "exchange",    # the exchange strategies (all-to-all, ring)
+    "replication", # the hot fold: planning, replicated rows, their update
+    "lookup",      # the shard_map bodies and the compiled train / eval loops
     "collection",
     "flax",        # thin layers above the collection
     "checkpoint",
@@ -60,12 +63,15 @@ LAYER_OF = {
     "jax_hypereca.data.*": "core",
     "jax_hypereca.planner.*": "planner",
     "jax_hypereca.capacity": "capacity",
-    "jax_hypereca.sharding.*": "sharding",
-    "jax_hypereca.replication": "sharding",
-    "jax_hypereca.training": "sharding",
-    "jax_hypereca.placement": "sharding",   # DESIGN.md section 5
-    "jax_hypereca.exchange.*": "sharding",  # DESIGN.md section 5
-    "jax_hypereca.tiers": "sharding",       # DESIGN.md section 5
+    "jax_hypereca.placement": "placement",
+    "jax_hypereca.layout": "exchange",     # a Layout names its Exchange
+    "jax_hypereca.state": "placement",
+    "jax_hypereca.lookup_scope": "placement",
+    "jax_hypereca.tiers": "placement",      # DESIGN.md section 5 (host tier, to come)
+    "jax_hypereca.exchange": "exchange",
+    "jax_hypereca.replication": "replication",
+    "jax_hypereca.lookup": "lookup",
+    "jax_hypereca.steps": "lookup",
     "jax_hypereca.collection": "collection",
     "jax_hypereca.flax.*": "flax",
     "jax_hypereca.pipeline": "flax",        # DESIGN.md section 5: above the collection
@@ -75,7 +81,7 @@ LAYER_OF = {
     "experiments.*": "apps",
 }
 
-DEFAULT_LAYER = "sharding"
+DEFAULT_LAYER = "lookup"
 """Layer an unknown module is checked in (the brief's "anything else")."""
 
 TOP_PACKAGES = ("jax_hypereca", "models", "experiments")
