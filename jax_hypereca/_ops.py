@@ -26,8 +26,32 @@ NUM_INSERT_STATUS = CONSTANTS["NUM_INSERT_STATUS"]
 NUM_APPLY_STATUS = CONSTANTS["NUM_APPLY_STATUS"]
 
 
-def ids_array(x) -> jax.Array:
-    """int64 ids without jax_enable_x64 (plain jnp.asarray narrows to int32)."""
+def ids_array(x, *, where: str = "ids", flat: bool = False) -> jax.Array:
+    """int64 ids (plain jnp.asarray would narrow to int32 without
+    jax_enable_x64). Refuses what would be stored as another id: non-integer
+    dtypes (1.5 would become 1), uint64 ids >= 2**63 (they would wrap to
+    negative ids; 2**64-1 to the padding id), and with `flat` (what the table
+    ops take) shapes other than (n,)."""
+    if not hasattr(x, "dtype"):
+        x = np.asarray(x)
+    dtype = np.dtype(x.dtype)
+    if dtype.kind not in "iu":
+        raise TypeError(f"{where} must be integers (int64 ids), got dtype {dtype}; "
+                        f"convert them with ids.astype(np.int64) if the values are whole")
+    if flat and np.ndim(x) != 1:
+        raise ValueError(f"{where} must be 1-D (n,), got shape {tuple(np.shape(x))}; "
+                         f"flatten them with ids.reshape(-1)")
+    if dtype == np.uint64:
+        if isinstance(x, jax.core.Tracer):
+            raise TypeError(f"{where}: uint64 ids under jit cannot be checked for values "
+                            f">= 2**63; pass int64 ids")
+        big = np.asarray(x) >= np.uint64(1 << 63)
+        if big.any():
+            i = int(np.flatnonzero(big)[0])
+            raise ValueError(f"{where}[{i}] = {np.asarray(x)[i]} does not fit int64 (ids are "
+                             f"int64; map larger ids into that range, e.g. with mix64)")
+    if isinstance(x, np.ndarray):  # on the host: jnp.asarray narrows uint64 to 32 bits
+        x = x.astype(np.int64, copy=False)
     return jnp.asarray(x, dtype=I64)
 
 
@@ -64,7 +88,7 @@ def find_or_insert(table, query, step, pin_from, opt_init, *, seed: int, init_ki
         _sds((max_evictions,), I64), _sds((NUM_INSERT_STATUS,), I64)]
     res = jax.ffi.ffi_call("hypereca_find_or_insert", out,
                            input_output_aliases={i: i for i in range(6)})(
-        keys, values, opt, last, freq, counters, ids_array(query),
+        keys, values, opt, last, freq, counters, ids_array(query, flat=True),
         jnp.asarray(step, I64), jnp.asarray(pin_from, I64), jnp.asarray(opt_init, F32),
         seed=np.int64(seed), init_kind=np.int32(init_kind),
         init_scale=np.float32(init_scale), policy=np.int32(policy),
@@ -78,7 +102,8 @@ def find(keys, values, query, *, seed: int, init_kind: int, init_scale: float,
     out = [_sds((n if with_rows else 0, values.shape[1]), values.dtype), _sds((n,), I32),
            _sds((n,), jnp.bool_)]
     return jax.ffi.ffi_call("hypereca_find", out)(
-        keys, values, ids_array(query), seed=np.int64(seed), init_kind=np.int32(init_kind),
+        keys, values, ids_array(query, flat=True), seed=np.int64(seed),
+        init_kind=np.int32(init_kind),
         init_scale=np.float32(init_scale), bucket_size=np.int64(bucket_size),
         miss_init=bool(miss_init))
 
@@ -109,7 +134,8 @@ def erase(keys, last, freq, counters, query, *, bucket_size: int):
     out.append(_sds((query.shape[0],), jnp.bool_))
     return jax.ffi.ffi_call("hypereca_erase", out,
                             input_output_aliases={0: 0, 1: 1, 2: 2, 3: 3})(
-        keys, last, freq, counters, ids_array(query), bucket_size=np.int64(bucket_size))
+        keys, last, freq, counters, ids_array(query, flat=True),
+        bucket_size=np.int64(bucket_size))
 
 
 def erase_if(keys, last, freq, counters, threshold, *, bucket_size: int, mode: int,
@@ -138,7 +164,7 @@ def import_rows(table, row_keys, row_values, row_state, row_last, row_freq, *,
     out = _table_sds(*table) + [_sds((n,), I32), _sds((4,), I64)]
     res = jax.ffi.ffi_call("hypereca_import_rows", out,
                            input_output_aliases={i: i for i in range(6)})(
-        *table, ids_array(row_keys), row_values, jnp.asarray(row_state, F32),
+        *table, ids_array(row_keys, flat=True), row_values, jnp.asarray(row_state, F32),
         jnp.asarray(row_last, I64), jnp.asarray(row_freq, I64),
         bucket_size=np.int64(bucket_size))
     return tuple(res[:6]), res[6], res[7]
@@ -147,10 +173,10 @@ def import_rows(table, row_keys, row_values, row_state, row_last, row_freq, *,
 def unique(keys):
     n = keys.shape[0]
     out = [_sds((n,), I64), _sds((n,), I32), _sds((), I32)]
-    return jax.ffi.ffi_call("hypereca_unique", out)(ids_array(keys))
+    return jax.ffi.ffi_call("hypereca_unique", out)(ids_array(keys, flat=True))
 
 
 def bucketize(keys, *, num_shards: int, capacity: int):
     n = keys.shape[0]
     out = [_sds((num_shards, capacity), I64), _sds((num_shards,), I32), _sds((n,), I32)]
-    return jax.ffi.ffi_call("hypereca_bucketize", out)(ids_array(keys))
+    return jax.ffi.ffi_call("hypereca_bucketize", out)(ids_array(keys, flat=True))

@@ -38,6 +38,11 @@ _HP = CONSTANTS["HPARAMS"]
 _KINDS: dict[str, int] = CONSTANTS["OPTIMIZERS"]  # OptimizerKind (enums.h)
 
 
+# (lowest, above-all) of hyperparameters other than the learning rate; the
+# rest: >= 0, no upper bound.
+_RANGES = {"b1": (0.0, 1.0), "b2": (0.0, 1.0)}
+
+
 def _value(v: ScalarOrSchedule, step) -> jnp.ndarray:
     return jnp.asarray(v(step) if callable(v) else v, jnp.float32)
 
@@ -49,6 +54,27 @@ class Optimizer:
     kind: ClassVar[int]
     learning_rate: ScalarOrSchedule = 0.01
     """Step size, or a ``step -> lr`` schedule evaluated on device."""
+
+    def __post_init__(self):
+        """Refuses hyperparameters that would train silently wrong: every
+        number finite, the learning rate > 0, the others >= 0 and Adam's
+        decays below 1 (schedules are not checked: they run on device)."""
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if callable(v):
+                continue
+            low, high = _RANGES.get(f.name, (0.0, None))
+            try:
+                x = float(v)
+            except (TypeError, ValueError):
+                x = float("nan")
+            ok = np.isfinite(x) and (x > 0 if f.name == "learning_rate" else x >= low) and (
+                high is None or x < high)
+            if not ok:
+                rule = ("> 0" if f.name == "learning_rate" else
+                        f">= {low}" + ("" if high is None else f" and < {high}"))
+                raise ValueError(f"{type(self).__name__}: {f.name}={v!r}; set {f.name} to a "
+                                 f"finite number {rule} (or a step -> value schedule)")
 
     def state_width(self, dim: int) -> int:
         """Float32 values of optimizer state stored per row."""

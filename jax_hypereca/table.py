@@ -203,7 +203,7 @@ def find_or_insert(spec: TableSpec, state: TableState, ids, *, step, pin_from=No
     evicted; ids of this call are accessed at `step`. Evicted rows come back in
     `InsertResult.evicted` (at most `max_evictions`, default len(ids)).
     """
-    ids = _ops.ids_array(ids)
+    ids = _ops.ids_array(ids, flat=True)
     n = ids.shape[0]
     e = n if max_evictions is None else int(max_evictions)
     table, out = _ops.find_or_insert(
@@ -224,7 +224,8 @@ def gather(state: TableState, slots) -> jax.Array:
 def find(spec: TableSpec, state: TableState, ids, *, miss_init: bool = False):
     """Rows of `ids` without inserting: (rows (n, dim), found (n,)). A missing
     id gets zeros, or with `miss_init` the row an insert would create."""
-    rows, _, found = _ops.find(state.keys, state.values, _ops.ids_array(ids), seed=spec.seed,
+    ids = _ops.ids_array(ids, flat=True)
+    rows, _, found = _ops.find(state.keys, state.values, ids, seed=spec.seed,
                                init_kind=spec.initializer.code,
                                init_scale=spec.initializer.scale,
                                bucket_size=_bucket_size(spec, state), miss_init=miss_init)
@@ -234,7 +235,8 @@ def find(spec: TableSpec, state: TableState, ids, *, miss_init: bool = False):
 def find_slots(spec: TableSpec, state: TableState, ids) -> tuple[jax.Array, jax.Array]:
     """Slots of `ids` without inserting or reading rows: (slots (n,) int32,
     -1 for a miss; found (n,))."""
-    _, slots, found = _ops.find(state.keys, state.values, _ops.ids_array(ids), seed=spec.seed,
+    ids = _ops.ids_array(ids, flat=True)
+    _, slots, found = _ops.find(state.keys, state.values, ids, seed=spec.seed,
                                 init_kind=spec.initializer.code,
                                 init_scale=spec.initializer.scale,
                                 bucket_size=_bucket_size(spec, state), miss_init=False,
@@ -257,7 +259,7 @@ def apply_gradients(spec: TableSpec, state: TableState, slots, grads, *, step
 def erase(spec: TableSpec, state: TableState, ids) -> tuple[TableState, jax.Array]:
     """Removes `ids`; returns (state, erased mask (n,))."""
     keys, last, freq, counters, erased = _ops.erase(
-        state.keys, state.last_step, state.freq, state.counters, _ops.ids_array(ids),
+        state.keys, state.last_step, state.freq, state.counters, _ops.ids_array(ids, flat=True),
         bucket_size=_bucket_size(spec, state))
     return state._replace(keys=keys, last_step=last, freq=freq, counters=counters), erased
 
@@ -337,7 +339,7 @@ def export_keys(spec: TableSpec, state: TableState, ids) -> tuple[Rows, jax.Arra
     changing the table: (rows, found (n,)); rows of missing ids are
     unspecified (their key is EMPTY_KEY). Traceable (use inside shard_map
     for a sharded table)."""
-    ids = _ops.ids_array(ids)
+    ids = _ops.ids_array(ids, flat=True)
     slots, found = find_slots(spec, state, ids)
     s = jnp.maximum(slots, 0)
     keys = jnp.where(found, ids, EMPTY_KEY)

@@ -125,3 +125,23 @@ def test_state_widths_match_native():
         st, status = h.apply_gradients(spec, st, r.slots, jnp.ones((1, 5)), step=0)
         assert int(status[0]) == 1
         np.testing.assert_array_equal(np.asarray(st.opt_state)[int(r.slots[0])].shape, (width,))
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: h.RowwiseAdagrad(learning_rate=float("nan")), "learning_rate=nan"),
+    (lambda: h.SGD(learning_rate=-1.0), "learning_rate=-1.0; set learning_rate to a finite "
+     "number > 0"),
+    (lambda: h.FTRL(learning_rate=0.0), "learning_rate=0.0"),
+    (lambda: h.Adagrad(eps=float("inf")), "eps=inf"),
+    (lambda: h.Adagrad(initial_accumulator_value=-0.1), "initial_accumulator_value=-0.1"),
+    (lambda: h.Adam(b1=1.0), "b1=1.0; set b1 to a finite number >= 0.0 and < 1.0"),
+    (lambda: h.SGD(weight_decay="0.1x"), "weight_decay='0.1x'"),
+])
+def test_bad_hyperparameters_are_refused_with_the_field_named(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_schedules_and_numpy_scalars_are_accepted():
+    assert h.SGD(learning_rate=lambda step: 0.1 * step).learning_rate(2) == pytest.approx(0.2)
+    assert h.Adam(learning_rate=np.float32(0.01), b2=0.0).b2 == 0.0

@@ -349,3 +349,27 @@ def test_export_keys_returns_whole_rows_without_changing_the_table():
     np.testing.assert_array_equal(np.asarray(rows.opt_state)[0], full[5])
     assert int(rows.last_step[0]) == 7 and int(rows.freq[2]) == 1
     assert h.counters_dict(st) == before
+
+
+@pytest.mark.parametrize("ids,error,message", [
+    ([1.5, 2.0], TypeError, "must be integers \\(int64 ids\\), got dtype float64"),
+    ([True, False], TypeError, "got dtype bool"),
+    (np.array([5, 2**64 - 1], np.uint64), ValueError, "ids\\[1\\] = 18446744073709551615 does "
+     "not fit int64"),
+    (np.zeros((2, 2), np.int64), ValueError, "must be 1-D \\(n,\\), got shape \\(2, 2\\)"),
+    (np.int64(3), ValueError, "must be 1-D \\(n,\\), got shape \\(\\)"),
+])
+def test_table_api_refuses_ids_it_would_store_as_other_ids(ids, error, message):
+    """Float ids would be truncated, uint64 >= 2**63 would wrap (2**64-1 to the
+    padding id): every op taking ids refuses them, naming the problem, and
+    leaves the table as it was."""
+    spec = h.TableSpec(name="t", dim=4, capacity=1024)
+    st = h.init_table(spec)
+    for call in (lambda: h.find_or_insert(spec, st, ids, step=1),
+                 lambda: h.find(spec, st, ids), lambda: h.erase(spec, st, ids)):
+        with pytest.raises(error, match=message):
+            call()
+    assert h.counters_dict(st)["inserted"] == 0
+    ok = np.array([1, 2**62], np.uint64)  # uint64 below 2**63 is fine
+    st, res = h.find_or_insert(spec, st, ok, step=1)
+    assert sorted(np.asarray(st.keys)[np.asarray(res.slots)]) == [1, 2**62]
