@@ -125,13 +125,19 @@ def test_compiled_step_updates_tables_in_place():
     assert not copies, copies
 
 
-def test_host_ids_reserved_or_unknown_are_refused_before_dispatch():
+def sgd_after_one_step():
+    """(collection, its SGD train step, the state after one step, that batch)."""
     dense_tx = optax.sgd(0.1)
     coll = collection(h.SGD(learning_rate=0.1))
     step_fn = coll.make_train_step(loss_fn, dense_tx)
     state = coll.init_train_state(init_params(), dense_tx)
     b = next(batches())
     state, _ = step_fn(state, b)
+    return coll, step_fn, state, b
+
+
+def test_host_ids_reserved_or_unknown_are_refused_before_dispatch():
+    coll, step_fn, state, b = sgd_after_one_step()
     size = coll.table_stats(state.tables)["a"]["size"]
     bad = dict(b, ids=dict(b["ids"], a=b["ids"]["a"].copy()))
     bad["ids"]["a"][3, 1] = h.ERASED_KEY
@@ -145,12 +151,7 @@ def test_host_ids_reserved_or_unknown_are_refused_before_dispatch():
 def test_device_ids_reserved_are_reported_after_the_step_with_rows_kept():
     """Device ids cannot be checked before dispatch: the op reports them and
     the step raises after, with every existing row kept."""
-    dense_tx = optax.sgd(0.1)
-    coll = collection(h.SGD(learning_rate=0.1))
-    step_fn = coll.make_train_step(loss_fn, dense_tx)
-    state = coll.init_train_state(init_params(), dense_tx)
-    b = next(batches())
-    state, _ = step_fn(state, b)
+    coll, step_fn, state, b = sgd_after_one_step()
     before = h.Rows.concat(list(h.export(coll.tables["a"], state.tables["a"])))
     a = b["ids"]["a"]
     bad = dict(b, ids={"a": h.ids_array(np.where(a == a[0, 0], h.ERASED_KEY, a)),

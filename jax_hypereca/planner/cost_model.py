@@ -25,7 +25,7 @@ This module holds
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -238,18 +238,7 @@ def paper_derivation(dim: int = K.PAPER_EMBEDDING_DIM, value_bytes: int = K.PAPE
 # ==========================================================================
 
 
-def fit_profile(
-    measurements: Sequence[Measurement],
-    *,
-    name: str,
-    source: str,
-    devices_per_node: int | None = None,
-    ar_algorithm: str = "ring",
-    ar_bytes_sent_per_payload_byte: float | None = None,
-    latency_s: float = 0.0,
-    key_bytes: int = K.KEY_BYTES,
-    min_r2: float | None = None,
-) -> CostProfile:
+def fit_profile(measurements: Sequence[Measurement], **options: Any) -> CostProfile:
     """Fit a :class:`CostProfile` from measured collectives.
 
     For each kind separately, ``seconds = fixed + per_byte * bytes`` by
@@ -260,10 +249,7 @@ def fit_profile(
     flat ring's 2 (W-1)/W.  With ``min_r2`` a poorer fit raises.  The same
     as ``CostProfile.from_measurements``.
     """
-    return CostProfile.from_measurements(
-        measurements, name=name, source=source, devices_per_node=devices_per_node,
-        ar_algorithm=ar_algorithm, ar_bytes_sent_per_payload_byte=ar_bytes_sent_per_payload_byte,
-        latency_s=latency_s, key_bytes=key_bytes, min_r2=min_r2)
+    return CostProfile.from_measurements(measurements, **options)
 
 
 # ==========================================================================

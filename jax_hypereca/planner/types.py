@@ -122,27 +122,12 @@ class TableStats:
     # ---- constructors -------------------------------------------------
 
     @classmethod
-    def from_counts(
-        cls,
-        *,
-        name: str,
-        dim: int,
-        counts: Sequence[int] | np.ndarray,
-        ids: Sequence[int] | np.ndarray | None = None,
-        num_batches: int = 1,
-        num_devices: int,
-        total_lookups: int | None = None,
-        deduplicated_lookups: int | None = None,
-        remote_only: bool = True,
-    ) -> "TableStats":
+    def from_counts(cls, **options: Any) -> "TableStats":
         """Build from unsorted per-id counts (zeros dropped; ranked most
-        frequent first, ties by ascending id).  ``ids`` defaults to
-        ``0..len(counts)-1``; the totals default to the sum of the counts.
-        See :func:`.ranking.ranked_stats_fields`."""
-        return cls(**ranked_stats_fields(
-            name=name, dim=dim, counts=counts, ids=ids, num_batches=num_batches,
-            num_devices=num_devices, total_lookups=total_lookups,
-            deduplicated_lookups=deduplicated_lookups, remote_only=remote_only))
+        frequent first, ties by ascending id).  The keyword arguments are
+        :func:`.ranking.ranked_stats_fields`' (name, dim, counts, ids,
+        num_batches, num_devices, totals, remote_only)."""
+        return cls(**ranked_stats_fields(**options))
 
     # ---- accessors ------------------------------------------------------
     # Computed quantities (exchanged and covered lookups, coverage, hot ids)
@@ -298,29 +283,17 @@ class CostProfile:
     # ---- construction / serialisation ----------------------------------
 
     @classmethod
-    def from_measurements(
-        cls,
-        measurements: Sequence[Measurement],
-        *,
-        name: str,
-        source: str,
-        devices_per_node: int | None = None,
-        ar_algorithm: str = "ring",
-        ar_bytes_sent_per_payload_byte: float | None = None,
-        latency_s: float = 0.0,
-        key_bytes: int = KEY_BYTES,
-        min_r2: float | None = None,
-    ) -> "CostProfile":
+    def from_measurements(cls, measurements: Sequence[Measurement], **options: Any
+                          ) -> "CostProfile":
         """Fit ``seconds = fixed + per_byte * bytes`` by least squares,
         separately for the all-reduce and the all-to-all timings; r^2 of
         each fit is stored on the profile.  Needs >= 2 distinct sizes per
         kind, all on the same number of devices; with ``min_r2`` a poorer
-        fit raises :class:`PlannerError`.  See
-        :func:`.fit.fitted_profile_fields`."""
-        return cls(**fitted_profile_fields(
-            measurements, name=name, source=source, devices_per_node=devices_per_node,
-            ar_algorithm=ar_algorithm, ar_bytes_sent_per_payload_byte=ar_bytes_sent_per_payload_byte,
-            latency_s=latency_s, key_bytes=key_bytes, min_r2=min_r2))
+        fit raises :class:`PlannerError`.  The keyword arguments are
+        :func:`.fit.fitted_profile_fields`' (name, source, devices_per_node,
+        ar_algorithm, ar_bytes_sent_per_payload_byte, latency_s, key_bytes,
+        min_r2)."""
+        return cls(**fitted_profile_fields(measurements, **options))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
