@@ -33,6 +33,7 @@ here, or one within 5% of it).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import time
 from typing import Any
 
@@ -243,6 +244,10 @@ def compare_strategies(out, w: Workload, cfg: dict, data) -> dict:
                       / med["ring"], auto_picked=auto.exchange,
                       auto_trial_median_s=auto.exchange_timings))
         result[n] = (med["all_to_all"], med["ring"], auto.exchange)
+        # free this device count's tables before the next one's are built
+        # (three sets alive at once is the bench's peak memory)
+        del runs, states, auto
+        gc.collect()
     return result
 
 
