@@ -26,6 +26,7 @@ from jax_hypereca.features import FeatureSpec, Jagged, jagged_to_padded
 from jax_hypereca.placement import make_mesh
 from jax_hypereca.state import TrainState
 from jax_hypereca.collection import EmbeddingCollection
+from jax_hypereca.pipeline import TrainPipeline, prefetch
 from jax_hypereca import replication
 
 __version__ = "0.1.0"
@@ -41,6 +42,6 @@ __all__ = [
     "export_keys", "find",
     "find_or_insert", "find_slots", "gather", "grow", "import_rows", "init_table", "bucketize", "ids_array",
     "unique", "has_platform", "FeatureSpec", "Jagged", "jagged_to_padded", "make_mesh",
-    "EmbeddingCollection", "TrainState", "replication",
+    "EmbeddingCollection", "TrainState", "TrainPipeline", "prefetch", "replication",
     "insert_status_dict", "mix64",
 ]

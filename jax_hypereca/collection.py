@@ -42,6 +42,8 @@ from jax_hypereca.table import COUNTER_NAMES, TableSpec, TableState
 
 log = logging.getLogger("jax_hypereca")
 
+NEVER = int(np.iinfo(np.int64).max)  # a growth limit no table reaches
+
 
 class EmbeddingCollection:
     """Tables and the features that look them up, sharded over one mesh axis.
@@ -116,7 +118,7 @@ class EmbeddingCollection:
         self.grow_threshold = grow_threshold
         self.evict = evict
         self.max_shard_bytes = max_shard_bytes
-        self._cap_warned: set[str] = set()
+        self._capped: set[str] = set()  # at max_shard_bytes: no more growth
         auto = isinstance(exchange, str) and exchange == "auto"
         self._exchange = AllToAll() if auto else (
             exchange if isinstance(exchange, Exchange) else get_exchange(exchange))
@@ -307,23 +309,39 @@ class EmbeddingCollection:
             if required:
                 raise TableFullError(msg + "; this step's ids do not fit its buckets. Raise "
                                            "max_shard_bytes or the table's capacity.")
-            if name not in self._cap_warned:
-                log.warning("%s: rows will be evicted by score (counted in the counters)", msg)
-                self._cap_warned.add(name)
+            log.warning("%s: rows will be evicted by score (counted in the counters)", msg)
             return tables
         log.info("table %r: growing from %d to %d rows per shard", name, rows, 2 * rows)
         tables = dict(tables)
         tables[name] = grow_sharded_table(spec, st, self.mesh, self.axis, 2 * rows)
         return tables
 
-    def _maybe_grow(self, state: TrainState, stats, refused: set[str]) -> TrainState:
+    def grow_limits(self, tables: Mapping[str, TableState]) -> dict[str, int]:
+        """Per table, the resident rows of its fullest shard past which it
+        doubles before the next step (``grow_threshold`` x rows per shard), or
+        never (int64 max) once doubling would pass ``max_shard_bytes``. A step
+        that finds a table past its limit is not applied: the host grows the
+        table and re-runs it, so growth happens at the same step boundary
+        however far ahead steps are dispatched."""
+        out = {}
+        for name, st in tables.items():
+            rows = st.keys.shape[0] // self.num_shards
+            out[name] = NEVER if name in self._capped else int(self.grow_threshold * rows)
+        return out
+
+    def grow_for(self, state: TrainState, *, full: set[str] = frozenset(),
+                 refused: set[str] = frozenset()) -> TrainState:
+        """Grows the tables a step found `full` (past their limit; at the memory
+        cap they stay and evict by score from then on) and those that
+        `refused` an id a row (required: at the cap, TableFullError)."""
         tables = state.tables
-        for name in refused:
+        for name in sorted(refused):
             tables = self.grow(tables, name, required=True)
-        for name, st in stats.items():
-            rows = tables[name].keys.shape[0] // self.num_shards
-            if name not in refused and st["resident"].max() > self.grow_threshold * rows:
-                tables = self.grow(tables, name, required=False)
+        for name in sorted(full - set(refused)):
+            grown = self.grow(tables, name, required=False)
+            if grown is tables:
+                self._capped.add(name)
+            tables = grown
         return state if tables is state.tables else state._replace(tables=tables)
 
     # ----------------------------------------------------------------- steps
@@ -332,21 +350,22 @@ class EmbeddingCollection:
                 {k: P(self.axis) for k in ids}, {k: P(self.axis) for k in weights})
 
     def forward_fn(self, layout: Layout, *, train: bool):
-        """shard_map'ped forward: (tables, hot, ids, weights, step) -> (tables,
-        outputs per feature, contexts, stats (W*T, S), ok)."""
-        def fn(tables, hot, ids, weights, step):
+        """shard_map'ped forward: (tables, hot, ids, weights, step, live) ->
+        (tables, outputs per feature, contexts, stats (W*T, S), ok); with
+        `live` false nothing is inserted and ok is false."""
+        def fn(tables, hot, ids, weights, step, live):
             t_spec, i_spec, w_spec = self._specs(tables, ids, weights)
             h_spec = jax.tree.map(lambda _: P(), hot)
             contexts = tuple(_ctx_spec(self.axis) for _ in layout.groups) if train else ()
             out_specs = (t_spec, {f: P(self.axis) for f in self.features}, contexts,
                          P(self.axis), P())
 
-            def body(tb, hb, i, w, s):
-                return forward_local(layout, dict(tb), dict(hb), i, w, s, train=train)
+            def body(tb, hb, i, w, s, go):
+                return forward_local(layout, dict(tb), dict(hb), i, w, s, go, train=train)
 
             return jax.shard_map(body, mesh=self.mesh,
-                                 in_specs=(t_spec, h_spec, i_spec, w_spec, P()),
-                                 out_specs=out_specs)(tables, hot, ids, weights, step)
+                                 in_specs=(t_spec, h_spec, i_spec, w_spec, P(), P()),
+                                 out_specs=out_specs)(tables, hot, ids, weights, step, live)
         return fn
 
     def backward_fn(self, layout: Layout):

@@ -99,9 +99,15 @@ def _dedup_group(layout: Layout, group, ids, hot):
 
 
 def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, TableState],
-                  ids: dict, weights: dict, step, *, train: bool):
+                  ids: dict, weights: dict, step, live, *, train: bool):
     """Per-device forward exchange (call inside shard_map over layout.axis).
-    `hot` holds the replicated hot folds (every device has all of them).
+    `hot` holds the replicated hot folds (every device has all of them). With
+    `live` false the call is a no-op, as after an overflow: only padding is
+    exchanged, nothing inserted, and ``ok`` comes back false (a pipelined
+    step behind one that failed; see pipeline.py).
+
+    Each stage runs in a named scope ``stage_<name>`` (STAGES) so a profile
+    attributes the step's device time to it.
 
     Returns (tables, outputs per feature, contexts per group, stats (T, S), ok)."""
     W, ax = layout.num_shards, layout.axis
@@ -110,11 +116,13 @@ def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, 
     local, stats = [], {}
     too_big = jnp.zeros((), jnp.int32)
     for group, cap in zip(layout.groups, layout.capacities):
-        keys, tags, hot_slots, inverse, tstats = _dedup_group(layout, group, ids, hot)
-        send, counts, position = _ops.bucketize(keys, num_shards=W, capacity=cap)
-        too_big = jnp.maximum(too_big, (counts > cap).any().astype(jnp.int32))
-        tag_send = jnp.full((W * cap + 1,), -1, jnp.int32).at[
-            jnp.where(position >= 0, position, W * cap)].set(tags)[:-1].reshape(W, cap)
+        with jax.named_scope("stage_dedup"):
+            keys, tags, hot_slots, inverse, tstats = _dedup_group(layout, group, ids, hot)
+        with jax.named_scope("stage_bucketize"):
+            send, counts, position = _ops.bucketize(keys, num_shards=W, capacity=cap)
+            too_big = jnp.maximum(too_big, (counts > cap).any().astype(jnp.int32))
+            tag_send = jnp.full((W * cap + 1,), -1, jnp.int32).at[
+                jnp.where(position >= 0, position, W * cap)].set(tags)[:-1].reshape(W, cap)
         local.append((inverse, position, send, tag_send, hot_slots))
         remote = (position >= 0) & (position // cap != me)
         for i, t in enumerate(group):
@@ -125,51 +133,68 @@ def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, 
             stats[t] = st.at[STAT_INDEX["max_count"]].set(counts.max())
     # One max-reduction tells every device whether some buffer would overflow;
     # then nothing is exchanged, inserted or updated this step.
-    ok = lax.pmax(too_big, ax) == 0
+    ok = (lax.pmax(too_big, ax) == 0) & live
 
     urows, contexts = [], []
     refused = jnp.zeros((), jnp.int32)
     for gi, (group, cap) in enumerate(zip(layout.groups, layout.capacities)):
         inverse, position, send, tag_send, hot_slots = local[gi]
-        send = jnp.where(ok, send, PADDING_ID)
-        payload = jnp.stack([send, tag_send.astype(jnp.int64)], axis=-1)
-        recv = layout.exchange.send_ids(payload, ax, W).reshape(W * cap, 2)
+        with jax.named_scope("stage_id_exchange"):
+            send = jnp.where(ok, send, PADDING_ID)
+            payload = jnp.stack([send, tag_send.astype(jnp.int64)], axis=-1)
+            recv = layout.exchange.send_ids(payload, ax, W).reshape(W * cap, 2)
         q_keys, q_tags = recv[:, 0], recv[:, 1].astype(jnp.int32)
         if train:
-            slots = []
-            for i, t in enumerate(group):
-                # An id arrives once from each device that looked it up: the owner
-                # looks it up once, so its scores count steps whatever the mesh.
-                q, inv, _ = _ops.unique(jnp.where(q_tags == i, q_keys, PADDING_ID))
-                tables[t], res = find_or_insert(layout.spec(t), tables[t], q, step=step,
-                                                pin_from=None if layout.evict else 0)
-                slots.append(jnp.where(inv >= 0, res.slots[jnp.maximum(inv, 0)], -1))
-                stats[t] = stats[t].at[STAT_INDEX["queries"]:STAT_INDEX["failed"] + 1].set(res.status[:6])
-                stats[t] = stats[t].at[STAT_INDEX["resident"]].set(tables[t].counters[0])
-                refused = jnp.maximum(refused, (res.status[5] > 0).astype(jnp.int32))
-            # each entry has a slot in its own table only (-1 in the others)
-            rows = _ops.gather_tagged(q_tags, jnp.max(jnp.stack(slots), axis=0),
-                                      [tables[t].values for t in group])
-            contexts.append(TableContext(inverse, position, jnp.stack(slots), hot_slots))
+            rows, slots, refused = _insert_and_gather(layout, group, tables, q_keys, q_tags,
+                                                      step, stats, refused)
+            contexts.append(TableContext(inverse, position, slots, hot_slots))
         else:
-            rows = _rows_or_init(layout, group, tables, q_keys, q_tags)
+            with jax.named_scope("stage_gather"):
+                rows = _rows_or_init(layout, group, tables, q_keys, q_tags)
             for i, t in enumerate(group):  # find gives a reserved id no row: reported
                 reserved = ((q_tags == i) & (q_keys == ERASED_KEY)).sum()
                 stats[t] = stats[t].at[STAT_INDEX["reserved"]].set(reserved)
-        back = layout.exchange.return_rows(rows.reshape(W, cap, -1), ax, W)
-        b = back.reshape(W * cap, -1).astype(jnp.float32)
-        cold = jnp.where((position >= 0)[:, None],
-                         jnp.take(b, jnp.maximum(position, 0), axis=0), 0.0)
-        urows.append(with_hot_rows(layout, group, hot, hot_slots, cold, batch))
+        with jax.named_scope("stage_row_exchange"):
+            back = layout.exchange.return_rows(rows.reshape(W, cap, -1), ax, W)
+        with jax.named_scope("stage_pool"):
+            b = back.reshape(W * cap, -1).astype(jnp.float32)
+            cold = jnp.where((position >= 0)[:, None],
+                             jnp.take(b, jnp.maximum(position, 0), axis=0), 0.0)
+            urows.append(with_hot_rows(layout, group, hot, hot_slots, cold, batch))
     if train:
         # An id refused a row (its bucket is full of this step's rows): nothing
         # is updated this step; the host grows the table and re-runs it.
         ok = ok & (lax.pmax(refused, ax) == 0)
     outputs = {}
-    for gi, group in enumerate(layout.groups):
-        outputs.update(_pool_group(layout, group, urows[gi], local[gi][0], weights, batch))
+    with jax.named_scope("stage_pool"):
+        for gi, group in enumerate(layout.groups):
+            outputs.update(_pool_group(layout, group, urows[gi], local[gi][0], weights, batch))
     stat_matrix = jnp.stack([stats[t] for t in layout.looked_up])
     return tables, outputs, tuple(contexts) if train else (), stat_matrix, ok
+
+
+def _insert_and_gather(layout: Layout, group, tables, q_keys, q_tags, step, stats, refused):
+    """The owner's side of a train step for one exchange group: find_or_insert
+    of the received ids per table (tables and stats updated in place), then
+    one tagged gather of their rows. Returns (rows, slots (T, W * cap),
+    refused: whether an id was refused a row here)."""
+    slots = []
+    for i, t in enumerate(group):
+        with jax.named_scope("stage_find_or_insert"):
+            # An id arrives once from each device that looked it up: the owner
+            # looks it up once, so its scores count steps whatever the mesh.
+            q, inv, _ = _ops.unique(jnp.where(q_tags == i, q_keys, PADDING_ID))
+            tables[t], res = find_or_insert(layout.spec(t), tables[t], q, step=step,
+                                            pin_from=None if layout.evict else 0)
+            slots.append(jnp.where(inv >= 0, res.slots[jnp.maximum(inv, 0)], -1))
+        stats[t] = stats[t].at[STAT_INDEX["queries"]:STAT_INDEX["failed"] + 1].set(res.status[:6])
+        stats[t] = stats[t].at[STAT_INDEX["resident"]].set(tables[t].counters[0])
+        refused = jnp.maximum(refused, (res.status[5] > 0).astype(jnp.int32))
+    with jax.named_scope("stage_gather"):
+        # each entry has a slot in its own table only (-1 in the others)
+        rows = _ops.gather_tagged(q_tags, jnp.max(jnp.stack(slots), axis=0),
+                                  [tables[t].values for t in group])
+    return rows, jnp.stack(slots), refused
 
 
 def _rows_or_init(layout: Layout, group, tables, keys, tags):
@@ -203,19 +228,23 @@ def backward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str,
 
         # The linearization point must vary over the axis like the data: an
         # axis-invariant one would make the transpose psum the gradients.
-        zero = lax.pcast(jnp.zeros((n_unique, dim), jnp.float32), ax, to="varying")
-        _, vjp = jax.vjp(pooled, zero)
-        (g_unique,) = vjp({f.name: grads[f.name] for f in layout.group_features(group)})
-        target = jnp.where(ctx.position >= 0, ctx.position, W * cap)
-        buf = jnp.zeros((W * cap, dim), jnp.float32).at[target].set(g_unique, mode="drop")
-        recv = layout.exchange.send_grads(buf.reshape(W, cap, dim), ax, W)
+        with jax.named_scope("stage_pool_grad"):
+            zero = lax.pcast(jnp.zeros((n_unique, dim), jnp.float32), ax, to="varying")
+            _, vjp = jax.vjp(pooled, zero)
+            (g_unique,) = vjp({f.name: grads[f.name] for f in layout.group_features(group)})
+            target = jnp.where(ctx.position >= 0, ctx.position, W * cap)
+            buf = jnp.zeros((W * cap, dim), jnp.float32).at[target].set(g_unique, mode="drop")
+        with jax.named_scope("stage_grad_exchange"):
+            recv = layout.exchange.send_grads(buf.reshape(W, cap, dim), ax, W)
         g = recv.reshape(W * cap, dim)
-        for i, t in enumerate(group):
-            slot = jnp.where(ok, ctx.slots[i], -1)
-            tables[t], status = apply_gradients(layout.spec(t), tables[t], slot, g, step=step)
-            problems[t] = status[1:3]
-        hot, hot_problems = apply_hot(layout, group, hot, ctx.hot_slots, g_unique, batch,
-                                       step, ok)
+        with jax.named_scope("stage_apply"):
+            for i, t in enumerate(group):
+                slot = jnp.where(ok, ctx.slots[i], -1)
+                tables[t], status = apply_gradients(layout.spec(t), tables[t], slot, g,
+                                                    step=step)
+                problems[t] = status[1:3]
+            hot, hot_problems = apply_hot(layout, group, hot, ctx.hot_slots, g_unique, batch,
+                                           step, ok)
         for t, p in hot_problems.items():
             problems[t] = problems[t] + p
     return tables, hot, jnp.stack([problems[t] for t in layout.looked_up])

@@ -94,6 +94,12 @@ def grow_sharded_table(spec: TableSpec, state: TableState, mesh: Mesh, axis: str
     return new
 
 
+def fullest_shard(state: TableState) -> jax.Array:
+    """The resident rows of a sharded table's fullest shard (a traced scalar;
+    the counters hold one vector per shard)."""
+    return lax.reduce_max(state.counters.reshape(-1, NUM_COUNTERS)[:, COUNTER_NAMES["size"]], (0,))
+
+
 def host_gather(x: jax.Array) -> np.ndarray:
     """Every process's shards of `x` concatenated on the host (tiled along
     axis 0), dtype kept: int64 goes through as int32 pairs, since

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +21,7 @@ from jax_hypereca.errors import (
     HyperecaError, raise_for_apply_status, raise_for_insert_status)
 from jax_hypereca.layout import Layout
 from jax_hypereca.lookup_scope import scoped
+from jax_hypereca.placement import fullest_shard
 from jax_hypereca.state import LossFn, TrainState
 
 log = logging.getLogger("jax_hypereca")
@@ -71,7 +72,7 @@ class EvalFn:
 
         def ev(state, batch):
             _, outputs, _, stats, ok = fwd(state.tables, state.hot, batch["ids"],
-                                           batch["weights"], state.step)
+                                           batch["weights"], state.step, True)
             return predict(state.params, outputs, batch), stats, ok
         return jax.jit(ev)
 
@@ -96,15 +97,41 @@ class EvalFn:
                             f"buffers after {MAX_RERUNS} re-runs")
 
 
+class Pending(NamedTuple):
+    """A dispatched train step whose statistics the host has not read yet."""
+
+    batch: dict        # the prepared batch (kept to re-run the step)
+    index: int         # the state's step count the step expects (it runs step index + 1)
+    layout: Layout
+    metrics: dict      # device arrays
+    t0: float          # dispatch time
+    clean: bool        # neither compiled nor re-ran (a fair time for exchange="auto")
+
+
+class Verdict(NamedTuple):
+    """What a step's statistics say (read on the host)."""
+
+    stats: dict        # per table, per device (Collection.host_stats)
+    overflow: bool     # an exchange buffer was too small (capacities raised)
+    refused: set       # tables that refused a row an id of the step needed
+    full: set          # tables past their growth threshold before the step
+    ok: bool           # the step was applied
+
+
 class ShardedTrainStep:
     """The compiled train step of an EmbeddingCollection (one per layout).
 
-    The state is donated: tables are updated in place. After each call the
-    step's statistics come back to the host (a few integers per table): an
-    exchange capacity that was too small is raised and the step re-run
-    (nothing was applied), reserved ids, refused inserts and non-finite
-    gradients raise with the numbers, the exception carrying the step's
-    outputs as ``.state``."""
+    The state is donated: tables are updated in place. A step is applied only
+    if the state's step count is the one the host expects (so a step queued
+    behind one that failed is a no-op; see pipeline.py), no table is past its
+    growth threshold, every exchange buffer had room and every id got a row;
+    otherwise nothing changes and the host repairs (larger buffers, a grown
+    table) and re-runs it. Calling the step runs one step synchronously: its
+    statistics come back to the host (a few integers per table) and reserved
+    ids, refused inserts and non-finite gradients raise with the numbers, the
+    exception carrying the step's outputs as ``.state``. ``TrainPipeline``
+    runs the same pieces (dispatch, check, repair, finish) several steps
+    ahead of the host."""
 
     def __init__(self, collection, loss_fn: LossFn,
                  dense_tx: optax.GradientTransformation, *, has_aux: bool = False):
@@ -119,23 +146,31 @@ class ShardedTrainStep:
         fwd = self.c.forward_fn(layout, train=True)
         bwd = self.c.backward_fn(layout)
         loss_fn, tx, has_aux = self.loss_fn, self.dense_tx, self.has_aux
+        names = tuple(self.c.tables)
 
-        def step_fn(state: TrainState, batch):
+        def step_fn(state: TrainState, batch, host):
+            # host = [the step count the host expects, each table's growth limit]
+            full = jnp.stack([fullest_shard(state.tables[t]) > host[i + 1]
+                              for i, t in enumerate(names)])
+            live = (state.step == host[0]) & ~full.any()
             tables, outputs, contexts, stats, ok = fwd(state.tables, state.hot, batch["ids"],
-                                                       batch["weights"], state.step + 1)
-            out, (g_params, g_out) = jax.value_and_grad(scoped(loss_fn), argnums=(0, 1),
-                                                        has_aux=has_aux)(state.params, outputs,
-                                                                         batch)
+                                                       batch["weights"], state.step + 1, live)
+            with jax.named_scope("stage_dense"):
+                out, (g_params, g_out) = jax.value_and_grad(
+                    scoped(loss_fn), argnums=(0, 1), has_aux=has_aux)(state.params, outputs,
+                                                                      batch)
             loss, aux = out if has_aux else (out, None)
             tables, hot, problems = bwd(tables, state.hot, g_out, contexts, batch["weights"],
                                         state.step, ok)
-            updates, opt_state = tx.update(g_params, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
+            with jax.named_scope("stage_dense"):
+                updates, opt_state = tx.update(g_params, state.opt_state, state.params)
+                params = optax.apply_updates(state.params, updates)
             keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
             new_state = TrainState(keep(params, state.params), keep(opt_state, state.opt_state),
                                    tables, jnp.where(ok, state.step + 1, state.step), hot)
             return new_state, {"loss": loss, "aux": aux, "stats": stats,
-                               "apply_problems": problems, "ok": ok}
+                               "apply_problems": problems, "ok": ok, "live": live,
+                               "full": full}
 
         return jax.jit(step_fn, donate_argnums=(0,))
 
@@ -146,40 +181,75 @@ class ShardedTrainStep:
             self._compiled[layout] = self._build(layout)
         return self._compiled[layout]
 
+    def _args(self, state: TrainState, index: int) -> tuple:
+        """The host's argument of a step, one int64 vector: the step count it
+        expects and each table's growth limit (Collection.grow_limits)."""
+        limits = self.c.grow_limits(state.tables)
+        host = np.array([index] + [limits[t] for t in self.c.tables], np.int64)
+        return (jnp.asarray(host, jnp.int64),)
+
     def lower(self, state: TrainState, batch):
         """The lowered step for a prepared batch (to inspect its HLO)."""
-        return self.compiled(state, batch).lower(state, batch)
+        return self.compiled(state, batch).lower(state, batch, *self._args(state, 0))
 
-    def __call__(self, state: TrainState, batch, *, local: bool = False):
-        batch = self.c.prepare_batch(batch, local=local)
-        size = _batch_size(batch)
+    def dispatch(self, state: TrainState, batch, index: int) -> tuple[TrainState, Pending]:
+        """Starts the step on a prepared batch (asynchronously); `index` is
+        the step count the state will have when the step runs."""
         t0, compiled, retries = time.perf_counter(), len(self._compiled), self.retries
-        for _ in range(MAX_RERUNS):
-            state, metrics = self.compiled(state, batch)(state, batch)
-            stats = self.c.host_stats(metrics["stats"], metrics["apply_problems"])
-            overflow = self.c.train_capacities.observe(self.c.needs(stats), size,
-                                                       int(_first(state.step)))
-            refused = set() if overflow else {t for t, st in stats.items()
-                                              if st["failed"].sum() and not st["reserved"].sum()}
-            state = self.c._maybe_grow(state, stats, refused)
-            if not overflow and not refused:
-                break
-            self.retries += 1
-        else:
-            raise HyperecaError(f"the step kept needing larger exchange buffers or tables after "
-                                f"{MAX_RERUNS} re-runs")
-        layout = self.c.layout(size, tuple(state.hot))
-        metrics = dict(metrics, loss=float(_first(metrics["loss"])), stats=stats,
-                       bytes_per_step=layout.bytes_per_step(), exchange=layout.exchange.name)
-        self._time_exchange(layout.exchange.name, time.perf_counter() - t0,
-                            compiled == len(self._compiled) and retries == self.retries)
+        fn = self.compiled(state, batch)
+        layout = self.c.layout(_batch_size(batch), tuple(state.hot))
+        state, metrics = fn(state, batch, *self._args(state, index))
+        return state, Pending(batch, index, layout, metrics, t0,
+                              compiled == len(self._compiled) and retries == self.retries)
+
+    def check(self, p: Pending) -> Verdict:
+        """Reads a step's statistics (waits for it) and raises the exchange
+        capacities it outgrew."""
+        stats = self.c.host_stats(p.metrics["stats"], p.metrics["apply_problems"])
+        overflow = self.c.train_capacities.observe(self.c.needs(stats), _batch_size(p.batch),
+                                                   p.index)
+        full = {t for t, f in zip(self.c.tables, _first(p.metrics["full"])) if f}
+        refused = set() if overflow or full else {
+            t for t, st in stats.items() if st["failed"].sum() and not st["reserved"].sum()}
+        ok = bool(_first(p.metrics["ok"]))
+        if not ok and not (overflow or full or refused):
+            live = bool(_first(p.metrics["live"]))
+            raise HyperecaError(f"train step {p.index + 1} was not applied (expected step count "
+                                f"matched: {live}) and reports no reason; a bug: please report "
+                                f"it")
+        return Verdict(stats, overflow, refused, full, ok)
+
+    def repair(self, state: TrainState, v: Verdict) -> TrainState:
+        """Grows the tables a failed step needs (its buffers were raised by
+        `check`); the step can then be re-run."""
+        self.retries += 1
+        return self.c.grow_for(state, full=v.full, refused=v.refused)
+
+    def finish(self, state: TrainState, p: Pending, v: Verdict) -> dict:
+        """The applied step's metrics; raises what its statistics report (the
+        exception carries `state` and the metrics)."""
+        metrics = dict(p.metrics, loss=float(_first(p.metrics["loss"])), stats=v.stats,
+                       step=p.index + 1, bytes_per_step=p.layout.bytes_per_step(),
+                       exchange=p.layout.exchange.name)
+        self._time_exchange(p.layout.exchange.name, time.perf_counter() - p.t0, p.clean)
         try:
-            raise_for_stats(self.c, stats, state.tables, where="train step")
+            raise_for_stats(self.c, v.stats, state.tables, where="train step")
         except HyperecaError as e:
             e.state, e.metrics = state, metrics
             raise
-        return state, metrics
+        return metrics
 
+    def __call__(self, state: TrainState, batch, *, local: bool = False):
+        batch = self.c.prepare_batch(batch, local=local)
+        index = int(_first(state.step))
+        for _ in range(MAX_RERUNS):
+            state, pending = self.dispatch(state, batch, index)
+            verdict = self.check(pending)
+            if verdict.ok:
+                return state, self.finish(state, pending, verdict)
+            state = self.repair(state, verdict)
+        raise HyperecaError(f"the step kept needing larger exchange buffers or tables after "
+                            f"{MAX_RERUNS} re-runs")
 
     def _time_exchange(self, name: str, seconds: float, clean: bool) -> None:
         """Gives exchange="auto"'s trial the wall time of a step that neither

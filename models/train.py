@@ -24,9 +24,7 @@ import dataclasses
 import json
 import logging
 import os
-import queue
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -93,9 +91,12 @@ class TrainConfig:
     dense_optimizer_args: str | None = _field(
         None, "keyword arguments of the optax optimizer as a JSON object, e.g. "
               '\'{"initial_accumulator_value": 0.0, "eps": 1e-8}\' (torch.optim.Adagrad\'s)')
-    exchange: str = _field("all_to_all", "how ids, rows and gradients move between devices: "
+    exchange: str = _field("auto", "how ids, rows and gradients move between devices: "
                            "all_to_all, ring, or auto (both timed on the first steps, the "
                            "faster kept)", choices=("all_to_all", "ring", "auto"))
+    pipeline_depth: int = _field(2, "train steps in flight before the host checks the oldest "
+                                    "(1: each step checked before the next starts)")
+    prefetch: int = _field(3, "batches the loader thread prepares ahead (stage A)")
     table_memory_mb: int = _field(512, "memory budget of all tables (bounds capacities)")
     seed: int = _field(0, "seed of the data stream, the tables and the MLPs")
     devices: int | None = _field(None, "devices in the mesh (default: all; on CPU 8 fake ones)")
@@ -118,7 +119,7 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("batch", "steps", "eval_every", "eval_size", "log_every",
-                     "table_memory_mb", "num_processes"):
+                     "table_memory_mb", "num_processes", "pipeline_depth", "prefetch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, "
                                  f"got {getattr(self, name)}")
@@ -227,25 +228,42 @@ def _bce(logits, labels):
 
 
 class SparseTrainer:
-    """The model with its embeddings: an EmbeddingCollection step."""
+    """The model with its embeddings: an EmbeddingCollection step run by a
+    TrainPipeline (`depth` steps in flight)."""
 
     def __init__(self, model: DLRM, collection: h.EmbeddingCollection,
-                 dense_tx: optax.GradientTransformation):
+                 dense_tx: optax.GradientTransformation, *, depth: int = 2):
         self.collection = collection
         self.dense_tx = dense_tx
         self.local = jax.process_count() > 1
         apply = lambda p, emb, b: model.apply({"params": p}, b)
         self._step = collection.make_train_step(
             lambda p, emb, b: _bce(apply(p, emb, b), b["labels"]), dense_tx)
+        self._pipeline = h.TrainPipeline(self._step, depth=depth, local=self.local)
         self._eval = collection.make_eval_fn(apply)
 
     def init_state(self, params) -> h.TrainState:
         return self.collection.init_train_state(params, self.dense_tx)
 
-    def step(self, state, batch) -> tuple[h.TrainState, dict]:
-        state, m = self._step(state, batch, local=self.local)
-        return state, {"loss": m["loss"], "exchange_bytes_per_step": m["bytes_per_step"],
-                       "exchange": m["exchange"], "step_reruns": self._step.retries}
+    @property
+    def step_fn(self):
+        """The collection's ShardedTrainStep (its re-run count, its HLO)."""
+        return self._step
+
+    def prepare(self, batch) -> dict:
+        """Stage A (the loader thread): checks a host batch, places it on the mesh."""
+        return self.collection.prepare_batch(batch, local=self.local)
+
+    def submit(self, state, batch) -> h.TrainState:
+        return self._pipeline.submit(state, batch)
+
+    def flush(self, state) -> h.TrainState:
+        return self._pipeline.flush(state)
+
+    def pop_completed(self) -> list[dict]:
+        return [{"step": m["step"], "loss": m["loss"],
+                 "exchange_bytes_per_step": m["bytes_per_step"], "exchange": m["exchange"],
+                 "step_reruns": self._step.retries} for m in self._pipeline.pop_completed()]
 
     def predict(self, state, batch) -> jax.Array:
         """Logits of a global host batch (every process passes all of it)."""
@@ -275,6 +293,7 @@ class DenseTrainer:
 
         self._step = jax.jit(step, donate_argnums=(0,))
         self._predict = jax.jit(apply)
+        self._done: list = []
 
     def init_state(self, params) -> h.TrainState:
         init = jax.jit(lambda p: (p, self.dense_tx.init(p), jnp.zeros((), jnp.int64)),
@@ -282,11 +301,22 @@ class DenseTrainer:
         params, opt_state, step = init(params)
         return h.TrainState(params, opt_state, {}, step)
 
-    def step(self, state, batch):
-        placed = {k: jax.make_array_from_process_local_data(self.batch_sharding, batch[k])
-                  for k in ("dense", "labels")}
-        state, loss = self._step(state, placed)
-        return state, {"loss": float(np.asarray(loss.addressable_shards[0].data))}
+    def prepare(self, batch) -> dict:
+        return {k: jax.make_array_from_process_local_data(self.batch_sharding, batch[k])
+                for k in ("dense", "labels")}
+
+    def submit(self, state, batch) -> h.TrainState:
+        state, loss = self._step(state, batch)
+        self._done.append(loss)
+        return state
+
+    def flush(self, state) -> h.TrainState:
+        return state
+
+    def pop_completed(self) -> list[dict]:
+        """Losses of the dispatched steps (their values wait for the device)."""
+        done, self._done = self._done, []
+        return [{"loss": float(np.asarray(loss.addressable_shards[0].data))} for loss in done]
 
     def predict(self, state, batch) -> jax.Array:
         """Logits of a global host batch (every process passes all of it)."""
@@ -342,41 +372,6 @@ class MetricsLog:
         plt.close(fig)
 
 
-def prefetch(batches: Iterator[dict], depth: int = 3) -> Iterator[dict]:
-    """The batches of `batches`, produced by a background thread `depth`
-    ahead (data generation overlaps the device step)."""
-    q: queue.Queue = queue.Queue(depth)
-    stop = threading.Event()
-    end = object()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    def work():
-        try:
-            for b in batches:
-                if not put(b):
-                    return
-            put(end)
-        except BaseException as e:  # handed to the consumer
-            put(e)
-
-    threading.Thread(target=work, daemon=True).start()
-    try:
-        while (item := q.get()) is not end:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-
-
 def evaluate(trainer, state, eval_set: dict, batch: int) -> dict:
     """AUC and log loss of the model on the held-out set, `batch` samples at
     a time (every process calls it with the whole set)."""
@@ -412,7 +407,8 @@ def make_trainer(cfg: TrainConfig, mcfg: ModelConfig, dense_tx, mesh, tables, fe
         trainer = DenseTrainer(model, mesh, dense_tx)
     else:
         trainer = SparseTrainer(model, h.EmbeddingCollection(tables, features, mesh=mesh,
-                                                             exchange=cfg.exchange), dense_tx)
+                                                             exchange=cfg.exchange), dense_tx,
+                                depth=cfg.pipeline_depth)
     return trainer, trainer.init_state(params)
 
 
@@ -448,34 +444,68 @@ def train_steps(cfg: TrainConfig, trainer, state: h.TrainState, start: int, sour
                 mlog: MetricsLog, ckpt: CheckpointManager | None, evaluate_at):
     """Steps start + 1 .. cfg.steps with logging, evals (``evaluate_at(step,
     state)``) and checkpoints on their schedules; returns (state, the last
-    train record, the last eval metrics or None)."""
+    train record, the last eval metrics or None). Batches are prepared by a
+    loader thread (--prefetch ahead) and steps run --pipeline-depth ahead of
+    their checks; the pipeline is flushed at each log, eval and checkpoint."""
     bar = _progress(cfg, start, enabled=jax.process_index() == 0)
-    losses, busy, last, res = [], 0.0, None, None
-    t_mark = time.perf_counter()
-    with contextlib.closing(prefetch(source.train_batches(start))) as batches:
+    log = _TrainLog(cfg, mlog, bar)
+    res = None
+    loader = h.prefetch(source.train_batches(start), cfg.prefetch, trainer.prepare,
+                        name="train-loader")
+    with contextlib.closing(loader) as batches:
         for done, batch in zip(range(start + 1, cfg.steps + 1), batches):
-            state, m = trainer.step(state, batch)
-            busy += time.perf_counter() - t_mark  # data wait + step, not eval or saving
-            losses.append(m["loss"])
-            bar.update(cfg.batch)
-            bar.set_postfix(step=done, loss=f"{m['loss']:.4f}",
-                            auc=f"{res['auc']:.4f}" if res else "-", refresh=False)
-            if done % cfg.log_every == 0 or done == cfg.steps:
-                last = mlog.emit("train", step=done, loss=float(np.mean(losses)),
-                                 samples_per_s=len(losses) * cfg.batch / busy,
-                                 **{k: v for k, v in m.items() if k != "loss"})
-                losses, busy = [], 0.0
-            if done % cfg.eval_every == 0 or done == cfg.steps:
+            state = trainer.submit(state, batch)
+            evaluate_now = done % cfg.eval_every == 0 or done == cfg.steps
+            save_now = ckpt and ((cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
+                                 or done == cfg.steps)
+            if evaluate_now or save_now or done % cfg.log_every == 0:
+                state = trainer.flush(state)
+            log.pause()
+            log.completed(trainer.pop_completed(), done, res)
+            if evaluate_now:
                 res = evaluate_at(done, state)
-            if ckpt and ((cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
-                         or done == cfg.steps):
+            if save_now:
                 t0 = time.perf_counter()
                 ckpt.save(state, trainer.collection, extra={"config": dataclasses.asdict(cfg)})
                 mlog.emit("checkpoint", step=done, directory=str(ckpt.directory),
                           blocking_s=time.perf_counter() - t0)
-            t_mark = time.perf_counter()
+            log.resume()
     bar.close()
-    return state, last, res
+    return state, log.last, res
+
+
+class _TrainLog:
+    """Train lines of the metrics file (every --log-every steps: the mean loss
+    and samples/s over the steps since the last line, evals and checkpoints
+    not counted) and the progress bar."""
+
+    def __init__(self, cfg: TrainConfig, mlog: MetricsLog, bar):
+        self.cfg, self.mlog, self.bar = cfg, mlog, bar
+        self.losses: list[float] = []
+        self.busy, self.mark, self.last = 0.0, time.perf_counter(), None
+
+    def completed(self, metrics: list[dict], dispatched: int, res) -> None:
+        """Records checked steps; with none in flight (a flush), `dispatched`
+        is the last one's number."""
+        for m in metrics:
+            self.losses.append(m["loss"])
+            self.bar.update(self.cfg.batch)
+            self.bar.set_postfix(step=dispatched, loss=f"{m['loss']:.4f}",
+                                 auc=f"{res['auc']:.4f}" if res else "-", refresh=False)
+        done = dispatched
+        if metrics and (done % self.cfg.log_every == 0 or done == self.cfg.steps):
+            self.last = self.mlog.emit(
+                "train", step=done, loss=float(np.mean(self.losses)),
+                samples_per_s=len(self.losses) * self.cfg.batch / self.busy,
+                **{k: v for k, v in metrics[-1].items() if k not in ("loss", "step")})
+            self.losses, self.busy = [], 0.0
+
+    def pause(self) -> None:
+        """Counts the time since `resume` as training (data wait and steps)."""
+        self.busy += time.perf_counter() - self.mark
+
+    def resume(self) -> None:
+        self.mark = time.perf_counter()
 
 
 def train(cfg: TrainConfig) -> dict:

@@ -77,20 +77,32 @@ def init_params():
     return {"w": jax.random.normal(jax.random.PRNGKey(4), (WIDTH,)) * 0.1, "c": jnp.zeros(())}
 
 
-def run() -> dict[str, np.ndarray]:
+def run(depth: int | None = None) -> dict[str, np.ndarray]:
     """The workload's result: losses, dense parameters, every live row of
-    every table and hot fold (sorted by id) and the counters."""
+    every table and hot fold (sorted by id) and the counters. With `depth`
+    the steps run through a TrainPipeline of that depth (flushed before
+    each re-plan), else one synchronous call each."""
     coll = h.EmbeddingCollection(TABLES, FEATURES, mesh=h.make_mesh(),
                                  capacities={"a": 1, "b": 1, "c": 1}, retune_every=7, max_shard_bytes=11000,
                                  capacity_slack=0.5)
     step = coll.make_train_step(head_loss, TX)
+    pipe = h.TrainPipeline(step, depth=depth) if depth else None
     state = coll.init_train_state(init_params(), TX)
     losses = []
     for i, b in enumerate(batches()):
         if i in HOT:
+            state = pipe.flush(state) if pipe else state
             state = h.replication.apply_plan(coll, state, HOT[i])
+        if pipe:
+            state = pipe.submit(state, b)
+            continue
         state, m = step(state, b)
         losses.append(np.float32(m["loss"]))
+    if pipe:
+        state = pipe.flush(state)
+        done = pipe.pop_completed()
+        assert [m["step"] for m in done] == list(range(1, STEPS + 1)), "reordered or skipped"
+        losses = [np.float32(m["loss"]) for m in done]
     out = {"losses": np.asarray(losses), "w": np.asarray(state.params["w"]),
            "c": np.asarray(state.params["c"])}
     for spec in TABLES:

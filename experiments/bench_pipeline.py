@@ -1,0 +1,274 @@
+"""The pipelined train loop against the synchronous one and the dense-only model.
+
+    python -m experiments.bench_pipeline [--quick] [--devices 8] [--out FILE]
+
+Workload (TorchRec 1.8's DLRM example, run on the synthetic Criteo-like
+stream, seed 0): 26 one-hot features, tables of twice each Criteo-Kaggle
+vocabulary capped at --max-vocab (1M as TorchRec's example; 100k with
+--quick), dim 64, bottom MLP 512-256-64, top 512-256-1 (dot interaction),
+batch 4096, fused row-wise Adagrad (lr 0.05, accumulators from 0) and Adam
+(lr 0.001) on the MLPs. Tables do not grow (``max_shard_bytes`` at their
+first size: a growth recompiles the step, which is not what this measures);
+rows past a capacity are evicted and counted.
+
+Per device count (1 and --devices), interleaved in one run: samples/s of the
+dense-only model (no tables), of the synchronous step (each step's
+statistics read before the next is dispatched, batches prepared in the main
+thread: the loop before the pipeline) and of the pipeline at depths 1-3
+(batches prepared by the loader thread, stage A; steps `depth` ahead of
+their checks). Then stage A alone (samples/s of the loader thread with no
+training), and a jax.profiler trace of pipelined steps
+(``--trace-dir``, default results/trace) with XLA:CPU's per-op events
+(``--xla_cpu_enable_xprof_traceme``); the device time of each op is
+attributed to the step's stages by the ``stage_*`` named scopes of
+lookup.py and steps.py (HLO metadata), the host's by its Python functions.
+
+Last line: the summary with ``vs_dense_only`` (pipelined samples/s at the
+best depth / dense-only, 1 device), ``pipeline_speedup`` (best pipelined /
+synchronous, 1 device), ``host_stage_headroom`` (stage A alone / pipelined)
+and the per-stage breakdown (milliseconds per step, 1 device).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import gzip
+import json
+import pathlib
+import re
+import time
+from collections import Counter
+
+import numpy as np
+
+from experiments.cli import mesh_bench_parser, use_fake_devices
+
+DEPTHS = (1, 2, 3)
+TRACE_FLAG = "--xla_cpu_enable_xprof_traceme=true"
+
+
+def parse(argv=None):
+    p = mesh_bench_parser(__doc__, "fewer steps, vocabularies capped at 100k (about 3 minutes)")
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--max-vocab", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None, help="timed steps per variant")
+    p.add_argument("--trace-dir", default="experiments/results/trace")
+    args = p.parse_args(argv)
+    args.max_vocab = args.max_vocab or (100_000 if args.quick else 1_000_000)
+    args.steps = args.steps or (12 if args.quick else 40)
+    return args
+
+
+@dataclasses.dataclass(eq=False)
+class Setup:
+    """One device count's trainers (built once, then timed in turns)."""
+
+    devices: int
+    sparse: dict          # depth -> SparseTrainer (depth 0: the synchronous step)
+    dense: object
+    states: dict
+    source: object
+    rows: int
+
+
+def build(args, n: int) -> Setup:
+    import jax
+    import jax_hypereca as h
+    from models import optimizers as opts
+    from models.config import PRESETS, ModelConfig, sparse_specs
+    from models.data import SyntheticSource
+    from models.dlrm import DLRM
+    from models.train import DenseTrainer, SparseTrainer
+
+    base = PRESETS["criteo-kaggle"]
+    preset = dataclasses.replace(base, vocab_sizes=tuple(min(v, args.max_vocab)
+                                                        for v in base.vocab_sizes))
+    mcfg = ModelConfig(embedding_dim=64, bottom_mlp=(512, 256, 64), top_mlp=(512, 256))
+    sparse_opt = opts.sparse_optimizer("rowwise_adagrad", 0.05, initial_accumulator=0.0)
+    dense_tx, _ = opts.dense_optimizer("adam", 0.001)
+    tables, features = sparse_specs(preset, optimizer=sparse_opt, budget_bytes=1 << 40,
+                                    embedding_dim=64)
+    mesh = h.make_mesh(jax.devices()[:n])
+    source = SyntheticSource(names=[f.name for f in features], multi_hot=preset.multi_hot,
+                             local_batch=args.batch)
+    sample = jax.tree.map(lambda x: x[:args.batch], source.eval_set(args.batch))
+    model = DLRM(config=mcfg, features=tuple(features))
+    params = model.init(jax.random.PRNGKey(0), sample)["params"]
+    rows = sum(t.capacity for t in tables)
+    shard_bytes = sum(t.capacity // n * t.row_bytes() for t in tables)
+    sparse, states = {}, {}
+    for depth in (0,) + DEPTHS:  # each its own tables: the timings must not share state
+        coll = h.EmbeddingCollection(tables, features, mesh=mesh, exchange="all_to_all",
+                                     max_shard_bytes=int(shard_bytes * 1.01))
+        sparse[depth] = SparseTrainer(model, coll, dense_tx, depth=max(depth, 1))
+        states[depth] = sparse[depth].init_state(params)
+    dense_model = DLRM(config=mcfg, features=())
+    dense = DenseTrainer(dense_model, mesh, dense_tx)
+    states["dense"] = dense.init_state(dense_model.init(jax.random.PRNGKey(0), sample)["params"])
+    return Setup(n, sparse, dense, states, source, rows)
+
+
+def run_variant(setup: Setup, which, steps: int, gens: dict) -> float:
+    """Seconds for `steps` steps of one variant, its state carried over;
+    "dense", 0 (synchronous: batches prepared in the main thread) or a
+    pipeline depth (batches prepared by the loader thread)."""
+    import jax_hypereca as h
+
+    trainer = setup.dense if which == "dense" else setup.sparse[which]
+    fn = None if which == 0 else trainer.prepare
+    state = setup.states[which]
+    t0 = time.perf_counter()
+    loader = h.prefetch(gens[which], 3, fn, name="bench-loader")
+    try:
+        for _ in range(steps):
+            state = trainer.submit(state, next(loader))
+        state = trainer.flush(state)
+        trainer.pop_completed()  # reads the last loss: waits for the device
+    finally:
+        loader.close()
+    seconds = time.perf_counter() - t0
+    setup.states[which] = state
+    return seconds
+
+
+def time_variants(setup: Setup, args, out) -> dict:
+    """Samples/s of every variant, warmed up (compiled), then timed in turns."""
+    variants = ["dense", 0, *DEPTHS]
+    gens = {v: setup.source.train_batches(0) for v in variants}
+    for v in variants:
+        run_variant(setup, v, 3, gens)
+    seconds = Counter()
+    rounds = 2
+    for _ in range(rounds):
+        for v in variants:
+            seconds[v] += run_variant(setup, v, args.steps // rounds, gens)
+    rates = {}
+    for v in variants:
+        name = "dense_only" if v == "dense" else "synchronous" if v == 0 else f"depth_{v}"
+        steps = rounds * (args.steps // rounds)
+        rates[name] = steps * args.batch / seconds[v]
+        out.emit({"bench": "pipeline_variant", "devices": setup.devices, "variant": name,
+                  "samples_per_s": rates[name], "steps": steps, "batch": args.batch,
+                  "seconds": seconds[v], "table_rows": setup.rows,
+                  "reruns": 0 if v == "dense" else setup.sparse[v].step_fn.retries})
+    return rates
+
+
+def time_stage_a(setup: Setup, args, out) -> float:
+    """Samples/s of the loader thread alone (read, parse, check, place)."""
+    import jax_hypereca as h
+
+    n = max(args.steps, 8)
+    loader = h.prefetch(setup.source.train_batches(10_000), 3, setup.sparse[1].prepare,
+                        name="bench-loader")
+    try:
+        next(loader)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            next(loader)
+        rate = n * args.batch / (time.perf_counter() - t0)
+    finally:
+        loader.close()
+    out.emit({"bench": "stage_a", "devices": setup.devices, "threads": 1,
+              "samples_per_s": rate, "batches": n})
+    return rate
+
+
+# (file, function) of the host's work per step in the trace's Python events.
+HOST_STAGES = {("collection", "prepare_batch"): "host_prepare",
+               ("steps", "dispatch"): "host_dispatch", ("steps", "check"): "host_sync"}
+
+
+def op_stages(hlo_text: str) -> dict[str, str]:
+    """HLO instruction name -> the step stage its metadata names (the
+    innermost ``stage_*`` scope), for the compiled step's instructions."""
+    out = {}
+    for m in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name=\"([^\"]*)\"", hlo_text,
+                         re.M):
+        scopes = re.findall(r"stage_(\w+)", m.group(2))
+        out[m.group(1)] = scopes[-1] if scopes else "other"
+    return out
+
+
+def stage_breakdown(trace_file: pathlib.Path, stages: dict[str, str], steps: int) -> dict:
+    """Milliseconds per step of each stage in a perfetto trace: device ops by
+    their HLO stage (sum of the ops' durations), host work by function."""
+    events = json.load(gzip.open(trace_file))
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    total = Counter()
+    for e in events:
+        if e.get("ph") != "X":
+            continue
+        name = e["name"]
+        if name in stages:
+            total[stages[name]] += e["dur"]
+            continue
+        fn = re.match(r"\$(\w+)\.py:\d+ (\w+)$", name)
+        if fn and (fn.group(1), fn.group(2)) in HOST_STAGES:
+            total[HOST_STAGES[fn.group(1), fn.group(2)]] += e["dur"]
+    return {k: round(v / 1e3 / steps, 2) for k, v in sorted(total.items())}
+
+
+def profile(setup: Setup, args, out, depth: int) -> dict:
+    """A jax.profiler trace of pipelined steps and its per-stage breakdown."""
+    import jax
+
+    trainer = setup.sparse[depth]
+    batch = trainer.prepare(next(setup.source.train_batches(20_000)))
+    hlo = trainer.step_fn.lower(setup.states[depth], batch).compile().as_text()
+    trace_dir = pathlib.Path(args.trace_dir) / f"devices{setup.devices}"
+    steps = 4
+    gens = {depth: setup.source.train_batches(30_000)}
+    jax.profiler.start_trace(str(trace_dir), create_perfetto_trace=True)
+    try:
+        run_variant(setup, depth, steps, gens)
+    finally:
+        jax.profiler.stop_trace()
+    trace = max(trace_dir.glob("plugins/profile/*/perfetto_trace.json.gz"),
+                key=lambda p: p.stat().st_mtime)
+    table = stage_breakdown(trace, op_stages(hlo), steps)
+    out.emit({"bench": "stage_breakdown", "devices": setup.devices, "depth": depth,
+              "ms_per_step": table, "steps": steps, "trace": str(trace),
+              "note": "device stages: summed XLA:CPU op times (ops of one step may run "
+                      "concurrently on the thread pool); host: Python function times"})
+    return table
+
+
+def main(argv=None) -> dict:
+    args = parse(argv)
+    use_fake_devices(args.devices)
+    if "jax" not in __import__("sys").modules:  # XLA:CPU per-op trace events
+        os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " " + TRACE_FLAG
+
+    from experiments.harness import JsonLines, environment
+
+    out = JsonLines(args.out)
+    out.emit(environment())
+    summary = {"bench": "summary"}
+    for n in sorted({1, args.devices}):
+        setup = build(args, n)
+        rates = time_variants(setup, args, out)
+        best = max(DEPTHS, key=lambda d: rates[f"depth_{d}"])
+        stage_a = time_stage_a(setup, args, out)
+        table = profile(setup, args, out, best)
+        if n == 1:
+            summary.update(
+                vs_dense_only=rates[f"depth_{best}"] / rates["dense_only"],
+                pipeline_speedup=rates[f"depth_{best}"] / rates["synchronous"],
+                host_stage_headroom=stage_a / rates[f"depth_{best}"], best_depth=best,
+                samples_per_s=rates, breakdown_ms=table)
+        else:
+            summary[f"devices{n}"] = {"samples_per_s": rates, "breakdown_ms": table,
+                                      "pipeline_speedup":
+                                          rates[f"depth_{best}"] / rates["synchronous"]}
+        del setup
+        gc.collect()
+    out.emit(summary)
+    out.close()
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""The pipelined train loop: host work and the host's checks run while the
+device trains.
+
+Stages, per batch t (after TorchRec's TrainPipelineSparseDist, which names
+which stage overlaps which):
+
+  A  host thread (``prefetch``): the next batches are read, parsed, checked
+     and placed on the mesh (``EmbeddingCollection.prepare_batch``: padding,
+     int64 ids split over the devices), ``prefetch`` batches ahead through a
+     bounded queue. A(t+1..t+prefetch) overlaps B/C(t) on the device and the
+     host's check of t-depth+1.
+  B  device: dedup, owner bucketing, id exchange and ``find_or_insert`` of
+     batch t; C  device: gather, row exchange, the model's forward and
+     backward, gradient exchange and the fused apply of batch t. B and C of
+     one batch are one compiled program (ShardedTrainStep); B(t+1) starts
+     when C(t) has applied, so rows are never read stale and no row batch t
+     still needs can be evicted by t+1's inserts (I5 holds by order).
+  check  host: the step's statistics (a few integers per table) are read
+     ``depth - 1`` steps after it was dispatched, so the device never waits
+     for the host between steps.
+
+A step that must not be applied (an exchange buffer too small, a table past
+its growth threshold, an id its bucket had to refuse) changes nothing and
+leaves the state's step count behind; every step queued after it expects a
+later count and is a no-op too. The host then repairs (raises buffers, grows
+the table) and re-runs from the failed batch, so the result is the one the
+synchronous loop (depth 1) gives, bit for bit.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+from typing import Callable, Iterable, Iterator
+
+from jax_hypereca.errors import HyperecaError
+from jax_hypereca.state import TrainState
+from jax_hypereca.steps import MAX_RERUNS, Pending, ShardedTrainStep, _first
+
+# Seconds a closed prefetch waits for its thread to finish the item it is on.
+JOIN_TIMEOUT_S = 10.0
+
+
+class TrainPipeline:
+    """Runs a ShardedTrainStep up to `depth` steps ahead of the host's checks.
+
+    ``submit(state, batch)`` dispatches a step and returns the newest state
+    (still being computed); the metrics of steps whose checks passed collect
+    in ``completed`` (in step order, each with its ``step`` number) for the
+    caller to pop. ``flush(state)`` waits for and checks every step in flight
+    and returns the state after the last one: call it before reading the
+    state (evaluation, checkpoints, table statistics). depth=1 is the
+    synchronous loop. While ``exchange="auto"`` is still timing its
+    candidates the pipeline runs at depth 1 (the timings need whole steps).
+
+    Errors the statistics raise (reserved ids, a full table at its memory
+    cap, non-finite gradients) surface at the check, with the newest state
+    as ``.state``: the steps dispatched after the faulty one were applied.
+    """
+
+    def __init__(self, step: ShardedTrainStep, *, depth: int = 2, local: bool = False):
+        if depth < 1:
+            raise ValueError(f"pipeline depth must be >= 1, got {depth}")
+        self.step = step
+        self.depth = depth
+        self.local = local
+        self.completed: list[dict] = []
+        self._pending: collections.deque[Pending] = collections.deque()
+        self._index: int | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """Steps dispatched but not yet checked."""
+        return len(self._pending)
+
+    def _depth(self) -> int:
+        trial = self.step.c.exchange_trial
+        return 1 if trial is not None and trial.chosen is None else self.depth
+
+    def submit(self, state: TrainState, batch) -> TrainState:
+        """Dispatches one step on `batch` (a host batch or one prepare_batch
+        made); checks the oldest steps until fewer than `depth` are in flight."""
+        batch = self.step.c.prepare_batch(batch, local=self.local)
+        if self._index is None:
+            self._index = int(_first(state.step))
+        state, pending = self.step.dispatch(state, batch, self._index)
+        self._pending.append(pending)
+        self._index += 1
+        while len(self._pending) >= self._depth():
+            state = self._check_oldest(state)
+        return state
+
+    def flush(self, state: TrainState) -> TrainState:
+        """Checks every step in flight; returns the state after the last. The
+        next submit reads the step count from the state it is given (the
+        caller may change the state in between: re-plan, restore)."""
+        while self._pending:
+            state = self._check_oldest(state)
+        self._index = None
+        return state
+
+    def pop_completed(self) -> list[dict]:
+        """The metrics of the steps checked since the last call."""
+        done, self.completed = self.completed, []
+        return done
+
+    def _check_oldest(self, state: TrainState) -> TrainState:
+        for _ in range(MAX_RERUNS):
+            verdict = self.step.check(self._pending[0])
+            if verdict.ok:
+                p = self._pending.popleft()
+                self.completed.append(self.step.finish(state, p, verdict))
+                return state
+            state = self._rerun(state, verdict)
+        raise HyperecaError(f"train step {self._pending[0].index + 1} kept needing larger "
+                            f"exchange buffers or tables after {MAX_RERUNS} re-runs")
+
+    def _rerun(self, state: TrainState, verdict) -> TrainState:
+        """The oldest step failed and every later one in flight was a no-op:
+        repair, then dispatch them all again in order."""
+        batches = [p.batch for p in self._pending]
+        index = self._pending[0].index
+        self._pending.clear()
+        state = self.step.repair(state, verdict)
+        for i, batch in enumerate(batches):
+            state, pending = self.step.dispatch(state, batch, index + i)
+            self._pending.append(pending)
+        return state
+
+
+def prefetch(batches: Iterable, depth: int = 2, fn: Callable | None = None,
+             *, name: str = "hypereca-prefetch") -> Iterator:
+    """Stage A: ``fn(b)`` (or b) for each b of `batches`, computed by a
+    background thread up to `depth` items ahead. An exception in the thread
+    is raised here, with its traceback, at the item it replaced; closing the
+    iterator stops the thread (joined within JOIN_TIMEOUT_S)."""
+    if depth < 1:
+        raise ValueError(f"prefetch depth must be >= 1, got {depth}")
+    q: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def work():
+        try:
+            for b in batches:
+                if stop.is_set() or not put(fn(b) if fn is not None else b):
+                    return
+            put(end)
+        except BaseException as e:  # handed to the consumer
+            put(e)
+
+    thread = threading.Thread(target=work, name=name, daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(JOIN_TIMEOUT_S)
