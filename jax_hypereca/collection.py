@@ -301,8 +301,7 @@ class EmbeddingCollection:
         spec, st = self.tables[name], tables[name]
         rows = st.keys.shape[0] // self.num_shards
         extra = rows * spec.row_bytes()
-        if self.max_shard_bytes is not None and \
-                self.shard_bytes(tables) + extra > self.max_shard_bytes:
+        if not self._may_double(tables, name):
             msg = (f"table {name!r}: growing from {rows} to {2 * rows} rows per shard would "
                    f"take {self.shard_bytes(tables) + extra} bytes per device, over "
                    f"max_shard_bytes={self.max_shard_bytes}")
@@ -323,11 +322,21 @@ class EmbeddingCollection:
         that finds a table past its limit is not applied: the host grows the
         table and re-runs it, so growth happens at the same step boundary
         however far ahead steps are dispatched."""
-        out = {}
-        for name, st in tables.items():
-            rows = st.keys.shape[0] // self.num_shards
-            out[name] = NEVER if name in self._capped else int(self.grow_threshold * rows)
-        return out
+        capped = {n for n in tables if n not in self._capped and not self._may_double(tables, n)}
+        if capped:
+            log.info("tables %s stay at their size: doubling would pass max_shard_bytes=%s; "
+                     "when full they evict rows by score (counted)", sorted(capped),
+                     self.max_shard_bytes)
+            self._capped |= capped
+        return {n: NEVER if n in self._capped else
+                int(self.grow_threshold * (st.keys.shape[0] // self.num_shards))
+                for n, st in tables.items()}
+
+    def _may_double(self, tables: Mapping[str, TableState], name: str) -> bool:
+        rows = tables[name].keys.shape[0] // self.num_shards
+        return self.max_shard_bytes is None or (
+            self.shard_bytes(tables) + rows * self.tables[name].row_bytes()
+            <= self.max_shard_bytes)
 
     def grow_for(self, state: TrainState, *, full: set[str] = frozenset(),
                  refused: set[str] = frozenset()) -> TrainState:

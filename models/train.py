@@ -406,9 +406,10 @@ def make_trainer(cfg: TrainConfig, mcfg: ModelConfig, dense_tx, mesh, tables, fe
     if cfg.dense_only:
         trainer = DenseTrainer(model, mesh, dense_tx)
     else:
-        trainer = SparseTrainer(model, h.EmbeddingCollection(tables, features, mesh=mesh,
-                                                             exchange=cfg.exchange), dense_tx,
-                                depth=cfg.pipeline_depth)
+        # --table-memory-mb bounds the tables: they grow while they fit it, then evict.
+        coll = h.EmbeddingCollection(tables, features, mesh=mesh, exchange=cfg.exchange,
+                                     max_shard_bytes=(cfg.table_memory_mb << 20) // mesh.size)
+        trainer = SparseTrainer(model, coll, dense_tx, depth=cfg.pipeline_depth)
     return trainer, trainer.init_state(params)
 
 
