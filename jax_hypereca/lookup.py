@@ -147,7 +147,9 @@ def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, 
                 stats[t] = stats[t].at[STAT_INDEX["queries"]:STAT_INDEX["failed"] + 1].set(res.status[:6])
                 stats[t] = stats[t].at[STAT_INDEX["resident"]].set(tables[t].counters[0])
                 refused = jnp.maximum(refused, (res.status[5] > 0).astype(jnp.int32))
-            # each entry has a slot in its own table only (-1 in the others)
+            # each entry has a slot in its own table only (-1 in the others);
+            # every slot is find_or_insert's for that table: in range or -1,
+            # so gather_tagged has no bad slot to report
             rows = _ops.gather_tagged(q_tags, jnp.max(jnp.stack(slots), axis=0),
                                       [tables[t].values for t in group])
             contexts.append(TableContext(inverse, position, jnp.stack(slots), hot_slots))
