@@ -11,7 +11,7 @@ ordinary JAX arrays. Importing the package loads the native extension and sets
 from jax_hypereca import _native
 from jax_hypereca.errors import (
     EMPTY_KEY, ERASED_KEY, PADDING_ID, HyperecaError, NonFiniteGradientError,
-    ReservedIdError, TableFullError, check_ids)
+    ReservedIdError, SlotOutOfRangeError, TableFullError, check_ids, raise_for_gather_status)
 from jax_hypereca.hashing import owner_of
 from jax_hypereca.hashing import mix64  # public: models and experiments derive ids with it
 from jax_hypereca.errors import insert_status_dict  # public: benchmarks read an insert's status
@@ -35,7 +35,8 @@ has_platform = _native.has_platform
 
 __all__ = [
     "EMPTY_KEY", "ERASED_KEY", "PADDING_ID", "HyperecaError", "NonFiniteGradientError",
-    "ReservedIdError", "TableFullError", "check_ids", "owner_of", "Initializer", "constant",
+    "ReservedIdError", "SlotOutOfRangeError", "TableFullError", "check_ids",
+    "raise_for_gather_status", "owner_of", "Initializer", "constant",
     "init_rows", "normal", "uniform", "FTRL", "SGD", "Adagrad", "Adam", "Optimizer",
     "RowwiseAdagrad", "COUNTER_NAMES", "EvictedRows", "InsertResult", "Rows", "TableSpec",
     "TableState", "apply_gradients", "counters_dict", "erase", "erase_if", "export",

@@ -109,12 +109,18 @@ def find(keys, values, query, *, seed: int, init_kind: int, init_scale: float,
 
 
 def gather(values, slots):
-    out = _sds((slots.shape[0], values.shape[1]), values.dtype)
-    return jax.ffi.ffi_call("hypereca_gather", out)(values, jnp.asarray(slots, I32))
+    """(rows (n, dim), bad_slots () int64): zeros for slot -1 and for the
+    counted slots outside [-1, capacity)."""
+    slots = jnp.asarray(slots, I32)
+    out = [_sds((slots.shape[0], values.shape[1]), values.dtype), _sds((), I64)]
+    rows, bad = jax.ffi.ffi_call("hypereca_gather", out)(values, slots)
+    return rows, bad
 
 
 def gather_tagged(tags, slots, tables):
-    """rows[i] = tables[tags[i]][slots[i]] (zeros for tag or slot -1)."""
+    """rows[i] = tables[tags[i]][slots[i]] (zeros for tag or slot -1, and for
+    a slot out of range, which is not counted: its only caller, lookup.py,
+    passes slots find_or_insert just returned for that table, or -1)."""
     out = _sds((slots.shape[0], tables[0].shape[1]), tables[0].dtype)
     return jax.ffi.ffi_call("hypereca_gather_tagged", out)(
         jnp.asarray(tags, I32), jnp.asarray(slots, I32), *tables)

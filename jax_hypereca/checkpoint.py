@@ -20,7 +20,10 @@ fold on every device, so a checkpoint taken on 8 devices restores onto 4 or
 sizes are recounted by the inserts).
 
 Orbax writes each step into a temporary directory renamed into place when
-complete: a crash mid-save leaves the previous checkpoint as the latest.
+complete: a crash mid-save leaves the previous checkpoint as the latest. A
+complete checkpoint whose files were damaged later (truncated, bytes flipped:
+TensorStore checksums its data) fails to read; `restore` then warns and falls
+back to the next older one, and raises CheckpointError if none can be read.
 """
 
 from __future__ import annotations
@@ -29,12 +32,13 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from jax_hypereca.collection import EmbeddingCollection, TrainState
 from jax_hypereca.errors import HyperecaError
@@ -130,18 +134,47 @@ class CheckpointManager:
         items = dict(state=ocp.args.PyTreeSave(dense), meta=ocp.args.JsonSave(meta))
         if cold:
             items["tables"] = ocp.args.PyTreeSave(dict(cold=cold, **({"hot": hot} if hot else {})))
-        self._mgr.save(step, args=ocp.args.Composite(**items))
+        if not self._mgr.save(step, args=ocp.args.Composite(**items)):
+            log.warning("checkpoint of step %d not written: %s already holds step %s (Orbax "
+                        "saves only steps above the latest)", step, self.directory,
+                        self.latest_step())
         return step
 
     def restore(self, template: TrainState, collection: EmbeddingCollection | None, *,
                 step: int | None = None) -> tuple[TrainState, dict]:
-        """The checkpoint of `step` (default: the latest) on the template's
-        mesh: ``template`` gives the dense state's structure and shardings
-        (e.g. ``collection.init_train_state(params, tx)``; its tables are not
-        used), `collection` the tables and the mesh they are re-sharded onto;
-        hot folds come back as hot folds of the same ids. Returns (state, the
-        ``extra`` given to save)."""
-        step, meta = self._meta(step)
+        """The checkpoint of `step` (default: the latest readable one) on the
+        template's mesh: ``template`` gives the dense state's structure and
+        shardings (e.g. ``collection.init_train_state(params, tx)``; its
+        tables are not used), `collection` the tables and the mesh they are
+        re-sharded onto; hot folds come back as hot folds of the same ids.
+        Returns (state, the ``extra`` given to save).
+
+        Without `step`, a checkpoint whose files cannot be read (truncated,
+        corrupt) is skipped with a warning naming it and the error, and the
+        next older one is restored; nothing of the skipped one is used.
+        CheckpointError when no checkpoint can be read (each step tried and
+        its error named), when the given `step` cannot be read, or when the
+        checkpoint does not match `collection`."""
+        def read(s: int):
+            meta = self._meta(s)
+            self._check_tables(s, meta, collection)
+            dense = {"params": template.params, "opt_state": template.opt_state,
+                     "step": template.step}
+            d = self._mgr.restore(s, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                dense, restore_args=ocp.checkpoint_utils.construct_restore_args(dense))))
+            return meta, d["state"], self._rows(s, meta)
+
+        (meta, d, (cold, hot)), skipped = self._first_readable(step, read)
+        self._set_aside(skipped)
+        tables = {name: place_rows(collection.tables[name], rows, counters, collection.mesh,
+                                    collection.axis, min_capacity=meta["tables"][name]["capacity"])
+                  for name, (rows, counters) in cold.items()}
+        hot = {name: replicate_rows(collection.tables[name], rows, counters, collection.mesh)
+               for name, (rows, counters) in hot.items()}
+        return TrainState(d["params"], d["opt_state"], tables, d["step"], hot), meta["extra"]
+
+    def _check_tables(self, step: int, meta: dict, collection: EmbeddingCollection | None):
+        """Raises CheckpointError unless `meta`'s tables are the collection's."""
         want = set(collection.tables) if collection else set()
         if set(meta["tables"]) != want:
             raise CheckpointError(f"{self.directory} step {step} holds tables "
@@ -152,29 +185,74 @@ class CheckpointManager:
                 raise CheckpointError(
                     f"table {name!r}: checkpoint rows have dim {m['dim']} and optimizer state "
                     f"width {m['state_width']}; the spec has {spec.dim} and {spec.state_width}")
-        dense = {"params": template.params, "opt_state": template.opt_state,
-                 "step": template.step}
-        d = self._mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            dense, restore_args=ocp.checkpoint_utils.construct_restore_args(dense))))["state"]
-        cold, hot = self._rows(step, meta)
-        tables = {name: place_rows(collection.tables[name], rows, counters, collection.mesh,
-                                    collection.axis, min_capacity=meta["tables"][name]["capacity"])
-                  for name, (rows, counters) in cold.items()}
-        hot = {name: replicate_rows(collection.tables[name], rows, counters, collection.mesh)
-               for name, (rows, counters) in hot.items()}
-        return TrainState(d["params"], d["opt_state"], tables, d["step"], hot), meta["extra"]
+
+    def _first_readable(self, step: int | None, read: Callable[[int], Any]
+                        ) -> tuple[Any, list[int]]:
+        """(``read(s)`` of `step`, or without one of the newest step it
+        succeeds on; the newer steps it failed on). A step whose files fail to
+        read or decode (any error but a CheckpointError, which says the
+        checkpoint does not fit and is raised as is) is logged and the next
+        older one tried; CheckpointError naming every step tried and its
+        error when none can be read."""
+        steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
+        if not steps:
+            raise CheckpointError(f"no checkpoint in {self.directory}")
+        failed, last = [], None
+        for i, s in enumerate(steps):
+            try:
+                return read(s), [f for f, _ in failed]
+            except CheckpointError:
+                raise
+            except Exception as e:  # noqa: BLE001  (whatever Orbax, TensorStore, json raise)
+                failed.append((s, _describe(e)))
+                last = e
+                if i + 1 < len(steps):
+                    log.warning("checkpoint step %d in %s cannot be read (%s); falling back to "
+                                "step %d", s, self.directory, _describe(e), steps[i + 1])
+        what = (f"checkpoint step {step} in {self.directory} cannot be read: {failed[0][1]}"
+                if step is not None else f"no checkpoint in {self.directory} can be read: "
+                + "; ".join(f"step {s}: {e}" for s, e in failed))
+        raise CheckpointError(
+            f"{what}. Their files are truncated or corrupt: restore them from a copy, or "
+            f"start from scratch (the train command: without --resume) or from another "
+            f"checkpoint directory.") from last
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Renames unreadable checkpoints to ``<step>.unreadable`` (kept for
+        inspection, no longer steps): Orbax saves no step at or below the
+        latest, so left in place they would silently drop the resumed run's
+        checkpoints up to their step. Process 0 renames; every process calls
+        it (a restore does)."""
+        if not steps:
+            return
+        if jax.process_index() == 0:
+            for s in steps:
+                src, dst = self.directory / str(s), self.directory / f"{s}.unreadable"
+                for k in range(1, 1000):
+                    if not dst.exists():
+                        break
+                    dst = self.directory / f"{s}.unreadable-{k}"
+                if src.is_dir():
+                    src.rename(dst)
+                    log.warning("moved the unreadable checkpoint %s to %s", src, dst)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("jax_hypereca: unreadable checkpoints moved")
+        self._mgr.reload()
 
     def read(self, step: int | None = None) -> tuple[dict, dict[str, Rows], dict]:
         """A checkpoint on the host, with no mesh or template: (the dense state
         as numpy {"params", "opt_state", "step"} in Orbax's saved tree form,
         each table's rows of both folds keyed by id (in id order), the
         metadata)."""
-        step, meta = self._meta(step)
-        tree = self._mgr.item_metadata(step)["state"]
-        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-        dense = self._mgr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(restore_args=as_numpy)))["state"]
-        cold, hot = self._rows(step, meta)
+        def read_host(s: int):
+            meta = self._meta(s)
+            tree = self._mgr.item_metadata(s)["state"]
+            as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+            dense = self._mgr.restore(s, args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(restore_args=as_numpy)))["state"]
+            return meta, dense, self._rows(s, meta)
+
+        (meta, dense, (cold, hot)), _ = self._first_readable(step, read_host)
         rows = {}
         for name, (r, _) in cold.items():
             both = Rows.concat([r, hot[name][0]]) if name in hot else r
@@ -182,17 +260,14 @@ class CheckpointManager:
             rows[name] = Rows(*(a[order] for a in both))
         return dense, rows, meta
 
-    def _meta(self, step: int | None) -> tuple[int, dict]:
-        """(step, metadata) of `step` or the latest checkpoint."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise CheckpointError(f"no checkpoint in {self.directory}")
+    def _meta(self, step: int) -> dict:
+        """The metadata of `step`, checked for this format version."""
         meta = self._mgr.restore(step, args=ocp.args.Composite(
             meta=ocp.args.JsonRestore()))["meta"]
         if meta.get("format") != FORMAT_VERSION:
             raise CheckpointError(f"{self.directory} step {step}: format "
                                   f"{meta.get('format')}, expected {FORMAT_VERSION}")
-        return step, meta
+        return meta
 
     def _rows(self, step: int, meta: dict) -> tuple[dict, dict]:
         """Every table's live rows and counters, read whole on the host:
@@ -220,3 +295,10 @@ class CheckpointManager:
         self._mgr.close()
 
 
+
+
+def _describe(error: BaseException, limit: int = 400) -> str:
+    """``Type: message`` of an error, cut to `limit` characters (TensorStore's
+    messages carry whole driver specs)."""
+    text = f"{type(error).__name__}: {error}"
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -38,6 +38,10 @@ class NonFiniteGradientError(HyperecaError, FloatingPointError):
     """Gradient rows holding NaN or Inf were skipped (the rows are untouched)."""
 
 
+class SlotOutOfRangeError(HyperecaError, IndexError):
+    """Slots outside [-1, rows) were given to gather; their rows came back zero."""
+
+
 def check_ids(ids, *, where: str = "ids") -> np.ndarray:
     """Checks concrete (numpy) ids before dispatch: integer dtype, no reserved
     value other than the padding id. Returns them as int64."""
@@ -103,3 +107,20 @@ def raise_for_apply_status(table: str, status: Mapping[str, int]):
         raise HyperecaError(
             f"table {table!r}: {status['bad_slots']} gradient slots were outside the table "
             f"and ignored; slots must come from this table's find_or_insert.")
+
+
+def raise_for_gather_status(bad_slots, slots, *, rows: int, table: str | None = None):
+    """Raises SlotOutOfRangeError when gather counted slots outside [-1, rows)
+    (`bad_slots`, its second output); names the first such slot of `slots`."""
+    bad = int(np.asarray(bad_slots))
+    if not bad:
+        return
+    s = np.asarray(slots).reshape(-1)
+    where = np.flatnonzero((s < -1) | (s >= rows))
+    first = f"slots[{where[0]}] = {s[where[0]]}; " if where.size else ""
+    name = f"table {table!r}: " if table else ""
+    raise SlotOutOfRangeError(
+        f"{name}gather: {bad} of {s.size} slots are outside the table's {rows} rows "
+        f"({first}valid slots are 0..{rows - 1}, and -1 for no row); their rows came back "
+        f"as zeros. Pass slots from this table's find_or_insert or find_slots, not ids or "
+        f"another table's slots.")

@@ -191,7 +191,9 @@ def _insert_and_gather(layout: Layout, group, tables, q_keys, q_tags, step, stat
         stats[t] = stats[t].at[STAT_INDEX["resident"]].set(tables[t].counters[0])
         refused = jnp.maximum(refused, (res.status[5] > 0).astype(jnp.int32))
     with jax.named_scope("stage_gather"):
-        # each entry has a slot in its own table only (-1 in the others)
+        # each entry has a slot in its own table only (-1 in the others);
+        # every slot is find_or_insert's for that table: in range or -1,
+        # so gather_tagged has no bad slot to report
         rows = _ops.gather_tagged(q_tags, jnp.max(jnp.stack(slots), axis=0),
                                   [tables[t].values for t in group])
     return rows, jnp.stack(slots), refused

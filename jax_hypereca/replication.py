@@ -104,7 +104,7 @@ def with_hot_rows(layout: Layout, group, hot, hot_slots, cold, batch: int):
     parts = []
     for t, start, n in layout.segments(group, batch):
         seg = lax.dynamic_slice_in_dim(hot_slots, start, n)
-        if t in hot:
+        if t in hot:  # seg: find_slots of this very fold, so in range or -1
             parts.append(gather(hot[t], seg).astype(jnp.float32))
         else:
             parts.append(jnp.zeros((n, cold.shape[1]), jnp.float32))

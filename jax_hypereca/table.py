@@ -30,7 +30,8 @@ from jax_hypereca import _ops
 from jax_hypereca._native import CONSTANTS
 from jax_hypereca.errors import (
     EMPTY_KEY, ERASED_KEY, PADDING_ID, TableFullError, apply_status_dict, check_ids,
-    insert_status_dict, raise_for_apply_status, raise_for_insert_status)
+    insert_status_dict, raise_for_apply_status, raise_for_gather_status,
+    raise_for_insert_status)
 from jax_hypereca.initializers import Initializer, default_initializer
 from jax_hypereca.optim import Optimizer, RowwiseAdagrad
 
@@ -216,9 +217,23 @@ def find_or_insert(spec: TableSpec, state: TableState, ids, *, step, pin_from=No
     return TableState(*table), InsertResult(out.slots, out.found, evicted, out.status)
 
 
-def gather(state: TableState, slots) -> jax.Array:
-    """Rows at `slots` (n,) -> (n, dim) in the storage dtype; slot -1 -> zeros."""
-    return _ops.gather(state.values, slots)
+def gather(state: TableState, slots, *, with_status: bool = False):
+    """Rows at `slots` (n,) -> (n, dim) in the storage dtype.
+
+    Slot -1 means "no row" (padding, a miss of find_slots, a refused insert)
+    and gives zeros. Any other slot outside [0, rows) is a misuse: its row
+    comes back zero and it is counted. Called eagerly, that count raises
+    SlotOutOfRangeError (naming it and the table's rows). Under jit it cannot
+    be raised inside the trace: pass ``with_status=True`` to get
+    ``(rows, bad_slots ())`` and check it after the call with
+    errors.raise_for_gather_status (without it a traced call returns the rows
+    only)."""
+    rows, bad = _ops.gather(state.values, slots)
+    if with_status:
+        return rows, bad
+    if not isinstance(bad, jax.core.Tracer):
+        raise_for_gather_status(bad, slots, rows=state.capacity)
+    return rows
 
 
 def find(spec: TableSpec, state: TableState, ids, *, miss_init: bool = False):
@@ -396,5 +411,5 @@ __all__ = [
     "gather", "find", "find_slots", "apply_gradients", "erase", "erase_if", "export",
     "export_keys", "import_rows", "grow",
     "check_ids", "insert_status_dict", "apply_status_dict", "raise_for_insert_status",
-    "raise_for_apply_status",
+    "raise_for_apply_status", "raise_for_gather_status",
 ]

@@ -509,6 +509,19 @@ class _TrainLog:
         self.mark = time.perf_counter()
 
 
+def resume(ckpt: CheckpointManager, template: h.TrainState, collection
+           ) -> tuple[h.TrainState, int]:
+    """The newest readable checkpoint (an unreadable one is skipped with a
+    warning, see CheckpointManager.restore) and its step; says which."""
+    latest = ckpt.latest_step()
+    state, _ = ckpt.restore(template, collection)
+    step = int(np.asarray(state.step.addressable_shards[0].data))
+    if jax.process_index() == 0:
+        skipped = "" if step == latest else f" (the latest, step {latest}, cannot be read)"
+        print(f"resumed from step {step} of {ckpt.directory}{skipped}", flush=True)
+    return state, step
+
+
 def train(cfg: TrainConfig) -> dict:
     """Runs the training described by `cfg`; returns the summary record."""
     t_start = time.perf_counter()
@@ -533,8 +546,7 @@ def train(cfg: TrainConfig) -> dict:
                                   jax.tree.map(lambda x: x[:cfg.batch // nproc], eval_set))
     start = 0
     if cfg.resume and ckpt.latest_step() is not None:
-        state, _ = ckpt.restore(state, trainer.collection)
-        start = int(np.asarray(state.step.addressable_shards[0].data))
+        state, start = resume(ckpt, state, trainer.collection)
     mlog = MetricsLog(out_dir / "metrics.jsonl", append=cfg.resume, enabled=pid == 0)
     mlog.emit("config", step=start, config=dataclasses.asdict(cfg), model=dataclasses.asdict(
         mcfg), source=source.describe(), devices=mesh.size, processes=nproc,

@@ -2,7 +2,9 @@
 with equal eval logits, a snapshot of the step it was taken at even while
 training goes on, and atomic (a crash mid-save leaves the last good one)."""
 
+import logging
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -489,3 +491,90 @@ def test_grown_evicting_tables_with_a_hot_fold_restore_onto_more_devices(tmp_pat
     assert int(restored.step) == 12 and np.isfinite(losses).all()
     after = rows_by_key(restored)["a"]
     assert all(not np.array_equal(after[k][:8], want_rows["a"][k][:8]) for k in range(1, 9))
+
+
+# ------------------------------------------- damaged checkpoints
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory, batches):
+    """A directory with the checkpoints of steps 2 and 4, and what each holds
+    (params["w"], rows by key)."""
+    directory = tmp_path_factory.mktemp("two") / "ck"
+    coll = collection_on(8)
+    step = coll.make_train_step(tc.head_loss, TX)
+    state = coll.init_train_state(tc.init_params(), TX)
+    ckpt, held = CheckpointManager(directory), {}
+    for i, b in enumerate(batches[:4], start=1):
+        state, _ = step(state, b)
+        if i in (2, 4):
+            held[i] = (np.asarray(state.params["w"]).copy(), rows_by_key(state))
+            ckpt.save(state, coll)
+            ckpt.wait()
+    ckpt.close()
+    return directory, held
+
+
+def damage(directory, step: int, how: str):
+    """Truncates or flips a byte of every table data file of `step`, or
+    truncates its metadata file."""
+    if how == "truncated meta":
+        files = [directory / str(step) / "meta" / "metadata"]
+    else:
+        files = [p for p in (directory / str(step) / "tables").rglob("*")
+                 if p.is_file() and p.parent.name == "d"]
+    assert files
+    for p in files:
+        data = bytearray(p.read_bytes())
+        if how == "flipped data":
+            data[len(data) // 2] ^= 0xFF
+        else:
+            del data[len(data) // 2:]
+        p.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["truncated data", "flipped data", "truncated meta"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, two_checkpoints,
+                                                                     how, caplog):
+    src, held = two_checkpoints
+    directory = tmp_path / "ck"
+    shutil.copytree(src, directory)
+    damage(directory, 4, how)
+    ckpt = CheckpointManager(directory)
+    assert ckpt.latest_step() == 4
+    coll = collection_on(8)
+    with pytest.raises(CheckpointError, match=rf"^checkpoint step 4 in {directory} cannot be "
+                                              rf"read: \w+"):
+        ckpt.restore(coll.init_train_state(tc.init_params(), TX), coll, step=4)
+    assert ckpt.read()[2]["step"] == 2  # the host reader falls back the same way
+    assert ckpt.all_steps() == [2, 4]  # and leaves the directory alone
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="jax_hypereca"):
+        state, _ = ckpt.restore(coll.init_train_state(tc.init_params(), TX), coll)
+    assert int(state.step) == 2
+    np.testing.assert_array_equal(np.asarray(state.params["w"]), held[2][0])
+    got, want = rows_by_key(state), held[2][1]
+    for name in want:
+        assert got[name].keys() == want[name].keys()
+        for k in want[name]:
+            np.testing.assert_array_equal(got[name][k], want[name][k])
+    (record,) = [r for r in caplog.records if "cannot be read" in r.getMessage()]
+    msg = record.getMessage()
+    assert msg.startswith(f"checkpoint step 4 in {directory} cannot be read (")
+    assert msg.endswith("; falling back to step 2") and "Error" in msg
+    # moved out of the step sequence, so that the resumed run's saves of
+    # steps up to 4 are not skipped by Orbax
+    assert ckpt.all_steps() == [2] and (directory / "4.unreadable").is_dir()
+
+
+def test_no_readable_checkpoint_names_every_step_tried(tmp_path, two_checkpoints):
+    src, _ = two_checkpoints
+    directory = tmp_path / "ck"
+    shutil.copytree(src, directory)
+    damage(directory, 4, "flipped data")
+    damage(directory, 2, "truncated meta")
+    coll = collection_on(8)
+    with pytest.raises(CheckpointError) as info:
+        CheckpointManager(directory).restore(coll.init_train_state(tc.init_params(), TX), coll)
+    msg = str(info.value)
+    assert msg.startswith(f"no checkpoint in {directory} can be read: step 4: ")
+    assert "; step 2: JSONDecodeError: " in msg and "truncated or corrupt" in msg
+    assert CheckpointManager(directory).all_steps() == [2, 4]  # nothing moved

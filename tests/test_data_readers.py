@@ -5,6 +5,7 @@ import gzip
 import logging
 import os
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -214,6 +215,43 @@ def test_warnings_are_rate_limited(tmp_path, raw_train, caplog):
     assert stream.stats.lines_skipped == 25 and len(stream.stats.examples) == 10
     assert len(caplog.records) == 11
     assert "25 malformed lines in total" in caplog.records[-1].getMessage()
+
+
+def test_truncated_gzip_names_file_and_last_line(tmp_path, raw_train):
+    data = raw_train.read_bytes()
+    packed = gzip.compress(data)
+    path = tmp_path / "day_0.gz"
+    path.write_bytes(packed[:len(packed) // 2])
+    # the lines a decompressor recovers from the truncated stream
+    whole_lines = zlib.decompressobj(wbits=31).decompress(packed[:len(packed) // 2]).count(b"\n")
+    assert 0 < whole_lines < 100
+    with pytest.raises(CriteoFormatError) as info:
+        list(criteo.iter_batches(path, 8))
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: ") and "truncated" in msg
+    assert f"after line {whole_lines} " in msg
+    assert isinstance(info.value.__cause__, EOFError)
+
+
+def test_truncated_gzip_header_is_a_format_error(tmp_path, raw_train):
+    path = tmp_path / "day_0.gz"
+    path.write_bytes(gzip.compress(raw_train.read_bytes())[:12])
+    with pytest.raises(DataFormatError, match=rf"^{path}: .*truncated.*after line 0 "):
+        list(criteo.iter_batches(path, 8))
+
+
+def test_huge_malformed_line_is_logged_as_a_short_excerpt(tmp_path, raw_train, caplog):
+    path = tmp_path / "huge.tsv"
+    good = raw_train.read_bytes().split(b"\n")[0]
+    path.write_bytes(good + b"\n" + b"\xff" * (1 << 20) + b"\n")
+    stream = criteo.iter_batches(path, 8)
+    with caplog.at_level(logging.WARNING, logger="jax_hypereca.data.criteo"):
+        assert len(read_all(stream)) == 1
+    (record,) = caplog.records
+    msg = record.getMessage()
+    assert f"{path}:2: label: not a number: " in msg
+    assert msg.endswith("... (1048576 bytes)") and len(msg) < len(str(path)) + 200
+    assert len(stream.stats.examples[0][2]) < 200
 
 
 def test_missing_path_raises_before_reading(tmp_path):

@@ -125,7 +125,7 @@ def _find_public(spec, state, ids, *, miss_init):
     return tbl.find(spec, state, ids, miss_init=miss_init)
 
 
-_gather = jax.jit(tbl.gather)
+_gather = jax.jit(functools.partial(tbl.gather, with_status=True))
 _apply = jax.jit(tbl.apply_gradients, static_argnums=(0,))
 _erase = jax.jit(tbl.erase, static_argnums=(0,))
 _erase_if = jax.jit(tbl.erase_if, static_argnums=(0,), static_argnames=("below", "at_least"))
@@ -222,7 +222,10 @@ class Pair:
     def gather(self, slots, what=""):
         slots = np.asarray(slots, np.int32)
         outs = self._both(lambda dev, st: _gather(st, put(slots, dev)))
-        self.same(outs[0], outs[1], f"{what}: gather")
+        self.same(outs[0][0], outs[1][0], f"{what}: gather")
+        assert_same(outs[0][1], outs[1][1], f"{what}: gather bad_slots")
+        expected = ((slots != -1) & ((slots < 0) | (slots >= self.ref.capacity))).sum()
+        assert int(outs[1][1]) == expected, f"{what}: gather bad_slots {outs[1][1]} != {expected}"
 
     def _run(self, fn, what):
         """fn(dev, state) -> (state, outputs) on both; outputs compared exactly."""
@@ -728,7 +731,8 @@ with jax.default_device(gpu):
                                            pin_from=put(np.int64(step - 1)), max_evictions=e)
             rows, found = h.find(spec, st, put(ids), miss_init=True)
             slots = np.concatenate([np.asarray(res.slots), [-1, cap, cap - 1]]).astype(np.int32)
-            got = h.gather(st, put(slots))
+            got, bad = h.gather(st, put(slots), with_status=True)
+            assert int(bad) == 1, int(bad)  # the slot `cap`
             grads = rng.normal(size=(len(slots), dim)).astype(np.float32)
             st, status = h.apply_gradients(spec, st, put(slots), put(grads), step=step)
             st, erased = h.erase(spec, st, put(ids[:cap // 4]))

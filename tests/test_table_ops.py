@@ -77,8 +77,30 @@ def test_find_and_gather_do_not_insert():
     np.testing.assert_array_equal(np.asarray(rows_init), h.init_rows(0, ids(3), 8,
                                                                     spec.initializer))
     assert h.counters_dict(st)["size"] == 2
-    g = np.asarray(h.gather(st, jnp.asarray([-1, int(r.slots[0]), 10**6], jnp.int32)))
-    assert not g[0].any() and not g[2].any() and g[1].any()
+    g = np.asarray(h.gather(st, jnp.asarray([-1, int(r.slots[0])], jnp.int32)))
+    assert not g[0].any() and g[1].any()  # -1: no row, zeros
+
+
+def test_gather_out_of_range_slots_raise_eagerly_and_are_counted_under_jit():
+    spec = spec_()
+    st, r = h.find_or_insert(spec, h.init_table(spec), ids(1, 2), step=1)
+    assert st.capacity == 1024
+    slots = jnp.asarray([int(r.slots[0]), 5000, -1, -7, 1023], jnp.int32)
+    with pytest.raises(h.SlotOutOfRangeError,
+                       match=r"gather: 2 of 5 slots are outside the table's 1024 rows "
+                             r"\(slots\[1\] = 5000; valid slots are 0\.\.1023, and -1"):
+        h.gather(st, slots)
+    assert issubclass(h.SlotOutOfRangeError, (h.HyperecaError, IndexError))
+    # under jit the count comes back for the caller to check
+    rows, bad = jax.jit(lambda s, x: h.gather(s, x, with_status=True))(st, slots)
+    assert int(bad) == 2
+    rows = np.asarray(rows)
+    assert rows[0].any() and not rows[1:4].any()
+    with pytest.raises(h.SlotOutOfRangeError, match="^table 't': gather: 2 of 5 slots"):
+        h.raise_for_gather_status(bad, slots, rows=st.capacity, table="t")
+    h.raise_for_gather_status(jnp.int64(0), slots, rows=st.capacity)
+    # a traced call without the status keeps working (rows only)
+    np.testing.assert_array_equal(np.asarray(jax.jit(h.gather)(st, slots)), rows)
 
 
 def test_lru_eviction_returns_the_oldest_row_with_its_state():

@@ -255,3 +255,32 @@ def test_large_presets_train_without_diverging(preset, tmp_path):
                "--no-progress"], tmp_path / "out")
     assert got["train"][-1]["loss"] < got["train"][0]["loss"] < 1.0
     assert got["eval"][-1]["logloss"] < 0.7
+
+
+def test_resume_skips_a_damaged_latest_checkpoint_and_says_where_it_resumed(tmp_path, capsys):
+    args = ["--preset", "tiny", "--batch", "256", "--steps", "4", "--eval-every", "4",
+            "--eval-size", "512", "--log-every", "2", "--no-progress", "--devices", "2",
+            "--bottom-mlp", "16", "--top-mlp", "8", "--checkpoint-every", "2",
+            "--checkpoint-dir", str(tmp_path / "ck")]
+    run(args, tmp_path / "first")
+    ck = tmp_path / "ck"
+    assert CheckpointManager(ck).all_steps() == [2, 4]
+    for p in (ck / "4" / "tables").rglob("*"):  # truncate the last step's table data
+        if p.is_file() and p.parent.name == "d":
+            p.write_bytes(p.read_bytes()[:len(p.read_bytes()) // 2])
+    capsys.readouterr()
+    resumed = run(args + ["--resume"], tmp_path / "second")
+    assert f"resumed from step 2 of {ck} (the latest, step 4, cannot be read)" in \
+        capsys.readouterr().out
+    assert resumed["config"][-1]["step"] == 2 and resumed["eval"][-1]["step"] == 4
+    # the damaged step was moved aside and the resumed run saved step 4 again
+    assert (ck / "4.unreadable").is_dir() and CheckpointManager(ck).read()[2]["step"] == 4
+    for p in (ck / "2").rglob("*"):  # neither step readable: a clear error, exit status 2
+        if p.is_file() and p.parent.name == "d":
+            p.write_bytes(b"")
+    for p in (ck / "4").rglob("*"):
+        if p.is_file() and p.parent.name == "d":
+            p.write_bytes(b"")
+    assert train.main(args + ["--resume", "--output-dir", str(tmp_path / "third")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: no checkpoint in {ck} can be read: step 4: " in err and "; step 2: " in err

@@ -103,9 +103,10 @@ struct GatherArgs {
   int64_t capacity = 0;
   int64_t dim = 0;
   ValueType value_type = ValueType::kF32;
-  const int32_t* slots = nullptr;  // (n,)
+  const int32_t* slots = nullptr;  // (n,) -1: no row (zeros)
   int64_t n = 0;
   void* rows = nullptr;            // (n, D)
+  int64_t* bad_slots = nullptr;    // () slots outside [-1, capacity) (zeros), counted
 };
 
 LaunchStatus Gather(const GatherArgs& a, cudaStream_t stream);

@@ -1,5 +1,7 @@
 // gather on CPU: rows of given slots (slot -1 or out of range -> zeros), from
-// one table or, tagged, from several.
+// one table or, tagged, from several. gather also counts the slots outside
+// [-1, capacity) (a caller's misuse, never a padding slot) so the Python layer
+// can raise with the numbers instead of handing back silent zero rows.
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -12,7 +14,8 @@ namespace hypereca::cpu {
 namespace {
 
 ffi::Error GatherImpl(ffi::ThreadPool pool, ffi::AnyBuffer values,
-                      ffi::BufferR1<ffi::S32> slots, ffi::Result<ffi::AnyBuffer> rows) {
+                      ffi::BufferR1<ffi::S32> slots, ffi::Result<ffi::AnyBuffer> rows,
+                      ffi::ResultBufferR0<ffi::S64> bad_slots) {
   auto vd = values.dimensions();
   const int64_t n = slots.dimensions()[0];
   if (vd.size() != 2 || rows->dimensions().size() != 2 || rows->dimensions()[0] != n ||
@@ -20,11 +23,14 @@ ffi::Error GatherImpl(ffi::ThreadPool pool, ffi::AnyBuffer values,
     return InvalidArgument("hypereca_gather: rows must be (n, dim) of the table's dtype");
   }
   const int64_t capacity = vd[0], dim = vd[1];
+  const int32_t* s = slots.typed_data();
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) bad += s[i] != -1 && (s[i] < 0 || s[i] >= capacity);
+  *bad_slots->typed_data() = bad;
   return DispatchValueType(values.element_type(), "hypereca_gather", [&](auto tag) {
     using T = decltype(tag);
     const T* v = reinterpret_cast<const T*>(values.untyped_data());
     T* out = reinterpret_cast<T*>(rows->untyped_data());
-    const int32_t* s = slots.typed_data();
     const int64_t tasks = NumTasks(pool, n * dim, 1 << 16);
     ParallelFor(pool, tasks, [&](int64_t t) {
       int64_t b, e;
@@ -96,8 +102,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
     xla::ffi::Ffi::Bind()
         .Ctx<xla::ffi::ThreadPool>()
         .Arg<xla::ffi::AnyBuffer>()                // values (C, D)
-        .Arg<xla::ffi::BufferR1<xla::ffi::S32>>()  // slots  (n,)
-        .Ret<xla::ffi::AnyBuffer>());              // rows   (n, D)
+        .Arg<xla::ffi::BufferR1<xla::ffi::S32>>()  // slots  (n,) -1: no row (zeros)
+        .Ret<xla::ffi::AnyBuffer>()                // rows   (n, D)
+        .Ret<xla::ffi::BufferR0<xla::ffi::S64>>());  // bad_slots () outside [-1, C): zeros
 // clang-format on
 
 // clang-format off

@@ -15,7 +15,8 @@ namespace hypereca::cuda {
 namespace {
 
 ffi::Error GatherImpl(cudaStream_t stream, ffi::AnyBuffer values,
-                      ffi::BufferR1<ffi::S32> slots, ffi::Result<ffi::AnyBuffer> rows) {
+                      ffi::BufferR1<ffi::S32> slots, ffi::Result<ffi::AnyBuffer> rows,
+                      ffi::ResultBufferR0<ffi::S64> bad_slots) {
   constexpr const char* kOp = "hypereca_gather";
   auto vd = values.dimensions();
   const int64_t n = slots.dimensions()[0];
@@ -33,6 +34,7 @@ ffi::Error GatherImpl(cudaStream_t stream, ffi::AnyBuffer values,
   a.slots = slots.typed_data();
   a.n = n;
   a.rows = rows->untyped_data();
+  a.bad_slots = bad_slots->typed_data();
   const LaunchStatus s = Gather(a, stream);
   if (!s.ok()) return CudaFailure(kOp, s);
   return ffi::Error::Success();
@@ -75,8 +77,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
     xla::ffi::Ffi::Bind()
         .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()
         .Arg<xla::ffi::AnyBuffer>()                // values (C, D)
-        .Arg<xla::ffi::BufferR1<xla::ffi::S32>>()  // slots  (n,)
-        .Ret<xla::ffi::AnyBuffer>());              // rows   (n, D)
+        .Arg<xla::ffi::BufferR1<xla::ffi::S32>>()  // slots  (n,) -1: no row (zeros)
+        .Ret<xla::ffi::AnyBuffer>()                // rows   (n, D)
+        .Ret<xla::ffi::BufferR0<xla::ffi::S64>>());  // bad_slots () outside [-1, C): zeros
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     HyperecaGatherTaggedCuda, hypereca::cuda::GatherTaggedImpl,

@@ -1,6 +1,6 @@
 // gather and gather_tagged on CUDA: rows of given slots (slot -1 or out of
 // range -> zeros), from one table or, tagged, from several, the same as
-// ffi/src/gather_cpu.cc. One thread per copy unit of the output (16 bytes when
+// ffi/src/gather_cpu.cc; gather also counts the slots outside [-1, capacity). One thread per copy unit of the output (16 bytes when
 // the row size and every buffer allow it), consecutive threads on consecutive
 // units of a row, so reads and writes are coalesced.
 #include <cuda_runtime.h>
@@ -15,10 +15,18 @@ namespace {
 
 constexpr int kGatherThreads = 256;
 
+__device__ __forceinline__ bool BadSlot(int64_t slot, int64_t capacity) {
+  return slot != -1 && (slot < 0 || slot >= capacity);
+}
+
+// The thread of a row's first unit counts the row's bad slot (once per row).
 template <typename V>
 __global__ void GatherKernel(const V* __restrict__ values, int64_t capacity,
                              int64_t units_per_row, const int32_t* __restrict__ slots,
-                             int64_t total_units, V* __restrict__ rows) {
+                             int64_t total_units, V* __restrict__ rows,
+                             unsigned long long* __restrict__ bad) {
+  __shared__ unsigned long long block_bad;
+  unsigned long long mine = 0;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
        i < total_units; i += stride) {
@@ -27,7 +35,22 @@ __global__ void GatherKernel(const V* __restrict__ values, int64_t capacity,
     const int64_t slot = slots[r];
     rows[i] = (slot >= 0 && slot < capacity) ? values[slot * units_per_row + u]
                                              : ZeroUnit<V>();
+    mine += u == 0 && BadSlot(slot, capacity);
   }
+  BlockAdd(&block_bad, mine, bad);  // every thread of the block gets here
+}
+
+// The count alone, for rows of zero bytes (nothing to copy).
+__global__ void CountBadSlotsKernel(int64_t capacity, const int32_t* __restrict__ slots,
+                                    int64_t n, unsigned long long* __restrict__ bad) {
+  __shared__ unsigned long long block_bad;
+  unsigned long long mine = 0;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < n;
+       r += stride) {
+    mine += BadSlot(slots[r], capacity);
+  }
+  BlockAdd(&block_bad, mine, bad);
 }
 
 // Tables of one gather_tagged launch: their pointers travel in the kernel's
@@ -70,9 +93,17 @@ __global__ void GatherTaggedKernel(TaggedTables t, const int32_t* __restrict__ t
 }  // namespace
 
 LaunchStatus Gather(const GatherArgs& a, cudaStream_t stream) {
+  auto* bad = reinterpret_cast<unsigned long long*>(a.bad_slots);
+  HYPERECA_CUDA_TRY(cudaMemsetAsync(bad, 0, 8, stream), "clearing the gather bad-slot count");
   const int64_t row_bytes = a.dim * static_cast<int64_t>(ValueBytes(a.value_type));
   const int64_t total_bytes = row_bytes * a.n;
-  if (total_bytes == 0) return {};
+  if (a.n == 0) return {};
+  if (total_bytes == 0) {
+    CountBadSlotsKernel<<<GridFor(a.n, kGatherThreads), kGatherThreads, 0, stream>>>(
+        a.capacity, a.slots, a.n, bad);
+    HYPERECA_CUDA_LAUNCHED("launching the gather bad-slot count kernel");
+    return {};
+  }
   const int unit = CopyUnitBytes(row_bytes, static_cast<int>(ValueBytes(a.value_type)),
                                  a.values, a.rows);
   return DispatchValueAndUnit(a.value_type, unit, [&](auto, auto unit_tag) -> LaunchStatus {
@@ -81,7 +112,7 @@ LaunchStatus Gather(const GatherArgs& a, cudaStream_t stream) {
     const int64_t total = units_per_row * a.n;
     GatherKernel<V><<<GridFor(total, kGatherThreads), kGatherThreads, 0, stream>>>(
         static_cast<const V*>(a.values), a.capacity, units_per_row, a.slots, total,
-        static_cast<V*>(a.rows));
+        static_cast<V*>(a.rows), bad);
     HYPERECA_CUDA_LAUNCHED("launching the gather kernel");
     return {};
   });

@@ -30,6 +30,7 @@ import itertools
 import logging
 import os
 import re
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -42,6 +43,7 @@ PAD_ID = -1
 CHUNK_LINES = 4096
 MAX_LOGGED_ERRORS = 10
 MAX_ERROR_EXAMPLES = 10
+MAX_CELL_CHARS = 100
 ON_ERROR_CHOICES = ("skip", "raise")
 
 CRITEO_DENSE = tuple(f"I{i}" for i in range(1, 14))
@@ -178,7 +180,12 @@ class Layout:
 
 
 def _cell_text(value: bytes) -> str:
-    return repr(value.decode("utf-8", "replace"))
+    """The cell quoted for a message; past MAX_CELL_CHARS cut, with its length
+    in bytes (a corrupt line can be megabytes of one undecodable cell)."""
+    text = repr(value.decode("utf-8", "replace"))
+    if len(text) <= MAX_CELL_CHARS:
+        return text
+    return f"{text[:MAX_CELL_CHARS]}... ({len(value)} bytes)"
 
 
 def _first_bad(block: np.ndarray, bad: np.ndarray, names: Sequence[str], what: str,
@@ -288,6 +295,28 @@ def open_binary(path: Path):
     return gzip.open(path, "rb") if is_gzip else open(path, "rb")
 
 
+def _numbered_lines(path: Path, handle, error_type: type[DataFormatError]
+                    ) -> Iterator[tuple[int, bytes]]:
+    """``(line number, line)`` of an open file from line 1.  A gzip file that
+    ends early or does not decompress raises ``error_type`` naming the file
+    and the last line read (instead of a bare EOFError / zlib.error)."""
+    number = 0
+    try:
+        for number, line in enumerate(handle, start=1):
+            yield number, line
+    except EOFError as err:
+        raise error_type(
+            f"{path}: truncated: the gzip stream ended before its end-of-stream marker "
+            f"after line {number} (the last line read; what followed is lost). Re-copy or "
+            f"re-compress the file (`gzip -t {path}` checks it) or leave it out of the "
+            f"input.") from err
+    except (gzip.BadGzipFile, zlib.error) as err:
+        raise error_type(
+            f"{path}: corrupt gzip data after line {number} (the last line read): {err}. "
+            f"Re-copy or re-compress the file (`gzip -t {path}` checks it) or leave it out "
+            f"of the input.") from err
+
+
 # ---------------------------------------------------------------------------
 # Streaming
 # ---------------------------------------------------------------------------
@@ -395,13 +424,13 @@ def _shard_chunks(files: Sequence[Path], layouts: Sequence[Layout], shard_index:
     data_line = 0
     for path in files:
         with open_binary(path) as handle:
-            first = handle.readline()
-            if not first:
+            numbered = _numbered_lines(path, handle, layouts[0].error_type)
+            first = next(numbered, None)
+            if first is None:
                 continue
-            layout = _choose_layout(layouts, path, first)
-            numbered = enumerate(handle, start=2)
+            layout = _choose_layout(layouts, path, first[1])
             if not layout.header:
-                numbered = itertools.chain([(1, first)], numbered)
+                numbered = itertools.chain([first], numbered)
             line_numbers, lines = [], []
             for number, line in numbered:
                 if data_line % num_shards == shard_index:
