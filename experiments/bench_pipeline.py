@@ -219,6 +219,8 @@ def profile(setup: Setup, args, out, depth: int) -> dict:
     batch = trainer.prepare(next(setup.source.train_batches(20_000)))
     hlo = trainer.step_fn.lower(setup.states[depth], batch).compile().as_text()
     trace_dir = pathlib.Path(args.trace_dir) / f"devices{setup.devices}"
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    (trace_dir / "step.hlo.txt").write_text(hlo)  # op names -> stages, for a closer look
     steps = 4
     gens = {depth: setup.source.train_batches(30_000)}
     jax.profiler.start_trace(str(trace_dir), create_perfetto_trace=True)

@@ -42,6 +42,7 @@ from jax_hypereca.data import DataFormatError, auc, logloss
 from models.config import PRESETS, ModelConfig, Preset, sparse_specs
 from models.data import CriteoSource, SyntheticSource
 from models.dlrm import DLRM
+from models.metrics_log import MetricsLog, TrainLog
 from models import optimizers as opts
 
 log = logging.getLogger("models.train")
@@ -327,51 +328,6 @@ class DenseTrainer:
         return {}
 
 
-# ----------------------------------------------------------------- metrics
-class MetricsLog:
-    """One JSONL file of metrics (written by process 0 only), kept in memory
-    too for the plot."""
-
-    def __init__(self, path: Path, *, append: bool, enabled: bool):
-        self.path = path
-        self.records: list[dict] = []
-        if enabled and append and path.exists():
-            with open(path) as fh:
-                self.records = [json.loads(line) for line in fh if line.strip()]
-        self._file = open(path, "a" if append else "w") if enabled else None
-
-    def emit(self, kind: str, **fields) -> dict:
-        record = {"kind": kind, **fields}
-        self.records.append(record)
-        if self._file:
-            self._file.write(json.dumps(record) + "\n")
-            self._file.flush()
-        return record
-
-    def close(self):
-        if self._file:
-            self._file.close()
-
-    def plot(self, path: Path) -> None:
-        """Train loss and eval AUC over steps, as a PNG."""
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        train = [r for r in self.records if r["kind"] == "train"]
-        evals = [r for r in self.records if r["kind"] == "eval"]
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-        a1.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
-        a1.plot([r["step"] for r in evals], [r["logloss"] for r in evals], "o-", label="eval")
-        a1.set(xlabel="step", ylabel="log loss", title="loss")
-        a1.legend()
-        a2.plot([r["step"] for r in evals], [r["auc"] for r in evals], "o-")
-        a2.set(xlabel="step", ylabel="AUC", title="eval AUC")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-
-
 def evaluate(trainer, state, eval_set: dict, batch: int) -> dict:
     """AUC and log loss of the model on the held-out set, `batch` samples at
     a time (every process calls it with the whole set)."""
@@ -449,7 +405,7 @@ def train_steps(cfg: TrainConfig, trainer, state: h.TrainState, start: int, sour
     loader thread (--prefetch ahead) and steps run --pipeline-depth ahead of
     their checks; the pipeline is flushed at each log, eval and checkpoint."""
     bar = _progress(cfg, start, enabled=jax.process_index() == 0)
-    log = _TrainLog(cfg, mlog, bar)
+    log = TrainLog(cfg, mlog, bar)
     res = None
     loader = h.prefetch(source.train_batches(start), cfg.prefetch, trainer.prepare,
                         name="train-loader")
@@ -473,53 +429,6 @@ def train_steps(cfg: TrainConfig, trainer, state: h.TrainState, start: int, sour
             log.resume()
     bar.close()
     return state, log.last, res
-
-
-class _TrainLog:
-    """Train lines of the metrics file (every --log-every steps: the mean loss
-    and samples/s over the steps since the last line, evals and checkpoints
-    not counted) and the progress bar."""
-
-    def __init__(self, cfg: TrainConfig, mlog: MetricsLog, bar):
-        self.cfg, self.mlog, self.bar = cfg, mlog, bar
-        self.losses: list[float] = []
-        self.busy, self.mark, self.last = 0.0, time.perf_counter(), None
-
-    def completed(self, metrics: list[dict], dispatched: int, res) -> None:
-        """Records checked steps; with none in flight (a flush), `dispatched`
-        is the last one's number."""
-        for m in metrics:
-            self.losses.append(m["loss"])
-            self.bar.update(self.cfg.batch)
-            self.bar.set_postfix(step=dispatched, loss=f"{m['loss']:.4f}",
-                                 auc=f"{res['auc']:.4f}" if res else "-", refresh=False)
-        done = dispatched
-        if metrics and (done % self.cfg.log_every == 0 or done == self.cfg.steps):
-            self.last = self.mlog.emit(
-                "train", step=done, loss=float(np.mean(self.losses)),
-                samples_per_s=len(self.losses) * self.cfg.batch / self.busy,
-                **{k: v for k, v in metrics[-1].items() if k not in ("loss", "step")})
-            self.losses, self.busy = [], 0.0
-
-    def pause(self) -> None:
-        """Counts the time since `resume` as training (data wait and steps)."""
-        self.busy += time.perf_counter() - self.mark
-
-    def resume(self) -> None:
-        self.mark = time.perf_counter()
-
-
-def resume(ckpt: CheckpointManager, template: h.TrainState, collection
-           ) -> tuple[h.TrainState, int]:
-    """The newest readable checkpoint (an unreadable one is skipped with a
-    warning, see CheckpointManager.restore) and its step; says which."""
-    latest = ckpt.latest_step()
-    state, _ = ckpt.restore(template, collection)
-    step = int(np.asarray(state.step.addressable_shards[0].data))
-    if jax.process_index() == 0:
-        skipped = "" if step == latest else f" (the latest, step {latest}, cannot be read)"
-        print(f"resumed from step {step} of {ckpt.directory}{skipped}", flush=True)
-    return state, step
 
 
 def train(cfg: TrainConfig) -> dict:

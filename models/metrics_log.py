@@ -1,0 +1,101 @@
+"""The train command's metrics: one JSONL file (and its plot) and the
+train lines written while the pipeline runs."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+class MetricsLog:
+    """One JSONL file of metrics (written by process 0 only), kept in memory
+    too for the plot."""
+
+    def __init__(self, path: Path, *, append: bool, enabled: bool):
+        self.path = path
+        self.records: list[dict] = []
+        if enabled and append and path.exists():
+            with open(path) as fh:
+                self.records = [json.loads(line) for line in fh if line.strip()]
+        self._file = open(path, "a" if append else "w") if enabled else None
+
+    def emit(self, kind: str, **fields) -> dict:
+        record = {"kind": kind, **fields}
+        self.records.append(record)
+        if self._file:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        return record
+
+    def close(self):
+        if self._file:
+            self._file.close()
+
+    def plot(self, path: Path) -> None:
+        """Train loss and eval AUC over steps, as a PNG."""
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        train = [r for r in self.records if r["kind"] == "train"]
+        evals = [r for r in self.records if r["kind"] == "eval"]
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        a1.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
+        a1.plot([r["step"] for r in evals], [r["logloss"] for r in evals], "o-", label="eval")
+        a1.set(xlabel="step", ylabel="log loss", title="loss")
+        a1.legend()
+        a2.plot([r["step"] for r in evals], [r["auc"] for r in evals], "o-")
+        a2.set(xlabel="step", ylabel="AUC", title="eval AUC")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
+
+class TrainLog:
+    """Train lines of the metrics file (every --log-every steps: the mean loss
+    and samples/s over the steps since the last line, evals and checkpoints
+    not counted) and the progress bar."""
+
+    def __init__(self, cfg, mlog: MetricsLog, bar):
+        self.cfg, self.mlog, self.bar = cfg, mlog, bar
+        self.losses: list[float] = []
+        self.busy, self.mark, self.last = 0.0, time.perf_counter(), None
+
+    def completed(self, metrics: list[dict], dispatched: int, res) -> None:
+        """Records checked steps; with none in flight (a flush), `dispatched`
+        is the last one's number."""
+        for m in metrics:
+            self.losses.append(m["loss"])
+            self.bar.update(self.cfg.batch)
+            self.bar.set_postfix(step=dispatched, loss=f"{m['loss']:.4f}",
+                                 auc=f"{res['auc']:.4f}" if res else "-", refresh=False)
+        done = dispatched
+        if metrics and (done % self.cfg.log_every == 0 or done == self.cfg.steps):
+            self.last = self.mlog.emit(
+                "train", step=done, loss=float(np.mean(self.losses)),
+                samples_per_s=len(self.losses) * self.cfg.batch / self.busy,
+                **{k: v for k, v in metrics[-1].items() if k not in ("loss", "step")})
+            self.losses, self.busy = [], 0.0
+
+    def pause(self) -> None:
+        """Counts the time since `resume` as training (data wait and steps)."""
+        self.busy += time.perf_counter() - self.mark
+
+    def resume(self) -> None:
+        self.mark = time.perf_counter()
+
+
+def resume(ckpt: CheckpointManager, template: h.TrainState, collection
+           ) -> tuple[h.TrainState, int]:
+    """The newest readable checkpoint (an unreadable one is skipped with a
+    warning, see CheckpointManager.restore) and its step; says which."""
+    latest = ckpt.latest_step()
+    state, _ = ckpt.restore(template, collection)
+    step = int(np.asarray(state.step.addressable_shards[0].data))
+    if jax.process_index() == 0:
+        skipped = "" if step == latest else f" (the latest, step {latest}, cannot be read)"
+        print(f"resumed from step {step} of {ckpt.directory}{skipped}", flush=True)
+    return state, step
