@@ -66,3 +66,21 @@ def test_pipeline_refuses_depth_zero():
     step = coll.make_train_step(golden_workload.head_loss, golden_workload.TX)
     with pytest.raises(ValueError, match="depth must be >= 1, got 0"):
         h.TrainPipeline(step, depth=0)
+
+
+def test_profile_attributes_compiled_ops_to_their_stage():
+    """bench_pipeline's breakdown reads each op's stage from the compiled
+    HLO's metadata (the stage_* named scopes)."""
+    import jax
+    import jax.numpy as jnp
+
+    from experiments.bench_pipeline import op_stages
+
+    def f(x):
+        with jax.named_scope("stage_dense"):
+            y = jnp.tanh(x @ x)
+        with jax.named_scope("stage_apply"):
+            return jnp.sort(y, axis=0)
+
+    stages = op_stages(jax.jit(f).lower(jnp.ones((8, 8))).compile().as_text())
+    assert {"dense", "apply"} <= set(stages.values())
