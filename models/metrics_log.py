@@ -86,16 +86,3 @@ class TrainLog:
 
     def resume(self) -> None:
         self.mark = time.perf_counter()
-
-
-def resume(ckpt: CheckpointManager, template: h.TrainState, collection
-           ) -> tuple[h.TrainState, int]:
-    """The newest readable checkpoint (an unreadable one is skipped with a
-    warning, see CheckpointManager.restore) and its step; says which."""
-    latest = ckpt.latest_step()
-    state, _ = ckpt.restore(template, collection)
-    step = int(np.asarray(state.step.addressable_shards[0].data))
-    if jax.process_index() == 0:
-        skipped = "" if step == latest else f" (the latest, step {latest}, cannot be read)"
-        print(f"resumed from step {step} of {ckpt.directory}{skipped}", flush=True)
-    return state, step
