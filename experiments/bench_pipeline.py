@@ -33,15 +33,14 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import os
 import gzip
 import json
+import os
 import pathlib
 import re
+import sys
 import time
 from collections import Counter
-
-import numpy as np
 
 from experiments.cli import mesh_bench_parser, use_fake_devices
 
@@ -241,7 +240,7 @@ def profile(setup: Setup, args, out, depth: int) -> dict:
 def main(argv=None) -> dict:
     args = parse(argv)
     use_fake_devices(args.devices)
-    if "jax" not in __import__("sys").modules:  # XLA:CPU per-op trace events
+    if "jax" not in sys.modules:  # XLA:CPU per-op trace events
         os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " " + TRACE_FLAG
 
     from experiments.harness import JsonLines, environment

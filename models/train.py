@@ -26,8 +26,6 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
-from typing import Iterator
 
 import jax
 import jax.numpy as jnp
