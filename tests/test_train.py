@@ -123,13 +123,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Small MLPs and few devices: these runs check the command's plumbing (processes,
+# checkpoints), and compiling the default model on 8 devices three times took a minute.
+SMALL = TINY + ["--bottom-mlp", "16", "--top-mlp", "8"]
+
+
 def test_two_processes_train_like_one(tmp_path):
-    single = run(TINY, tmp_path / "single")
+    single = run(SMALL + ["--devices", "4"], tmp_path / "single")
     env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)  # the command gives each process 8 / 2 CPU devices
+    env.pop("XLA_FLAGS", None)  # the command gives each process 4 / 2 CPU devices
     port, out = free_port(), tmp_path / "multi"
-    command = [sys.executable, "-m", "models.train", *TINY, "--output-dir", str(out),
-               "--devices", "8"]
+    command = [sys.executable, "-m", "models.train", *SMALL, "--output-dir", str(out),
+               "--devices", "4"]
     procs = [  # process 0 set up by flags, process 1 by the environment
         subprocess.Popen(command + ["--num-processes", "2", "--process-id", "0",
                                     "--coordinator", f"127.0.0.1:{port}"],
@@ -151,7 +156,7 @@ def test_two_processes_train_like_one(tmp_path):
     assert f"metrics: {out / 'metrics.jsonl'}" in outs[0]
     records = [json.loads(line) for line in open(out / "metrics.jsonl")]
     config = records[0]
-    assert config["processes"] == 2 and config["devices"] == 8
+    assert config["processes"] == 2 and config["devices"] == 4
     evals = [r for r in records if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [10, 20]
     for got, want in zip(evals, single["eval"]):  # the same global batches, the same model
@@ -211,7 +216,7 @@ def test_bad_input_fails_before_training(tmp_path, capsys):
 
 
 def test_resume_after_sigkill_ends_where_an_uninterrupted_run_does(tmp_path):
-    args = TINY + ["--checkpoint-every", "5"]
+    args = SMALL + ["--checkpoint-every", "5", "--devices", "2"]
     run(args + ["--checkpoint-dir", str(tmp_path / "ck_full")], tmp_path / "full")
     ck, log = tmp_path / "ck_killed", open(tmp_path / "killed.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "models.train", *args, "--checkpoint-dir",
