@@ -196,9 +196,9 @@ def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, 
         with jax.named_scope("stage_row_exchange"):
             back = layout.exchange.return_rows(rows.reshape(W, cap, -1), ax, W)
         with jax.named_scope("stage_pool"):
-            b = back.reshape(W * cap, -1).astype(jnp.float32)
-            cold = jnp.where((position >= 0)[:, None],
-                             jnp.take(b, jnp.maximum(position, 0), axis=0), 0.0)
+            # zeros for hot ids and padding (position -1); every other
+            # position is bucketize's, inside the buffer: no bad slot
+            cold, _ = _ops.gather(back.reshape(W * cap, -1).astype(jnp.float32), position)
             urows.append(with_hot_rows(layout, group, hot, hot_slots, cold, batch))
     if train:
         # An id refused a row (its bucket is full of this step's rows): nothing
