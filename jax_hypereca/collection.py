@@ -428,4 +428,4 @@ class EmbeddingCollection:
 
 
 def _ctx_spec(axis):
-    return TableContext(P(axis), P(axis), P(axis), P(axis))
+    return TableContext(P(axis), P(axis), P(axis), P(axis), P(axis))

@@ -1,6 +1,8 @@
 """I2 on a device mesh: the sharded collection trained for 100 steps equals an
 independent single-device reference written in plain jnp + optax."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -200,6 +202,12 @@ def test_compiled_step_holds_exactly_the_designed_collectives(batches):
     assert any(shape == "s32[]" for shape in reduces)
     table_rows = {str(s.shard_geometry(8)[0]) for s in table_specs(h.SGD())}
     assert not any(r in shape for shape in reduces for r in table_rows), reduces
+    # the pooling's transpose: one row scatter-add per round of features (round
+    # k = the k-th feature of each table): fa + fc, then fa3 in group (a, c);
+    # fb in group (b,). Autodiff made one (unique ids, dim) buffer per feature.
+    hlo = step.lower(state, batch).compile().as_text()
+    adds = re.findall(r"= f32\[(\d+),(\d+)\]\{[^}]*\} scatter\(", hlo)
+    assert sorted(int(d) for _, d in adds) == [4, 8, 8], adds
 
 
 def test_capacity_overflow_is_rerun_without_double_apply(batches, ref_adagrad):
