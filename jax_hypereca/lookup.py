@@ -52,7 +52,7 @@ class TableContext(NamedTuple):
 
 
 def _pool_rows(feature: FeatureSpec, r, inverse, weights, batch: int, *, masked: bool = True):
-    """The feature's gathered rows r ([b * L, D], one per id position, any row
+    """The feature's gathered rows r ([b, L, D], one per id position, any row
     at a padding position) -> its output ([b, D] or [b, L, D]). With
     ``masked`` false the rows at padding positions are not zeroed (for the
     transpose, which drops those positions anyway)."""
@@ -61,7 +61,6 @@ def _pool_rows(feature: FeatureSpec, r, inverse, weights, batch: int, *, masked:
     w = valid.astype(jnp.float32)
     if weights is not None:
         w = w * weights.reshape(batch, L)
-    r = r.reshape(batch, L, -1)
     if masked or weights is not None:
         r = r * w[..., None]
     if feature.pooling == "none":
@@ -82,24 +81,39 @@ def _feature_slices(layout: Layout, group, batch: int):
     return out
 
 
+def _batch_major(parts, batch: int):
+    """Per-feature [b * L_f] or [b, L_f, ...] pieces -> one [b, sum L_f, ...]
+    array: the layout in which the model stacks its features (so XLA can fold
+    the model's stack and our split into plain slices, both ways)."""
+    parts = [x.reshape(batch, -1) if x.ndim == 1 else x for x in parts]
+    return jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+
+
 def _pool_group(layout: Layout, group, urows, inverse, weights, batch: int):
-    """Every feature of the group from its unique rows (one gather for all)."""
-    r = jnp.take(urows, jnp.maximum(inverse, 0), axis=0)
-    return {f.name: _pool_rows(f, r[start:start + n], inverse[start:start + n],
-                               weights.get(f.name) if f.weighted else None, batch)
-            for f, start, n in _feature_slices(layout, group, batch)}
+    """Every feature of the group from its unique rows (one gather for all,
+    batch-major)."""
+    slices = _feature_slices(layout, group, batch)
+    idx = _batch_major([inverse[start:start + n] for _, start, n in slices], batch)
+    r = jnp.take(urows, jnp.maximum(idx, 0), axis=0)
+    out, col = {}, 0
+    for f, start, n in slices:
+        out[f.name] = _pool_rows(f, r[:, col:col + f.max_ids], inverse[start:start + n],
+                                 weights.get(f.name) if f.weighted else None, batch)
+        col += f.max_ids
+    return out
 
 
 def _pool_group_grad(layout: Layout, group, grads, inverse, weights, batch: int, n_unique: int):
     """The transpose of _pool_group: d loss / d outputs -> d loss / d unique
     rows. Each feature's pooling is differentiated on its own (the cotangent
     of its gathered rows); then one scatter-add per round sums them per
-    unique id in position order, where round k holds the k-th feature of
-    every table (features of different tables touch disjoint unique ids).
-    Autodiff of the per-feature gathers would instead materialize and add one
-    (n_unique, D) buffer per feature: 26 for Criteo, most of the step's
-    embedding time on XLA:CPU. With one or two features per table the sums
-    are bit for bit those of autodiff (IEEE addition commutes)."""
+    unique id, where round k holds the k-th feature of every table (features
+    of different tables touch disjoint unique ids, so within a round each
+    id's terms are added in (sample, bag position) order whatever the
+    layout). Autodiff of the per-feature gathers would instead materialize
+    and add one (n_unique, D) buffer per feature: 26 for Criteo, most of the
+    step's embedding time on XLA:CPU. With one or two features per table the
+    sums are bit for bit those of autodiff (IEEE addition commutes)."""
     ax, dim = layout.axis, layout.spec(group[0]).dim
     rounds: list[tuple[list, list]] = []
     seen: dict[str, int] = {}
@@ -108,7 +122,7 @@ def _pool_group_grad(layout: Layout, group, grads, inverse, weights, batch: int,
         inv = inverse[start:start + n]
         # The linearization point must vary over the axis like the data: an
         # axis-invariant one would make the transpose psum the gradients.
-        zero = lax.pcast(jnp.zeros((n, dim), jnp.float32), ax, to="varying")
+        zero = lax.pcast(jnp.zeros((batch, f.max_ids, dim), jnp.float32), ax, to="varying")
         # padding positions are dropped below, so the 0/1 mask need not
         # multiply the cotangent (x * 1 == x: the same bits, one pass fewer)
         _, vjp = jax.vjp(lambda r, f=f, inv=inv, w=w: _pool_rows(f, r, inv, w, batch,
@@ -120,8 +134,8 @@ def _pool_group_grad(layout: Layout, group, grads, inverse, weights, batch: int,
         rounds[k][1].append(jnp.where(inv >= 0, inv, n_unique))
     total = None
     for cts, idx in rounds:
-        part = jnp.zeros((n_unique, dim), jnp.float32).at[jnp.concatenate(idx)].add(
-            jnp.concatenate(cts), mode="drop")
+        part = jnp.zeros((n_unique, dim), jnp.float32).at[_batch_major(idx, batch)].add(
+            _batch_major(cts, batch), mode="drop")
         total = part if total is None else total + part
     return total
 
