@@ -244,12 +244,16 @@ def _insert_and_gather(layout: Layout, group, tables, q_keys, q_tags, step, stat
     slots = []
     for i, t in enumerate(group):
         with jax.named_scope("stage_find_or_insert"):
-            # An id arrives once from each device that looked it up: the owner
-            # looks it up once, so its scores count steps whatever the mesh.
-            q, inv, _ = _ops.unique(jnp.where(q_tags == i, q_keys, PADDING_ID))
+            q, inv = jnp.where(q_tags == i, q_keys, PADDING_ID), None
+            if layout.num_shards > 1:
+                # An id arrives once from each device that looked it up: the owner
+                # looks it up once, so its scores count steps whatever the mesh.
+                # (On one device each id came once: deduplicated locally.)
+                q, inv, _ = _ops.unique(q)
             tables[t], res = find_or_insert(layout.spec(t), tables[t], q, step=step,
                                             pin_from=None if layout.evict else 0)
-            slots.append(jnp.where(inv >= 0, res.slots[jnp.maximum(inv, 0)], -1))
+            slots.append(res.slots if inv is None else
+                         jnp.where(inv >= 0, res.slots[jnp.maximum(inv, 0)], -1))
         stats[t] = stats[t].at[STAT_INDEX["queries"]:STAT_INDEX["failed"] + 1].set(res.status[:6])
         stats[t] = stats[t].at[STAT_INDEX["resident"]].set(tables[t].counters[0])
         refused = jnp.maximum(refused, (res.status[5] > 0).astype(jnp.int32))
