@@ -12,7 +12,9 @@ first size: a growth recompiles the step, which is not what this measures);
 rows past a capacity are evicted and counted.
 
 Per device count (1 and --devices), interleaved in one run: samples/s of the
-dense-only model (no tables), of the synchronous step (each step's
+dense-only model (no tables), of the full model's dense part alone (the same
+network as the sparse model, embeddings a fixed input: the ceiling of a
+sparse step, dense_ceiling.py), of the synchronous step (each step's
 statistics read before the next is dispatched, batches prepared in the main
 thread: the loop before the pipeline) and of the pipeline at depths 1-3
 (batches prepared by the loader thread, stage A; steps `depth` ahead of
@@ -24,7 +26,8 @@ attributed to the step's stages by the ``stage_*`` named scopes of
 lookup.py and steps.py (HLO metadata), the host's by its Python functions.
 
 Last line: the summary with ``vs_dense_only`` (pipelined samples/s at the
-best depth / dense-only, 1 device), ``pipeline_speedup`` (best pipelined /
+best depth / dense-only, 1 device), ``vs_dense_part`` (the same / the full
+model's dense part alone), ``pipeline_speedup`` (best pipelined /
 synchronous, 1 device), ``host_stage_headroom`` (stage A alone / pipelined)
 and the per-stage breakdown (milliseconds per step, 1 device).
 """
@@ -45,6 +48,7 @@ from collections import Counter
 from experiments.cli import mesh_bench_parser, use_fake_devices
 
 DEPTHS = (1, 2, 3)
+WARMUP_ROUNDS = 6  # of 3 steps each, until one compiles no new program
 TRACE_FLAG = "--xla_cpu_enable_xprof_traceme=true"
 
 
@@ -67,6 +71,7 @@ class Setup:
     devices: int
     sparse: dict          # depth -> SparseTrainer (depth 0: the synchronous step)
     dense: object
+    ceiling: object       # the full model's dense part alone (dense_ceiling.py)
     states: dict
     source: object
     rows: int
@@ -80,6 +85,8 @@ def build(args, n: int) -> Setup:
     from models.data import SyntheticSource
     from models.dlrm import DLRM
     from models.train import DenseTrainer, SparseTrainer
+
+    from experiments.dense_ceiling import FixedEmbeddingTrainer
 
     base = PRESETS["criteo-kaggle"]
     preset = dataclasses.replace(base, vocab_sizes=tuple(min(v, args.max_vocab)
@@ -106,7 +113,9 @@ def build(args, n: int) -> Setup:
     dense_model = DLRM(config=mcfg, features=())
     dense = DenseTrainer(dense_model, mesh, dense_tx)
     states["dense"] = dense.init_state(dense_model.init(jax.random.PRNGKey(0), sample)["params"])
-    return Setup(n, sparse, dense, states, source, rows)
+    ceiling = FixedEmbeddingTrainer(mcfg, len(features), args.batch, mesh, dense_tx)
+    states["ceiling"] = ceiling.init_state(sample["dense"])
+    return Setup(n, sparse, dense, ceiling, states, source, rows)
 
 
 def run_variant(setup: Setup, which, steps: int, gens: dict) -> float:
@@ -115,7 +124,7 @@ def run_variant(setup: Setup, which, steps: int, gens: dict) -> float:
     pipeline depth (batches prepared by the loader thread)."""
     import jax_hypereca as h
 
-    trainer = setup.dense if which == "dense" else setup.sparse[which]
+    trainer = {"dense": setup.dense, "ceiling": setup.ceiling}.get(which) or setup.sparse[which]
     fn = None if which == 0 else trainer.prepare
     state = setup.states[which]
     t0 = time.perf_counter()
@@ -134,24 +143,33 @@ def run_variant(setup: Setup, which, steps: int, gens: dict) -> float:
 
 def time_variants(setup: Setup, args, out) -> dict:
     """Samples/s of every variant, warmed up (compiled), then timed in turns."""
-    variants = ["dense", 0, *DEPTHS]
+    variants = ["dense", "ceiling", 0, *DEPTHS]
     gens = {v: setup.source.train_batches(0) for v in variants}
-    for v in variants:
-        run_variant(setup, v, 3, gens)
-    seconds = Counter()
+    programs = lambda v: setup.sparse[v].step_fn.programs if v in setup.sparse else 0
+    for v in variants:  # warm up until a few steps compile nothing new (capacities settled)
+        for _ in range(WARMUP_ROUNDS):
+            before = programs(v)
+            run_variant(setup, v, 3, gens)
+            if programs(v) == before:
+                break
+    seconds, compiles = Counter(), Counter()
     rounds = 2
     for _ in range(rounds):
         for v in variants:
+            before = programs(v)
             seconds[v] += run_variant(setup, v, args.steps // rounds, gens)
+            compiles[v] += programs(v) - before
     rates = {}
     for v in variants:
-        name = "dense_only" if v == "dense" else "synchronous" if v == 0 else f"depth_{v}"
+        name = {"dense": "dense_only", "ceiling": "dense_part_of_full_model",
+                0: "synchronous"}.get(v, f"depth_{v}")
         steps = rounds * (args.steps // rounds)
         rates[name] = steps * args.batch / seconds[v]
         out.emit({"bench": "pipeline_variant", "devices": setup.devices, "variant": name,
                   "samples_per_s": rates[name], "steps": steps, "batch": args.batch,
                   "seconds": seconds[v], "table_rows": setup.rows,
-                  "reruns": 0 if v == "dense" else setup.sparse[v].step_fn.retries})
+                  "reruns": setup.sparse[v].step_fn.retries if v in setup.sparse else 0,
+                  "compiles_while_timed": compiles[v]})
     return rates
 
 
@@ -257,6 +275,7 @@ def main(argv=None) -> dict:
         if n == 1:
             summary.update(
                 vs_dense_only=rates[f"depth_{best}"] / rates["dense_only"],
+                vs_dense_part=rates[f"depth_{best}"] / rates["dense_part_of_full_model"],
                 pipeline_speedup=rates[f"depth_{best}"] / rates["synchronous"],
                 host_stage_headroom=stage_a / rates[f"depth_{best}"], best_depth=best,
                 samples_per_s=rates, breakdown_ms=table)

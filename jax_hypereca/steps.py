@@ -142,6 +142,12 @@ class ShardedTrainStep:
         self._compiled: dict[Layout, Callable] = {}
         self.retries = 0
 
+    @property
+    def programs(self) -> int:
+        """Step programs compiled so far (one per exchange layout: capacities
+        raised after an overflow or re-fitted, a table grown, a new hot fold)."""
+        return len(self._compiled)
+
     def _build(self, layout: Layout):
         fwd = self.c.forward_fn(layout, train=True)
         bwd = self.c.backward_fn(layout)
