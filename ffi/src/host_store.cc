@@ -15,7 +15,6 @@ namespace {
 
 constexpr uint64_t kHostSalt = 0x484f5354ull;  // "HOST": independent of the owner hash
 constexpr int kChunk = 32;                     // keys whose cache misses overlap
-constexpr int64_t kMinKeysPerThread = 16384;   // below this a call runs on one thread
 constexpr int kCursorShift = 40;               // export cursor: partition << 40 | position
 constexpr int64_t kMinCapacity = 64;           // rows of a partition's first allocation
 
@@ -71,7 +70,7 @@ int32_t PartitionOf(uint64_t h, int partitions) {
 }
 
 // Up to kChunk query keys of one thread: query index, hash, partition
-// (-1 for padding) and a position filled by the passes.
+// (-1 for padding) and a position filled by the probe stage.
 struct Chunk {
   int64_t idx[kChunk];
   uint64_t h[kChunk];
@@ -79,35 +78,6 @@ struct Chunk {
   int64_t pos[kChunk];
   int cnt = 0;
 };
-
-// Calls fn(chunk) on the keys thread t of `threads` owns, in call order:
-// those of partitions p with p % threads == t, and (thread 0) the padding.
-template <class Fn>
-void ForOwnChunks(const int64_t* keys, int64_t n, int t, int threads, int partitions,
-                  Fn&& fn) {
-  Chunk c;
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t k = keys[i];
-    uint64_t h = 0;
-    int32_t p = -1;
-    if (k != kEmptyKey) {
-      h = HostHash(k);
-      p = PartitionOf(h, partitions);
-      if (p % threads != t) continue;
-    } else if (t != 0) {
-      continue;
-    }
-    c.idx[c.cnt] = i;
-    c.h[c.cnt] = h;
-    c.part[c.cnt] = p;
-    ++c.cnt;
-    if (c.cnt == kChunk) {
-      fn(c);
-      c.cnt = 0;
-    }
-  }
-  if (c.cnt) fn(c);
-}
 
 }  // namespace
 
@@ -207,13 +177,57 @@ int64_t PartBytes(int64_t cap, int64_t stride) {
          cap * static_cast<int64_t>(sizeof(int64_t));
 }
 
+// Runs the keys thread t of `threads` owns -- those of partitions p with
+// p % threads == t, and (thread 0) the padding -- through three stages, in
+// chunks, so the cache misses of a chunk overlap with the work on the chunks
+// before it: (1) hash, prefetch the index slot; (2) probe(chunk): index work,
+// then prefetch the records; (3) finish(chunk): copy rows. Chunk k+1 is
+// probed before chunk k is finished; both stages see the chunks in call order.
+template <class Probe, class Finish>
+void Pipeline(const std::vector<HostStore::Partition>& parts, const int64_t* keys, int64_t n,
+              int t, int threads, Probe&& probe, Finish&& finish) {
+  const int partitions = static_cast<int>(parts.size());
+  Chunk ring[3];
+  int64_t full = 0;  // chunks filled so far; ring[full % 3] is being filled
+  auto advance = [&] {
+    if (full >= 1) probe(ring[(full - 1) % 3]);
+    if (full >= 2) finish(ring[(full - 2) % 3]);
+    ++full;
+    ring[full % 3].cnt = 0;
+  };
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t k = keys[i];
+    uint64_t h = 0;
+    int32_t p = -1;
+    if (k != kEmptyKey) {
+      h = HostHash(k);
+      p = PartitionOf(h, partitions);
+      if (threads > 1 && p % threads != t) continue;
+      __builtin_prefetch(parts[p].Home(h), 1, 1);
+    } else if (t != 0) {
+      continue;
+    }
+    Chunk& c = ring[full % 3];
+    c.idx[c.cnt] = i;
+    c.h[c.cnt] = h;
+    c.part[c.cnt] = p;
+    if (++c.cnt == kChunk) advance();
+  }
+  if (ring[full % 3].cnt) advance();
+  if (full >= 1) probe(ring[(full - 1) % 3]);
+  if (full >= 2) finish(ring[(full - 2) % 3]);
+  if (full >= 1) finish(ring[(full - 1) % 3]);
+}
+
 int64_t TotalBytes(const std::vector<HostStore::Partition>& parts, int64_t stride) {
   int64_t b = 0;
   for (const auto& p : parts) b += PartBytes(p.cap, stride);
   return b;
 }
 
-int ThreadsFor(int64_t n, int threads) { return n >= 2 * kMinKeysPerThread ? threads : 1; }
+int ThreadsFor(int64_t n, const HostStoreConfig& c) {
+  return n >= c.parallel_min_keys ? c.threads : 1;
+}
 
 // Record capacities after a put that adds at most misses[p] keys to partition
 // p: doubling, or exactly what is needed.
@@ -237,19 +251,44 @@ int64_t CapsBytes(const std::vector<int64_t>& caps, int64_t stride) {
   return b;
 }
 
-// Distinct keys per partition among those a put found absent (pos1 < 0).
-std::vector<int64_t> ExactMisses(const HostRowsIn& rows, const std::vector<int64_t>& pos1,
-                                 int partitions) {
-  std::vector<std::vector<int64_t>> per(partitions);
+// Keys of the call per partition: an upper bound of the keys a put adds.
+std::vector<int64_t> KeysPerPartition(const int64_t* keys, int64_t n, int partitions) {
+  std::vector<int64_t> count(partitions, 0);
+  for (int64_t i = 0; i < n; ++i) ++count[PartitionOf(HostHash(keys[i]), partitions)];
+  return count;
+}
+
+// Distinct values of `keys` (none equal to kEmptyKey), by a scratch hash set.
+int64_t CountDistinct(const std::vector<int64_t>& keys) {
+  uint64_t slots = 16;
+  while (slots < 2 * keys.size()) slots <<= 1;
+  std::vector<int64_t> set(slots, kEmptyKey);
+  int64_t distinct = 0;
+  for (int64_t k : keys) {
+    uint64_t i = Mix64(static_cast<uint64_t>(k)) & (slots - 1);
+    while (set[i] != kEmptyKey && set[i] != k) i = (i + 1) & (slots - 1);
+    if (set[i] == kEmptyKey) {
+      set[i] = k;
+      ++distinct;
+    }
+  }
+  return distinct;
+}
+
+// Replaces misses[p] (absent keys, duplicates counted each time) by the
+// number of distinct absent keys, for the partitions p with exact[p].
+void DedupMisses(const HostRowsIn& rows, const std::vector<int64_t>& pos1,
+                 const std::vector<bool>& exact, std::vector<int64_t>& misses) {
+  const int partitions = static_cast<int>(misses.size());
+  std::vector<std::vector<int64_t>> absent(partitions);
   for (int64_t i = 0; i < rows.n; ++i) {
-    if (pos1[i] < 0) per[PartitionOf(HostHash(rows.keys[i]), partitions)].push_back(rows.keys[i]);
+    if (pos1[i] >= 0) continue;
+    const int32_t p = PartitionOf(HostHash(rows.keys[i]), partitions);
+    if (exact[p]) absent[p].push_back(rows.keys[i]);
   }
-  std::vector<int64_t> misses(partitions);
   for (int p = 0; p < partitions; ++p) {
-    std::sort(per[p].begin(), per[p].end());
-    misses[p] = std::unique(per[p].begin(), per[p].end()) - per[p].begin();
+    if (exact[p]) misses[p] = CountDistinct(absent[p]);
   }
-  return misses;
 }
 
 // Where a record's fields sit, and copies between records and row arrays.
@@ -306,14 +345,16 @@ int64_t FirstReservedKey(const int64_t* keys, int64_t n, bool allow_padding) {
 HostStore::HostStore(const HostStoreConfig& config) : config_(config) {
   if (config.value_bytes <= 0 || config.state_width < 0 || config.memory_limit_bytes < 0 ||
       config.partitions < 1 || config.partitions > (1 << 16) || config.threads < 1 ||
-      config.threads > config.partitions) {
+      config.threads > config.partitions || config.parallel_min_keys < 1) {
     throw std::invalid_argument(
         "host store: need value_bytes > 0, state_width >= 0, memory_limit_bytes >= 0, "
-        "1 <= partitions <= 65536 and 1 <= threads <= partitions; got value_bytes=" +
+        "1 <= partitions <= 65536, 1 <= threads <= partitions and parallel_min_keys >= 1; "
+        "got value_bytes=" +
         std::to_string(config.value_bytes) + " state_width=" +
         std::to_string(config.state_width) + " memory_limit_bytes=" +
         std::to_string(config.memory_limit_bytes) + " partitions=" +
-        std::to_string(config.partitions) + " threads=" + std::to_string(config.threads));
+        std::to_string(config.partitions) + " threads=" + std::to_string(config.threads) +
+        " parallel_min_keys=" + std::to_string(config.parallel_min_keys));
   }
   stride_ = RoundUp(kValuesOff + RoundUp(config.value_bytes, 4) + 4 * config.state_width, 8);
   parts_.resize(config.partitions);
@@ -350,71 +391,84 @@ void HostStore::set_memory_limit_bytes(int64_t limit) {
   config_.memory_limit_bytes = limit;
 }
 
+// Where each key of a put is now (-1: absent) and, per partition, how many
+// distinct keys it adds; for the partitions that must grow only.
+std::vector<int64_t> HostStore::PlanPut(const HostRowsIn& rows, int threads,
+                                        std::vector<int64_t>& misses) {
+  const int P = config_.partitions;
+  std::vector<int64_t> pos1(rows.n);
+  std::fill(misses.begin(), misses.end(), 0);
+  RunThreads(threads, [&](int t) {
+    Pipeline(
+        parts_, rows.keys, rows.n, t, threads,
+        [&](Chunk& c) {
+          for (int j = 0; j < c.cnt; ++j) {
+            const int64_t pos = parts_[c.part[j]].Find(rows.keys[c.idx[j]], c.h[j]);
+            pos1[c.idx[j]] = pos;
+            misses[c.part[j]] += pos < 0;
+          }
+        },
+        [](Chunk&) {});
+  });
+  const std::vector<int64_t> tight = PlanCaps(parts_, misses, false);
+  std::vector<bool> grows(P);
+  for (int p = 0; p < P; ++p) grows[p] = tight[p] > parts_[p].cap;
+  DedupMisses(rows, pos1, grows, misses);
+  return pos1;
+}
+
 PutResult HostStore::Put(const HostRowsIn& rows) {
   CheckKeys(rows.keys, rows.n, /*allow_padding=*/false, "put");
   std::lock_guard<std::mutex> lock(mu_);
   const int64_t n = rows.n;
-  const int P = config_.partitions, T = ThreadsFor(n, config_.threads);
-  // Pass 1: where each key is now (-1: absent), and an upper bound of the new
-  // keys per partition (duplicates counted each time).
-  std::vector<int64_t> pos1(n), misses(P, 0);
-  RunThreads(T, [&](int t) {
-    ForOwnChunks(rows.keys, n, t, T, P, [&](Chunk& c) {
-      for (int j = 0; j < c.cnt; ++j) {
-        if (const Slot* s = parts_[c.part[j]].Home(c.h[j])) __builtin_prefetch(s, 0, 1);
-      }
-      for (int j = 0; j < c.cnt; ++j) {
-        const int64_t pos = parts_[c.part[j]].Find(rows.keys[c.idx[j]], c.h[j]);
-        pos1[c.idx[j]] = pos;
-        if (pos < 0) ++misses[c.part[j]];
-      }
-    });
-  });
-  // Plan the growth within the memory limit, or refuse with nothing applied.
+  const int P = config_.partitions, T = ThreadsFor(n, config_);
   const int64_t before = TotalBytes(parts_, stride_), limit = config_.memory_limit_bytes;
-  auto fits = [&](int64_t b) { return limit == 0 || b <= limit || b <= before; };
-  std::vector<int64_t> caps = PlanCaps(parts_, misses, true);
-  if (!fits(CapsBytes(caps, stride_))) caps = PlanCaps(parts_, misses, false);
-  if (!fits(CapsBytes(caps, stride_))) {
-    misses = ExactMisses(rows, pos1, P);
+  // If every key were new, would any partition grow? If not, no plan.
+  std::vector<int64_t> misses = KeysPerPartition(rows.keys, n, P), pos1;
+  std::vector<int64_t> caps = PlanCaps(parts_, misses, false);
+  int64_t after = CapsBytes(caps, stride_);
+  if (after > before) {
+    pos1 = PlanPut(rows, T, misses);
+    auto fits = [&](int64_t b) { return limit == 0 || b <= limit || b <= before; };
     caps = PlanCaps(parts_, misses, true);
     if (!fits(CapsBytes(caps, stride_))) caps = PlanCaps(parts_, misses, false);
+    after = CapsBytes(caps, stride_);
+    if (!fits(after)) {
+      counters_[kHcPutRefused] += n;
+      int64_t new_keys = 0;
+      for (int64_t m : misses) new_keys += m;
+      return {false, new_keys, before, after};
+    }
+    for (int p = 0; p < P; ++p) parts_[p].Reserve(caps[p], stride_);
   }
-  int64_t new_keys = 0;
-  for (int64_t m : misses) new_keys += m;
-  const int64_t after = CapsBytes(caps, stride_);
-  if (!fits(after)) {
-    counters_[kHcPutRefused] += n;
-    return {false, new_keys, before, after};
-  }
-  for (int p = 0; p < P; ++p) parts_[p].Reserve(caps[p], stride_);
-  // Pass 2: insert the absent keys (a duplicate finds its first occurrence's
-  // record) and write every row, in call order per partition: the last wins.
+  // Insert the absent keys (a duplicate finds its first occurrence's record)
+  // and write every row, in call order per partition: the last one wins.
   const Layout lay(config_, stride_);
   std::vector<int64_t> inserted(T, 0);
   RunThreads(T, [&](int t) {
-    ForOwnChunks(rows.keys, n, t, T, P, [&](Chunk& c) {
-      for (int j = 0; j < c.cnt; ++j) {
-        if (pos1[c.idx[j]] < 0) __builtin_prefetch(parts_[c.part[j]].Home(c.h[j]), 1, 1);
-      }
-      for (int j = 0; j < c.cnt; ++j) {
-        Partition& part = parts_[c.part[j]];
-        const int64_t key = rows.keys[c.idx[j]];
-        int64_t pos = pos1[c.idx[j]];
-        if (pos < 0) pos = part.Find(key, c.h[j]);
-        if (pos < 0) {
-          pos = part.Allocate();
-          part.Insert(key, c.h[j], pos);
-          ++part.live;
-          ++inserted[t];
-        }
-        c.pos[j] = pos;
-        PrefetchRange(part.Rec(pos, stride_), stride_);
-      }
-      for (int j = 0; j < c.cnt; ++j) {
-        lay.Write(parts_[c.part[j]].Rec(c.pos[j], stride_), rows, c.idx[j]);
-      }
-    });
+    Pipeline(
+        parts_, rows.keys, n, t, T,
+        [&](Chunk& c) {
+          for (int j = 0; j < c.cnt; ++j) {
+            Partition& part = parts_[c.part[j]];
+            const int64_t key = rows.keys[c.idx[j]];
+            int64_t pos = pos1.empty() ? -1 : pos1[c.idx[j]];
+            if (pos < 0) pos = part.Find(key, c.h[j]);
+            if (pos < 0) {
+              pos = part.Allocate();
+              part.Insert(key, c.h[j], pos);
+              ++part.live;
+              ++inserted[t];
+            }
+            c.pos[j] = pos;
+            PrefetchRange(part.Rec(pos, stride_), stride_);
+          }
+        },
+        [&](Chunk& c) {
+          for (int j = 0; j < c.cnt; ++j) {
+            lay.Write(parts_[c.part[j]].Rec(c.pos[j], stride_), rows, c.idx[j]);
+          }
+        });
   });
   int64_t ins = 0;
   for (int64_t x : inserted) ins += x;
@@ -427,30 +481,31 @@ PutResult HostStore::Put(const HostRowsIn& rows) {
 void HostStore::Take(const int64_t* keys, int64_t n, const HostRowsOut& out) {
   CheckKeys(keys, n, /*allow_padding=*/true, "take");
   std::lock_guard<std::mutex> lock(mu_);
-  const int P = config_.partitions, T = ThreadsFor(n, config_.threads);
+  const int T = ThreadsFor(n, config_);
   const Layout lay(config_, stride_);
   std::vector<int64_t> hits(T, 0), misses(T, 0);
   RunThreads(T, [&](int t) {
-    ForOwnChunks(keys, n, t, T, P, [&](Chunk& c) {
-      for (int j = 0; j < c.cnt; ++j) {
-        if (c.part[j] >= 0) __builtin_prefetch(parts_[c.part[j]].Home(c.h[j]), 1, 1);
-      }
-      for (int j = 0; j < c.cnt; ++j) {
-        c.pos[j] = c.part[j] < 0 ? -1 : parts_[c.part[j]].Remove(keys[c.idx[j]], c.h[j]);
-        if (c.pos[j] >= 0) PrefetchRange(parts_[c.part[j]].Rec(c.pos[j], stride_), stride_);
-      }
-      for (int j = 0; j < c.cnt; ++j) {
-        if (c.pos[j] < 0) {
-          lay.Zero(out, c.idx[j]);
-          misses[t] += c.part[j] >= 0;
-          continue;
-        }
-        Partition& part = parts_[c.part[j]];
-        lay.Read(part.Rec(c.pos[j], stride_), out, c.idx[j]);
-        part.Release(c.pos[j], stride_);
-        ++hits[t];
-      }
-    });
+    Pipeline(
+        parts_, keys, n, t, T,
+        [&](Chunk& c) {
+          for (int j = 0; j < c.cnt; ++j) {
+            c.pos[j] = c.part[j] < 0 ? -1 : parts_[c.part[j]].Remove(keys[c.idx[j]], c.h[j]);
+            if (c.pos[j] >= 0) PrefetchRange(parts_[c.part[j]].Rec(c.pos[j], stride_), stride_);
+          }
+        },
+        [&](Chunk& c) {
+          for (int j = 0; j < c.cnt; ++j) {
+            if (c.pos[j] < 0) {
+              lay.Zero(out, c.idx[j]);
+              misses[t] += c.part[j] >= 0;
+              continue;
+            }
+            Partition& part = parts_[c.part[j]];
+            lay.Read(part.Rec(c.pos[j], stride_), out, c.idx[j]);
+            part.Release(c.pos[j], stride_);
+            ++hits[t];
+          }
+        });
   });
   for (int t = 0; t < T; ++t) {
     counters_[kHcTakeHits] += hits[t];
@@ -461,52 +516,58 @@ void HostStore::Take(const int64_t* keys, int64_t n, const HostRowsOut& out) {
 void HostStore::Peek(const int64_t* keys, int64_t n, const HostRowsOut& out) const {
   CheckKeys(keys, n, /*allow_padding=*/true, "peek");
   std::lock_guard<std::mutex> lock(mu_);
-  const int P = config_.partitions, T = ThreadsFor(n, config_.threads);
+  const int T = ThreadsFor(n, config_);
   const Layout lay(config_, stride_);
   const bool rows = out.values || out.state || out.last_step || out.freq;
   RunThreads(T, [&](int t) {
-    ForOwnChunks(keys, n, t, T, P, [&](Chunk& c) {
-      for (int j = 0; j < c.cnt; ++j) {
-        if (c.part[j] >= 0) __builtin_prefetch(parts_[c.part[j]].Home(c.h[j]), 0, 1);
-      }
-      for (int j = 0; j < c.cnt; ++j) {
-        c.pos[j] = c.part[j] < 0 ? -1 : parts_[c.part[j]].Find(keys[c.idx[j]], c.h[j]);
-        if (rows && c.pos[j] >= 0) {
-          PrefetchRange(parts_[c.part[j]].Rec(c.pos[j], stride_), stride_);
-        }
-      }
-      for (int j = 0; j < c.cnt; ++j) {
-        if (c.pos[j] < 0) {
-          lay.Zero(out, c.idx[j]);
-        } else if (rows) {
-          lay.Read(parts_[c.part[j]].Rec(c.pos[j], stride_), out, c.idx[j]);
-        } else {
-          out.found[c.idx[j]] = 1;
-        }
-      }
-    });
+    Pipeline(
+        parts_, keys, n, t, T,
+        [&](Chunk& c) {
+          for (int j = 0; j < c.cnt; ++j) {
+            c.pos[j] = c.part[j] < 0 ? -1 : parts_[c.part[j]].Find(keys[c.idx[j]], c.h[j]);
+            if (rows && c.pos[j] >= 0) {
+              PrefetchRange(parts_[c.part[j]].Rec(c.pos[j], stride_), stride_);
+            }
+          }
+        },
+        [&](Chunk& c) {
+          for (int j = 0; j < c.cnt; ++j) {
+            if (c.pos[j] < 0) {
+              lay.Zero(out, c.idx[j]);
+            } else if (rows) {
+              lay.Read(parts_[c.part[j]].Rec(c.pos[j], stride_), out, c.idx[j]);
+            } else {
+              out.found[c.idx[j]] = 1;
+            }
+          }
+        });
   });
 }
 
 int64_t HostStore::Erase(const int64_t* keys, int64_t n) {
   CheckKeys(keys, n, /*allow_padding=*/true, "erase");
   std::lock_guard<std::mutex> lock(mu_);
-  const int P = config_.partitions, T = ThreadsFor(n, config_.threads);
+  const int T = ThreadsFor(n, config_);
   std::vector<int64_t> erased(T, 0), misses(T, 0);
   RunThreads(T, [&](int t) {
-    ForOwnChunks(keys, n, t, T, P, [&](Chunk& c) {
-      for (int j = 0; j < c.cnt; ++j) {
-        if (c.part[j] < 0) continue;
-        Partition& part = parts_[c.part[j]];
-        const int64_t pos = part.Remove(keys[c.idx[j]], c.h[j]);
-        if (pos < 0) {
-          ++misses[t];
-          continue;
-        }
-        part.Release(pos, stride_);
-        ++erased[t];
-      }
-    });
+    Pipeline(
+        parts_, keys, n, t, T,
+        [&](Chunk& c) {
+          for (int j = 0; j < c.cnt; ++j) {
+            c.pos[j] = c.part[j] < 0 ? -1 : parts_[c.part[j]].Remove(keys[c.idx[j]], c.h[j]);
+            if (c.pos[j] >= 0) __builtin_prefetch(parts_[c.part[j]].Rec(c.pos[j], stride_), 1, 1);
+          }
+        },
+        [&](Chunk& c) {
+          for (int j = 0; j < c.cnt; ++j) {
+            if (c.pos[j] >= 0) {
+              parts_[c.part[j]].Release(c.pos[j], stride_);
+              ++erased[t];
+            } else {
+              misses[t] += c.part[j] >= 0;
+            }
+          }
+        });
   });
   int64_t total = 0;
   for (int t = 0; t < T; ++t) {
@@ -522,7 +583,7 @@ std::vector<int64_t> HostStore::EvictOlderThan(int64_t step) {
   const int P = config_.partitions;
   int64_t records = 0;
   for (const auto& part : parts_) records += part.hw;
-  const int T = ThreadsFor(records, config_.threads);
+  const int T = ThreadsFor(records, config_);
   std::vector<std::vector<int64_t>> per(P);
   RunThreads(T, [&](int t) {
     for (int p = t; p < P; p += T) {

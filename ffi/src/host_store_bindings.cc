@@ -147,17 +147,19 @@ void BindHostStore(nb::module_& m) {
       .def(
           "__init__",
           [](HostStore* self, int64_t value_bytes, int64_t state_width,
-             int64_t memory_limit_bytes, int32_t partitions, int32_t threads) {
+             int64_t memory_limit_bytes, int32_t partitions, int32_t threads,
+             int64_t parallel_min_keys) {
             HostStoreConfig c;
             c.value_bytes = value_bytes;
             c.state_width = state_width;
             c.memory_limit_bytes = memory_limit_bytes;
             c.partitions = partitions;
             c.threads = threads;
+            c.parallel_min_keys = parallel_min_keys;
             new (self) HostStore(c);
           },
           nb::arg("value_bytes"), nb::arg("state_width"), nb::arg("memory_limit_bytes"),
-          nb::arg("partitions"), nb::arg("threads"))
+          nb::arg("partitions"), nb::arg("threads"), nb::arg("parallel_min_keys"))
       .def("put", &Put)
       .def("take", [](HostStore& s, KeysIn k) { return Lookup(s, k, true); })
       .def("peek", [](HostStore& s, KeysIn k) { return Lookup(s, k, false); })

@@ -15,7 +15,8 @@
 // A call's keys are processed in chunks with software prefetching of the
 // index slots and then of the records, so the cache misses of a chunk overlap.
 //
-// Threads. With threads > 1 and a large enough call, thread t handles the keys
+// Threads. With threads > 1 and a call of at least parallel_min_keys keys
+// (for TTL: records), thread t handles the keys
 // of the partitions p with p % threads == t. Every key of one partition is
 // processed by one thread in call order, so every call has the semantics of
 // processing its keys one after another in call order, whatever the number of
@@ -55,6 +56,7 @@ struct HostStoreConfig {
   int64_t memory_limit_bytes = 0;  // 0: unlimited
   int32_t partitions = 16;         // fixed; the export order depends on it, >= 1
   int32_t threads = 1;             // worker threads per large call, 1..partitions
+  int64_t parallel_min_keys = 32768;  // calls with fewer keys (rows) run on one thread
 };
 
 // Cumulative counters. Accounting, always:
@@ -141,6 +143,9 @@ class HostStore {
   struct Partition;  // defined in host_store.cc
 
  private:
+  std::vector<int64_t> PlanPut(const HostRowsIn& rows, int threads,
+                               std::vector<int64_t>& misses);
+
   HostStoreConfig config_;
   int64_t stride_;  // bytes of one record
   std::vector<Partition> parts_;
