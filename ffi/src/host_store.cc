@@ -14,7 +14,8 @@ namespace hypereca {
 namespace {
 
 constexpr uint64_t kHostSalt = 0x484f5354ull;  // "HOST": independent of the owner hash
-constexpr int kChunk = 32;                     // keys whose cache misses overlap
+constexpr int kChunk = 4;   // keys per pipeline chunk
+constexpr int64_t kLag = 4;  // chunks between the stages of one key
 constexpr int kCursorShift = 40;               // export cursor: partition << 40 | position
 constexpr int64_t kMinCapacity = 64;           // rows of a partition's first allocation
 
@@ -179,21 +180,23 @@ int64_t PartBytes(int64_t cap, int64_t stride) {
 
 // Runs the keys thread t of `threads` owns -- those of partitions p with
 // p % threads == t, and (thread 0) the padding -- through three stages, in
-// chunks, so the cache misses of a chunk overlap with the work on the chunks
-// before it: (1) hash, prefetch the index slot; (2) probe(chunk): index work,
-// then prefetch the records; (3) finish(chunk): copy rows. Chunk k+1 is
-// probed before chunk k is finished; both stages see the chunks in call order.
+// small chunks, software-pipelined so that each cache miss has kLag chunks of
+// other work to hide behind: (1) hash, prefetch the index slot; kLag chunks
+// later (2) probe(chunk): index work, prefetch the records; kLag chunks later
+// (3) finish(chunk): copy rows. Later chunks are probed before earlier ones
+// are finished; each stage sees the chunks in call order.
 template <class Probe, class Finish>
 void Pipeline(const std::vector<HostStore::Partition>& parts, const int64_t* keys, int64_t n,
               int t, int threads, Probe&& probe, Finish&& finish) {
+  constexpr int64_t kRing = 2 * kLag + 1;
   const int partitions = static_cast<int>(parts.size());
-  Chunk ring[3];
-  int64_t full = 0;  // chunks filled so far; ring[full % 3] is being filled
+  Chunk ring[kRing];
+  int64_t full = 0;  // chunks filled so far; ring[full % kRing] is being filled
   auto advance = [&] {
-    if (full >= 1) probe(ring[(full - 1) % 3]);
-    if (full >= 2) finish(ring[(full - 2) % 3]);
+    if (full >= kLag) probe(ring[(full - kLag) % kRing]);
+    if (full >= 2 * kLag) finish(ring[(full - 2 * kLag) % kRing]);
     ++full;
-    ring[full % 3].cnt = 0;
+    ring[full % kRing].cnt = 0;
   };
   for (int64_t i = 0; i < n; ++i) {
     const int64_t k = keys[i];
@@ -207,16 +210,16 @@ void Pipeline(const std::vector<HostStore::Partition>& parts, const int64_t* key
     } else if (t != 0) {
       continue;
     }
-    Chunk& c = ring[full % 3];
+    Chunk& c = ring[full % kRing];
     c.idx[c.cnt] = i;
     c.h[c.cnt] = h;
     c.part[c.cnt] = p;
     if (++c.cnt == kChunk) advance();
   }
-  if (ring[full % 3].cnt) advance();
-  if (full >= 1) probe(ring[(full - 1) % 3]);
-  if (full >= 2) finish(ring[(full - 2) % 3]);
-  if (full >= 1) finish(ring[(full - 1) % 3]);
+  if (ring[full % kRing].cnt) advance();
+  // Drain: chunks [full - 2 kLag, full) still need their later stages.
+  for (int64_t k = std::max<int64_t>(full - kLag, 0); k < full; ++k) probe(ring[k % kRing]);
+  for (int64_t k = std::max<int64_t>(full - 2 * kLag, 0); k < full; ++k) finish(ring[k % kRing]);
 }
 
 int64_t TotalBytes(const std::vector<HostStore::Partition>& parts, int64_t stride) {
