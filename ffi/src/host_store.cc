@@ -9,11 +9,11 @@
 #include <utility>
 
 #include "hypereca/hash.h"
+#include "hypereca/host_index.h"
 
 namespace hypereca {
 namespace {
 
-constexpr uint64_t kHostSalt = 0x484f5354ull;  // "HOST": independent of the owner hash
 constexpr int kChunk = 4;   // keys per pipeline chunk
 constexpr int64_t kLag = 4;  // chunks between the stages of one key
 constexpr int kCursorShift = 40;               // export cursor: partition << 40 | position
@@ -22,24 +22,7 @@ constexpr int64_t kMinCapacity = 64;           // rows of a partition's first al
 // Record layout: key, last_step, freq (int64), values, state (float32).
 constexpr int64_t kKeyOff = 0, kLastOff = 8, kFreqOff = 16, kValuesOff = 24;
 
-inline uint64_t HostHash(int64_t key) {
-  return Mix64(static_cast<uint64_t>(key) ^ (kHostSalt * kGolden));
-}
-
 inline int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-struct Slot {
-  int64_t key;
-  int64_t pos;
-};
-
-// Index slots for a partition of `cap` records: a power of two >= 2 * cap.
-int64_t IndexSlots(int64_t cap) {
-  if (cap == 0) return 0;
-  int64_t s = 16;
-  while (s < 2 * cap) s <<= 1;
-  return s;
-}
 
 inline void PrefetchRange(const uint8_t* p, int64_t bytes) {
   for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 1, 1);
@@ -52,16 +35,18 @@ inline int64_t LoadI64(const uint8_t* p) {
 }
 inline void StoreI64(uint8_t* p, int64_t v) { std::memcpy(p, &v, sizeof v); }
 
-// Runs fn(t) for t in [0, threads): t = 0 on the calling thread.
+// Runs fn(t) for t in [0, threads): t = 0, and any t no thread could be
+// started for, on the calling thread. fn must not throw.
 template <class Fn>
 void RunThreads(int threads, Fn&& fn) {
-  if (threads <= 1) {
-    fn(0);
-    return;
-  }
   std::vector<std::thread> pool;
-  pool.reserve(threads - 1);
-  for (int t = 1; t < threads; ++t) pool.emplace_back([&fn, t] { fn(t); });
+  int started = 1;
+  try {
+    pool.reserve(threads > 1 ? threads - 1 : 0);
+    for (; started < threads; ++started) pool.emplace_back([&fn, t = started] { fn(t); });
+  } catch (const std::exception&) {  // no thread (or no memory for one): run it here
+  }
+  for (int t = started; t < threads; ++t) fn(t);
   fn(0);
   for (auto& th : pool) th.join();
 }
@@ -84,51 +69,16 @@ struct Chunk {
 
 struct HostStore::Partition {
   std::unique_ptr<uint8_t[]> records;
-  std::vector<Slot> index;         // IndexSlots(cap) slots, key kEmptyKey when free
+  HostIndex index;                 // HostIndexSlots(cap) slots
   std::vector<int64_t> free_list;  // holes below hw, reused last-in first-out
   int64_t cap = 0;                 // records allocated
   int64_t hw = 0;                  // records ever used (holes included)
   int64_t live = 0;                // resident rows
-  uint64_t mask = 0;
 
   uint8_t* Rec(int64_t pos, int64_t stride) const { return records.get() + pos * stride; }
-
-  const Slot* Home(uint64_t h) const { return index.empty() ? nullptr : &index[h & mask]; }
-
-  int64_t Find(int64_t key, uint64_t h) const {
-    if (index.empty()) return -1;
-    for (uint64_t i = h & mask;; i = (i + 1) & mask) {
-      if (index[i].key == key) return index[i].pos;
-      if (index[i].key == kEmptyKey) return -1;
-    }
-  }
-
-  // key absent; the index has a free slot (load <= 1/2).
-  void Insert(int64_t key, uint64_t h, int64_t pos) {
-    uint64_t i = h & mask;
-    while (index[i].key != kEmptyKey) i = (i + 1) & mask;
-    index[i] = {key, pos};
-  }
-
-  // Removes key from the index (backward-shift deletion); returns its record or -1.
-  int64_t Remove(int64_t key, uint64_t h) {
-    if (index.empty()) return -1;
-    uint64_t i = h & mask;
-    for (;; i = (i + 1) & mask) {
-      if (index[i].key == key) break;
-      if (index[i].key == kEmptyKey) return -1;
-    }
-    const int64_t pos = index[i].pos;
-    for (uint64_t j = (i + 1) & mask; index[j].key != kEmptyKey; j = (j + 1) & mask) {
-      const uint64_t home = HostHash(index[j].key) & mask;
-      if (((j - home) & mask) >= ((j - i) & mask)) {  // home not in (i, j]: may move to i
-        index[i] = index[j];
-        i = j;
-      }
-    }
-    index[i].key = kEmptyKey;
-    return pos;
-  }
+  const HostSlot* Home(uint64_t h) const { return index.Home(h); }
+  int64_t Find(int64_t key, uint64_t h) const { return index.Find(key, h); }
+  int64_t Remove(int64_t key, uint64_t h) { return index.Remove(key, h); }
 
   int64_t Allocate() {
     if (!free_list.empty()) {
@@ -150,9 +100,8 @@ struct HostStore::Partition {
   void Reserve(int64_t new_cap, int64_t stride) {
     if (new_cap <= cap) return;
     std::unique_ptr<uint8_t[]> r(new uint8_t[new_cap * stride]);
-    const int64_t slots = IndexSlots(new_cap);
-    std::vector<Slot> idx;
-    if (slots != static_cast<int64_t>(index.size())) idx.assign(slots, Slot{kEmptyKey, 0});
+    const int64_t slots = HostIndexSlots(new_cap);
+    HostIndex idx(slots != index.slots() ? slots : 0);
     std::vector<int64_t> fl;
     fl.reserve(new_cap);
     fl = free_list;  // keeps the reserved capacity: n <= capacity
@@ -160,12 +109,11 @@ struct HostStore::Partition {
     records = std::move(r);
     free_list = std::move(fl);
     cap = new_cap;
-    if (!idx.empty()) {
+    if (idx.slots()) {
       index = std::move(idx);
-      mask = static_cast<uint64_t>(slots - 1);
       for (int64_t p = 0; p < hw; ++p) {
         const int64_t k = LoadI64(Rec(p, stride) + kKeyOff);
-        if (k != kEmptyKey) Insert(k, HostHash(k), p);
+        if (k != kEmptyKey) index.Insert(k, HostHash(k), p);
       }
     }
   }
@@ -174,7 +122,7 @@ struct HostStore::Partition {
 namespace {
 
 int64_t PartBytes(int64_t cap, int64_t stride) {
-  return cap * stride + IndexSlots(cap) * static_cast<int64_t>(sizeof(Slot)) +
+  return cap * stride + HostIndexSlots(cap) * static_cast<int64_t>(sizeof(HostSlot)) +
          cap * static_cast<int64_t>(sizeof(int64_t));
 }
 
@@ -459,7 +407,7 @@ PutResult HostStore::Put(const HostRowsIn& rows) {
             if (pos < 0) pos = part.Find(key, c.h[j]);
             if (pos < 0) {
               pos = part.Allocate();
-              part.Insert(key, c.h[j], pos);
+              part.index.Insert(key, c.h[j], pos);
               ++part.live;
               ++inserted[t];
             }
@@ -588,6 +536,7 @@ std::vector<int64_t> HostStore::EvictOlderThan(int64_t step) {
   for (const auto& part : parts_) records += part.hw;
   const int T = ThreadsFor(records, config_);
   std::vector<std::vector<int64_t>> per(P);
+  for (int p = 0; p < P; ++p) per[p].reserve(parts_[p].live);  // no allocation in the workers
   RunThreads(T, [&](int t) {
     for (int p = t; p < P; p += T) {
       Partition& part = parts_[p];

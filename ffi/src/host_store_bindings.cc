@@ -167,10 +167,13 @@ void BindHostStore(nb::module_& m) {
       .def("erase", &Erase)
       .def("evict_older_than", &EvictOlderThan)
       .def("export", &Export)
-      .def("size", &HostStore::Size)
-      .def("bytes", &HostStore::Bytes)
-      .def("counters", &HostStore::Counters)
-      .def("set_memory_limit_bytes", &HostStore::set_memory_limit_bytes)
+      // These wait on the store's mutex: without the GIL, so a long call on
+      // another thread does not stall the interpreter.
+      .def("size", &HostStore::Size, nb::call_guard<nb::gil_scoped_release>())
+      .def("bytes", &HostStore::Bytes, nb::call_guard<nb::gil_scoped_release>())
+      .def("counters", &HostStore::Counters, nb::call_guard<nb::gil_scoped_release>())
+      .def("set_memory_limit_bytes", &HostStore::set_memory_limit_bytes,
+           nb::call_guard<nb::gil_scoped_release>())
       .def_prop_ro("memory_limit_bytes",
                    [](const HostStore& s) { return s.config().memory_limit_bytes; });
   nb::dict names;
