@@ -38,7 +38,9 @@
 // lists) at their allocated capacity. A put that would have to grow the store
 // past memory_limit_bytes (0: no limit) applies nothing and reports the
 // numbers (PutResult): the caller keeps its rows. Capacity grows by doubling
-// when that fits the limit, else exactly to what the put needs.
+// when that fits the limit, else exactly to what the put needs. Removed rows
+// leave holes that later puts fill; memory is not returned before the store
+// is destroyed (a tier that shrinks for good should be exported and rebuilt).
 #pragma once
 
 #include <cstdint>
@@ -103,7 +105,8 @@ struct HostRowsOut {
 
 struct PutResult {
   bool applied;          // false: refused by the memory limit, nothing changed
-  int64_t new_keys;      // keys not resident before the put (an upper bound when refused)
+  int64_t new_keys;      // keys not resident before the put (when refused: duplicates
+                         // counted once only in the partitions that had to grow)
   int64_t bytes_before;  // Bytes() before the call
   int64_t bytes_after;   // Bytes() after it (when refused: what it would have needed)
 };
