@@ -127,6 +127,8 @@ def test_models_and_experiments_use_only_the_public_api():
     "import jax_hypereca as h\nh.errors.insert_status_dict(s)",
     "from jax_hypereca import replication as rep\nrep._empty_rows(spec)",
     "from jax_hypereca.planner import cost_model",
+    "from jax_hypereca.host_tier import HostStore",
+    "import jax_hypereca as h\nh.host_tier.HostStore",
 ])
 def test_the_check_catches_internal_use(source):
     assert violations(source, "snippet.py")
@@ -135,7 +137,8 @@ def test_the_check_catches_internal_use(source):
 def test_the_check_accepts_public_use():
     ok = ("import jax_hypereca as h\nfrom jax_hypereca import mix64, replication as rep\n"
           "from jax_hypereca.data import DataFormatError\nfrom jax_hypereca.flax.linen import HypeRecaEmbed\n"
-          "from jax_hypereca.planner import plan_replication\nh.TableSpec\nrep.peek\n")
+          "from jax_hypereca.planner import plan_replication\nh.TableSpec\nrep.peek\n"
+          "from jax_hypereca import HostStore, HostTierFullError\nh.HOST_COUNTER_NAMES\n")
     assert violations(ok, "snippet.py") == []
 
 

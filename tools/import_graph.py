@@ -60,6 +60,7 @@ LAYER_OF = {
     "jax_hypereca.optim": "core",
     "jax_hypereca.initializers": "core",
     "jax_hypereca.features": "core",
+    "jax_hypereca.host_tier": "core",       # the host tier's native store (issue 14)
     "jax_hypereca.data.*": "core",
     "jax_hypereca.planner.*": "planner",
     "jax_hypereca.capacity": "capacity",

@@ -1,11 +1,12 @@
 // The CPU extension module: FFI handler capsules for jax.ffi.register_ffi_target,
 // the build's jaxlib / FFI API versions, and the constants of the table format
-// (so Python never retypes them).
+// (so Python never retypes them), and the host tier's store (HostStore).
 #include <nanobind/nanobind.h>
 
 #include <cstdint>
 
 #include "hypereca/common.h"
+#include "host_store_bindings.h"
 #include "module_common.h"
 #include "xla/ffi/api/c_api.h"
 #include "xla/ffi/api/ffi.h"
@@ -30,4 +31,5 @@ NB_MODULE(_hypereca_cpu, m) {
   });
   m.def("build_info", []() { return hypereca::BuildInfo("cpu"); });
   m.def("constants", []() { return hypereca::Constants(); });
+  hypereca::BindHostStore(m);
 }

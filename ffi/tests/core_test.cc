@@ -1,4 +1,5 @@
-// Native unit tests of the XLA-free core (hash, probe, erase, init, optim, enums).
+// Native unit tests of the XLA-free core (hash, probe, erase, init, optim, enums,
+// the host store's index).
 // Built and run by tests/test_native.py with the host compiler; prints
 // "name value..." lines for the cross-checks against the numpy twins.
 #include <cassert>
@@ -7,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <vector>
 
 #include "hypereca/common.h"
@@ -14,6 +16,7 @@
 #include "hypereca/enums.h"
 #include "hypereca/erase.h"
 #include "hypereca/hash.h"
+#include "hypereca/host_index.h"
 #include "hypereca/init.h"
 #include "hypereca/optim.h"
 #include "hypereca/probe.h"
@@ -160,6 +163,34 @@ void PrintEnum(const char* table, const char* const (&names)[N]) {
   for (size_t i = 0; i < N; ++i) std::printf("enum %s %s %zu\n", table, names[i], i);
 }
 
+// The host store's index against a std::map: a small index (64 slots, up to
+// 32 keys) so long probe runs wrap around, and removals in random order must
+// leave every remaining key findable (backward-shift deletion).
+void TestHostIndex() {
+  uint64_t rng = 12345;
+  auto next = [&rng] { return rng = Mix64(rng + kGolden); };
+  for (int round = 0; round < 200; ++round) {
+    HostIndex index(HostIndexSlots(32));
+    CHECK(index.slots() == 64);
+    std::map<int64_t, int64_t> ref;
+    for (int op = 0; op < 300; ++op) {
+      const int64_t key = static_cast<int64_t>(next() % 48) - 3;  // 48 ids: many repeats
+      const int64_t k = IsReserved(key) ? INT64_MIN - key - 1 : key;  // INT64_MIN, INT64_MIN + 1
+      const uint64_t h = HostHash(k);
+      if (next() % 2 && ref.size() < 32 && !ref.count(k)) {
+        index.Insert(k, h, op);
+        ref[k] = op;
+      } else {
+        const auto it = ref.find(k);
+        CHECK(index.Remove(k, h) == (it == ref.end() ? -1 : it->second));
+        if (it != ref.end()) ref.erase(it);
+      }
+      for (const auto& [rk, pos] : ref) CHECK(index.Find(rk, HostHash(rk)) == pos);
+    }
+  }
+  CHECK(HostIndex().Find(7, HostHash(7)) == -1 && HostIndex().Remove(7, HostHash(7)) == -1);
+}
+
 int main() {
   TestProbeInsertFindErase();
   TestTombstonesKeepChains();
@@ -167,6 +198,7 @@ int main() {
   TestBf16RoundTrip();
   TestOptimizers();
   TestEnums();
+  TestHostIndex();
   PrintEnum("POLICIES", kScorePolicyNames);
   PrintEnum("INIT_KINDS", kInitKindNames);
   PrintEnum("OPTIMIZERS", kOptimizerKindNames);
