@@ -36,7 +36,7 @@ from typing import Callable, Iterable, Iterator
 
 from jax_hypereca.errors import HyperecaError
 from jax_hypereca.state import TrainState
-from jax_hypereca.steps import MAX_RERUNS, Pending, ShardedTrainStep, _first
+from jax_hypereca.steps import MAX_RERUNS, Pending, ShardedTrainStep, host_value
 
 # Seconds a closed prefetch waits for its thread to finish the item it is on.
 JOIN_TIMEOUT_S = 10.0
@@ -83,7 +83,7 @@ class TrainPipeline:
         made); checks the oldest steps until fewer than `depth` are in flight."""
         batch = self.step.c.prepare_batch(batch, local=self.local)
         if self._index is None:
-            self._index = int(_first(state.step))
+            self._index = int(host_value(state.step))
         state, pending = self.step.dispatch(state, batch, self._index)
         self._pending.append(pending)
         self._index += 1

@@ -86,7 +86,7 @@ class EvalFn:
                 self._compiled[layout] = self._build(layout)
             out, stats, ok = self._compiled[layout](state, batch)
             stats = self.c.host_stats(stats)
-            if bool(_first(ok)):
+            if bool(host_value(ok)):
                 raise_for_stats(self.c, stats, state.tables, where="evaluation")
                 return out
             if not caps.observe(self.c.needs(stats), size, 0):
@@ -214,12 +214,12 @@ class ShardedTrainStep:
         stats = self.c.host_stats(p.metrics["stats"], p.metrics["apply_problems"])
         overflow = self.c.train_capacities.observe(self.c.needs(stats), _batch_size(p.batch),
                                                    p.index)
-        full = {t for t, f in zip(self.c.tables, _first(p.metrics["full"])) if f}
+        full = {t for t, f in zip(self.c.tables, host_value(p.metrics["full"])) if f}
         refused = set() if overflow or full else {
             t for t, st in stats.items() if st["failed"].sum() and not st["reserved"].sum()}
-        ok = bool(_first(p.metrics["ok"]))
+        ok = bool(host_value(p.metrics["ok"]))
         if not ok and not (overflow or full or refused):
-            live = bool(_first(p.metrics["live"]))
+            live = bool(host_value(p.metrics["live"]))
             raise HyperecaError(f"train step {p.index + 1} was not applied (expected step count "
                                 f"matched: {live}) and reports no reason; a bug: please report "
                                 f"it")
@@ -234,7 +234,7 @@ class ShardedTrainStep:
     def finish(self, state: TrainState, p: Pending, v: Verdict) -> dict:
         """The applied step's metrics; raises what its statistics report (the
         exception carries `state` and the metrics)."""
-        metrics = dict(p.metrics, loss=float(_first(p.metrics["loss"])), stats=v.stats,
+        metrics = dict(p.metrics, loss=float(host_value(p.metrics["loss"])), stats=v.stats,
                        step=p.index + 1, bytes_per_step=p.layout.bytes_per_step(),
                        exchange=p.layout.exchange.name)
         self._time_exchange(p.layout.exchange.name, time.perf_counter() - p.t0, p.clean)
@@ -247,7 +247,7 @@ class ShardedTrainStep:
 
     def __call__(self, state: TrainState, batch, *, local: bool = False):
         batch = self.c.prepare_batch(batch, local=local)
-        index = int(_first(state.step))
+        index = int(host_value(state.step))
         for _ in range(MAX_RERUNS):
             state, pending = self.dispatch(state, batch, index)
             verdict = self.check(pending)
@@ -273,6 +273,6 @@ def _batch_size(batch) -> int:
     return next(iter(batch["ids"].values())).shape[0]
 
 
-def _first(x) -> np.ndarray:
+def host_value(x) -> np.ndarray:
     """A replicated array's value on this process."""
     return np.asarray(x.addressable_shards[0].data)
