@@ -4,7 +4,7 @@
 
 Workload (TorchRec 1.8's DLRM example, run on the synthetic Criteo-like
 stream, seed 0): 26 one-hot features, tables of twice each Criteo-Kaggle
-vocabulary capped at --max-vocab (1M as TorchRec's example; 50k with
+vocabulary capped at --max-vocab (1M as TorchRec's example; 25k with
 --quick), dim 64, bottom MLP 512-256-64, top 512-256-1 (dot interaction),
 batch 4096, fused row-wise Adagrad (lr 0.05, accumulators from 0) and Adam
 (lr 0.001) on the MLPs. Tables do not grow (``max_shard_bytes`` at their
@@ -53,13 +53,13 @@ TRACE_FLAG = "--xla_cpu_enable_xprof_traceme=true"
 
 
 def parse(argv=None):
-    p = mesh_bench_parser(__doc__, "fewer steps, vocabularies capped at 50k (about 3 minutes, under 4 GB)")
+    p = mesh_bench_parser(__doc__, "fewer steps, vocabularies capped at 25k (about 3 minutes, under 4 GB)")
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--max-vocab", type=int, default=None)
     p.add_argument("--steps", type=int, default=None, help="timed steps per variant")
     p.add_argument("--trace-dir", default="experiments/results/trace")
     args = p.parse_args(argv)
-    args.max_vocab = args.max_vocab or (50_000 if args.quick else 1_000_000)
+    args.max_vocab = args.max_vocab or (25_000 if args.quick else 1_000_000)
     args.steps = args.steps or (12 if args.quick else 40)
     return args
 
@@ -255,6 +255,13 @@ def profile(setup: Setup, args, out, depth: int) -> dict:
     return table
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set so far (Linux: ru_maxrss in KiB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def main(argv=None) -> dict:
     args = parse(argv)
     use_fake_devices(args.devices)
@@ -285,6 +292,8 @@ def main(argv=None) -> dict:
                                           rates[f"depth_{best}"] / rates["synchronous"]}
         del setup
         gc.collect()
+        out.emit({"bench": "memory", "devices": n, "peak_rss_mb": peak_rss_mb()})
+    summary["peak_rss_mb"] = peak_rss_mb()
     out.emit(summary)
     out.close()
     return summary
