@@ -55,6 +55,51 @@ def ids_array(x, *, where: str = "ids", flat: bool = False) -> jax.Array:
     return jnp.asarray(x, dtype=I64)
 
 
+_INT32_MAX = int(np.iinfo(np.int32).max)
+_INT64 = np.iinfo(np.int64)
+
+
+def slots_array(x, *, where: str = "slots") -> jax.Array:
+    """int32 slots (n,). Refuses non-integer dtypes (0.5 would become slot 0),
+    shapes other than (n,), and concrete values outside int32 (an int64 slot
+    2**32 + 5 would wrap to slot 5, another row). Slots below -1 or past the
+    table are the op's business (counted, see gather)."""
+    if not hasattr(x, "dtype"):
+        x = np.asarray(x)
+    dtype = np.dtype(x.dtype)
+    if dtype.kind not in "iu":
+        raise TypeError(f"{where} must be integers (int32 slots, as find_or_insert and "
+                        f"find_slots return them), got dtype {dtype}")
+    if np.ndim(x) != 1:
+        raise ValueError(f"{where} must be 1-D (n,), got shape {tuple(np.shape(x))}; "
+                         f"flatten them with slots.reshape(-1)")
+    if dtype.itemsize >= 4 and dtype != np.int32 and not isinstance(x, jax.core.Tracer):
+        host = np.asarray(x)
+        big = host > _INT32_MAX if dtype.kind == "u" else \
+            (host > _INT32_MAX) | (host < -_INT32_MAX - 1)
+        if big.any():
+            i = int(np.flatnonzero(big)[0])
+            raise ValueError(f"{where}[{i}] = {host[i]} does not fit int32 (slots index a "
+                             f"table's rows; pass the slots find_or_insert returned)")
+    return jnp.asarray(x, I32)
+
+
+def check_int(value, *, where: str, low: int = int(_INT64.min), high: int = int(_INT64.max),
+              traced_ok: bool = False) -> None:
+    """`value` is an integer (Python or numpy, 0-d integer array; not a bool or
+    a float) in [low, high]; a tracer passes when `traced_ok`."""
+    if traced_ok and isinstance(value, jax.core.Tracer):
+        return
+    if isinstance(value, (jax.Array, np.ndarray)) and np.ndim(value) == 0 \
+            and np.dtype(value.dtype).kind in "iu":
+        value = int(value)
+    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{where} must be an integer, got {value!r} "
+                        f"({type(value).__name__})")
+    if not low <= int(value) <= high:
+        raise ValueError(f"{where} must be in [{low}, {high}], got {value}")
+
+
 def _sds(shape, dtype) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(tuple(shape), dtype)
 
@@ -111,7 +156,7 @@ def find(keys, values, query, *, seed: int, init_kind: int, init_scale: float,
 def gather(values, slots):
     """(rows (n, dim), bad_slots () int64): zeros for slot -1 and for the
     counted slots outside [-1, capacity)."""
-    slots = jnp.asarray(slots, I32)
+    slots = slots_array(slots)
     out = [_sds((slots.shape[0], values.shape[1]), values.dtype), _sds((), I64)]
     rows, bad = jax.ffi.ffi_call("hypereca_gather", out)(values, slots)
     return rows, bad
@@ -127,11 +172,20 @@ def gather_tagged(tags, slots, tables):
 
 
 def apply_gradients(values, opt, counters, slots, grads, hparams, *, optimizer: int):
+    slots = slots_array(slots)
+    if not hasattr(grads, "dtype"):
+        grads = np.asarray(grads)
+    if np.dtype(grads.dtype).kind not in "fiu":
+        raise TypeError(f"grads must be numbers (float32 rows), got dtype {grads.dtype}")
+    want = (slots.shape[0], values.shape[1])
+    if tuple(np.shape(grads)) != want:
+        raise ValueError(f"grads must be (n, dim) = {want} for {want[0]} slots of a table of "
+                         f"dim {want[1]}, got shape {tuple(np.shape(grads))}")
     out = [_sds(values.shape, values.dtype), _sds(opt.shape, F32),
            _sds(counters.shape, I64), _sds((NUM_APPLY_STATUS,), I64)]
     return jax.ffi.ffi_call("hypereca_apply_gradients", out,
                             input_output_aliases={0: 0, 1: 1, 2: 2})(
-        values, opt, counters, jnp.asarray(slots, I32), jnp.asarray(grads, F32),
+        values, opt, counters, slots, jnp.asarray(grads, F32),
         jnp.asarray(hparams, F32), optimizer=np.int32(optimizer))
 
 

@@ -24,15 +24,21 @@ complete: a crash mid-save leaves the previous checkpoint as the latest. A
 complete checkpoint whose files were damaged later (truncated, bytes flipped:
 TensorStore checksums its data) fails to read; `restore` then warns and falls
 back to the next older one, and raises CheckpointError if none can be read.
+A write that fails (disk full, directory read-only) raises CheckpointError
+naming the directory, the file and the last complete step, which is left
+intact; with async saves that happens at the next `save`, `wait` or `close`.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -134,7 +140,9 @@ class CheckpointManager:
         items = dict(state=ocp.args.PyTreeSave(dense), meta=ocp.args.JsonSave(meta))
         if cold:
             items["tables"] = ocp.args.PyTreeSave(dict(cold=cold, **({"hot": hot} if hot else {})))
-        if not self._mgr.save(step, args=ocp.args.Composite(**items)):
+        with self._writing():
+            written = self._mgr.save(step, args=ocp.args.Composite(**items))
+        if not written:
             log.warning("checkpoint of step %d not written: %s already holds step %s (Orbax "
                         "saves only steps above the latest)", step, self.directory,
                         self.latest_step())
@@ -288,13 +296,54 @@ class CheckpointManager:
 
     def wait(self) -> None:
         """Blocks until every started save is on disk."""
-        self._mgr.wait_until_finished()
+        with self._writing():
+            self._mgr.wait_until_finished()
 
     def close(self) -> None:
         """Waits for pending saves and releases Orbax's resources."""
-        self._mgr.close()
+        with self._writing():
+            self._mgr.close()
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Turns a failed write (here or in Orbax's background save) into a
+        CheckpointError naming the directory, the file and the intact step."""
+        try:
+            yield
+        except Exception as e:
+            code, where = _os_error(e)
+            if code is None:
+                raise
+            latest = self.latest_step()
+            raise CheckpointError(
+                f"cannot write a checkpoint to {self.directory}: {os.strerror(code)} "
+                f"(errno {errno.errorcode.get(code, code)}) writing {where or self.directory}. "
+                f"The last complete checkpoint, "
+                f"{'step %d' % latest if latest is not None else 'none'}, is intact. Free "
+                f"space or make the directory writable (or write elsewhere: the train "
+                f"command's --checkpoint-dir), then resume.") from e
 
 
+
+
+_TENSORSTORE_OS_ERROR = re.compile(
+    r'(?:writing|creating|renaming)[^"]*"([^"]+)".*\[os_error_code=\'(\d+)\'\]', re.S)
+
+
+def _os_error(error: BaseException) -> tuple[int | None, str | None]:
+    """(errno, path) of the OS error behind `error`, if any: an OSError in its
+    chain, or TensorStore's ``Error writing local file "..." ...
+    [os_error_code='28']`` (a ValueError)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno:
+            return error.errno, error.filename
+        found = _TENSORSTORE_OS_ERROR.search(str(error))
+        if found:
+            return int(found.group(2)), found.group(1)
+        error = error.__cause__ or error.__context__
+    return None, None
 
 
 def _describe(error: BaseException, limit: int = 400) -> str:

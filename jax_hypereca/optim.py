@@ -64,17 +64,20 @@ class Optimizer:
             if callable(v):
                 continue
             low, high = _RANGES.get(f.name, (0.0, None))
-            try:
-                x = float(v)
-            except (TypeError, ValueError):
-                x = float("nan")
+            # a number (not a bool or a string), finite and in range as the
+            # float32 the native update receives (1e300 would be inf, 1e-300 0)
+            number = isinstance(v, (int, float, np.integer, np.floating)) and \
+                not isinstance(v, (bool, np.bool_))
+            with np.errstate(over="ignore"):
+                x = float(np.float32(v)) if number else float("nan")
             ok = np.isfinite(x) and (x > 0 if f.name == "learning_rate" else x >= low) and (
                 high is None or x < high)
             if not ok:
                 rule = ("> 0" if f.name == "learning_rate" else
                         f">= {low}" + ("" if high is None else f" and < {high}"))
                 raise ValueError(f"{type(self).__name__}: {f.name}={v!r}; set {f.name} to a "
-                                 f"finite number {rule} (or a step -> value schedule)")
+                                 f"finite number {rule} as a float32 (or a step -> value "
+                                 f"schedule)")
 
     def state_width(self, dim: int) -> int:
         """Float32 values of optimizer state stored per row."""

@@ -73,8 +73,10 @@ class TableSpec:
     """Slots per bucket (power of two): the probe and eviction scope."""
 
     def __post_init__(self):
-        if not self.name:
-            raise ValueError("TableSpec.name must be non-empty")
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"TableSpec.name must be a non-empty string, got {self.name!r}")
+        for field in ("dim", "capacity", "bucket_size", "seed"):
+            _ops.check_int(getattr(self, field), where=f"TableSpec {self.name!r}: {field}")
         if self.dim < 1:
             raise ValueError(f"TableSpec {self.name!r}: dim must be >= 1, got {self.dim}")
         if self.capacity < 1:
@@ -162,6 +164,8 @@ def counters_dict(state: TableState) -> dict[str, int]:
 def init_table(spec: TableSpec, *, rows: int | None = None) -> TableState:
     """An empty single-shard state holding `rows` slots (default: the spec's
     capacity rounded up to whole buckets)."""
+    if rows is not None:
+        _ops.check_int(rows, where=f"init_table {spec.name!r}: rows", low=0)
     if rows is None:
         rows, _ = spec.shard_geometry(1)
         if rows != spec.capacity:
@@ -206,6 +210,11 @@ def find_or_insert(spec: TableSpec, state: TableState, ids, *, step, pin_from=No
     """
     ids = _ops.ids_array(ids, flat=True)
     n = ids.shape[0]
+    _ops.check_int(step, where="find_or_insert: step", traced_ok=True)
+    if pin_from is not None:
+        _ops.check_int(pin_from, where="find_or_insert: pin_from", traced_ok=True)
+    if max_evictions is not None:
+        _ops.check_int(max_evictions, where="find_or_insert: max_evictions", low=0)
     e = n if max_evictions is None else int(max_evictions)
     table, out = _ops.find_or_insert(
         tuple(state), ids, step, step if pin_from is None else pin_from,
@@ -265,6 +274,7 @@ def apply_gradients(spec: TableSpec, state: TableState, slots, grads, *, step
     `grads` (n, dim); duplicate slots are summed first, slot -1 is ignored.
     `step` is the schedule count (updates done before this one, as in optax).
     Returns (state, status (4,))."""
+    _ops.check_int(step, where="apply_gradients: step", traced_ok=True)
     values, opt, counters, status = _ops.apply_gradients(
         state.values, state.opt_state, state.counters, slots, grads,
         spec.optimizer.hparams(step), optimizer=spec.optimizer.kind)
@@ -298,6 +308,8 @@ def erase_if(spec: TableSpec, state: TableState, *, below=None, at_least=None
     `< below` or `>= at_least` (or every row if neither is given). Returns
     (state, number erased)."""
     mode, thr = _predicate(below, at_least)
+    _ops.check_int(thr, where="erase_if: " + ("below" if below is not None else "at_least"),
+                   traced_ok=True)
     keys, last, freq, counters, count = _ops.erase_if(
         state.keys, state.last_step, state.freq, state.counters, thr,
         bucket_size=_bucket_size(spec, state), mode=mode, policy=spec.policy_code)

@@ -42,6 +42,7 @@ from models.data import CriteoSource, SyntheticSource
 from models.dlrm import DLRM
 from models.metrics_log import MetricsLog, TrainLog
 from models import optimizers as opts
+from models import peers
 
 log = logging.getLogger("models.train")
 
@@ -114,11 +115,15 @@ class TrainConfig:
                                 "multi-process: process count (env JAX_NUM_PROCESSES)")
     process_id: int = _field(int(os.environ.get("JAX_PROCESS_ID", 0)),
                              "multi-process: this process (env JAX_PROCESS_ID)")
+    peer_timeout_s: int = _field(30, "multi-process: seconds without a heartbeat after which "
+                                     "a process is declared lost; the others then exit with "
+                                     "status 2 and an error naming it")
     progress: bool = _field(True, "show a progress bar")
 
     def __post_init__(self):
         for name in ("batch", "steps", "eval_every", "eval_size", "log_every",
-                     "table_memory_mb", "num_processes", "pipeline_depth", "prefetch"):
+                     "table_memory_mb", "num_processes", "pipeline_depth", "prefetch",
+                     "peer_timeout_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, "
                                  f"got {getattr(self, name)}")
@@ -203,8 +208,8 @@ def configure_platform(cfg: TrainConfig) -> None:
         os.environ["XLA_FLAGS"] = \
             f"{flags} --xla_force_host_platform_device_count={per_process}".strip()
     if cfg.num_processes > 1:
-        jax.distributed.initialize(coordinator_address=cfg.coordinator,
-                                   num_processes=cfg.num_processes, process_id=cfg.process_id)
+        peers.initialize(coordinator=cfg.coordinator, num_processes=cfg.num_processes,
+                         process_id=cfg.process_id, peer_timeout_s=cfg.peer_timeout_s)
 
 
 def make_mesh(cfg: TrainConfig):
@@ -508,14 +513,22 @@ def main(argv=None) -> int:
     try:
         summary = train(cfg)
     except (FileNotFoundError, CheckpointError, DataFormatError, ValueError) as e:
+        peers.stop_watch()
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except jax.errors.JaxRuntimeError as e:
+        if cfg.num_processes > 1 and peers.is_lost_peer_error(e):
+            peers.exit_lost_peer([], str(e), process_id=cfg.process_id,
+                                 num_processes=cfg.num_processes,
+                                 peer_timeout_s=cfg.peer_timeout_s)
+        raise
     if jax.process_index() == 0:
         print(f"final eval at step {summary['step']}: auc {summary['auc']:.4f} "
               f"logloss {summary['logloss']:.4f} ({summary['wall_s']:.0f} s)")
         print(f"metrics: {summary['metrics']}")
         print(f"plot: {summary['plot']}")
     if cfg.num_processes > 1:
+        peers.stop_watch()
         jax.distributed.shutdown()
     return 0
 

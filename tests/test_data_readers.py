@@ -5,6 +5,7 @@ import gzip
 import logging
 import os
 import shutil
+import tracemalloc
 import zlib
 from pathlib import Path
 
@@ -249,9 +250,69 @@ def test_huge_malformed_line_is_logged_as_a_short_excerpt(tmp_path, raw_train, c
         assert len(read_all(stream)) == 1
     (record,) = caplog.records
     msg = record.getMessage()
-    assert f"{path}:2: label: not a number: " in msg
-    assert msg.endswith("... (1048576 bytes)") and len(msg) < len(str(path)) + 200
-    assert len(stream.stats.examples[0][2]) < 200
+    assert f"{path}:2: line of {(1 << 20) + 1} bytes is longer than the 65536-byte limit" in msg
+    assert "MAX_LINE_BYTES" in msg and len(msg) < len(str(path)) + 400
+    assert len(stream.stats.examples[0][2]) < 400
+
+
+def test_a_long_cell_is_cut_to_an_excerpt(tmp_path, raw_train):
+    path = tmp_path / "long_cell.tsv"
+    path.write_bytes(b"\xff" * 5000 + b"\n")
+    with pytest.raises(CriteoFormatError) as info:
+        list(criteo.iter_batches(path, 8, on_error="raise"))
+    assert str(info.value).startswith(f"{path}:1: label: not a number: ")
+    assert str(info.value).endswith("... (5000 bytes)")
+
+
+def _peak_bytes(fn) -> int:
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
+def test_a_multi_megabyte_line_is_skipped_in_bounded_memory(tmp_path, raw_train, compress):
+    """A line of 8 MB (no newline for megabytes, as in a corrupt file) is one
+    skipped line reported with its length; the reader never holds it whole."""
+    good = raw_train.read_bytes().rstrip(b"\n")
+    huge = b"1\t" + b"ab" * (4 << 20)
+    data = good + b"\n" + huge + b"\n" + good + b"\n"
+    path = tmp_path / ("huge.gz" if compress else "huge.tsv")
+    path.write_bytes(gzip.compress(data, compresslevel=1) if compress else data)
+    stream = criteo.iter_batches(path, 64)
+    peak = _peak_bytes(lambda: read_all(stream))
+    assert peak < 16 << 20, f"peak {peak} bytes"
+    assert stream.stats.lines_read == 201 and stream.stats.lines_skipped == 1
+    ((where, line, reason),) = stream.stats.examples
+    assert (where, line) == (str(path), 101)
+    assert reason.startswith(f"line of {len(huge) + 1} bytes is longer than the 65536-byte limit")
+    with pytest.raises(CriteoFormatError, match=rf"^{path}:101: line of {len(huge) + 1} bytes"):
+        list(criteo.iter_batches(path, 64, on_error="raise"))
+
+
+def test_one_long_cell_does_not_pad_the_whole_chunk(tmp_path, raw_train):
+    """A 60 KB cell (under the line limit) among 4000 lines: a fixed-width array
+    of the chunk would be 4000 x 40 x 60 KB = 9.6 GB; the reader stays small."""
+    lines = raw_train.read_bytes().rstrip(b"\n").split(b"\n") * 40
+    fields = lines[1].split(b"\t")
+    fields[14] = b"a" * 60_000
+    lines[1] = b"\t".join(fields)
+    path = tmp_path / "long_cell.tsv"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    stream = criteo.iter_batches(path, 4096)
+    batch = None
+
+    def read():
+        nonlocal batch
+        batch = read_all(stream)
+    peak = _peak_bytes(read)
+    assert peak < 48 << 20, f"peak {peak} bytes"  # blocks of BLOCK_BYTES = 4 MiB
+    assert len(batch) == 3999 and stream.stats.lines_skipped == 1
+    assert stream.stats.examples[0][1:] == (2, "C1: more than 8 hex digits: '" + "a" * 99
+                                            + "... (60000 bytes)")
 
 
 def test_missing_path_raises_before_reading(tmp_path):

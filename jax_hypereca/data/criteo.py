@@ -1,9 +1,9 @@
 """Streaming readers of click logs, and the Criteo layouts.
 
 The first half of this module is the machinery every text layout shares
-(``csv_layouts`` reuses it): input resolution (a file, a directory of files,
-gzip), per-process line sharding, chunked vectorised parsing, error reporting
-with ``path:line`` and re-batching.  The second half defines the two Criteo
+(``csv_layouts`` reuses it): per-process line sharding, chunked vectorised
+parsing in blocks of bounded size, error reporting with ``path:line`` and
+re-batching (input files and bounded lines are ``text_files``).  The second half defines the two Criteo
 layouts:
 
 * raw ``train.txt``/day files: ``label \\t I1..I13 \\t C1..C26`` (40 fields, no
@@ -25,22 +25,29 @@ Id conventions shared by all layouts:
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import itertools
 import logging
 import os
-import re
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from .text_files import LongLine, numbered_lines, open_binary, resolve_files
 
 logger = logging.getLogger(__name__)
 
 MISSING_ID_BASE = 1 << 40
 PAD_ID = -1
 CHUNK_LINES = 4096
+# A chunk also ends once its lines hold CHUNK_BYTES.  Its fields go into one
+# fixed-width array (rows x columns x longest cell) when rows x columns x
+# longest line is within CHUNK_ARRAY_BYTES (ordinary lines), else into blocks
+# of consecutive rows each within BLOCK_BYTES (a row alone may exceed it, up
+# to columns x MAX_LINE_BYTES): one long cell never pads a whole chunk.
+CHUNK_BYTES = 16 << 20
+CHUNK_ARRAY_BYTES = 64 << 20
+BLOCK_BYTES = 4 << 20
 MAX_LOGGED_ERRORS = 10
 MAX_ERROR_EXAMPLES = 10
 MAX_CELL_CHARS = 100
@@ -51,7 +58,6 @@ CRITEO_SPARSE = tuple(f"C{i}" for i in range(1, 27))
 CRITEO_COLUMNS = ("label",) + CRITEO_DENSE + CRITEO_SPARSE
 MAX_HEX_DIGITS = 8
 
-_GZIP_MAGIC = b"\x1f\x8b"
 _HEX_DIGITS = b"0123456789abcdefABCDEF"
 _INVALID_NIBBLE = 255
 _HEX_LUT = np.full(256, _INVALID_NIBBLE, np.uint8)
@@ -261,63 +267,6 @@ def parse_hex_ids(block: np.ndarray, names: Sequence[str], first_feature: int = 
 
 
 # ---------------------------------------------------------------------------
-# Input files
-# ---------------------------------------------------------------------------
-
-
-def _natural_key(path: Path) -> list:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
-
-
-def resolve_files(path: str | os.PathLike) -> list[Path]:
-    """The files to read for ``path``: the file itself, or a directory's files.
-
-    A directory's regular, non-hidden files are taken in natural order
-    (``day_2`` before ``day_10``).  Raises ``FileNotFoundError`` when the path
-    does not exist or the directory holds no file.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such file or directory: {path}")
-    if not path.is_dir():
-        return [path]
-    files = sorted((p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")),
-                   key=_natural_key)
-    if not files:
-        raise FileNotFoundError(f"no data files in directory: {path}")
-    return files
-
-
-def open_binary(path: Path):
-    """Open ``path`` for reading bytes, decompressing gzip files (detected by magic bytes)."""
-    with open(path, "rb") as probe:
-        is_gzip = probe.read(2) == _GZIP_MAGIC
-    return gzip.open(path, "rb") if is_gzip else open(path, "rb")
-
-
-def _numbered_lines(path: Path, handle, error_type: type[DataFormatError]
-                    ) -> Iterator[tuple[int, bytes]]:
-    """``(line number, line)`` of an open file from line 1.  A gzip file that
-    ends early or does not decompress raises ``error_type`` naming the file
-    and the last line read (instead of a bare EOFError / zlib.error)."""
-    number = 0
-    try:
-        for number, line in enumerate(handle, start=1):
-            yield number, line
-    except EOFError as err:
-        raise error_type(
-            f"{path}: truncated: the gzip stream ended before its end-of-stream marker "
-            f"after line {number} (the last line read; what followed is lost). Re-copy or "
-            f"re-compress the file (`gzip -t {path}` checks it) or leave it out of the "
-            f"input.") from err
-    except (gzip.BadGzipFile, zlib.error) as err:
-        raise error_type(
-            f"{path}: corrupt gzip data after line {number} (the last line read): {err}. "
-            f"Re-copy or re-compress the file (`gzip -t {path}` checks it) or leave it out "
-            f"of the input.") from err
-
-
-# ---------------------------------------------------------------------------
 # Streaming
 # ---------------------------------------------------------------------------
 
@@ -348,7 +297,7 @@ class _ErrorPolicy:
 
 def _choose_layout(layouts: Sequence[Layout], path: Path, first_line: bytes) -> Layout:
     """The layout whose header is ``first_line``, else the one without header."""
-    stripped = first_line.rstrip(b"\r\n")
+    stripped = b"" if isinstance(first_line, LongLine) else first_line.rstrip(b"\r\n")
     for layout in layouts:
         if layout.header and stripped == layout.header_line:
             return layout
@@ -359,11 +308,15 @@ def _choose_layout(layouts: Sequence[Layout], path: Path, first_line: bytes) -> 
     raise layouts[0].error_type(f"{path}:1: unexpected header; expected {expected}")
 
 
-def _split_fields(lines: Sequence[bytes], layout: Layout):
-    """Fields of each line padded to the layout's width; (fields, kept rows, errors)."""
+def _split_fields(lines: Sequence[bytes | LongLine], layout: Layout):
+    """Fields of each line padded to the layout's width; (rows, kept indices, errors,
+    the longest kept line's length)."""
     width = len(layout.columns)
-    rows, kept, errors = [], [], []
+    rows, kept, errors, longest = [], [], [], 0
     for index, line in enumerate(lines):
+        if isinstance(line, LongLine):
+            errors.append((index, line.reason()))
+            continue
         fields = line.rstrip(b"\r\n").split(layout.delimiter)
         if len(fields) > width:
             errors.append((index, f"{len(fields)} fields, expected at most {width}"))
@@ -372,7 +325,30 @@ def _split_fields(lines: Sequence[bytes], layout: Layout):
             fields.extend([b""] * (width - len(fields)))
         rows.append(fields)
         kept.append(index)
-    return np.array(rows, dtype=np.bytes_).reshape(len(rows), width), kept, errors
+        longest = max(longest, len(line))
+    return rows, kept, errors, longest
+
+
+def _blocks(rows: Sequence[list[bytes]], width: int, longest_line: int
+            ) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, fields array)`` of consecutive rows: all of them when
+    CHUNK_ARRAY_BYTES allows, else arrays within BLOCK_BYTES (a single row may
+    exceed it).  Row order is kept."""
+    if not rows:
+        return
+    if len(rows) * width * longest_line <= CHUNK_ARRAY_BYTES:  # the usual case: no cell is longer
+        yield 0, np.array(rows, dtype=np.bytes_).reshape(-1, width)
+        return
+    start, longest = 0, 1
+    for index, fields in enumerate(rows):
+        cell = max(1, max(map(len, fields)))
+        grown = max(longest, cell)
+        if index > start and (index + 1 - start) * width * grown > BLOCK_BYTES:
+            yield start, np.array(rows[start:index], dtype=np.bytes_).reshape(-1, width)
+            start, grown = index, cell
+        longest = grown
+    if start < len(rows):
+        yield start, np.array(rows[start:], dtype=np.bytes_).reshape(-1, width)
 
 
 def _parse_rows(fields: np.ndarray, rows: np.ndarray, layout: Layout,
@@ -389,23 +365,25 @@ def _parse_rows(fields: np.ndarray, rows: np.ndarray, layout: Layout,
         _parse_rows(fields, rows[middle:], layout, parsed, errors)
 
 
-def _parse_chunk(fields: np.ndarray, layout: Layout):
+def _parse_chunk(rows: Sequence[list[bytes]], longest_line: int, layout: Layout):
     """Parse a chunk's good rows; returns ``(batch or None, truncated bags, [(row, reason)])``."""
     parsed: list[tuple[Batch, int]] = []
     errors: list[tuple[int, str]] = []
-    if len(fields):
-        _parse_rows(fields, np.arange(len(fields)), layout, parsed, errors)
+    for start, fields in _blocks(rows, len(layout.columns), longest_line):
+        block_errors: list[tuple[int, str]] = []
+        _parse_rows(fields, np.arange(len(fields)), layout, parsed, block_errors)
+        errors.extend((start + row, reason) for row, reason in block_errors)
     if not parsed:
         return None, 0, errors
     batch = concat_batches([batch for batch, _ in parsed])
     return batch, sum(truncated for _, truncated in parsed), errors
 
 
-def _process_chunk(path: Path, layout: Layout, line_numbers: list[int], lines: list[bytes],
-                   policy: _ErrorPolicy) -> Batch | None:
+def _process_chunk(path: Path, layout: Layout, line_numbers: list[int],
+                   lines: list[bytes | LongLine], policy: _ErrorPolicy) -> Batch | None:
     """Parse one chunk of lines; malformed ones are reported in line order."""
-    fields, kept, split_errors = _split_fields(lines, layout)
-    batch, truncated, parse_errors = _parse_chunk(fields, layout)
+    rows, kept, split_errors, longest_line = _split_fields(lines, layout)
+    batch, truncated, parse_errors = _parse_chunk(rows, longest_line, layout)
     errors = split_errors + [(kept[row], reason) for row, reason in parse_errors]
     for index, reason in sorted(errors):
         policy.report(layout.error_type, path, line_numbers[index], reason)
@@ -419,26 +397,28 @@ def _shard_chunks(files: Sequence[Path], layouts: Sequence[Layout], shard_index:
     """Chunks ``(path, layout, line numbers, lines)`` of this shard's data lines.
 
     Data line ``i`` (counted over all files, headers excluded) belongs to
-    shard ``i % num_shards``.  A chunk never spans two files.
+    shard ``i % num_shards``.  A chunk never spans two files and ends at
+    CHUNK_LINES lines or CHUNK_BYTES bytes.
     """
     data_line = 0
     for path in files:
         with open_binary(path) as handle:
-            numbered = _numbered_lines(path, handle, layouts[0].error_type)
+            numbered = numbered_lines(path, handle, layouts[0].error_type)
             first = next(numbered, None)
             if first is None:
                 continue
             layout = _choose_layout(layouts, path, first[1])
             if not layout.header:
                 numbered = itertools.chain([first], numbered)
-            line_numbers, lines = [], []
+            line_numbers, lines, size = [], [], 0
             for number, line in numbered:
                 if data_line % num_shards == shard_index:
                     line_numbers.append(number)
                     lines.append(line)
-                    if len(lines) == CHUNK_LINES:
+                    size += len(line) if isinstance(line, bytes) else 0
+                    if len(lines) == CHUNK_LINES or size >= CHUNK_BYTES:
                         yield path, layout, line_numbers, lines
-                        line_numbers, lines = [], []
+                        line_numbers, lines, size = [], [], 0
                 data_line += 1
             if lines:
                 yield path, layout, line_numbers, lines
@@ -542,7 +522,8 @@ def iter_batches(path: str | os.PathLike, batch_size: int, *, shard_index: int =
     ``i % num_shards``, so ``num_shards`` processes read every line once.
 
     Malformed lines (too many fields, bad label, non-numeric integer, non-hex
-    categorical): ``on_error='raise'`` raises :class:`CriteoFormatError` with
+    categorical, a line over ``text_files.MAX_LINE_BYTES`` = 64 KiB, reported
+    with its length): ``on_error='raise'`` raises :class:`CriteoFormatError` with
     ``path:line: reason``; ``'skip'`` drops them, logs the first ones and counts
     them in the returned iterator's ``stats``.
     """
