@@ -97,6 +97,10 @@ def test_every_malformed_line_is_skipped_and_counted_or_raised(good_lines, data)
     with tempfile.TemporaryDirectory() as tmp:
         path = pathlib.Path(tmp) / "day_0.tsv"
         path.write_bytes(content)
+        if content.startswith(b"\x1f\x8b"):  # random bytes made a gzip header: a corrupt gzip
+            with pytest.raises(DataFormatError, match=f"^{path}: "):
+                sum(len(batch) for batch in criteo.iter_batches(path, 4))
+            return
         stream = criteo.iter_batches(path, 4)
         rows = sum(len(batch) for batch in stream)
         stats = stream.stats
