@@ -96,7 +96,9 @@ class TrainConfig:
                            "faster kept)", choices=("all_to_all", "ring", "auto"))
     pipeline_depth: int = _field(2, "train steps in flight before the host checks the oldest "
                                     "(1: each step checked before the next starts)")
-    prefetch: int = _field(3, "batches the loader thread prepares ahead (stage A)")
+    prefetch: int = _field(3, "batches the loader thread prepares ahead (stage A); 0: "
+                              "prepared in the training thread (no loader thread: faster "
+                              "where XLA already keeps every core busy, e.g. 2 CPU cores)")
     table_memory_mb: int = _field(512, "memory budget of all tables (bounds capacities)")
     seed: int = _field(0, "seed of the data stream, the tables and the MLPs")
     devices: int | None = _field(None, "devices in the mesh (default: all; on CPU 8 fake ones)")
@@ -124,8 +126,9 @@ class TrainConfig:
         for name in ("batch", "steps", "eval_every", "eval_size", "log_every",
                      "table_memory_mb", "num_processes", "pipeline_depth", "prefetch",
                      "peer_timeout_s"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, "
+            least = 0 if name == "prefetch" else 1
+            if getattr(self, name) < least:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= {least}, "
                                  f"got {getattr(self, name)}")
         if not 0 <= self.process_id < self.num_processes:
             raise ValueError(f"--process-id must be in [0, {self.num_processes}), "
@@ -405,13 +408,15 @@ def train_steps(cfg: TrainConfig, trainer, state: h.TrainState, start: int, sour
     """Steps start + 1 .. cfg.steps with logging, evals (``evaluate_at(step,
     state)``) and checkpoints on their schedules; returns (state, the last
     train record, the last eval metrics or None). Batches are prepared by a
-    loader thread (--prefetch ahead) and steps run --pipeline-depth ahead of
-    their checks; the pipeline is flushed at each log, eval and checkpoint."""
+    loader thread (--prefetch ahead; 0: in this thread) and steps run
+    --pipeline-depth ahead of their checks; the pipeline is flushed at each
+    log, eval and checkpoint."""
     bar = _progress(cfg, start, enabled=jax.process_index() == 0)
     log = TrainLog(cfg, mlog, bar)
     res = None
-    loader = h.prefetch(source.train_batches(start), cfg.prefetch, trainer.prepare,
-                        name="train-loader")
+    batches = source.train_batches(start)
+    loader = (h.prefetch(batches, cfg.prefetch, trainer.prepare, name="train-loader")
+              if cfg.prefetch else (trainer.prepare(b) for b in batches))
     with contextlib.closing(loader) as batches:
         for done, batch in zip(range(start + 1, cfg.steps + 1), batches):
             state = trainer.submit(state, batch)

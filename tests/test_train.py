@@ -266,7 +266,7 @@ def test_resume_skips_a_damaged_latest_checkpoint_and_says_where_it_resumed(tmp_
     args = ["--preset", "tiny", "--batch", "256", "--steps", "4", "--eval-every", "4",
             "--eval-size", "512", "--log-every", "2", "--no-progress", "--devices", "2",
             "--bottom-mlp", "16", "--top-mlp", "8", "--checkpoint-every", "2",
-            "--checkpoint-dir", str(tmp_path / "ck")]
+            "--checkpoint-dir", str(tmp_path / "ck"), "--prefetch", "0"]  # no loader thread
     run(args, tmp_path / "first")
     ck = tmp_path / "ck"
     assert CheckpointManager(ck).all_steps() == [2, 4]
