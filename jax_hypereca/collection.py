@@ -144,7 +144,11 @@ class EmbeddingCollection:
         params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=self.replicated)(
             params)
         opt_state = jax.jit(dense_tx.init, out_shardings=self.replicated)(params)
-        step = jax.device_put(jnp.zeros((), jnp.int64), self.replicated)
+        # by callback: device_put of a jax array onto a sharding that spans
+        # processes, with one device per process, builds a broken array in
+        # jax 0.10 (its addressable_shards raise)
+        step = jax.make_array_from_callback((), self.replicated,
+                                            lambda _: jnp.zeros((), jnp.int64))
         return TrainState(params, opt_state, self.init_tables(), step)
 
     # ------------------------------------------------------------------ inputs
@@ -207,8 +211,9 @@ class EmbeddingCollection:
         if isinstance(x, jax.Array):
             return x
         x = np.asarray(x, dtype)
-        if not local:
-            return jax.device_put(jnp.asarray(x, dtype), self.batch_sharding)
+        if not local:  # every process has the whole batch: each places its blocks
+            return jax.make_array_from_callback(x.shape, self.batch_sharding,
+                                                lambda index: jnp.asarray(x[index], dtype))
         # This process's rows of the global batch, one block per local device
         # (built by hand: make_array_from_process_local_data narrows int64).
         shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
