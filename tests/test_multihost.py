@@ -20,7 +20,7 @@ def free_port() -> int:
 
 
 def test_two_processes_equal_the_reference():
-    port, steps = free_port(), 25
+    port, steps = free_port(), 16
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
     procs = [subprocess.Popen([sys.executable, str(WORKER), str(port), "2", str(pid), str(steps)],
