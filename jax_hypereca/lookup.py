@@ -85,7 +85,7 @@ def _batch_major(parts, batch: int):
     """Per-feature [b * L_f] or [b, L_f, ...] pieces -> one [b, sum L_f, ...]
     array, sample-major like the models' inputs (DLRM stacks its vectors
     d-major, [b, d, n], so XLA still copies once between the two layouts;
-    measured 5% faster per step than feature-major)."""
+    about 5% faster per step than feature-major in an A/B on a busy machine)."""
     parts = [x.reshape(batch, -1) if x.ndim == 1 else x for x in parts]
     return jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
 
