@@ -80,7 +80,7 @@ def test_make_train_meets_the_readme_auc_shortened(tmp_path):
     last = full["train"][-1]
     assert last["step"] == 60 and last["samples_per_s"] > 0 and np.isfinite(last["loss"])
     assert set(last["exchange_bytes_per_step"]) == {"ids", "rows", "grads"}
-    assert last["exchange"] == "all_to_all"
+    assert last["exchange"] in ("all_to_all", "ring")  # --exchange auto: measured, either
     tables = full["tables"][-1]
     assert tables["total"]["size"] == sum(t["size"] for t in tables["per_table"].values()) > 0
     assert tables["total"]["evicted"] == 0
