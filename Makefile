@@ -6,14 +6,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hypereca-installed
 # pytest-xdist workers: two fill a 2-core machine (compiles are single-threaded);
-# TEST_WORKERS=0 runs in one process.
+# TEST_WORKERS=0 runs in one process. worksteal: an idle worker takes queued
+# tests from the other, so a minute-long test near the end does not run alone.
 TEST_WORKERS ?= 2
 NATIVE := CMakeLists.txt pyproject.toml $(shell find ffi cmake -type f 2>/dev/null)
 
 .PHONY: test train bench clean
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 train: $(STAMP)
 	@if [ -f models/train.py ]; then $(PY) -m models.train $(ARGS); \

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 import golden_workload
+from conftest import slow_case
 import jax_hypereca as h
 
 RECORDED = golden_workload.__file__.replace("golden_workload.py", "data/golden_step50.npz")
 
 
-@pytest.mark.parametrize("depth", [2, 3])
+@pytest.mark.parametrize("depth", [pytest.param(2, marks=slow_case), 3])
 def test_pipelined_steps_end_bit_identical_to_the_synchronous_loop(depth):
     """The golden workload (eviction, refused inserts and growth, overflow
     re-runs, capacity re-fits, a hot fold re-planned mid-run, three

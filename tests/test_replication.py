@@ -16,6 +16,7 @@ import jax_hypereca as h
 from jax_hypereca import replication as rep
 from jax_hypereca.collection import EmbeddingCollection
 from jax_hypereca.planner import CostProfile
+from conftest import slow_case
 from jax_hypereca.placement import make_mesh
 
 import test_collection as tc
@@ -235,7 +236,7 @@ def max_fold_error(state, losses, ref) -> float:
     return float(max(errs))
 
 
-@pytest.mark.parametrize("n", [2, 4])
+@pytest.mark.parametrize("n", [2, pytest.param(4, marks=slow_case)])
 def test_rowwise_adagrad_planned_then_replanned_on_n_devices(n, batches, ref_rowwise):
     """Planned hot folds on n devices, then an explicit re-plan half-way that
     moves rows both ways and drops table b's fold: equals the dense reference."""
