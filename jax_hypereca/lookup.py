@@ -222,13 +222,14 @@ def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, 
             back = layout.exchange.return_rows(rows.reshape(W, cap, -1), ax, W)
         with jax.named_scope("stage_pool"):
             # zeros for hot ids and padding (position -1); every other
-            # position is bucketize's, inside the buffer: no bad slot
-            cold, _ = _ops.gather(back.reshape(W * cap, -1).astype(jnp.float32), position)
+            # position is bucketize's, inside the buffer (a bad one would be a
+            # bug: it cancels the call below, and the host raises)
+            cold, bad = _ops.gather(back.reshape(W * cap, -1).astype(jnp.float32), position)
+            refused = jnp.maximum(refused, (bad > 0).astype(jnp.int32))
             urows.append(with_hot_rows(layout, group, hot, hot_slots, cold, batch))
-    if train:
-        # An id refused a row (its bucket is full of this step's rows): nothing
-        # is updated this step; the host grows the table and re-runs it.
-        ok = ok & (lax.pmax(refused, ax) == 0)
+    # An id refused a row (its bucket is full of this step's rows): nothing is
+    # updated this step; the host grows the table and re-runs it.
+    ok = ok & (lax.pmax(refused, ax) == 0)
     outputs = {}
     with jax.named_scope("stage_pool"):
         for gi, group in enumerate(layout.groups):
@@ -294,7 +295,9 @@ def backward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str,
         with jax.named_scope("stage_pool_grad"):
             g_unique = _pool_group_grad(layout, group, grads, ctx.inverse, weights, batch,
                                         ctx.position.shape[0])
-            buf, _ = _ops.gather(g_unique, ctx.source)  # zeros where the buffer is empty
+            # zeros where the buffer is empty; `source` indexes the unique
+            # list by construction (a bad entry is counted as a bad slot)
+            buf, bad = _ops.gather(g_unique, ctx.source)
         with jax.named_scope("stage_grad_exchange"):
             recv = layout.exchange.send_grads(buf.reshape(W, cap, dim), ax, W)
         g = recv.reshape(W * cap, dim)
@@ -303,7 +306,7 @@ def backward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str,
                 slot = jnp.where(ok, ctx.slots[i], -1)
                 tables[t], status = apply_gradients(layout.spec(t), tables[t], slot, g,
                                                     step=step)
-                problems[t] = status[1:3]
+                problems[t] = status[1:3] + jnp.stack([jnp.zeros_like(bad), bad])
             hot, hot_problems = apply_hot(layout, group, hot, ctx.hot_slots, g_unique, batch,
                                            step, ok)
         for t, p in hot_problems.items():
