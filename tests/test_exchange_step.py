@@ -17,6 +17,7 @@ from jax_hypereca.exchange import Ring
 from jax_hypereca.placement import make_mesh
 
 import test_collection as tc
+from conftest import slow_case
 
 STEPS = 12
 
@@ -49,7 +50,7 @@ def assert_bitwise_equal(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.parametrize("shards,hot", [(2, False), (8, True)])
+@pytest.mark.parametrize("shards,hot", [pytest.param(2, False, marks=slow_case), (8, True)])
 def test_ring_trains_bit_for_bit_like_all_to_all(shards, hot, batches):
     _, s1, a, la = run(shards, batches, "all_to_all", hot=hot)
     coll, s2, r, lr = run(shards, batches, "ring", hot=hot)

@@ -173,7 +173,7 @@ def test_trains_on_real_criteo_lines(shared_data, tmp_path):
     sample = shared_data / "criteo" / "paddlerec_raw_sample_train.tsv"
     if not sample.exists():
         pytest.skip(f"{sample} not found")
-    got = run(criteo_args(sample), tmp_path / "out")
+    got = run(criteo_args(sample, "--preset", "tiny"), tmp_path / "out")
     assert [r["step"] for r in got["eval"]] == [3, 6] and got["eval"][-1]["samples"] == 32
     assert 0 <= got["eval"][-1]["auc"] <= 1
     data = got["data"][-1]
