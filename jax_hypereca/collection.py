@@ -27,7 +27,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jax_hypereca.capacity import ExchangeCapacities, Group
-from jax_hypereca.errors import TableFullError
+from jax_hypereca.errors import PADDING_ID, HyperecaError, TableFullError
 from jax_hypereca.exchange import AllToAll, Exchange, ExchangeTrial, get_exchange
 from jax_hypereca.features import (
     FeatureSpec, Jagged, check_weights, jagged_to_padded, padded_ids, validate_features)
@@ -38,7 +38,12 @@ from jax_hypereca.placement import (
     make_mesh)
 from jax_hypereca.state import LossFn, TrainState
 from jax_hypereca.steps import EvalFn, ShardedTrainStep
-from jax_hypereca.table import COUNTER_NAMES, TableSpec, TableState
+from jax_hypereca.table import COUNTER_NAMES, Rows, TableSpec, TableState
+from jax_hypereca.tiering import HostTier
+
+# The prepared batch's host copy of its ids (a host tier stages by them);
+# taken out before the batch goes to a compiled step (device_batch).
+HOST_IDS = "_hypereca_host_ids"
 
 log = logging.getLogger("jax_hypereca")
 
@@ -80,13 +85,21 @@ class EmbeddingCollection:
         the faster kept and logged; ``exchange_timings`` holds the median
         step seconds), or an ``Exchange`` instance. Results are bit-identical
         for all, so the turns change nothing but the time.
+      host_tier: keep the rows the device tier evicts in host memory and
+        bring them back when a batch needs them (tiering.py): with
+        ``max_shard_bytes`` as the device budget, tables larger than device
+        memory train as if every row were on the device. True, or a dict of
+        HostTier's settings (``memory_limit_bytes`` per table,
+        ``threads``). One process only for now; the pipeline then runs at
+        depth 1 (tiering.py says why); hot folds are refused.
     """
 
     def __init__(self, tables: Sequence[TableSpec], features: Sequence[FeatureSpec], *,
                  mesh: Mesh | None = None, axis: str = "shard", capacity_slack: float = 2.0,
                  retune_every: int = 50, capacities: Mapping[str, int] | None = None,
                  grow_threshold: float = 0.85, max_shard_bytes: int | None = None,
-                 evict: bool = True, exchange: str | Exchange = "all_to_all"):
+                 evict: bool = True, exchange: str | Exchange = "all_to_all",
+                 host_tier: bool | Mapping[str, Any] = False):
         names = [t.name for t in tables]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate table names in {names}")
@@ -124,6 +137,13 @@ class EmbeddingCollection:
             exchange if isinstance(exchange, Exchange) else get_exchange(exchange))
         # One device moves nothing: no trial.
         self.exchange_trial = ExchangeTrial() if auto and self.num_shards > 1 else None
+        self.host_tier = None
+        if host_tier:
+            if not evict:
+                raise ValueError("host_tier needs evict=True: the host tier holds the rows the "
+                                 "device tier evicts")
+            self.host_tier = HostTier(self.tables, self.mesh, axis,
+                                      **({} if host_tier is True else dict(host_tier)))
 
     # ------------------------------------------------------------------ state
     @property
@@ -195,16 +215,41 @@ class EmbeddingCollection:
         if size % max(devices_here, 1):
             raise ValueError(f"batch of {size} samples does not split over {devices_here} "
                              f"devices; use a multiple of {devices_here}")
+        if self.host_tier is not None:
+            out[HOST_IDS] = batch[HOST_IDS] if HOST_IDS in batch else self._table_ids(ids)
         out["ids"] = {k: self._place(v, jnp.int64, local) for k, v in ids.items()}
         out["weights"] = {k: self._place(v, jnp.float32, local) for k, v in weights.items()}
         # Other per-sample arrays (dense features, labels) are split like the ids.
         for key, value in batch.items():
-            if key not in ("ids", "weights"):
+            if key not in ("ids", "weights", HOST_IDS):
                 out[key] = jax.tree.map(
                     lambda x: self._place(x, x.dtype, local)
                     if isinstance(x, (np.ndarray, jax.Array)) and x.ndim >= 1
                     and x.shape[0] == size else x, value)
         return out
+
+    def _table_ids(self, ids: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Per table, the unique ids (no padding) of a batch's features."""
+        out = {}
+        for t in self.tables:
+            parts = [np.asarray(ids[f]).reshape(-1) for f, spec in self.features.items()
+                     if spec.table == t]
+            if parts:
+                u = np.unique(np.concatenate(parts).astype(np.int64))
+                out[t] = u[u != PADDING_ID]
+        return out
+
+    def stage(self, batch: Mapping[str, Any], *, take: bool):
+        """The host tier's rows of a prepared batch's ids (tiering.Staged),
+        or None without a host tier."""
+        if self.host_tier is None:
+            return None
+        return self.host_tier.stage(batch[HOST_IDS], take=take)
+
+    @staticmethod
+    def device_batch(batch: Mapping[str, Any]) -> dict:
+        """A prepared batch without its host-side parts (for a compiled step)."""
+        return {k: v for k, v in batch.items() if k != HOST_IDS}
 
     def _place(self, x, dtype, local: bool):
         """A host array on the mesh, split along the batch axis (int64 kept)."""
@@ -236,9 +281,12 @@ class EmbeddingCollection:
         hot folds for the tables in `hot`, sized by `capacities` (default:
         the train step's)."""
         caps = (capacities or self.train_capacities).current(self.groups, batch_size)
+        if hot and self.host_tier is not None:
+            raise HyperecaError(f"hot folds {sorted(hot)} with a host tier: a fold would be "
+                                f"built from the device tier's rows only. Use one or the other.")
         return Layout(tuple(self.tables.values()), tuple(self.features.values()),
                       self.num_shards, self.axis, caps, self.evict, tuple(sorted(hot)),
-                      self.exchange_strategy)
+                      self.exchange_strategy, self.host_tier is not None)
 
     @property
     def exchange_strategy(self) -> Exchange:
@@ -364,22 +412,29 @@ class EmbeddingCollection:
                 {k: P(self.axis) for k in ids}, {k: P(self.axis) for k in weights})
 
     def forward_fn(self, layout: Layout, *, train: bool):
-        """shard_map'ped forward: (tables, hot, ids, weights, step, live) ->
-        (tables, outputs per feature, contexts, stats (W*T, S), ok); with
-        `live` false nothing is inserted and ok is false."""
-        def fn(tables, hot, ids, weights, step, live):
+        """shard_map'ped forward: (tables, hot, ids, weights, step, live,
+        staged) -> (tables, outputs per feature, contexts, stats (W*T, S), ok,
+        tier); with `live` false nothing is inserted and ok is false. `staged`
+        and `tier`: the host tier's rows in and out (lookup.forward_local)."""
+        def fn(tables, hot, ids, weights, step, live, staged):
             t_spec, i_spec, w_spec = self._specs(tables, ids, weights)
             h_spec = jax.tree.map(lambda _: P(), hot)
+            s_spec = jax.tree.map(lambda _: P(self.axis), staged)
             contexts = tuple(_ctx_spec(self.axis) for _ in layout.groups) if train else ()
+            tier = {} if not (train and layout.host_tier) else {
+                "demoted": {t: Rows(*[P(self.axis)] * 5) for t in layout.looked_up},
+                "written": {t: P(self.axis) for t in staged}}
             out_specs = (t_spec, {f: P(self.axis) for f in self.features}, contexts,
-                         P(self.axis), P())
+                         P(self.axis), P(), tier)
 
-            def body(tb, hb, i, w, s, go):
-                return forward_local(layout, dict(tb), dict(hb), i, w, s, go, train=train)
+            def body(tb, hb, i, w, s, go, st):
+                return forward_local(layout, dict(tb), dict(hb), i, w, s, go, dict(st),
+                                     train=train)
 
             return jax.shard_map(body, mesh=self.mesh,
-                                 in_specs=(t_spec, h_spec, i_spec, w_spec, P(), P()),
-                                 out_specs=out_specs)(tables, hot, ids, weights, step, live)
+                                 in_specs=(t_spec, h_spec, i_spec, w_spec, P(), P(), s_spec),
+                                 out_specs=out_specs)(tables, hot, ids, weights, step, live,
+                                                      staged)
         return fn
 
     def backward_fn(self, layout: Layout):
@@ -426,6 +481,8 @@ class EmbeddingCollection:
             size = host_gather(tables[n].counters).reshape(self.num_shards, -1)[
                 :, COUNTER_NAMES["size"]]
             d["max_shard_load"] = float(size.max() / rows)
+            if self.host_tier is not None:
+                d.update(self.host_tier.stats()[n])
             out[n] = d
         return out
 

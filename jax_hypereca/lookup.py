@@ -37,8 +37,9 @@ from jax_hypereca.errors import ERASED_KEY, PADDING_ID
 from jax_hypereca.features import FeatureSpec
 from jax_hypereca.layout import STAT_INDEX, STAT_NAMES, Layout
 from jax_hypereca.replication import apply_hot, split_hot, with_hot_rows
-from jax_hypereca.table import TableState, apply_gradients, find_or_insert
+from jax_hypereca.table import Rows, TableSpec, TableState, apply_gradients, find_or_insert
 from jax_hypereca.table import find as table_find
+from jax_hypereca.table import find_slots
 
 
 class TableContext(NamedTuple):
@@ -161,17 +162,23 @@ def _dedup_group(layout: Layout, group, ids, hot):
 
 
 def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, TableState],
-                  ids: dict, weights: dict, step, live, *, train: bool):
+                  ids: dict, weights: dict, step, live, staged: dict, *, train: bool):
     """Per-device forward exchange (call inside shard_map over layout.axis).
     `hot` holds the replicated hot folds (every device has all of them). With
     `live` false the call is a no-op, as after an overflow: only padding is
     exchanged, nothing inserted, and ``ok`` comes back false (a pipelined
-    step behind one that failed; see pipeline.py).
+    step behind one that failed; see pipeline.py). `staged` holds, per table,
+    the host tier's rows of this device's ids (tiering.py): a train step
+    writes them into the slots find_or_insert gave their ids, an evaluation
+    serves them where the device tier has no row.
 
     Each stage runs in a named scope ``stage_<name>`` (STAGES) so a profile
     attributes the step's device time to it.
 
-    Returns (tables, outputs per feature, contexts per group, stats (T, S), ok)."""
+    Returns (tables, outputs per feature, contexts per group, stats (T, S), ok,
+    tier): with a host tier, a train step's ``tier`` holds per table the rows
+    its inserts evicted (``demoted``) and which staged rows it wrote
+    (``written``); otherwise it is empty."""
     W, ax = layout.num_shards, layout.axis
     me = lax.axis_index(ax)
     batch = next(iter(ids.values())).shape[0]
@@ -200,6 +207,7 @@ def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, 
     ok = (lax.pmax(too_big, ax) == 0) & live
 
     urows, contexts = [], []
+    tier = {"demoted": {}, "written": {}} if train and layout.host_tier else {}
     refused = jnp.zeros((), jnp.int32)
     for gi, (group, cap) in enumerate(zip(layout.groups, layout.capacities)):
         inverse, position, send, tag_send, hot_slots, source = local[gi]
@@ -210,11 +218,11 @@ def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, 
         q_keys, q_tags = recv[:, 0], recv[:, 1].astype(jnp.int32)
         if train:
             rows, slots, refused = _insert_and_gather(layout, group, tables, q_keys, q_tags,
-                                                      step, stats, refused)
+                                                      step, stats, refused, staged, tier)
             contexts.append(TableContext(inverse, position, source, slots, hot_slots))
         else:
             with jax.named_scope("stage_gather"):
-                rows = _rows_or_init(layout, group, tables, q_keys, q_tags)
+                rows = _rows_or_init(layout, group, tables, q_keys, q_tags, staged)
             for i, t in enumerate(group):  # find gives a reserved id no row: reported
                 reserved = ((q_tags == i) & (q_keys == ERASED_KEY)).sum()
                 stats[t] = stats[t].at[STAT_INDEX["reserved"]].set(reserved)
@@ -235,14 +243,17 @@ def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, 
         for gi, group in enumerate(layout.groups):
             outputs.update(_pool_group(layout, group, urows[gi], local[gi][0], weights, batch))
     stat_matrix = jnp.stack([stats[t] for t in layout.looked_up])
-    return tables, outputs, tuple(contexts) if train else (), stat_matrix, ok
+    return tables, outputs, tuple(contexts) if train else (), stat_matrix, ok, tier
 
 
-def _insert_and_gather(layout: Layout, group, tables, q_keys, q_tags, step, stats, refused):
+def _insert_and_gather(layout: Layout, group, tables, q_keys, q_tags, step, stats, refused,
+                       staged, tier):
     """The owner's side of a train step for one exchange group: find_or_insert
-    of the received ids per table (tables and stats updated in place), then
-    one tagged gather of their rows. Returns (rows, slots (T, W * cap),
-    refused: whether an id was refused a row here)."""
+    of the received ids per table (tables and stats updated in place), the
+    host tier's staged rows written into their fresh slots and the evicted
+    rows kept for the host (into `tier`), then one tagged gather of their
+    rows. Returns (rows, slots (T, W * cap), refused: whether an id was
+    refused a row here)."""
     slots = []
     for i, t in enumerate(group):
         with jax.named_scope("stage_find_or_insert"):
@@ -254,6 +265,11 @@ def _insert_and_gather(layout: Layout, group, tables, q_keys, q_tags, step, stat
                 q, inv, _ = _ops.unique(q)
             tables[t], res = find_or_insert(layout.spec(t), tables[t], q, step=step,
                                             pin_from=None if layout.evict else 0)
+            if tier:
+                tier["demoted"][t] = Rows(*res.evicted)
+                if t in staged:
+                    tables[t], tier["written"][t] = write_staged(layout.spec(t), tables[t],
+                                                                 staged[t])
             slots.append(res.slots if inv is None else
                          jnp.where(inv >= 0, res.slots[jnp.maximum(inv, 0)], -1))
         stats[t] = stats[t].at[STAT_INDEX["queries"]:STAT_INDEX["failed"] + 1].set(res.status[:6])
@@ -268,14 +284,35 @@ def _insert_and_gather(layout: Layout, group, tables, q_keys, q_tags, step, stat
     return rows, jnp.stack(slots), refused
 
 
-def _rows_or_init(layout: Layout, group, tables, keys, tags):
-    """Evaluation rows: the resident row, else the row an insert would create
-    (one find per table of the group; the others' entries come back zero)."""
+def write_staged(spec: TableSpec, table: TableState, rows: Rows):
+    """Writes host-tier rows into the slots their ids have (find_or_insert
+    of this step gave them fresh ones): values, optimizer state, and the
+    frequency added to this access's. Returns (table, written (S,) bool);
+    an id without a slot (refused, or the step inserted nothing) is not
+    written and stays the host's."""
+    slots, found = find_slots(spec, table, rows.keys)
+    written = found & (rows.keys != PADDING_ID)
+    at = jnp.where(written, slots, table.keys.shape[0])  # out of range: dropped
+    return table._replace(
+        values=table.values.at[at].set(rows.values.astype(table.values.dtype), mode="drop"),
+        opt_state=table.opt_state.at[at].set(rows.opt_state, mode="drop"),
+        freq=table.freq.at[at].add(rows.freq, mode="drop")), written
+
+
+def _rows_or_init(layout: Layout, group, tables, keys, tags, staged):
+    """Evaluation rows: the resident row, else the host tier's staged row,
+    else the row an insert would create (one find per table of the group;
+    the others' entries come back zero)."""
     rows = None
     for i, t in enumerate(group):
         spec = layout.spec(t)
-        r, _ = table_find(spec, tables[t], jnp.where(tags == i, keys, PADDING_ID),
-                          miss_init=True)
+        mine = jnp.where(tags == i, keys, PADDING_ID)
+        r, found = table_find(spec, tables[t], mine, miss_init=True)
+        if t in staged:  # each device's staged keys are sorted (tiering.Staged)
+            sk = staged[t].keys
+            at = jnp.clip(jnp.searchsorted(sk, mine), 0, sk.shape[0] - 1)
+            hit = (sk[at] == mine) & (mine != PADDING_ID) & ~found
+            r = jnp.where(hit[:, None], staged[t].values[at].astype(r.dtype), r)
         rows = r if rows is None else rows + r  # other tables' entries are zero rows
     return rows
 

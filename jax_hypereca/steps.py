@@ -70,9 +70,9 @@ class EvalFn:
         fwd = self.c.forward_fn(layout, train=False)
         predict = scoped(self.predict_fn)
 
-        def ev(state, batch):
-            _, outputs, _, stats, ok = fwd(state.tables, state.hot, batch["ids"],
-                                           batch["weights"], state.step, True)
+        def ev(state, batch, staged):
+            _, outputs, _, stats, ok, _ = fwd(state.tables, state.hot, batch["ids"],
+                                              batch["weights"], state.step, True, staged)
             return predict(state.params, outputs, batch), stats, ok
         return jax.jit(ev)
 
@@ -80,11 +80,14 @@ class EvalFn:
         batch = self.c.prepare_batch(batch, local=local)
         size = _batch_size(batch)
         caps = self.c.eval_capacities(size)
+        staged = self.c.stage(batch, take=False)  # host-tier rows: read, not moved
+        staged = staged.device if staged is not None else {}
+        batch = self.c.device_batch(batch)
         for _ in range(MAX_RERUNS):
             layout = self.c.layout(size, tuple(state.hot), capacities=caps)
             if layout not in self._compiled:
                 self._compiled[layout] = self._build(layout)
-            out, stats, ok = self._compiled[layout](state, batch)
+            out, stats, ok = self._compiled[layout](state, batch, staged)
             stats = self.c.host_stats(stats)
             if bool(host_value(ok)):
                 raise_for_stats(self.c, stats, state.tables, where="evaluation")
@@ -106,6 +109,7 @@ class Pending(NamedTuple):
     metrics: dict      # device arrays
     t0: float          # dispatch time
     clean: bool        # neither compiled nor re-ran (a fair time for exchange="auto")
+    staged: object = None  # the host tier's rows it took (tiering.Staged), or None
 
 
 class Verdict(NamedTuple):
@@ -154,13 +158,14 @@ class ShardedTrainStep:
         loss_fn, tx, has_aux = self.loss_fn, self.dense_tx, self.has_aux
         names = tuple(self.c.tables)
 
-        def step_fn(state: TrainState, batch, host):
+        def step_fn(state: TrainState, batch, host, staged):
             # host = [the step count the host expects, each table's growth limit]
             full = jnp.stack([fullest_shard(state.tables[t]) > host[i + 1]
                               for i, t in enumerate(names)])
             live = (state.step == host[0]) & ~full.any()
-            tables, outputs, contexts, stats, ok = fwd(state.tables, state.hot, batch["ids"],
-                                                       batch["weights"], state.step + 1, live)
+            tables, outputs, contexts, stats, ok, tier = fwd(
+                state.tables, state.hot, batch["ids"], batch["weights"], state.step + 1, live,
+                staged)
             with jax.named_scope("stage_dense"):
                 out, (g_params, g_out) = jax.value_and_grad(
                     scoped(loss_fn), argnums=(0, 1), has_aux=has_aux)(state.params, outputs,
@@ -176,7 +181,7 @@ class ShardedTrainStep:
                                    tables, jnp.where(ok, state.step + 1, state.step), hot)
             return new_state, {"loss": loss, "aux": aux, "stats": stats,
                                "apply_problems": problems, "ok": ok, "live": live,
-                               "full": full}
+                               "full": full, "tier": tier}
 
         return jax.jit(step_fn, donate_argnums=(0,))
 
@@ -196,7 +201,10 @@ class ShardedTrainStep:
 
     def lower(self, state: TrainState, batch):
         """The lowered step for a prepared batch (to inspect its HLO)."""
-        return self.compiled(state, batch).lower(state, batch, *self._args(state, 0))
+        staged = self.c.stage(batch, take=False)
+        return self.compiled(state, batch).lower(state, self.c.device_batch(batch),
+                                                 *self._args(state, 0),
+                                                 staged.device if staged else {})
 
     def dispatch(self, state: TrainState, batch, index: int) -> tuple[TrainState, Pending]:
         """Starts the step on a prepared batch (asynchronously); `index` is
@@ -204,14 +212,21 @@ class ShardedTrainStep:
         t0, compiled, retries = time.perf_counter(), len(self._compiled), self.retries
         fn = self.compiled(state, batch)
         layout = self.c.layout(_batch_size(batch), tuple(state.hot))
-        state, metrics = fn(state, batch, *self._args(state, index))
+        staged = self.c.stage(batch, take=True)  # held until check settles them
+        state, metrics = fn(state, self.c.device_batch(batch), *self._args(state, index),
+                            staged.device if staged is not None else {})
         return state, Pending(batch, index, layout, metrics, t0,
-                              compiled == len(self._compiled) and retries == self.retries)
+                              compiled == len(self._compiled) and retries == self.retries,
+                              staged)
 
     def check(self, p: Pending) -> Verdict:
         """Reads a step's statistics (waits for it) and raises the exchange
         capacities it outgrew."""
         stats = self.c.host_stats(p.metrics["stats"], p.metrics["apply_problems"])
+        if self.c.host_tier is not None:  # every attempt, applied or not (tiering.py)
+            tier = p.metrics["tier"]
+            self.c.host_tier.settle(p.staged, tier["written"], tier["demoted"],
+                                    {t: st["evicted"] for t, st in stats.items()})
         overflow = self.c.train_capacities.observe(self.c.needs(stats), _batch_size(p.batch),
                                                    p.index)
         full = {t for t, f in zip(self.c.tables, host_value(p.metrics["full"])) if f}
@@ -237,6 +252,8 @@ class ShardedTrainStep:
         metrics = dict(p.metrics, loss=float(host_value(p.metrics["loss"])), stats=v.stats,
                        step=p.index + 1, bytes_per_step=p.layout.bytes_per_step(),
                        exchange=p.layout.exchange.name)
+        if self.c.host_tier is not None:
+            metrics["host_tier"] = self.c.host_tier.stats()
         self._time_exchange(p.layout.exchange.name, time.perf_counter() - p.t0, p.clean)
         try:
             raise_for_stats(self.c, v.stats, state.tables, where="train step")

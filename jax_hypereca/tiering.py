@@ -1,0 +1,204 @@
+"""Rows between the two tiers of an EmbeddingCollection's tables: the device
+tier (each table's sharded slots, what the step reads and updates) and the host
+tier (one native HostStore per table in this process, host_tier.py).
+
+Movement (DESIGN.md section 3.4):
+
+* demotion: when a bucket is full, a train step's find_or_insert evicts its
+  lowest-score row; the step returns every evicted row (key, values, optimizer
+  state, scores; the count is in its statistics) and :meth:`HostTier.settle`
+  puts them into the host store. Every attempt of a step is settled, applied
+  or not (a step re-run after an overflow may have evicted already).
+* promotion: before a step is dispatched, :meth:`HostTier.stage` takes the
+  batch's ids that the host store holds out of it and sends each row to its
+  owner device with the batch. On the owner, once find_or_insert has given the
+  id its (fresh) slot, the step writes the staged row there: values,
+  optimizer state and its frequency (the access is this step's), so the id
+  trains on from its trained row, never from an initial one. The step
+  reports which staged rows it wrote; settle puts the others back (a step
+  whose exchange overflowed inserts nothing; an id its bucket refused has no
+  slot).
+* evaluation stages with ``take=False`` (a peek): the rows travel with the
+  batch and serve the ids the device tier lacks; nothing moves.
+
+Why no row is lost (I3): a row leaves the host store only by ``stage``, which
+holds it until ``settle`` of the same attempt; settle runs for every attempt
+and puts back what the device did not write. A row leaves the device tier only
+by eviction, and the step that evicts it returns it to settle.
+
+Why no id lives in both tiers (I1): staging happens only after every step
+dispatched before it has been settled, so every row the device evicted is in
+the store when the batch is staged; a staged id is then absent from the device
+tier, and find_or_insert's slot for it is a fresh one. This is why a
+collection with a host tier runs its pipeline at depth 1 (the host's reading,
+parsing and placing still run ahead in the loader thread): at depth > 1 a step
+in flight could evict an id a later, already staged batch needs, and nothing
+pins those ids yet.
+
+Counted per table (``HostTier.stats``): rows promoted and demoted, staged
+rows a step did not write and settle put back (``returned``), bytes moved each
+way (key, values, optimizer state and both scores per row), and
+the host store's own counters (host_tier.HOST_COUNTER_NAMES). With no
+policy eviction, every id ever inserted is on the device or in the store:
+``device inserted - promoted == device resident + host resident + device
+erased`` (tests/test_tiering.py checks it).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, NamedTuple
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jax_hypereca.errors import PADDING_ID, HyperecaError
+from jax_hypereca.hashing import owner_of
+from jax_hypereca.host_tier import HostStore
+from jax_hypereca.table import Rows, TableSpec
+
+# Staged rows per device are padded to a power of two at least this large,
+# so the step compiles again only when a batch stages twice as many rows.
+MIN_STAGED = 16
+
+
+class Staged(NamedTuple):
+    """One attempt's staged rows: per table, the host copy and the same rows
+    on the mesh, both [W * S] with device d's S rows (sorted by key, padding
+    PADDING_ID) at [d * S, (d + 1) * S)."""
+
+    host: dict[str, Rows]
+    device: dict[str, Rows]
+    taken: bool
+
+
+class HostTier:
+    """The host tier of a collection's tables (one process; see the module
+    docstring).
+
+    Args:
+      tables: the collection's TableSpecs by name.
+      mesh, axis: the mesh the tables are sharded over.
+      memory_limit_bytes: the most each table's store may hold (None: no
+        limit); a demotion past it raises HostTierFullError with the rows it
+        could not store attached (``.rows``), nothing dropped.
+      threads: threads per large store call.
+    """
+
+    def __init__(self, tables: Mapping[str, TableSpec], mesh: Mesh, axis: str, *,
+                 memory_limit_bytes: int | None = None, threads: int = 1):
+        if jax.process_count() > 1:
+            raise HyperecaError(
+                f"a host tier runs in one process for now ({jax.process_count()} processes): "
+                f"each owner's rows would have to be staged by the process that holds them. "
+                f"Train without host_tier, or in one process.")
+        self.specs = dict(tables)
+        self.mesh, self.axis = mesh, axis
+        self.num_shards = mesh.shape[axis]
+        self.memory_limit_bytes, self.threads = memory_limit_bytes, threads
+        self.stores = {n: self._store(s) for n, s in self.specs.items()}
+        self.moved = {n: dict(promoted=0, demoted=0, returned=0, bytes_to_device=0,
+                              bytes_to_host=0) for n in self.specs}
+
+    def _store(self, spec: TableSpec) -> HostStore:
+        return HostStore(spec.dim, spec.state_width, dtype=np.dtype(spec.dtype).name,
+                         memory_limit_bytes=self.memory_limit_bytes, threads=self.threads,
+                         name=spec.name)
+
+    # -------------------------------------------------------------- movement
+    def stage(self, ids: Mapping[str, np.ndarray], *, take: bool) -> Staged:
+        """Per table, the rows of `ids` (unique, no padding) the store holds,
+        routed to their owners: removed from the store (``take``, a train
+        step) or copied (an evaluation)."""
+        host, device = {}, {}
+        for name, keys in ids.items():
+            store = self.stores[name]
+            found, rows = store.take(keys) if take else store.peek(keys)
+            rows = Rows(*(a[found] for a in rows))
+            host[name] = self._by_owner(self.specs[name], rows)
+            device[name] = self._on_mesh(host[name])
+        return Staged(host, device, take)
+
+    def _by_owner(self, spec: TableSpec, rows: Rows) -> Rows:
+        """[W * S] rows, device d's sorted by key at [d * S, (d + 1) * S)."""
+        W = self.num_shards
+        owner = owner_of(rows.keys, W)
+        counts = np.bincount(owner, minlength=W)
+        size = MIN_STAGED
+        while size < counts.max(initial=0):
+            size *= 2
+        out = Rows.empty(spec, W * size)
+        for d in range(W):
+            block = Rows.empty(spec, size)
+            mine = owner == d
+            for dst, src in zip(block, rows):
+                dst[:counts[d]] = src[mine]
+            order = np.argsort(block.keys, kind="stable")  # padding (-1) sorted in too
+            for dst, src in zip(out, block):
+                dst[d * size:(d + 1) * size] = src[order]
+        return out
+
+    def _on_mesh(self, rows: Rows) -> Rows:
+        sharding = NamedSharding(self.mesh, P(self.axis))
+        return Rows(*(jax.make_array_from_callback(a.shape, sharding,
+                                                   lambda index, a=a: a[index])
+                      for a in rows))
+
+    def settle(self, staged: Staged | None, written: Mapping[str, jax.Array],
+               demoted: Mapping[str, Rows], evicted: Mapping[str, np.ndarray]) -> None:
+        """After one attempt of a train step: the staged rows the step did not
+        write go back to the store, then the rows it evicted (`demoted`, [W *
+        E] per table, device d's first ``evicted[t][d]`` at [d * E, ...])
+        are stored. Raises HostTierFullError (its ``rows`` not stored, held
+        by the exception) at the memory limit."""
+        for name, rows in (staged.host if staged is not None else {}).items():
+            done = np.asarray(written[name])
+            back = ~done & (rows.keys != PADDING_ID)
+            self._put(name, Rows(*(a[back] for a in rows)))
+            self.moved[name]["returned"] += int(back.sum())
+            n = int(done.sum())
+            self.moved[name]["promoted"] += n
+            self.moved[name]["bytes_to_device"] += n * self.specs[name].row_bytes()
+        for name, rows in demoted.items():
+            counts = np.asarray(evicted[name])
+            if not counts.sum():
+                continue
+            per = rows.keys.shape[0] // self.num_shards
+            host = Rows(*(np.asarray(a) for a in rows))
+            keep = np.concatenate([np.arange(d * per, d * per + c) for d, c in enumerate(counts)])
+            self._put(name, Rows(*(a[keep] for a in host)))
+            self.moved[name]["demoted"] += len(keep)
+            self.moved[name]["bytes_to_host"] += len(keep) * self.specs[name].row_bytes()
+
+    def _put(self, name: str, rows: Rows) -> None:
+        if len(rows.keys) == 0:
+            return
+        try:
+            self.stores[name].put_rows(rows)
+        except HyperecaError as e:
+            e.rows = rows  # nothing dropped: the caller holds them
+            raise
+
+    # ----------------------------------------------------------- inspection
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per table: rows resident in the host store, rows promoted,
+        demoted and returned so far, bytes moved each way, and the store's
+        counters (``host_inserted == demoted + returned``, ``host_take_hits
+        == promoted + returned``)."""
+        return {n: dict(host_rows=len(s), host_bytes=s.bytes, **self.moved[n],
+                        **{f"host_{k}": v for k, v in s.counters().items()})
+                for n, s in self.stores.items()}
+
+    def rows(self, name: str) -> Rows:
+        """Every row of the table's host tier (host copies)."""
+        parts = list(self.stores[name].export_chunks())
+        return Rows.concat(parts) if parts else Rows.empty(self.specs[name])
+
+    def load(self, rows: Mapping[str, Rows]) -> None:
+        """Replaces the host tier's rows (a restore): empty stores holding
+        `rows` per table; the movement counts restart at 0."""
+        self.stores = {n: self._store(s) for n, s in self.specs.items()}
+        self.moved = {n: dict.fromkeys(self.moved[n], 0) for n in self.specs}
+        for name, r in rows.items():
+            self._put(name, r)
+

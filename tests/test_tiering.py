@@ -1,0 +1,126 @@
+"""The host tier under the train step (tiering.py): with a device budget far
+below the ids a run sees, the device tier evicts rows to the host tier and
+promotes them back, and training equals the run that keeps every row on the
+device bit for bit (losses, dense params, every row's values and optimizer
+state); nothing is lost (I3, exact counters) and evaluation reads host rows."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+import jax_hypereca as h
+from jax_hypereca.collection import EmbeddingCollection
+from jax_hypereca.pipeline import TrainPipeline
+from jax_hypereca.placement import local_rows, make_mesh
+from jax_hypereca.table import Rows
+
+import test_collection as tc
+
+STEPS = 30
+# Rows per table over all shards, per device count: a sees ~400 distinct ids
+# in the run (b and c hold all their ids). A shard's bucket must fit the ids
+# of one batch it owns, so 8 shards need more rows in all than one.
+BUDGET = {1: {"a": 128, "b": 128, "c": 128}, 2: {"a": 128, "b": 128, "c": 128},
+          8: {"a": 256, "b": 256, "c": 256}}
+
+
+def specs(capacity: dict[str, int] | None, bucket_size: int = 32):
+    return [h.TableSpec(name=n, dim=tc.DIMS[n], capacity=(capacity or {}).get(n, 2048),
+                        optimizer=tc.OPTS["adagrad"][0], seed=7 + i,
+                        initializer=h.uniform(0.2), bucket_size=bucket_size)
+            for i, n in enumerate(tc.DIMS)]
+
+
+def train(coll, batches, depth=1):
+    dense_tx = optax.adam(0.01)
+    step = coll.make_train_step(tc.head_loss, dense_tx)
+    state = coll.init_train_state(tc.init_params(), dense_tx)
+    pipe = TrainPipeline(step, depth=depth)
+    for b in batches:
+        state = pipe.submit(state, b)
+    state = pipe.flush(state)
+    losses = [m["loss"] for m in pipe.pop_completed()]
+    return state, losses
+
+
+def all_rows(coll, state, name) -> dict[int, tuple]:
+    parts = local_rows(state.tables[name])
+    if coll.host_tier is not None:
+        parts.append(coll.host_tier.rows(name))
+    rows = Rows.concat(parts)
+    assert len(np.unique(rows.keys)) == len(rows.keys), "an id in two places (I1)"
+    return {int(k): (v, o) for k, v, o in zip(rows.keys, rows.values, rows.opt_state)}
+
+
+@pytest.fixture(scope="module")
+def batches():
+    return tc.make_batches(steps=STEPS)
+
+
+def all_on_device(batches, devices):
+    """The run with room for every row (the same mesh: the order in which
+    the owners sum a row's gradients depends on it)."""
+    coll = EmbeddingCollection(specs(None), tc.FEATURES, mesh=make_mesh(jax.devices()[:devices]))
+    state, losses = train(coll, batches)
+    assert all(s["evicted"] == 0 for s in coll.table_stats(state.tables).values())
+    return coll, state, losses
+
+
+def tiered(devices):
+    """A collection with a host tier whose tables may not grow past BUDGET."""
+    mesh = make_mesh(jax.devices()[:devices])
+    probe = EmbeddingCollection(specs(BUDGET[devices]), tc.FEATURES, mesh=mesh)
+    return EmbeddingCollection(specs(BUDGET[devices]), tc.FEATURES, mesh=mesh, host_tier=True,
+                               max_shard_bytes=probe.shard_bytes(probe.init_tables()))
+
+
+@pytest.mark.parametrize("devices,depth", [(1, 1), (8, 3)])
+def test_a_small_device_tier_trains_like_all_rows_on_the_device(devices, depth, batches):
+    ref_coll, ref_state, ref_losses = all_on_device(batches, devices)
+    coll = tiered(devices)
+    state, losses = train(coll, batches, depth)
+    assert losses == ref_losses  # bit for bit
+    for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    stats = coll.table_stats(state.tables)
+    for name in tc.DIMS:
+        got, want = all_rows(coll, state, name), all_rows(ref_coll, ref_state, name)
+        assert got.keys() == want.keys()
+        for k, (v, o) in want.items():
+            np.testing.assert_array_equal(got[k][0], v)
+            np.testing.assert_array_equal(got[k][1], o)
+        s = stats[name]
+        assert state.tables[name].keys.shape[0] == BUDGET[devices][name]  # never grew
+        # I3, exact: every id inserted is on the device or in the host tier
+        assert s["inserted"] - s["promoted"] == s["size"] + s["host_rows"] == len(want)
+        assert s["evicted"] == s["demoted"] == s["host_inserted"] - s["returned"]
+        assert s["promoted"] == s["host_take_hits"] - s["returned"]
+        assert s["bytes_to_host"] == s["demoted"] * coll.tables[name].row_bytes()
+    assert stats["a"]["demoted"] > 100 and stats["a"]["promoted"] > 100
+
+
+def test_evaluation_reads_rows_from_the_host_tier(batches):
+    ref_coll, ref_state, _ = all_on_device(batches, 2)
+    coll = tiered(2)
+    state, _ = train(coll, batches)
+    predict = lambda params, emb, batch: emb  # the looked-up rows themselves
+    probe_batch = tc.make_batches(seed=5, steps=1)[0]
+    host_ids = coll.host_tier.rows("a").keys
+    assert np.isin(probe_batch["ids"]["fa"], host_ids).sum() > 5  # the batch needs host rows
+    before = coll.host_tier.stats()
+    got = coll.make_eval_fn(predict)(state, probe_batch)
+    want = ref_coll.make_eval_fn(predict)(ref_state, probe_batch)
+    for f in want:
+        np.testing.assert_array_equal(np.asarray(got[f]), np.asarray(want[f]))
+    assert coll.host_tier.stats() == before  # read, not moved
+
+
+def test_host_tier_settings_are_checked():
+    with pytest.raises(ValueError, match="host_tier needs evict=True"):
+        EmbeddingCollection(specs(None), tc.FEATURES, mesh=make_mesh(jax.devices()[:1]),
+                            host_tier=True, evict=False)
+    coll = EmbeddingCollection(specs(None), tc.FEATURES, mesh=make_mesh(jax.devices()[:1]),
+                               host_tier=True)
+    with pytest.raises(h.HyperecaError, match="hot folds"):
+        coll.layout(64, ("a",))
