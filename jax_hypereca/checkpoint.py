@@ -48,6 +48,7 @@ from jax.experimental import multihost_utils
 
 from jax_hypereca.collection import EmbeddingCollection, TrainState
 from jax_hypereca.errors import HyperecaError
+from jax_hypereca.hashing import owner_of
 from jax_hypereca.placement import (
     counter_totals, live_rows, local_rows, place_rows, replica_rows, rows_on_mesh)
 from jax_hypereca.replication import replicate_rows
@@ -122,12 +123,19 @@ class CheckpointManager:
         for name, st in state.tables.items():
             spec = collection.tables[name]
             counters = counter_totals({name: st})[name]
-            on_mesh = rows_on_mesh(local_rows(st), collection.mesh, collection.axis)
+            blocks, host_rows = local_rows(st), 0
+            if collection.host_tier is not None:  # the host tier's rows join their owners'
+                blocks, host_rows = _with_host_rows(blocks, collection.host_tier.rows(name),
+                                                    collection.num_shards)
+            on_mesh = rows_on_mesh(blocks, collection.mesh, collection.axis)
             cold[name] = dict(on_mesh._asdict(), counters=counters)
             meta_tables[name] = dict(capacity=int(st.keys.shape[0]), dim=spec.dim,
                                      state_width=spec.state_width,
                                      dtype=np.dtype(spec.dtype).name,
-                                     rows=int(counters[COUNTER_NAMES["size"]]), hot_rows=None)
+                                     rows=int(counters[COUNTER_NAMES["size"]]) + host_rows,
+                                     hot_rows=None)
+            if collection.host_tier is not None:
+                meta_tables[name]["host_moved"] = collection.host_tier.moved[name]
         for name, st in state.hot.items():
             rows, counters = replica_rows(st)
             hot[name] = dict(rows._asdict(), counters=counters)  # the same on every process
@@ -174,8 +182,18 @@ class CheckpointManager:
 
         (meta, d, (cold, hot)), skipped = self._first_readable(step, read)
         self._set_aside(skipped)
+        if collection.host_tier is not None:
+            # every row to the host tier, the device tier empty at its
+            # configured size: the steps promote what they need, and no
+            # device budget is passed however the checkpoint was taken
+            collection.host_tier.load({n: rows for n, (rows, _) in cold.items()},
+                                      moved={n: m.get("host_moved")
+                                             for n, m in meta["tables"].items()})
+            cold = {n: (Rows.empty(collection.tables[n]), c) for n, (_, c) in cold.items()}
         tables = {name: place_rows(collection.tables[name], rows, counters, collection.mesh,
-                                    collection.axis, min_capacity=meta["tables"][name]["capacity"])
+                                    collection.axis,
+                                    min_capacity=0 if collection.host_tier is not None
+                                    else meta["tables"][name]["capacity"])
                   for name, (rows, counters) in cold.items()}
         hot = {name: replicate_rows(collection.tables[name], rows, counters, collection.mesh)
                for name, (rows, counters) in hot.items()}
@@ -328,6 +346,16 @@ class CheckpointManager:
 
 _TENSORSTORE_OS_ERROR = re.compile(
     r'(?:writing|creating|renaming)[^"]*"([^"]+)".*\[os_error_code=\'(\d+)\'\]', re.S)
+
+
+def _with_host_rows(blocks: list[Rows], host: Rows, num_shards: int
+                    ) -> tuple[list[Rows], int]:
+    """Each shard's resident rows plus the host tier's rows it owns (one
+    process: `blocks` are every shard's, in shard order); and how many
+    host rows there were."""
+    owner = owner_of(host.keys, num_shards)
+    return ([Rows.concat([b, Rows(*(a[owner == i] for a in host))])
+             for i, b in enumerate(blocks)], len(host.keys))
 
 
 def _os_error(error: BaseException) -> tuple[int | None, str | None]:

@@ -194,11 +194,14 @@ class HostTier:
         parts = list(self.stores[name].export_chunks())
         return Rows.concat(parts) if parts else Rows.empty(self.specs[name])
 
-    def load(self, rows: Mapping[str, Rows]) -> None:
-        """Replaces the host tier's rows (a restore): empty stores holding
-        `rows` per table; the movement counts restart at 0."""
+    def load(self, rows: Mapping[str, Rows],
+             moved: Mapping[str, Mapping[str, int] | None] | None = None) -> None:
+        """Replaces the host tier's rows (a restore): new stores holding
+        `rows` per table (their own counters start there), and the movement
+        counts `moved` (saved with them; 0 where None)."""
         self.stores = {n: self._store(s) for n, s in self.specs.items()}
-        self.moved = {n: dict.fromkeys(self.moved[n], 0) for n in self.specs}
+        self.moved = {n: {k: int(((moved or {}).get(n) or {}).get(k, 0)) for k in self.moved[n]}
+                      for n in self.specs}
         for name, r in rows.items():
             self._put(name, r)
 

@@ -10,6 +10,7 @@ import optax
 import pytest
 
 import jax_hypereca as h
+from jax_hypereca.checkpoint import CheckpointManager
 from jax_hypereca.collection import EmbeddingCollection
 from jax_hypereca.pipeline import TrainPipeline
 from jax_hypereca.placement import local_rows, make_mesh
@@ -98,22 +99,53 @@ def test_a_small_device_tier_trains_like_all_rows_on_the_device(devices, depth, 
         assert s["promoted"] == s["host_take_hits"] - s["returned"]
         assert s["bytes_to_host"] == s["demoted"] * coll.tables[name].row_bytes()
     assert stats["a"]["demoted"] > 100 and stats["a"]["promoted"] > 100
-
-
-def test_evaluation_reads_rows_from_the_host_tier(batches):
-    ref_coll, ref_state, _ = all_on_device(batches, 2)
-    coll = tiered(2)
-    state, _ = train(coll, batches)
+    # evaluation reads the host tier's rows, and moves nothing
     predict = lambda params, emb, batch: emb  # the looked-up rows themselves
-    probe_batch = tc.make_batches(seed=5, steps=1)[0]
-    host_ids = coll.host_tier.rows("a").keys
-    assert np.isin(probe_batch["ids"]["fa"], host_ids).sum() > 5  # the batch needs host rows
+    probe = tc.make_batches(seed=5, steps=1)[0]
+    probe["ids"]["fa"][:16] = coll.host_tier.rows("a").keys[:16]  # trained rows on the host
     before = coll.host_tier.stats()
-    got = coll.make_eval_fn(predict)(state, probe_batch)
-    want = ref_coll.make_eval_fn(predict)(ref_state, probe_batch)
+    got = coll.make_eval_fn(predict)(state, probe)
+    want = ref_coll.make_eval_fn(predict)(ref_state, probe)
     for f in want:
         np.testing.assert_array_equal(np.asarray(got[f]), np.asarray(want[f]))
-    assert coll.host_tier.stats() == before  # read, not moved
+    assert coll.host_tier.stats() == before
+
+
+def test_a_checkpoint_holds_both_tiers_and_restores_onto_another_mesh(batches, tmp_path):
+    """15 steps on 8 devices, saved, restored onto 1 device (every row into
+    the host tier, the device tier empty) and trained 15 more: as the
+    1-device run that kept every row on the device (the mesh changes only
+    the order the owners sum gradients in: within 1e-5)."""
+    ref_coll, ref_state, ref_losses = all_on_device(batches, 1)
+    coll = tiered(8)
+    state, first = train(coll, batches[:15])
+    saved_rows = {n: s["size"] + s["host_rows"] for n, s in coll.table_stats(state.tables).items()}
+    ckpt = CheckpointManager(tmp_path / "ck")
+    ckpt.save(state, coll)
+    ckpt.wait()
+    coll1 = tiered(1)
+    template = coll1.init_train_state(tc.init_params(), optax.adam(0.01))
+    state, _ = ckpt.restore(template, coll1)
+    stats = coll1.table_stats(state.tables)
+    assert {n: s["host_rows"] for n, s in stats.items()} == saved_rows
+    assert all(s["size"] == 0 for s in stats.values())
+    step = coll1.make_train_step(tc.head_loss, optax.adam(0.01))
+    losses = list(first)
+    for b in batches[15:]:
+        state, m = step(state, b)
+        losses.append(m["loss"])
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    stats = coll1.table_stats(state.tables)
+    for name in tc.DIMS:
+        got, want = all_rows(coll1, state, name), all_rows(ref_coll, ref_state, name)
+        assert got.keys() == want.keys()
+        for k, (v, o) in want.items():
+            np.testing.assert_allclose(got[k][0], v, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(got[k][1], o, rtol=1e-4, atol=1e-5)
+        s = stats[name]
+        assert s["inserted"] - s["promoted"] == s["size"] + s["host_rows"] == len(want)
+
+
 
 
 def test_host_tier_settings_are_checked():
