@@ -124,7 +124,7 @@ class CheckpointManager:
             spec = collection.tables[name]
             counters = counter_totals({name: st})[name]
             blocks, host_rows = local_rows(st), 0
-            if collection.host_tier is not None:  # the host tier's rows join their owners'
+            if collection.host_tier is not None:  # host-tier rows join their owners'
                 blocks, host_rows = _with_host_rows(blocks, collection.host_tier.rows(name),
                                                     collection.num_shards)
             on_mesh = rows_on_mesh(blocks, collection.mesh, collection.axis)
@@ -182,17 +182,17 @@ class CheckpointManager:
 
         (meta, d, (cold, hot)), skipped = self._first_readable(step, read)
         self._set_aside(skipped)
-        if collection.host_tier is not None:
+        tier = collection.host_tier if collection is not None else None
+        if tier is not None:
             # every row to the host tier, the device tier empty at its
             # configured size: the steps promote what they need, and no
             # device budget is passed however the checkpoint was taken
-            collection.host_tier.load({n: rows for n, (rows, _) in cold.items()},
-                                      moved={n: m.get("host_moved")
-                                             for n, m in meta["tables"].items()})
+            tier.load({n: rows for n, (rows, _) in cold.items()},
+                      moved={n: m.get("host_moved") for n, m in meta["tables"].items()})
             cold = {n: (Rows.empty(collection.tables[n]), c) for n, (_, c) in cold.items()}
         tables = {name: place_rows(collection.tables[name], rows, counters, collection.mesh,
                                     collection.axis,
-                                    min_capacity=0 if collection.host_tier is not None
+                                    min_capacity=0 if tier is not None
                                     else meta["tables"][name]["capacity"])
                   for name, (rows, counters) in cold.items()}
         hot = {name: replicate_rows(collection.tables[name], rows, counters, collection.mesh)

@@ -39,7 +39,7 @@ from jax_hypereca.placement import (
 from jax_hypereca.state import LossFn, TrainState
 from jax_hypereca.steps import EvalFn, ShardedTrainStep
 from jax_hypereca.table import COUNTER_NAMES, Rows, TableSpec, TableState
-from jax_hypereca.tiering import HostTier
+from jax_hypereca.tiers import HostTier
 
 # The prepared batch's host copy of its ids (a host tier stages by them);
 # taken out before the batch goes to a compiled step (device_batch).
@@ -86,12 +86,12 @@ class EmbeddingCollection:
         step seconds), or an ``Exchange`` instance. Results are bit-identical
         for all, so the turns change nothing but the time.
       host_tier: keep the rows the device tier evicts in host memory and
-        bring them back when a batch needs them (tiering.py): with
+        bring them back when a batch needs them (tiers.py): with
         ``max_shard_bytes`` as the device budget, tables larger than device
         memory train as if every row were on the device. True, or a dict of
         HostTier's settings (``memory_limit_bytes`` per table,
         ``threads``). One process only for now; the pipeline then runs at
-        depth 1 (tiering.py says why); hot folds are refused.
+        depth 1 (tiers.py says why); hot folds are refused.
     """
 
     def __init__(self, tables: Sequence[TableSpec], features: Sequence[FeatureSpec], *,
@@ -240,7 +240,7 @@ class EmbeddingCollection:
         return out
 
     def stage(self, batch: Mapping[str, Any], *, take: bool):
-        """The host tier's rows of a prepared batch's ids (tiering.Staged),
+        """The host tier's rows of a prepared batch's ids (tiers.Staged),
         or None without a host tier."""
         if self.host_tier is None:
             return None
@@ -473,7 +473,8 @@ class EmbeddingCollection:
     def table_stats(self, tables: Mapping[str, TableState],
                     hot: Mapping[str, TableState] | None = None) -> dict[str, dict[str, int]]:
         """Counters summed over the shards and, given `hot`, the hot folds
-        (placement.counter_totals), plus the fullest shard's load."""
+        (placement.counter_totals), the fullest shard's load, the slots
+        (``capacity``) and, with a host tier, its statistics (HostTier.stats)."""
         out = {}
         for n, total in counter_totals(tables, hot).items():
             d = counters_by_name(total)
@@ -481,6 +482,7 @@ class EmbeddingCollection:
             size = host_gather(tables[n].counters).reshape(self.num_shards, -1)[
                 :, COUNTER_NAMES["size"]]
             d["max_shard_load"] = float(size.max() / rows)
+            d["capacity"] = int(tables[n].keys.shape[0])  # slots over all shards
             if self.host_tier is not None:
                 d.update(self.host_tier.stats()[n])
             out[n] = d

@@ -31,7 +31,7 @@ class Layout:
     evict: bool = True            # False: every row is pinned; full buckets grow the table
     hot: tuple[str, ...] = ()     # tables with a replicated hot fold
     exchange: Exchange = AllToAll()  # how the blocks move (exchange.py)
-    host_tier: bool = False       # evicted rows come back from the step (tiering.py)
+    host_tier: bool = False       # evicted rows come back from the step (tiers.py)
 
     @property
     def table_names(self) -> tuple[str, ...]:

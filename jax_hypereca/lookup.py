@@ -167,18 +167,13 @@ def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, 
     `hot` holds the replicated hot folds (every device has all of them). With
     `live` false the call is a no-op, as after an overflow: only padding is
     exchanged, nothing inserted, and ``ok`` comes back false (a pipelined
-    step behind one that failed; see pipeline.py). `staged` holds, per table,
-    the host tier's rows of this device's ids (tiering.py): a train step
-    writes them into the slots find_or_insert gave their ids, an evaluation
-    serves them where the device tier has no row.
-
+    step behind one that failed; see pipeline.py). `staged`: per table, the
+    host tier's rows of this device's ids (tiers.py), written into the slots
+    find_or_insert gives them (train) or served where the device has none.
     Each stage runs in a named scope ``stage_<name>`` (STAGES) so a profile
-    attributes the step's device time to it.
-
-    Returns (tables, outputs per feature, contexts per group, stats (T, S), ok,
-    tier): with a host tier, a train step's ``tier`` holds per table the rows
-    its inserts evicted (``demoted``) and which staged rows it wrote
-    (``written``); otherwise it is empty."""
+    attributes the step's device time to it. Returns (tables, outputs per feature, contexts per group, stats (T, S), ok,
+    tier): a train step's ``tier`` (with a host tier; else empty) holds per
+    table the rows evicted (``demoted``) and the staged rows written."""
     W, ax = layout.num_shards, layout.axis
     me = lax.axis_index(ax)
     batch = next(iter(ids.values())).shape[0]
@@ -308,7 +303,7 @@ def _rows_or_init(layout: Layout, group, tables, keys, tags, staged):
         spec = layout.spec(t)
         mine = jnp.where(tags == i, keys, PADDING_ID)
         r, found = table_find(spec, tables[t], mine, miss_init=True)
-        if t in staged:  # each device's staged keys are sorted (tiering.Staged)
+        if t in staged:  # each device's staged keys are sorted (tiers.Staged)
             sk = staged[t].keys
             at = jnp.clip(jnp.searchsorted(sk, mine), 0, sk.shape[0] - 1)
             hit = (sk[at] == mine) & (mine != PADDING_ID) & ~found

@@ -53,7 +53,7 @@ class TrainPipeline:
     state (evaluation, checkpoints, table statistics). depth=1 is the
     synchronous loop. While ``exchange="auto"`` is still timing its
     candidates the pipeline runs at depth 1 (the timings need whole steps),
-    and it always does with a host tier (tiering.py says why).
+    and it always does with a host tier (tiers.py says why).
 
     Errors the statistics raise (reserved ids, a full table at its memory
     cap, non-finite gradients) surface at the check, with the newest state
@@ -78,7 +78,7 @@ class TrainPipeline:
     def _depth(self) -> int:
         trial = self.step.c.exchange_trial
         if self.step.c.host_tier is not None:
-            return 1  # staging needs every earlier step's evictions (tiering.py)
+            return 1  # staging needs every earlier step's evictions (tiers.py)
         return 1 if trial is not None and trial.chosen is None else self.depth
 
     def submit(self, state: TrainState, batch) -> TrainState:

@@ -109,7 +109,7 @@ class Pending(NamedTuple):
     metrics: dict      # device arrays
     t0: float          # dispatch time
     clean: bool        # neither compiled nor re-ran (a fair time for exchange="auto")
-    staged: object = None  # the host tier's rows it took (tiering.Staged), or None
+    staged: object = None  # the host tier's rows it took (tiers.Staged), or None
 
 
 class Verdict(NamedTuple):
@@ -223,7 +223,7 @@ class ShardedTrainStep:
         """Reads a step's statistics (waits for it) and raises the exchange
         capacities it outgrew."""
         stats = self.c.host_stats(p.metrics["stats"], p.metrics["apply_problems"])
-        if self.c.host_tier is not None:  # every attempt, applied or not (tiering.py)
+        if self.c.host_tier is not None:  # every attempt, applied or not (tiers.py)
             tier = p.metrics["tier"]
             self.c.host_tier.settle(p.staged, tier["written"], tier["demoted"],
                                     {t: st["evicted"] for t, st in stats.items()})

@@ -99,7 +99,12 @@ class TrainConfig:
     prefetch: int = _field(3, "batches the loader thread prepares ahead (stage A); 0: "
                               "prepared in the training thread (no loader thread: faster "
                               "where XLA already keeps every core busy, e.g. 2 CPU cores)")
-    table_memory_mb: int = _field(512, "memory budget of all tables (bounds capacities)")
+    table_memory_mb: float = _field(512, "memory budget of all tables (bounds capacities); "
+                                         "with --host-tier, of the device tier")
+    host_tier: bool = _field(False, "keep the rows the tables evict in host memory and bring "
+                                    "them back when a batch needs them: tables larger than "
+                                    "--table-memory-mb train as if all on the device (one "
+                                    "process; the pipeline runs at depth 1)")
     seed: int = _field(0, "seed of the data stream, the tables and the MLPs")
     devices: int | None = _field(None, "devices in the mesh (default: all; on CPU 8 fake ones)")
     platform: str = _field("auto", "cpu, gpu, or auto (jax's default backend)",
@@ -123,9 +128,10 @@ class TrainConfig:
     progress: bool = _field(True, "show a progress bar")
 
     def __post_init__(self):
+        if not self.table_memory_mb > 0:
+            raise ValueError(f"--table-memory-mb must be > 0, got {self.table_memory_mb}")
         for name in ("batch", "steps", "eval_every", "eval_size", "log_every",
-                     "table_memory_mb", "num_processes", "pipeline_depth", "prefetch",
-                     "peer_timeout_s"):
+                     "num_processes", "pipeline_depth", "prefetch", "peer_timeout_s"):
             least = 0 if name == "prefetch" else 1
             if getattr(self, name) < least:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= {least}, "
@@ -360,6 +366,11 @@ def make_source(cfg: TrainConfig, preset: Preset, features) -> CriteoSource | Sy
     return SyntheticSource(seed=cfg.seed, **kw)
 
 
+def table_bytes(cfg: TrainConfig) -> int:
+    """--table-memory-mb in bytes."""
+    return int(cfg.table_memory_mb * (1 << 20))
+
+
 def make_trainer(cfg: TrainConfig, mcfg: ModelConfig, dense_tx, mesh, tables, features,
                  sample: dict) -> tuple[SparseTrainer | DenseTrainer, h.TrainState]:
     """The model's trainer and its initial state (params from `sample`)."""
@@ -370,7 +381,8 @@ def make_trainer(cfg: TrainConfig, mcfg: ModelConfig, dense_tx, mesh, tables, fe
     else:
         # --table-memory-mb bounds the tables: they grow while they fit it, then evict.
         coll = h.EmbeddingCollection(tables, features, mesh=mesh, exchange=cfg.exchange,
-                                     max_shard_bytes=(cfg.table_memory_mb << 20) // mesh.size)
+                                     max_shard_bytes=table_bytes(cfg) // mesh.size,
+                                     host_tier=cfg.host_tier)
         trainer = SparseTrainer(model, coll, dense_tx, depth=cfg.pipeline_depth)
     return trainer, trainer.init_state(params)
 
@@ -462,7 +474,7 @@ def train(cfg: TrainConfig) -> dict:
     # Everything that can fail on bad input fails here, before training.
     sparse_opt, dense_lr, dense_tx, dense_kw = make_optimizers(cfg, preset)
     tables, features = sparse_specs(
-        preset, optimizer=sparse_opt, budget_bytes=cfg.table_memory_mb << 20, seed=cfg.seed,
+        preset, optimizer=sparse_opt, budget_bytes=table_bytes(cfg), seed=cfg.seed,
         embedding_dim=mcfg.embedding_dim)
     source = make_source(cfg, preset, features)
     ckpt = (CheckpointManager(cfg.checkpoint_dir, max_to_keep=cfg.keep_checkpoints)

@@ -289,3 +289,31 @@ def test_resume_skips_a_damaged_latest_checkpoint_and_says_where_it_resumed(tmp_
     assert train.main(args + ["--resume", "--output-dir", str(tmp_path / "third")]) == 2
     err = capsys.readouterr().err
     assert f"error: no checkpoint in {ck} can be read: step 4: " in err and "; step 2: " in err
+
+
+def host_tier_run(tmp_path, batch: int, steps: int) -> dict:
+    """The tiny preset at the smallest budget (4 tables of 4096 device rows)
+    with the host tier: the tables' ids far outnumber the device rows."""
+    return run(["--preset", "tiny", "--batch", str(batch), "--steps", str(steps),
+                "--eval-every", str(steps), "--eval-size", "4096", "--log-every", str(steps),
+                "--no-progress", "--devices", "2", "--bottom-mlp", "16", "--top-mlp", "8",
+                "--prefetch", "0", "--host-tier", "--table-memory-mb", "1.5"], tmp_path)
+
+
+def check_host_tier_run(got: dict, times: float) -> None:
+    per_table = got["tables"][-1]["per_table"]
+    for name, t in per_table.items():  # I3, exact: every id is on the device or the host
+        assert t["inserted"] - t["promoted"] == t["size"] + t["host_rows"], name
+        assert t["evicted"] == t["demoted"] and t["size"] <= t["capacity"] == 4352, name
+    c1 = per_table["C1"]
+    assert c1["size"] + c1["host_rows"] >= times * c1["capacity"], c1
+    assert c1["promoted"] > 0 and np.isfinite(got["eval"][-1]["logloss"])
+
+
+def test_a_table_past_its_device_budget_trains_through_the_command(tmp_path):
+    check_host_tier_run(host_tier_run(tmp_path, 1024, 16), times=1.5)
+
+
+@slow
+def test_a_table_ten_times_its_device_budget_trains_through_the_command(tmp_path):
+    check_host_tier_run(host_tier_run(tmp_path, 4096, 40), times=10)

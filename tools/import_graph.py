@@ -68,7 +68,7 @@ LAYER_OF = {
     "jax_hypereca.layout": "exchange",     # a Layout names its Exchange
     "jax_hypereca.state": "placement",
     "jax_hypereca.lookup_scope": "placement",
-    "jax_hypereca.tiers": "placement",      # DESIGN.md section 5 (host tier, to come)
+    "jax_hypereca.tiers": "placement",      # rows between the device and host tiers
     "jax_hypereca.exchange": "exchange",
     "jax_hypereca.replication": "replication",
     "jax_hypereca.lookup": "lookup",

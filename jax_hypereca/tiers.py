@@ -41,7 +41,7 @@ way (key, values, optimizer state and both scores per row), and
 the host store's own counters (host_tier.HOST_COUNTER_NAMES). With no
 policy eviction, every id ever inserted is on the device or in the store:
 ``device inserted - promoted == device resident + host resident + device
-erased`` (tests/test_tiering.py checks it).
+erased`` (tests/test_tiers.py checks it).
 """
 
 from __future__ import annotations

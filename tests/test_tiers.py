@@ -1,4 +1,4 @@
-"""The host tier under the train step (tiering.py): with a device budget far
+"""The host tier under the train step (tiers.py): with a device budget far
 below the ids a run sees, the device tier evicts rows to the host tier and
 promotes them back, and training equals the run that keeps every row on the
 device bit for bit (losses, dense params, every row's values and optimizer
