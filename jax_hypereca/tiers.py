@@ -46,6 +46,8 @@ erased`` (tests/test_tiers.py checks it).
 
 from __future__ import annotations
 
+import time
+import functools
 from typing import Mapping, NamedTuple
 
 import jax
@@ -57,8 +59,10 @@ from jax_hypereca.hashing import owner_of
 from jax_hypereca.host_tier import HostStore
 from jax_hypereca.table import Rows, TableSpec
 
-# Staged rows per device are padded to a power of two at least this large,
-# so the step compiles again only when a batch stages twice as many rows.
+# Staged rows per device are padded to one size for every table, a power of
+# two at least this large that never shrinks: the step compiles again only
+# when some table stages more rows than any before (a shape is a program),
+# a handful of times while the host tier fills up.
 MIN_STAGED = 16
 
 
@@ -99,6 +103,10 @@ class HostTier:
         self.stores = {n: self._store(s) for n, s in self.specs.items()}
         self.moved = {n: dict(promoted=0, demoted=0, returned=0, bytes_to_device=0,
                               bytes_to_host=0) for n in self.specs}
+        self.staged_rows = MIN_STAGED  # per device and table; never shrinks
+        self.demoted_rows = MIN_STAGED  # the same, for the evicted rows read back
+        # host time in this tier (not in stats: evaluation adds to it)
+        self.timing = dict(stage_s=0.0, stage_keys=0, settle_s=0.0)
 
     def _store(self, spec: TableSpec) -> HostStore:
         return HostStore(spec.dim, spec.state_width, dtype=np.dtype(spec.dtype).name,
@@ -110,29 +118,30 @@ class HostTier:
         """Per table, the rows of `ids` (unique, no padding) the store holds,
         routed to their owners: removed from the store (``take``, a train
         step) or copied (an evaluation)."""
-        host, device = {}, {}
+        t0, rows, owners = time.perf_counter(), {}, {}
         for name, keys in ids.items():
             store = self.stores[name]
-            found, rows = store.take(keys) if take else store.peek(keys)
-            rows = Rows(*(a[found] for a in rows))
-            host[name] = self._by_owner(self.specs[name], rows)
-            device[name] = self._on_mesh(host[name])
+            found, r = store.take(keys) if take else store.peek(keys)
+            rows[name] = Rows(*(a[found] for a in r))
+            owners[name] = owner_of(rows[name].keys, self.num_shards)
+            most = np.bincount(owners[name], minlength=self.num_shards).max(initial=0)
+            while self.staged_rows < most:
+                self.staged_rows *= 2
+            self.timing["stage_keys"] += len(keys)
+        host = {n: self._by_owner(self.specs[n], r, owners[n]) for n, r in rows.items()}
+        device = {n: self._on_mesh(r) for n, r in host.items()}
+        self.timing["stage_s"] += time.perf_counter() - t0
         return Staged(host, device, take)
 
-    def _by_owner(self, spec: TableSpec, rows: Rows) -> Rows:
+    def _by_owner(self, spec: TableSpec, rows: Rows, owner: np.ndarray) -> Rows:
         """[W * S] rows, device d's sorted by key at [d * S, (d + 1) * S)."""
-        W = self.num_shards
-        owner = owner_of(rows.keys, W)
-        counts = np.bincount(owner, minlength=W)
-        size = MIN_STAGED
-        while size < counts.max(initial=0):
-            size *= 2
+        W, size = self.num_shards, self.staged_rows
         out = Rows.empty(spec, W * size)
         for d in range(W):
             block = Rows.empty(spec, size)
             mine = owner == d
             for dst, src in zip(block, rows):
-                dst[:counts[d]] = src[mine]
+                dst[:int(mine.sum())] = src[mine]
             order = np.argsort(block.keys, kind="stable")  # padding (-1) sorted in too
             for dst, src in zip(out, block):
                 dst[d * size:(d + 1) * size] = src[order]
@@ -151,6 +160,8 @@ class HostTier:
         E] per table, device d's first ``evicted[t][d]`` at [d * E, ...])
         are stored. Raises HostTierFullError (its ``rows`` not stored, held
         by the exception) at the memory limit."""
+        t0 = time.perf_counter()
+        written = jax.device_get(dict(written))  # one transfer for all tables
         for name, rows in (staged.host if staged is not None else {}).items():
             done = np.asarray(written[name])
             back = ~done & (rows.keys != PADDING_ID)
@@ -159,16 +170,24 @@ class HostTier:
             n = int(done.sum())
             self.moved[name]["promoted"] += n
             self.moved[name]["bytes_to_device"] += n * self.specs[name].row_bytes()
-        for name, rows in demoted.items():
-            counts = np.asarray(evicted[name])
-            if not counts.sum():
-                continue
-            per = rows.keys.shape[0] // self.num_shards
-            host = Rows(*(np.asarray(a) for a in rows))
-            keep = np.concatenate([np.arange(d * per, d * per + c) for d, c in enumerate(counts)])
-            self._put(name, Rows(*(a[keep] for a in host)))
-            self.moved[name]["demoted"] += len(keep)
-            self.moved[name]["bytes_to_host"] += len(keep) * self.specs[name].row_bytes()
+        counts = {n: np.asarray(evicted[n]) for n in demoted}
+        most = max([int(c.max(initial=0)) for c in counts.values()] + [0])
+        if most:
+            while self.demoted_rows < most:
+                self.demoted_rows *= 2
+            # only each device's first rows cross to the host (one program per size)
+            host = jax.device_get(_prefixes(dict(demoted), rows=self.demoted_rows,
+                                            shards=self.num_shards))
+            for name, c in counts.items():
+                if c.sum():
+                    self._demote(name, Rows(*(np.concatenate([a[d, :k] for d, k in enumerate(c)])
+                                              for a in host[name])))
+        self.timing["settle_s"] += time.perf_counter() - t0
+
+    def _demote(self, name: str, rows: Rows) -> None:
+        self._put(name, rows)
+        self.moved[name]["demoted"] += len(rows.keys)
+        self.moved[name]["bytes_to_host"] += len(rows.keys) * self.specs[name].row_bytes()
 
     def _put(self, name: str, rows: Rows) -> None:
         if len(rows.keys) == 0:
@@ -205,3 +224,9 @@ class HostTier:
         for name, r in rows.items():
             self._put(name, r)
 
+
+
+@functools.partial(jax.jit, static_argnames=("rows", "shards"))
+def _prefixes(demoted: dict, *, rows: int, shards: int) -> dict:
+    """Each device's first `rows` entries of every [W * E] array: [W, rows]."""
+    return jax.tree.map(lambda a: a.reshape((shards, -1) + a.shape[1:])[:, :rows], demoted)

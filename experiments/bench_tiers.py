@@ -1,0 +1,228 @@
+"""Training with the device tier bounded to a share of the ids, the rest in
+the host tier, against the run that keeps every row on the device.
+
+    python -m experiments.bench_tiers [--quick] [--devices 8] [--out FILE]
+
+Workload: the synthetic Criteo-like stream (spec v1, seed 0, Zipf alpha
+1.05), its 26 one-hot features, one table each (dim --dim, row-wise Adagrad
+lr 0.05), the criteo-kaggle preset's DLRM MLPs (bottom 512-256-64-dim, top
+512-256-1, Adam 0.001), batch --batch, on --devices devices, the pipeline
+asked for depth 2 (a host tier runs it at depth 1: tiers.py).
+
+First the all-device run (no host tier, tables sized for every id): its
+warm-up and timed steps give the baseline samples/s and, per table, the
+distinct ids the run sees (``ids``) and the most unique ids one batch looks
+up. Then, per budget b in 50%, 20%, 5%, the same steps with a host tier
+and each table's device rows bounded to b x its ids -- but at least 1.5 x
+one batch's unique ids (a bucket must hold the rows of the step that uses
+them; the effective share is reported) -- as ``max_shard_bytes``.
+
+One JSON line per budget (the 100% line is the all-device run), over the
+timed steps: samples/s, ``slowdown_vs_all_device``, the device hit rate
+(``hit_rate``: looked-up ids resident on the device / all looked-up ids,
+new ids included; ``hit_rate_of_known_ids``: the same over ids seen before,
+that is device hits / (device hits + promotions)), promotions, demotions and
+bytes moved host<->device per step, and the host tier's lookups/s (ids
+staged / seconds in ``HostTier.stage``). Every run ends with I3 checked
+exactly: per table, inserted - promoted == device rows + host rows.
+
+The last line is the summary at the 20% budget (issue 14's goals:
+``hit_rate`` >= 0.90, ``slowdown_vs_all_device`` <= 1.3,
+``host_lookup_keys_per_s`` >= 20M). The warm-up runs at least --warmup steps
+and until 5 steps in a row neither compile (a new exchange layout, or more
+staged or evicted rows than before: tiers.MIN_STAGED) nor re-run.  ``--quick``: batch
+2048, 6 + 10 steps (about 4 minutes on 2 cores, under 3 GB).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from experiments.cli import mesh_bench_parser, use_fake_devices
+
+BUDGETS = (0.5, 0.2, 0.05)
+
+
+def parse(argv=None):
+    p = mesh_bench_parser(__doc__, "batch 2048, 6 + 10 steps (about 2 minutes)")
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--dim", type=int, default=16)
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None, help="timed steps per budget")
+    args = p.parse_args(argv)
+    args.batch = args.batch or (2048 if args.quick else 8192)
+    args.warmup = args.warmup or (6 if args.quick else 20)
+    args.steps = args.steps or (10 if args.quick else 40)
+    return args
+
+
+@dataclasses.dataclass
+class Workload:
+    model: object
+    features: list
+    optimizer: object
+    dense_tx: object
+    source: object
+    params: object
+    mesh: object
+
+
+def workload(args) -> Workload:
+    import jax
+    import jax_hypereca as h
+    from models import optimizers as opts
+    from models.config import PRESETS, ModelConfig, sparse_specs
+    from models.data import SyntheticSource
+    from models.dlrm import DLRM
+
+    preset = PRESETS["criteo-kaggle"]
+    mcfg = ModelConfig(embedding_dim=args.dim, bottom_mlp=(512, 256, 64, args.dim),
+                       top_mlp=(512, 256))
+    optimizer = opts.sparse_optimizer("rowwise_adagrad", 0.05, initial_accumulator=0.0)
+    dense_tx, _ = opts.dense_optimizer("adam", 0.001)
+    _, features = sparse_specs(preset, optimizer=optimizer, budget_bytes=1 << 40,
+                               embedding_dim=args.dim)
+    source = SyntheticSource(names=[f.name for f in features], multi_hot=preset.multi_hot,
+                             local_batch=args.batch)
+    sample = jax.tree.map(lambda x: x[:args.batch], source.eval_set(args.batch))
+    model = DLRM(config=mcfg, features=tuple(features))
+    params = model.init(jax.random.PRNGKey(0), sample)["params"]
+    return Workload(model, features, optimizer, dense_tx, source, params,
+                    h.make_mesh(jax.devices()[:args.devices]))
+
+
+def run(w: Workload, args, capacities: dict[str, int], *, host_tier: bool) -> dict:
+    """Warm-up and timed steps of one configuration; what they measured."""
+    import jax_hypereca as h
+    from models.train import SparseTrainer
+
+    tables = [h.TableSpec(name=f.name, dim=args.dim, capacity=capacities[f.name],
+                          optimizer=w.optimizer, seed=i) for i, f in enumerate(w.features)]
+    probe = h.EmbeddingCollection(tables, w.features, mesh=w.mesh)
+    coll = h.EmbeddingCollection(tables, w.features, mesh=w.mesh, exchange="all_to_all",
+                                 max_shard_bytes=probe.shard_bytes(probe.init_tables()),
+                                 host_tier=host_tier)
+    trainer = SparseTrainer(w.model, coll, w.dense_tx)
+    pipe = h.TrainPipeline(trainer.step_fn, depth=2)
+    state = trainer.init_state(w.params)
+    batches = w.source.train_batches(0)
+    shapes = lambda: (trainer.step_fn.programs, trainer.step_fn.retries,
+                      (coll.host_tier.staged_rows, coll.host_tier.demoted_rows)
+                      if host_tier else 0)
+    settled, warm = 0, 0
+    while warm < args.warmup or settled < 5:  # until 5 steps compile nothing, re-run nothing
+        before = shapes()
+        state = pipe.flush(pipe.submit(state, next(batches)))
+        settled, warm = (settled + 1 if shapes() == before else 0), warm + 1
+        if warm > 10 * args.warmup:
+            raise RuntimeError(f"the steps kept compiling or re-running after {warm} steps")
+    pipe.pop_completed()
+    tier0 = coll.host_tier.stats() if host_tier else {}
+    timing0 = dict(coll.host_tier.timing) if host_tier else {}
+    shapes0 = shapes()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        state = pipe.submit(state, next(batches))
+    state = pipe.flush(state)
+    seconds = time.perf_counter() - t0
+    done = pipe.pop_completed()
+    sums = {k: sum(int(m["stats"][t][k].sum()) for m in done for t in m["stats"])
+            for k in ("queries", "hits", "unique")}
+    most_unique = {t: max(int(m["stats"][t]["queries"].sum()) for m in done)
+                   for t in done[0]["stats"]}
+    stats = coll.table_stats(state.tables)
+    out = dict(seconds=seconds, samples_per_s=args.steps * args.batch / seconds,
+               warmup_steps=warm, recompiled_while_timed=shapes() != shapes0,
+               most_unique=most_unique,
+               ids={t: s["size"] + s.get("host_rows", 0) for t, s in stats.items()},
+               device_rows=sum(s["capacity"] for s in stats.values()), **sums)
+    if host_tier:
+        check_nothing_lost(stats)
+        moved = {k: sum(s[k] - tier0[t][k] for t, s in stats.items())
+                 for k in ("promoted", "demoted", "bytes_to_device", "bytes_to_host")}
+        keys = coll.host_tier.timing["stage_keys"] - timing0["stage_keys"]
+        stage_s = coll.host_tier.timing["stage_s"] - timing0["stage_s"]
+        settle_s = coll.host_tier.timing["settle_s"] - timing0["settle_s"]
+        out.update(moved, host_rows=sum(s["host_rows"] for s in stats.values()),
+                   host_lookup_keys_per_s=keys / stage_s if stage_s else None,
+                   host_stage_s_per_step=stage_s / args.steps,
+                   host_settle_s_per_step=settle_s / args.steps)
+    return out
+
+
+def check_nothing_lost(stats: dict) -> None:
+    """I3, exactly: every id inserted is on the device or in the host tier."""
+    for t, s in stats.items():
+        if s["inserted"] - s["promoted"] != s["size"] + s["host_rows"]:
+            raise AssertionError(f"table {t}: inserted {s['inserted']} - promoted "
+                                 f"{s['promoted']} != device {s['size']} + host "
+                                 f"{s['host_rows']}")
+
+
+def budget_capacities(base: dict, share: float, devices: int) -> dict[str, int]:
+    """Device rows per table: share x its ids, at least 1.5 x one batch's
+    unique ids and 32 per shard (an owner's share of a batch varies), in
+    whole buckets of 128 per shard."""
+    out = {}
+    for t, ids in base["ids"].items():
+        rows = max(int(share * ids), int(1.5 * base["most_unique"][t]))
+        per_shard = max(32, -(-rows // devices))
+        out[t] = devices * (-(-per_shard // 128) * 128 if per_shard > 128 else per_shard)
+    return out
+
+
+def record(args, share, r: dict, base: dict) -> dict:
+    steps = args.steps
+    rec = {"bench": "tiers", "devices": args.devices, "batch": args.batch, "dim": args.dim,
+           "budget_share": share, "ids": sum(base["ids"].values()),
+           "device_rows": r["device_rows"],
+           "effective_share": r["device_rows"] / sum(base["ids"].values()),
+           "samples_per_s": r["samples_per_s"],
+           "slowdown_vs_all_device": base["samples_per_s"] / r["samples_per_s"],
+           "hit_rate": r["hits"] / r["queries"], "steps": steps,
+           "warmup_steps": r["warmup_steps"], "recompiled_or_reran_while_timed":
+               r["recompiled_while_timed"], "pipeline_depth_asked": 2,
+           "pipeline_depth_run": 1 if share < 1 else 2}
+    if share < 1:
+        rec.update(hit_rate_of_known_ids=r["hits"] / (r["hits"] + r["promoted"]),
+                   promoted_per_step=r["promoted"] / steps, demoted_per_step=r["demoted"] / steps,
+                   bytes_to_device_per_step=r["bytes_to_device"] / steps,
+                   bytes_to_host_per_step=r["bytes_to_host"] / steps,
+                   host_rows=r["host_rows"], host_lookup_keys_per_s=r["host_lookup_keys_per_s"],
+                   host_stage_ms_per_step=1e3 * r["host_stage_s_per_step"],
+                   host_settle_ms_per_step=1e3 * r["host_settle_s_per_step"])
+    return rec
+
+
+def main(argv=None) -> dict:
+    args = parse(argv)
+    use_fake_devices(args.devices)
+    from experiments.harness import JsonLines, environment
+
+    out = JsonLines(args.out)
+    out.emit(environment())
+    w = workload(args)
+    # room for every id the run can see (each sample brings at most one per table)
+    roomy = {f.name: int(1.5 * (args.warmup + args.steps) * args.batch) for f in w.features}
+    base = run(w, args, roomy, host_tier=False)
+    out.emit(record(args, 1.0, base, base))
+    lines = {}
+    for share in BUDGETS:
+        r = run(w, args, budget_capacities(base, share, args.devices), host_tier=True)
+        lines[share] = out.emit(record(args, share, r, base))
+    at = lines[0.2]
+    summary = {"bench": "tiers_summary", "budget_share": 0.2,
+               "effective_share": at["effective_share"], "hit_rate": at["hit_rate"],
+               "hit_rate_of_known_ids": at["hit_rate_of_known_ids"],
+               "slowdown_vs_all_device": at["slowdown_vs_all_device"],
+               "host_lookup_keys_per_s": at["host_lookup_keys_per_s"],
+               "goals": {"hit_rate": 0.90, "slowdown_vs_all_device": 1.3,
+                         "host_lookup_keys_per_s": 20e6}}
+    out.emit(summary)
+    out.close()
+    return summary
+
+
+if __name__ == "__main__":
+    main()
