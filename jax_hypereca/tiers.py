@@ -129,29 +129,24 @@ class HostTier:
                 self.staged_rows *= 2
             self.timing["stage_keys"] += len(keys)
         host = {n: self._by_owner(self.specs[n], r, owners[n]) for n, r in rows.items()}
-        device = {n: self._on_mesh(r) for n, r in host.items()}
+        # one transfer for every table (one process: device_put splits the rows)
+        device = jax.device_put(host, NamedSharding(self.mesh, P(self.axis)))
         self.timing["stage_s"] += time.perf_counter() - t0
         return Staged(host, device, take)
 
     def _by_owner(self, spec: TableSpec, rows: Rows, owner: np.ndarray) -> Rows:
-        """[W * S] rows, device d's sorted by key at [d * S, (d + 1) * S)."""
-        W, size = self.num_shards, self.staged_rows
-        out = Rows.empty(spec, W * size)
-        for d in range(W):
-            block = Rows.empty(spec, size)
-            mine = owner == d
-            for dst, src in zip(block, rows):
-                dst[:int(mine.sum())] = src[mine]
-            order = np.argsort(block.keys, kind="stable")  # padding (-1) sorted in too
-            for dst, src in zip(out, block):
-                dst[d * size:(d + 1) * size] = src[order]
-        return out
-
-    def _on_mesh(self, rows: Rows) -> Rows:
-        sharding = NamedSharding(self.mesh, P(self.axis))
-        return Rows(*(jax.make_array_from_callback(a.shape, sharding,
-                                                   lambda index, a=a: a[index])
-                      for a in rows))
+        """[W * S] rows, device d's sorted by key at [d * S, (d + 1) * S)
+        (padding, key PADDING_ID, sorted in)."""
+        W, size, n = self.num_shards, self.staged_rows, len(rows.keys)
+        by_owner = np.argsort(owner, kind="stable")
+        first = np.searchsorted(owner[by_owner], np.arange(W))
+        dest = owner[by_owner] * size + (np.arange(n) - first[owner[by_owner]])
+        blocks = Rows.empty(spec, W * size)
+        for dst, src in zip(blocks, rows):
+            dst[dest] = src[by_owner]
+        order = np.argsort(blocks.keys.reshape(W, size), axis=1, kind="stable")
+        order = (order + size * np.arange(W)[:, None]).reshape(-1)
+        return Rows(*(a[order] for a in blocks))
 
     def settle(self, staged: Staged | None, written: Mapping[str, jax.Array],
                demoted: Mapping[str, Rows], evicted: Mapping[str, np.ndarray]) -> None:
