@@ -413,17 +413,18 @@ class EmbeddingCollection:
 
     def forward_fn(self, layout: Layout, *, train: bool):
         """shard_map'ped forward: (tables, hot, ids, weights, step, live,
-        staged) -> (tables, outputs per feature, contexts, stats (W*T, S), ok,
-        tier); with `live` false nothing is inserted and ok is false. `staged`
-        and `tier`: the host tier's rows in and out (lookup.forward_local)."""
-        def fn(tables, hot, ids, weights, step, live, staged):
+        tier_in) -> (tables, outputs per feature, contexts, stats (W*T, S),
+        ok, tier); with `live` false nothing is inserted and ok is false.
+        `tier_in` and `tier`: the host tier's rows in and out
+        (lookup.forward_local)."""
+        def fn(tables, hot, ids, weights, step, live, tier_in):
             t_spec, i_spec, w_spec = self._specs(tables, ids, weights)
             h_spec = jax.tree.map(lambda _: P(), hot)
-            s_spec = jax.tree.map(lambda _: P(self.axis), staged)
+            s_spec = jax.tree.map(lambda _: P(self.axis), tier_in)
             contexts = tuple(_ctx_spec(self.axis) for _ in layout.groups) if train else ()
             tier = {} if not (train and layout.host_tier) else {
                 "demoted": {t: Rows(*[P(self.axis)] * 5) for t in layout.looked_up},
-                "written": {t: P(self.axis) for t in staged}}
+                "written": {t: P(self.axis) for t in tier_in.get("staged", {})}}
             out_specs = (t_spec, {f: P(self.axis) for f in self.features}, contexts,
                          P(self.axis), P(), tier)
 
@@ -434,7 +435,7 @@ class EmbeddingCollection:
             return jax.shard_map(body, mesh=self.mesh,
                                  in_specs=(t_spec, h_spec, i_spec, w_spec, P(), P(), s_spec),
                                  out_specs=out_specs)(tables, hot, ids, weights, step, live,
-                                                      staged)
+                                                      tier_in)
         return fn
 
     def backward_fn(self, layout: Layout):

@@ -162,14 +162,15 @@ def _dedup_group(layout: Layout, group, ids, hot):
 
 
 def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, TableState],
-                  ids: dict, weights: dict, step, live, staged: dict, *, train: bool):
+                  ids: dict, weights: dict, step, live, tier_in: dict, *, train: bool):
     """Per-device forward exchange (call inside shard_map over layout.axis).
     `hot` holds the replicated hot folds (every device has all of them). With
     `live` false the call is a no-op, as after an overflow: only padding is
     exchanged, nothing inserted, and ``ok`` comes back false (a pipelined
-    step behind one that failed; see pipeline.py). `staged`: per table, the
-    host tier's rows of this device's ids (tiers.py), written into the slots
-    find_or_insert gives them (train) or served where the device has none.
+    step behind one that failed; see pipeline.py). `tier_in` (host tier,
+    tiers.py): per table, ``staged`` rows of this device's ids, written into
+    the slots find_or_insert gives them (train) or served where the device
+    has none, and ``victims``, the keys steps still in flight evicted.
     Each stage runs in a named scope ``stage_<name>`` (STAGES) so a profile
     attributes the step's device time to it. Returns (tables, outputs per feature, contexts per group, stats (T, S), ok,
     tier): a train step's ``tier`` (with a host tier; else empty) holds per
@@ -213,11 +214,12 @@ def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, 
         q_keys, q_tags = recv[:, 0], recv[:, 1].astype(jnp.int32)
         if train:
             rows, slots, refused = _insert_and_gather(layout, group, tables, q_keys, q_tags,
-                                                      step, stats, refused, staged, tier)
+                                                      step, stats, refused, tier_in, tier)
             contexts.append(TableContext(inverse, position, source, slots, hot_slots))
         else:
             with jax.named_scope("stage_gather"):
-                rows = _rows_or_init(layout, group, tables, q_keys, q_tags, staged)
+                rows = _rows_or_init(layout, group, tables, q_keys, q_tags,
+                                     tier_in.get("staged", {}))
             for i, t in enumerate(group):  # find gives a reserved id no row: reported
                 reserved = ((q_tags == i) & (q_keys == ERASED_KEY)).sum()
                 stats[t] = stats[t].at[STAT_INDEX["reserved"]].set(reserved)
@@ -242,13 +244,15 @@ def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, 
 
 
 def _insert_and_gather(layout: Layout, group, tables, q_keys, q_tags, step, stats, refused,
-                       staged, tier):
+                       tier_in, tier):
     """The owner's side of a train step for one exchange group: find_or_insert
     of the received ids per table (tables and stats updated in place), the
     host tier's staged rows written into their fresh slots and the evicted
     rows kept for the host (into `tier`), then one tagged gather of their
     rows. Returns (rows, slots (T, W * cap), refused: whether an id was
-    refused a row here)."""
+    refused a row here, or inserted afresh though a step in flight evicted
+    it: its row is not yet in the host tier, see tiers.py)."""
+    staged, victims = tier_in.get("staged", {}), tier_in.get("victims", {})
     slots = []
     for i, t in enumerate(group):
         with jax.named_scope("stage_find_or_insert"):
@@ -265,6 +269,10 @@ def _insert_and_gather(layout: Layout, group, tables, q_keys, q_tags, step, stat
                 if t in staged:
                     tables[t], tier["written"][t] = write_staged(layout.spec(t), tables[t],
                                                                  staged[t])
+                if victims.get(t):
+                    stale = _stale(q, res.found, jnp.concatenate(victims[t]))
+                    stats[t] = stats[t].at[STAT_INDEX["stale"]].set(stale)
+                    refused = jnp.maximum(refused, (stale > 0).astype(jnp.int32))
             slots.append(res.slots if inv is None else
                          jnp.where(inv >= 0, res.slots[jnp.maximum(inv, 0)], -1))
         stats[t] = stats[t].at[STAT_INDEX["queries"]:STAT_INDEX["failed"] + 1].set(res.status[:6])
@@ -292,6 +300,15 @@ def write_staged(spec: TableSpec, table: TableState, rows: Rows):
         values=table.values.at[at].set(rows.values.astype(table.values.dtype), mode="drop"),
         opt_state=table.opt_state.at[at].set(rows.opt_state, mode="drop"),
         freq=table.freq.at[at].add(rows.freq, mode="drop")), written
+
+
+def _stale(keys, found, victims):
+    """How many of `keys` were inserted afresh (not `found`) though they
+    are among `victims` (rows evicted by steps whose evictions the host tier
+    has not stored yet)."""
+    v = jnp.sort(victims)
+    at = jnp.clip(jnp.searchsorted(v, keys), 0, v.shape[0] - 1)
+    return (~found & (keys != PADDING_ID) & (v[at] == keys)).sum()
 
 
 def _rows_or_init(layout: Layout, group, tables, keys, tags, staged):

@@ -52,8 +52,7 @@ class TrainPipeline:
     and returns the state after the last one: call it before reading the
     state (evaluation, checkpoints, table statistics). depth=1 is the
     synchronous loop. While ``exchange="auto"`` is still timing its
-    candidates the pipeline runs at depth 1 (the timings need whole steps),
-    and it always does with a host tier (tiers.py says why).
+    candidates the pipeline runs at depth 1 (the timings need whole steps).
 
     Errors the statistics raise (reserved ids, a full table at its memory
     cap, non-finite gradients) surface at the check, with the newest state
@@ -77,8 +76,6 @@ class TrainPipeline:
 
     def _depth(self) -> int:
         trial = self.step.c.exchange_trial
-        if self.step.c.host_tier is not None:
-            return 1  # staging needs every earlier step's evictions (tiers.py)
         return 1 if trial is not None and trial.chosen is None else self.depth
 
     def submit(self, state: TrainState, batch) -> TrainState:
@@ -87,7 +84,7 @@ class TrainPipeline:
         batch = self.step.c.prepare_batch(batch, local=self.local)
         if self._index is None:
             self._index = int(host_value(state.step))
-        state, pending = self.step.dispatch(state, batch, self._index)
+        state, pending = self.step.dispatch(state, batch, self._index, unsettled=self._pending)
         self._pending.append(pending)
         self._index += 1
         while len(self._pending) >= self._depth():
@@ -124,10 +121,13 @@ class TrainPipeline:
         repair, then dispatch them all again in order."""
         batches = [p.batch for p in self._pending]
         index = self._pending[0].index
+        for p in self._pending:  # no-ops, but a host tier must get their staged rows back
+            self.step.settle(p)
         self._pending.clear()
         state = self.step.repair(state, verdict)
         for i, batch in enumerate(batches):
-            state, pending = self.step.dispatch(state, batch, index + i)
+            state, pending = self.step.dispatch(state, batch, index + i,
+                                                unsettled=self._pending)
             self._pending.append(pending)
         return state
 

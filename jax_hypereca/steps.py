@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Mapping, NamedTuple
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -70,9 +70,9 @@ class EvalFn:
         fwd = self.c.forward_fn(layout, train=False)
         predict = scoped(self.predict_fn)
 
-        def ev(state, batch, staged):
+        def ev(state, batch, tier_in):
             _, outputs, _, stats, ok, _ = fwd(state.tables, state.hot, batch["ids"],
-                                              batch["weights"], state.step, True, staged)
+                                              batch["weights"], state.step, True, tier_in)
             return predict(state.params, outputs, batch), stats, ok
         return jax.jit(ev)
 
@@ -81,7 +81,7 @@ class EvalFn:
         size = _batch_size(batch)
         caps = self.c.eval_capacities(size)
         staged = self.c.stage(batch, take=False)  # host-tier rows: read, not moved
-        staged = staged.device if staged is not None else {}
+        staged = {"staged": staged.device} if staged is not None else {}
         batch = self.c.device_batch(batch)
         for _ in range(MAX_RERUNS):
             layout = self.c.layout(size, tuple(state.hot), capacities=caps)
@@ -110,6 +110,7 @@ class Pending(NamedTuple):
     t0: float          # dispatch time
     clean: bool        # neither compiled nor re-ran (a fair time for exchange="auto")
     staged: object = None  # the host tier's rows it took (tiers.Staged), or None
+    settled: list = [False]  # whether the host tier has seen what it moved (a cell)
 
 
 class Verdict(NamedTuple):
@@ -120,6 +121,7 @@ class Verdict(NamedTuple):
     refused: set       # tables that refused a row an id of the step needed
     full: set          # tables past their growth threshold before the step
     ok: bool           # the step was applied
+    stale: set = frozenset()  # tables whose ids an unsettled step evicted (host tier)
 
 
 class ShardedTrainStep:
@@ -158,14 +160,14 @@ class ShardedTrainStep:
         loss_fn, tx, has_aux = self.loss_fn, self.dense_tx, self.has_aux
         names = tuple(self.c.tables)
 
-        def step_fn(state: TrainState, batch, host, staged):
+        def step_fn(state: TrainState, batch, host, tier_in):
             # host = [the step count the host expects, each table's growth limit]
             full = jnp.stack([fullest_shard(state.tables[t]) > host[i + 1]
                               for i, t in enumerate(names)])
             live = (state.step == host[0]) & ~full.any()
             tables, outputs, contexts, stats, ok, tier = fwd(
                 state.tables, state.hot, batch["ids"], batch["weights"], state.step + 1, live,
-                staged)
+                tier_in)
             with jax.named_scope("stage_dense"):
                 out, (g_params, g_out) = jax.value_and_grad(
                     scoped(loss_fn), argnums=(0, 1), has_aux=has_aux)(state.params, outputs,
@@ -204,41 +206,62 @@ class ShardedTrainStep:
         staged = self.c.stage(batch, take=False)
         return self.compiled(state, batch).lower(state, self.c.device_batch(batch),
                                                  *self._args(state, 0),
-                                                 staged.device if staged else {})
+                                                 {"staged": staged.device} if staged else {})
 
-    def dispatch(self, state: TrainState, batch, index: int) -> tuple[TrainState, Pending]:
+    def dispatch(self, state: TrainState, batch, index: int, *,
+                 unsettled: Sequence[Pending] = ()) -> tuple[TrainState, Pending]:
         """Starts the step on a prepared batch (asynchronously); `index` is
-        the step count the state will have when the step runs."""
+        the step count the state will have when the step runs. With a host
+        tier, `unsettled` are the steps dispatched before it and not yet
+        checked: an id they evicted that this step inserts afresh cancels it
+        (``stale``; the host re-runs it once they are settled, tiers.py)."""
         t0, compiled, retries = time.perf_counter(), len(self._compiled), self.retries
         fn = self.compiled(state, batch)
         layout = self.c.layout(_batch_size(batch), tuple(state.hot))
         staged = self.c.stage(batch, take=True)  # held until check settles them
+        tier_in = {} if staged is None else {"staged": staged.device, "victims": {
+            t: tuple(p.metrics["tier"]["demoted"][t].keys for p in unsettled)
+            for t in self.c.tables}}
         state, metrics = fn(state, self.c.device_batch(batch), *self._args(state, index),
-                            staged.device if staged is not None else {})
+                            tier_in)
         return state, Pending(batch, index, layout, metrics, t0,
                               compiled == len(self._compiled) and retries == self.retries,
-                              staged)
+                              staged, [False])
 
     def check(self, p: Pending) -> Verdict:
         """Reads a step's statistics (waits for it) and raises the exchange
         capacities it outgrew."""
         stats = self.c.host_stats(p.metrics["stats"], p.metrics["apply_problems"])
-        if self.c.host_tier is not None:  # every attempt, applied or not (tiers.py)
-            tier = p.metrics["tier"]
-            self.c.host_tier.settle(p.staged, tier["written"], tier["demoted"],
-                                    {t: st["evicted"] for t, st in stats.items()})
+        self.settle(p, stats)
         overflow = self.c.train_capacities.observe(self.c.needs(stats), _batch_size(p.batch),
                                                    p.index)
         full = {t for t, f in zip(self.c.tables, host_value(p.metrics["full"])) if f}
         refused = set() if overflow or full else {
             t for t, st in stats.items() if st["failed"].sum() and not st["reserved"].sum()}
+        stale = set() if overflow or full else {
+            t for t, st in stats.items() if st["stale"].sum()}
         ok = bool(host_value(p.metrics["ok"]))
-        if not ok and not (overflow or full or refused):
+        if not ok and not (overflow or full or refused or stale):
             live = bool(host_value(p.metrics["live"]))
             raise HyperecaError(f"train step {p.index + 1} was not applied (expected step count "
                                 f"matched: {live}) and reports no reason; a bug: please report "
                                 f"it")
-        return Verdict(stats, overflow, refused, full, ok)
+        return Verdict(stats, overflow, refused, full, ok, stale)
+
+    def settle(self, p: Pending, stats: dict | None = None) -> None:
+        """Gives the host tier what an attempt of a step moved (its staged
+        rows not written go back, the rows it evicted go in; tiers.py).
+        Every attempt is settled once, applied or not; `check` does it, and a
+        re-run does it for the steps in flight it drops."""
+        if self.c.host_tier is None or p.settled[0]:
+            return
+        p.settled[0] = True
+        if stats is None:
+            stats = self.c.host_stats(p.metrics["stats"], p.metrics["apply_problems"])
+        tier = p.metrics["tier"]
+        self.c.host_tier.settle(p.staged, tier["written"], tier["demoted"],
+                                {t: st["evicted"] for t, st in stats.items()},
+                                {t: int(st["stale"].sum()) for t, st in stats.items()})
 
     def repair(self, state: TrainState, v: Verdict) -> TrainState:
         """Grows the tables a failed step needs (its buffers were raised by

@@ -26,18 +26,21 @@ holds it until ``settle`` of the same attempt; settle runs for every attempt
 and puts back what the device did not write. A row leaves the device tier only
 by eviction, and the step that evicts it returns it to settle.
 
-Why no id lives in both tiers (I1): staging happens only after every step
-dispatched before it has been settled, so every row the device evicted is in
-the store when the batch is staged; a staged id is then absent from the device
-tier, and find_or_insert's slot for it is a fresh one. This is why a
-collection with a host tier runs its pipeline at depth 1 (the host's reading,
-parsing and placing still run ahead in the loader thread): at depth > 1 a step
-in flight could evict an id a later, already staged batch needs, and nothing
-pins those ids yet.
+Why no id lives in both tiers (I1), with steps in flight (I5): a batch is
+staged when it is dispatched, while earlier steps may still be unsettled, so
+a row one of them evicts is not in the store yet. Each step therefore gets
+the evicted keys of every step dispatched before it and not yet settled
+(``victims``); an id among them that find_or_insert had to insert afresh
+(not found: its trained row is on its way to the host) cancels the step like
+an overflow (``stale`` in the statistics), the steps behind it become
+no-ops, and the host re-runs from it once the earlier steps are settled: the
+row is then in the store, staged, and written over the fresh slot. An id
+found on the device is its one home; a staged id was in the store, so it was
+not on the device. At depth 1 nothing is ever unsettled.
 
 Counted per table (``HostTier.stats``): rows promoted and demoted, staged
-rows a step did not write and settle put back (``returned``), bytes moved each
-way (key, values, optimizer state and both scores per row), and
+rows a step did not write and settle put back (``returned``), ids that
+cancelled a step as stale, bytes moved each way (key, values, optimizer state and both scores per row), and
 the host store's own counters (host_tier.HOST_COUNTER_NAMES). With no
 policy eviction, every id ever inserted is on the device or in the store:
 ``device inserted - promoted == device resident + host resident + device
@@ -101,7 +104,7 @@ class HostTier:
         self.num_shards = mesh.shape[axis]
         self.memory_limit_bytes, self.threads = memory_limit_bytes, threads
         self.stores = {n: self._store(s) for n, s in self.specs.items()}
-        self.moved = {n: dict(promoted=0, demoted=0, returned=0, bytes_to_device=0,
+        self.moved = {n: dict(promoted=0, demoted=0, returned=0, stale=0, bytes_to_device=0,
                               bytes_to_host=0) for n in self.specs}
         self.staged_rows = MIN_STAGED  # per device and table; never shrinks
         self.demoted_rows = MIN_STAGED  # the same, for the evicted rows read back
@@ -149,13 +152,17 @@ class HostTier:
         return Rows(*(a[order] for a in blocks))
 
     def settle(self, staged: Staged | None, written: Mapping[str, jax.Array],
-               demoted: Mapping[str, Rows], evicted: Mapping[str, np.ndarray]) -> None:
+               demoted: Mapping[str, Rows], evicted: Mapping[str, np.ndarray],
+               stale: Mapping[str, int] | None = None) -> None:
         """After one attempt of a train step: the staged rows the step did not
         write go back to the store, then the rows it evicted (`demoted`, [W *
         E] per table, device d's first ``evicted[t][d]`` at [d * E, ...])
-        are stored. Raises HostTierFullError (its ``rows`` not stored, held
-        by the exception) at the memory limit."""
+        are stored; `stale` counts the ids that cancelled the attempt (see
+        the module docstring). Raises HostTierFullError (its ``rows`` not
+        stored, held by the exception) at the memory limit."""
         t0 = time.perf_counter()
+        for name, n in (stale or {}).items():
+            self.moved[name]["stale"] += n
         written = jax.device_get(dict(written))  # one transfer for all tables
         for name, rows in (staged.host if staged is not None else {}).items():
             done = np.asarray(written[name])

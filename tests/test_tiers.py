@@ -2,7 +2,9 @@
 below the ids a run sees, the device tier evicts rows to the host tier and
 promotes them back, and training equals the run that keeps every row on the
 device bit for bit (losses, dense params, every row's values and optimizer
-state); nothing is lost (I3, exact counters) and evaluation reads host rows."""
+state), synchronously and with steps in flight (depth 3: stale ids cancel a
+step, re-run once the host has the row); nothing is lost (I3, exact
+counters) and evaluation reads host rows."""
 
 import jax
 import numpy as np
@@ -99,6 +101,8 @@ def test_a_small_device_tier_trains_like_all_rows_on_the_device(devices, depth, 
         assert s["promoted"] == s["host_take_hits"] - s["returned"]
         assert s["bytes_to_host"] == s["demoted"] * coll.tables[name].row_bytes()
     assert stats["a"]["demoted"] > 100 and stats["a"]["promoted"] > 100
+    # in flight, a step met ids an unsettled one had evicted, and was re-run
+    assert (sum(s["stale"] for s in stats.values()) > 0) == (depth > 1)
     # evaluation reads the host tier's rows, and moves nothing
     predict = lambda params, emb, batch: emb  # the looked-up rows themselves
     probe = tc.make_batches(seed=5, steps=1)[0]
