@@ -30,6 +30,7 @@ synchronous loop (depth 1) gives, bit for bit.
 from __future__ import annotations
 
 import collections
+import logging
 import queue
 import threading
 from typing import Callable, Iterable, Iterator
@@ -38,8 +39,13 @@ from jax_hypereca.errors import HyperecaError
 from jax_hypereca.state import TrainState
 from jax_hypereca.steps import MAX_RERUNS, Pending, ShardedTrainStep, host_value
 
+log = logging.getLogger("jax_hypereca")
+
 # Seconds a closed prefetch waits for its thread to finish the item it is on.
 JOIN_TIMEOUT_S = 10.0
+# Stale re-runs (steps in flight that met ids a step before them had just
+# demoted to the host tier) after which the pipeline runs at depth 1.
+STALE_RERUNS_BEFORE_DEPTH_1 = 3
 
 
 class TrainPipeline:
@@ -68,14 +74,23 @@ class TrainPipeline:
         self.completed: list[dict] = []
         self._pending: collections.deque[Pending] = collections.deque()
         self._index: int | None = None
+        self.stale_reruns = 0  # steps re-run because an earlier one in flight evicted their ids
 
     @property
     def in_flight(self) -> int:
         """Steps dispatched but not yet checked."""
         return len(self._pending)
 
+    @property
+    def running_depth(self) -> int:
+        """The depth steps run at now (`depth`, or 1 while exchange="auto"
+        times its candidates and after repeated stale re-runs)."""
+        return self._depth()
+
     def _depth(self) -> int:
         trial = self.step.c.exchange_trial
+        if self.stale_reruns >= STALE_RERUNS_BEFORE_DEPTH_1:
+            return 1  # the host tier's churn outruns steps in flight (see _rerun)
         return 1 if trial is not None and trial.chosen is None else self.depth
 
     def submit(self, state: TrainState, batch) -> TrainState:
@@ -118,7 +133,19 @@ class TrainPipeline:
 
     def _rerun(self, state: TrainState, verdict) -> TrainState:
         """The oldest step failed and every later one in flight was a no-op:
-        repair, then dispatch them all again in order."""
+        repair, then dispatch them all again in order. A step cancelled as
+        stale (it needed a row an unsettled step had just moved to the host
+        tier, tiers.py) is counted; past STALE_RERUNS_BEFORE_DEPTH_1 the
+        pipeline runs at depth 1, where that cannot happen: when the device
+        budget is so tight that a step's evictions are the next step's ids,
+        every re-run costs a whole step and steps in flight do not pay."""
+        if verdict.stale:
+            self.stale_reruns += 1
+            if self.stale_reruns == STALE_RERUNS_BEFORE_DEPTH_1:
+                log.warning("%d train steps met ids the step before them had just moved to "
+                            "the host tier (%s) and were re-run; the pipeline goes on at "
+                            "depth 1 (asked: %d). A larger device budget avoids this.",
+                            self.stale_reruns, sorted(verdict.stale), self.depth)
         batches = [p.batch for p in self._pending]
         index = self._pending[0].index
         for p in self._pending:  # no-ops, but a host tier must get their staged rows back
