@@ -20,7 +20,7 @@ from jax_hypereca.table import Rows
 
 import test_collection as tc
 
-STEPS = 30
+STEPS = 20
 # Rows per table over all shards, per device count: a sees ~400 distinct ids
 # in the run (b and c hold all their ids). A shard's bucket must fit the ids
 # of one batch it owns, so 8 shards need more rows in all than one.
@@ -116,13 +116,13 @@ def test_a_small_device_tier_trains_like_all_rows_on_the_device(devices, depth, 
 
 
 def test_a_checkpoint_holds_both_tiers_and_restores_onto_another_mesh(batches, tmp_path):
-    """15 steps on 8 devices, saved, restored onto 1 device (every row into
-    the host tier, the device tier empty) and trained 15 more: as the
+    """10 steps on 8 devices, saved, restored onto 1 device (every row into
+    the host tier, the device tier empty) and trained 10 more: as the
     1-device run that kept every row on the device (the mesh changes only
     the order the owners sum gradients in: within 1e-5)."""
     ref_coll, ref_state, ref_losses = all_on_device(batches, 1)
     coll = tiered(8)
-    state, first = train(coll, batches[:15])
+    state, first = train(coll, batches[:10])
     saved_rows = {n: s["size"] + s["host_rows"] for n, s in coll.table_stats(state.tables).items()}
     ckpt = CheckpointManager(tmp_path / "ck")
     ckpt.save(state, coll)
@@ -135,7 +135,7 @@ def test_a_checkpoint_holds_both_tiers_and_restores_onto_another_mesh(batches, t
     assert all(s["size"] == 0 for s in stats.values())
     step = coll1.make_train_step(tc.head_loss, optax.adam(0.01))
     losses = list(first)
-    for b in batches[15:]:
+    for b in batches[10:]:
         state, m = step(state, b)
         losses.append(m["loss"])
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
@@ -160,3 +160,19 @@ def test_host_tier_settings_are_checked():
                                host_tier=True)
     with pytest.raises(h.HyperecaError, match="hot folds"):
         coll.layout(64, ("a",))
+
+
+def test_a_full_host_tier_raises_naming_its_limit_and_keeps_the_rows(batches):
+    mesh = make_mesh(jax.devices()[:1])
+    probe = EmbeddingCollection(specs(BUDGET[1]), tc.FEATURES, mesh=mesh)
+    coll = EmbeddingCollection(specs(BUDGET[1]), tc.FEATURES, mesh=mesh,
+                               max_shard_bytes=probe.shard_bytes(probe.init_tables()),
+                               host_tier={"memory_limit_bytes": 4096})
+    dense_tx = optax.adam(0.01)
+    step = coll.make_train_step(tc.head_loss, dense_tx)
+    state = coll.init_train_state(tc.init_params(), dense_tx)
+    with pytest.raises(h.HostTierFullError, match="memory_limit_bytes=4096") as e:
+        for b in batches:
+            state, _ = step(state, b)
+    held = e.value.rows  # the rows the store refused: the caller still has them
+    assert len(held.keys) > 0 and held.values.shape == (len(held.keys), tc.DIMS["a"])
