@@ -109,8 +109,8 @@ class Pending(NamedTuple):
     metrics: dict      # device arrays
     t0: float          # dispatch time
     clean: bool        # neither compiled nor re-ran (a fair time for exchange="auto")
-    staged: object = None  # the host tier's rows it took (tiers.Staged), or None
-    settled: list = [False]  # whether the host tier has seen what it moved (a cell)
+    staged: object     # the host tier's rows it took (tiers.Staged), or None
+    settled: list      # [whether the host tier has seen what it moved] (a mutable cell)
 
 
 class Verdict(NamedTuple):
@@ -261,7 +261,8 @@ class ShardedTrainStep:
         tier = p.metrics["tier"]
         self.c.host_tier.settle(p.staged, tier["written"], tier["demoted"],
                                 {t: st["evicted"] for t, st in stats.items()},
-                                {t: int(st["stale"].sum()) for t, st in stats.items()})
+                                {t: int(st["stale"].sum()) for t, st in stats.items()},
+                                step=p.index + 1)
 
     def repair(self, state: TrainState, v: Verdict) -> TrainState:
         """Grows the tables a failed step needs (its buffers were raised by

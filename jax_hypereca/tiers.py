@@ -40,11 +40,12 @@ not on the device. At depth 1 nothing is ever unsettled.
 
 Counted per table (``HostTier.stats``): rows promoted and demoted, staged
 rows a step did not write and settle put back (``returned``), ids that
-cancelled a step as stale, bytes moved each way (key, values, optimizer state and both scores per row), and
-the host store's own counters (host_tier.HOST_COUNTER_NAMES). With no
-policy eviction, every id ever inserted is on the device or in the store:
-``device inserted - promoted == device resident + host resident + device
-erased`` (tests/test_tiers.py checks it).
+cancelled a step as stale, rows dropped by age (``ttl_evicted``), bytes moved
+each way (key, values, optimizer state and both scores per row), and the
+host store's own counters (host_tier.HOST_COUNTER_NAMES). Every id ever
+inserted is on the device, in the store or dropped by age: ``device inserted
+- promoted == device resident + host resident + ttl_evicted`` (no erases;
+tests/test_tiers.py checks it).
 """
 
 from __future__ import annotations
@@ -90,10 +91,16 @@ class HostTier:
         limit); a demotion past it raises HostTierFullError with the rows it
         could not store attached (``.rows``), nothing dropped.
       threads: threads per large store call.
+      ttl_steps: if set, a row in the host tier whose last access is more
+        than this many steps old is dropped after each step (counted as
+        ``ttl_evicted``: the one way a row leaves both tiers); its id, if it
+        comes back, starts from its initial row. Rows on the device are
+        never dropped by age (a full bucket demotes them first).
     """
 
     def __init__(self, tables: Mapping[str, TableSpec], mesh: Mesh, axis: str, *,
-                 memory_limit_bytes: int | None = None, threads: int = 1):
+                 memory_limit_bytes: int | None = None, threads: int = 1,
+                 ttl_steps: int | None = None):
         if jax.process_count() > 1:
             raise HyperecaError(
                 f"a host tier runs in one process for now ({jax.process_count()} processes): "
@@ -103,9 +110,13 @@ class HostTier:
         self.mesh, self.axis = mesh, axis
         self.num_shards = mesh.shape[axis]
         self.memory_limit_bytes, self.threads = memory_limit_bytes, threads
+        if ttl_steps is not None and (isinstance(ttl_steps, bool) or int(ttl_steps) < 1):
+            raise ValueError(f"host tier: ttl_steps must be a step count >= 1 (or None: rows "
+                             f"stay), got {ttl_steps!r}")
+        self.ttl_steps = None if ttl_steps is None else int(ttl_steps)
         self.stores = {n: self._store(s) for n, s in self.specs.items()}
-        self.moved = {n: dict(promoted=0, demoted=0, returned=0, stale=0, bytes_to_device=0,
-                              bytes_to_host=0) for n in self.specs}
+        self.moved = {n: dict(promoted=0, demoted=0, returned=0, stale=0, ttl_evicted=0,
+                              bytes_to_device=0, bytes_to_host=0) for n in self.specs}
         self.staged_rows = MIN_STAGED  # per device and table; never shrinks
         self.demoted_rows = MIN_STAGED  # the same, for the evicted rows read back
         # host time in this tier (not in stats: evaluation adds to it)
@@ -153,12 +164,13 @@ class HostTier:
 
     def settle(self, staged: Staged | None, written: Mapping[str, jax.Array],
                demoted: Mapping[str, Rows], evicted: Mapping[str, np.ndarray],
-               stale: Mapping[str, int] | None = None) -> None:
+               stale: Mapping[str, int] | None = None, step: int | None = None) -> None:
         """After one attempt of a train step: the staged rows the step did not
         write go back to the store, then the rows it evicted (`demoted`, [W *
         E] per table, device d's first ``evicted[t][d]`` at [d * E, ...])
         are stored; `stale` counts the ids that cancelled the attempt (see
-        the module docstring). Raises HostTierFullError (its ``rows`` not
+        the module docstring); with ``ttl_steps``, rows older than `step` -
+        ttl_steps leave the host tier (counted). Raises HostTierFullError (its ``rows`` not
         stored, held by the exception) at the memory limit."""
         t0 = time.perf_counter()
         for name, n in (stale or {}).items():
@@ -184,6 +196,10 @@ class HostTier:
                 if c.sum():
                     self._demote(name, Rows(*(np.concatenate([a[d, :k] for d, k in enumerate(c)])
                                               for a in host[name])))
+        if self.ttl_steps is not None and step is not None:
+            for name, store in self.stores.items():
+                self.moved[name]["ttl_evicted"] += len(
+                    store.evict_older_than(step - self.ttl_steps))
         self.timing["settle_s"] += time.perf_counter() - t0
 
     def _demote(self, name: str, rows: Rows) -> None:

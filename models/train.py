@@ -104,7 +104,10 @@ class TrainConfig:
     host_tier: bool = _field(False, "keep the rows the tables evict in host memory and bring "
                                     "them back when a batch needs them: tables larger than "
                                     "--table-memory-mb train as if all on the device (one "
-                                    "process; the pipeline runs at depth 1)")
+                                    "process)")
+    host_ttl_steps: int | None = _field(None, "with --host-tier: rows in host memory not "
+                                              "looked up for this many steps are dropped "
+                                              "(counted as ttl_evicted; default: kept)")
     seed: int = _field(0, "seed of the data stream, the tables and the MLPs")
     devices: int | None = _field(None, "devices in the mesh (default: all; on CPU 8 fake ones)")
     platform: str = _field("auto", "cpu, gpu, or auto (jax's default backend)",
@@ -128,6 +131,8 @@ class TrainConfig:
     progress: bool = _field(True, "show a progress bar")
 
     def __post_init__(self):
+        if self.host_ttl_steps is not None and not self.host_tier:
+            raise ValueError("--host-ttl-steps needs --host-tier")
         if not self.table_memory_mb > 0:
             raise ValueError(f"--table-memory-mb must be > 0, got {self.table_memory_mb}")
         for name in ("batch", "steps", "eval_every", "eval_size", "log_every",
@@ -379,10 +384,12 @@ def make_trainer(cfg: TrainConfig, mcfg: ModelConfig, dense_tx, mesh, tables, fe
     if cfg.dense_only:
         trainer = DenseTrainer(model, mesh, dense_tx)
     else:
-        # --table-memory-mb bounds the tables: they grow while they fit it, then evict.
+        # --table-memory-mb bounds the tables: they grow while they fit it, then evict
+        # (with --host-tier, to host memory).
+        tier = {"ttl_steps": cfg.host_ttl_steps} if cfg.host_tier else False
         coll = h.EmbeddingCollection(tables, features, mesh=mesh, exchange=cfg.exchange,
                                      max_shard_bytes=table_bytes(cfg) // mesh.size,
-                                     host_tier=cfg.host_tier)
+                                     host_tier=tier)
         trainer = SparseTrainer(model, coll, dense_tx, depth=cfg.pipeline_depth)
     return trainer, trainer.init_state(params)
 

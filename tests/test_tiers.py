@@ -103,6 +103,8 @@ def test_a_small_device_tier_trains_like_all_rows_on_the_device(devices, depth, 
     assert stats["a"]["demoted"] > 100 and stats["a"]["promoted"] > 100
     # in flight, a step met ids an unsettled one had evicted, and was re-run
     assert (sum(s["stale"] for s in stats.values()) > 0) == (depth > 1)
+    if devices == 1:
+        return  # evaluation: on 8 devices
     # evaluation reads the host tier's rows, and moves nothing
     predict = lambda params, emb, batch: emb  # the looked-up rows themselves
     probe = tc.make_batches(seed=5, steps=1)[0]
@@ -160,6 +162,9 @@ def test_host_tier_settings_are_checked():
                                host_tier=True)
     with pytest.raises(h.HyperecaError, match="hot folds"):
         coll.layout(64, ("a",))
+    with pytest.raises(ValueError, match="ttl_steps must be a step count >= 1"):
+        EmbeddingCollection(specs(None), tc.FEATURES, mesh=make_mesh(jax.devices()[:1]),
+                            host_tier={"ttl_steps": 0})
 
 
 def test_a_full_host_tier_raises_naming_its_limit_and_keeps_the_rows(batches):
@@ -176,3 +181,4 @@ def test_a_full_host_tier_raises_naming_its_limit_and_keeps_the_rows(batches):
             state, _ = step(state, b)
     held = e.value.rows  # the rows the store refused: the caller still has them
     assert len(held.keys) > 0 and held.values.shape == (len(held.keys), tc.DIMS["a"])
+

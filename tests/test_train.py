@@ -129,11 +129,12 @@ SMALL = TINY + ["--bottom-mlp", "16", "--top-mlp", "8"]
 
 
 def test_two_processes_train_like_one(tmp_path):
-    single = run(SMALL + ["--devices", "2"], tmp_path / "single")
+    short = ["--steps", "10", "--eval-every", "5", "--eval-size", "1024"]
+    single = run(SMALL + short + ["--devices", "2"], tmp_path / "single")
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)  # the command gives each process 2 / 2 CPU devices
     port, out = free_port(), tmp_path / "multi"
-    command = [sys.executable, "-m", "models.train", *SMALL, "--output-dir", str(out),
+    command = [sys.executable, "-m", "models.train", *SMALL, *short, "--output-dir", str(out),
                "--devices", "2"]  # one device per process: as two hosts with a GPU each
     procs = [  # process 0 set up by flags, process 1 by the environment
         subprocess.Popen(command + ["--num-processes", "2", "--process-id", "0",
@@ -158,7 +159,7 @@ def test_two_processes_train_like_one(tmp_path):
     config = records[0]
     assert config["processes"] == 2 and config["devices"] == 2
     evals = [r for r in records if r["kind"] == "eval"]
-    assert [r["step"] for r in evals] == [10, 20]
+    assert [r["step"] for r in evals] == [5, 10]
     for got, want in zip(evals, single["eval"]):  # the same global batches, the same model
         assert got["auc"] == pytest.approx(want["auc"], abs=1e-6)
         assert got["logloss"] == pytest.approx(want["logloss"], abs=1e-5)
@@ -291,27 +292,29 @@ def test_resume_skips_a_damaged_latest_checkpoint_and_says_where_it_resumed(tmp_
     assert f"error: no checkpoint in {ck} can be read: step 4: " in err and "; step 2: " in err
 
 
-def host_tier_run(tmp_path, batch: int, steps: int) -> dict:
+def host_tier_run(tmp_path, batch: int, steps: int, *extra) -> dict:
     """The tiny preset at the smallest budget (4 tables of 4096 device rows)
     with the host tier: the tables' ids far outnumber the device rows."""
     return run(["--preset", "tiny", "--batch", str(batch), "--steps", str(steps),
                 "--eval-every", str(steps), "--eval-size", "4096", "--log-every", str(steps),
                 "--no-progress", "--devices", "2", "--bottom-mlp", "16", "--top-mlp", "8",
-                "--prefetch", "0", "--host-tier", "--table-memory-mb", "1.5"], tmp_path)
+                "--prefetch", "0", "--host-tier", "--table-memory-mb", "1.5", *extra], tmp_path)
 
 
 def check_host_tier_run(got: dict, times: float) -> None:
     per_table = got["tables"][-1]["per_table"]
-    for name, t in per_table.items():  # I3, exact: every id is on the device or the host
-        assert t["inserted"] - t["promoted"] == t["size"] + t["host_rows"], name
+    for name, t in per_table.items():  # I3, exact: on the device, on the host or aged out
+        assert t["inserted"] - t["promoted"] == t["size"] + t["host_rows"] + t["ttl_evicted"]
         assert t["evicted"] == t["demoted"] and t["size"] <= t["capacity"] == 4352, name
     c1 = per_table["C1"]
-    assert c1["size"] + c1["host_rows"] >= times * c1["capacity"], c1
+    assert c1["size"] + c1["host_rows"] + c1["ttl_evicted"] >= times * c1["capacity"], c1
     assert c1["promoted"] > 0 and np.isfinite(got["eval"][-1]["logloss"])
 
 
 def test_a_table_past_its_device_budget_trains_through_the_command(tmp_path):
-    check_host_tier_run(host_tier_run(tmp_path, 1024, 16), times=1.5)
+    got = host_tier_run(tmp_path, 1024, 16, "--host-ttl-steps", "12")
+    check_host_tier_run(got, times=1.5)  # I3 with the rows aged out (ttl_evicted)
+    assert got["tables"][-1]["per_table"]["C1"]["ttl_evicted"] > 0
 
 
 @slow
