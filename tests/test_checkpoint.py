@@ -22,6 +22,7 @@ from jax_hypereca.placement import make_mesh
 sys.path.insert(0, os.path.dirname(__file__))
 import sparse_reference as sr  # noqa: E402
 import test_collection as tc  # noqa: E402
+from conftest import slow_case  # noqa: E402
 
 TX = optax.adam(0.01)
 
@@ -67,6 +68,7 @@ def batches():
     return tc.make_batches(steps=N + MORE)
 
 
+@slow_case  # restoring onto fewer devices and training on: [8-4] above
 def test_restore_on_fewer_devices_gives_equal_eval_logits(tmp_path, batches):
     """8 devices, with a hot fold for table a, restored onto 4 and 1."""
     coll8, step8, state8 = trained(8, 6, batches)

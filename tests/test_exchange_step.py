@@ -50,7 +50,9 @@ def assert_bitwise_equal(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.parametrize("shards,hot", [pytest.param(2, False, marks=slow_case), (8, True)])
+# 8 devices with a hot fold is also checked across 2 processes (test_multihost.py)
+@pytest.mark.parametrize("shards,hot", [pytest.param(2, False, marks=slow_case),
+                                        pytest.param(8, True, marks=slow_case)])
 def test_ring_trains_bit_for_bit_like_all_to_all(shards, hot, batches):
     _, s1, a, la = run(shards, batches, "all_to_all", hot=hot)
     coll, s2, r, lr = run(shards, batches, "ring", hot=hot)
