@@ -148,6 +148,7 @@ def test_hot_fold_adds_one_all_reduce_per_group(batches):
     assert len(re.findall(r"f32\[\d+,(?:9|5)\]", reduced)) == len(coll.groups), ops
 
 
+@slow_case  # compiles 8 probe steps; re-planning is covered by the tests below
 def test_live_profile_and_replicator(batches):
     coll = EmbeddingCollection(tc.table_specs(tc.OPTS["adagrad"][0]), tc.FEATURES,
                                mesh=make_mesh())

@@ -19,6 +19,7 @@ from jax_hypereca.placement import local_rows, make_mesh
 from jax_hypereca.table import Rows
 
 import test_collection as tc
+from conftest import slow_case
 
 STEPS = 20
 # Rows per table over all shards, per device count: a sees ~400 distinct ids
@@ -78,7 +79,10 @@ def tiered(devices):
                                max_shard_bytes=probe.shard_bytes(probe.init_tables()))
 
 
-@pytest.mark.parametrize("devices,depth", [(1, 1), (8, 3)])
+# 8 devices at depth 3 covers the paths (and the 1-device checkpoint restore
+# below trains on one device with a host tier); 1 device at depth 1 runs with
+# HYPERECA_SLOW_TESTS=1
+@pytest.mark.parametrize("devices,depth", [pytest.param(1, 1, marks=slow_case), (8, 3)])
 def test_a_small_device_tier_trains_like_all_rows_on_the_device(devices, depth, batches):
     ref_coll, ref_state, ref_losses = all_on_device(batches, devices)
     coll = tiered(devices)
