@@ -347,10 +347,11 @@ class EmbeddingCollection:
         return sum(st.keys.shape[0] // self.num_shards * self.tables[n].row_bytes()
                    for n, st in tables.items())
 
-    def grow(self, tables: dict[str, TableState], name: str, *, required: bool
-             ) -> dict[str, TableState]:
+    def grow(self, tables: dict[str, TableState], name: str, *, required: bool,
+             asked: int | None = None) -> dict[str, TableState]:
         """Doubles table `name` on every shard if the memory cap allows. With
-        `required` (a step could not place its ids) a refusal raises."""
+        `required` (a step could not place its ids) a refusal raises, naming
+        `asked`: the most ids of the table one shard was asked for."""
         spec, st = self.tables[name], tables[name]
         rows = st.keys.shape[0] // self.num_shards
         extra = rows * spec.row_bytes()
@@ -359,8 +360,13 @@ class EmbeddingCollection:
                    f"take {self.shard_bytes(tables) + extra} bytes per device, over "
                    f"max_shard_bytes={self.max_shard_bytes}")
             if required:
-                raise TableFullError(msg + "; this step's ids do not fit its buckets. Raise "
-                                           "max_shard_bytes or the table's capacity.")
+                asked_of = "" if asked is None else (
+                    f" (its fullest shard was asked for {asked} ids for {rows} rows in buckets "
+                    f"of {self.tables[name].shard_geometry(self.num_shards)[1]})")
+                raise TableFullError(msg + f"; this step's ids do not fit its buckets{asked_of}. "
+                                           f"Raise max_shard_bytes or the table's capacity: "
+                                           f"a shard must hold one step's ids with room to "
+                                           f"spare (a host tier holds only evicted rows).")
             log.warning("%s: rows will be evicted by score (counted in the counters)", msg)
             return tables
         log.info("table %r: growing from %d to %d rows per shard", name, rows, 2 * rows)
@@ -392,13 +398,15 @@ class EmbeddingCollection:
             <= self.max_shard_bytes)
 
     def grow_for(self, state: TrainState, *, full: set[str] = frozenset(),
-                 refused: set[str] = frozenset()) -> TrainState:
+                 refused: set[str] = frozenset(),
+                 asked: Mapping[str, int] | None = None) -> TrainState:
         """Grows the tables a step found `full` (past their limit; at the memory
         cap they stay and evict by score from then on) and those that
-        `refused` an id a row (required: at the cap, TableFullError)."""
+        `refused` an id a row (required: at the cap, TableFullError naming
+        `asked`, the most ids one shard was asked for)."""
         tables = state.tables
         for name in sorted(refused):
-            tables = self.grow(tables, name, required=True)
+            tables = self.grow(tables, name, required=True, asked=(asked or {}).get(name))
         for name in sorted(full - set(refused)):
             grown = self.grow(tables, name, required=False)
             if grown is tables:

@@ -268,7 +268,8 @@ class ShardedTrainStep:
         """Grows the tables a failed step needs (its buffers were raised by
         `check`); the step can then be re-run."""
         self.retries += 1
-        return self.c.grow_for(state, full=v.full, refused=v.refused)
+        return self.c.grow_for(state, full=v.full, refused=v.refused,
+                               asked={t: int(st["queries"].max()) for t, st in v.stats.items()})
 
     def finish(self, state: TrainState, p: Pending, v: Verdict) -> dict:
         """The applied step's metrics; raises what its statistics report (the

@@ -186,3 +186,19 @@ def test_a_full_host_tier_raises_naming_its_limit_and_keeps_the_rows(batches):
     held = e.value.rows  # the rows the store refused: the caller still has them
     assert len(held.keys) > 0 and held.values.shape == (len(held.keys), tc.DIMS["a"])
 
+
+
+def test_a_device_budget_below_one_steps_ids_names_both_numbers(batches):
+    mesh = make_mesh(jax.devices()[:1])
+    small = {"a": 32, "b": 128, "c": 128}  # a batch looks up ~100 ids of table a
+    probe = EmbeddingCollection(specs(small, bucket_size=32), tc.FEATURES, mesh=mesh)
+    coll = EmbeddingCollection(specs(small, bucket_size=32), tc.FEATURES, mesh=mesh,
+                               max_shard_bytes=probe.shard_bytes(probe.init_tables()),
+                               host_tier=True)
+    dense_tx = optax.adam(0.01)
+    step = coll.make_train_step(tc.head_loss, dense_tx)
+    state = coll.init_train_state(tc.init_params(), dense_tx)
+    with pytest.raises(h.TableFullError,
+                       match=r"table 'a'.*asked for \d+ ids for 32 rows in buckets of 32"):
+        step(state, batches[0])
+    assert len(coll.host_tier.rows("a").keys) == 0  # nothing was moved, nothing lost
