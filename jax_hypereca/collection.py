@@ -484,7 +484,7 @@ class EmbeddingCollection:
         """Counters summed over the shards and, given `hot`, the hot folds
         (placement.counter_totals), the fullest shard's load, the slots
         (``capacity``) and, with a host tier, its statistics (HostTier.stats)."""
-        out = {}
+        out, tier = {}, self.host_tier.stats() if self.host_tier is not None else {}
         for n, total in counter_totals(tables, hot).items():
             d = counters_by_name(total)
             rows = tables[n].keys.shape[0] // self.num_shards
@@ -492,8 +492,7 @@ class EmbeddingCollection:
                 :, COUNTER_NAMES["size"]]
             d["max_shard_load"] = float(size.max() / rows)
             d["capacity"] = int(tables[n].keys.shape[0])  # slots over all shards
-            if self.host_tier is not None:
-                d.update(self.host_tier.stats()[n])
+            d.update(tier.get(n, {}))
             out[n] = d
         return out
 

@@ -80,14 +80,13 @@ class EvalFn:
         batch = self.c.prepare_batch(batch, local=local)
         size = _batch_size(batch)
         caps = self.c.eval_capacities(size)
-        staged = self.c.stage(batch, take=False)  # host-tier rows: read, not moved
-        staged = {"staged": staged.device} if staged is not None else {}
+        tier_in = _tier_in(self.c.stage(batch, take=False))  # host rows: read, not moved
         batch = self.c.device_batch(batch)
         for _ in range(MAX_RERUNS):
             layout = self.c.layout(size, tuple(state.hot), capacities=caps)
             if layout not in self._compiled:
                 self._compiled[layout] = self._build(layout)
-            out, stats, ok = self._compiled[layout](state, batch, staged)
+            out, stats, ok = self._compiled[layout](state, batch, tier_in)
             stats = self.c.host_stats(stats)
             if bool(host_value(ok)):
                 raise_for_stats(self.c, stats, state.tables, where="evaluation")
@@ -203,10 +202,9 @@ class ShardedTrainStep:
 
     def lower(self, state: TrainState, batch):
         """The lowered step for a prepared batch (to inspect its HLO)."""
-        staged = self.c.stage(batch, take=False)
         return self.compiled(state, batch).lower(state, self.c.device_batch(batch),
                                                  *self._args(state, 0),
-                                                 {"staged": staged.device} if staged else {})
+                                                 _tier_in(self.c.stage(batch, take=False)))
 
     def dispatch(self, state: TrainState, batch, index: int, *,
                  unsettled: Sequence[Pending] = ()) -> tuple[TrainState, Pending]:
@@ -219,11 +217,8 @@ class ShardedTrainStep:
         fn = self.compiled(state, batch)
         layout = self.c.layout(_batch_size(batch), tuple(state.hot))
         staged = self.c.stage(batch, take=True)  # held until check settles them
-        tier_in = {} if staged is None else {"staged": staged.device, "victims": {
-            t: tuple(p.metrics["tier"]["demoted"][t].keys for p in unsettled)
-            for t in self.c.tables}}
         state, metrics = fn(state, self.c.device_batch(batch), *self._args(state, index),
-                            tier_in)
+                            _tier_in(staged, unsettled))
         return state, Pending(batch, index, layout, metrics, t0,
                               compiled == len(self._compiled) and retries == self.retries,
                               staged, [False])
@@ -309,6 +304,17 @@ class ShardedTrainStep:
         if trial.chosen is not None:
             log.info("exchange 'auto' keeps %r on %d devices (median step seconds: %s)",
                      trial.chosen.name, self.c.num_shards, trial.timings)
+
+
+def _tier_in(staged, unsettled: Sequence[Pending] = ()) -> dict:
+    """The host tier's inputs of a compiled call (lookup.forward_local):
+    the staged rows on the mesh and, per table, the keys the `unsettled`
+    steps evicted; empty without a host tier."""
+    if staged is None:
+        return {}
+    victims = {t: tuple(p.metrics["tier"]["demoted"][t].keys for p in unsettled)
+               for t in staged.device}
+    return {"staged": staged.device, "victims": victims}
 
 
 def _batch_size(batch) -> int:

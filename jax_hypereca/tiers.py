@@ -153,8 +153,9 @@ class HostTier:
         (padding, key PADDING_ID, sorted in)."""
         W, size, n = self.num_shards, self.staged_rows, len(rows.keys)
         by_owner = np.argsort(owner, kind="stable")
-        first = np.searchsorted(owner[by_owner], np.arange(W))
-        dest = owner[by_owner] * size + (np.arange(n) - first[owner[by_owner]])
+        sorted_owner = owner[by_owner]
+        first = np.searchsorted(sorted_owner, np.arange(W))
+        dest = sorted_owner * size + (np.arange(n) - first[sorted_owner])
         blocks = Rows.empty(spec, W * size)
         for dst, src in zip(blocks, rows):
             dst[dest] = src[by_owner]
