@@ -10,8 +10,11 @@ here with the command that rebuilds it.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
+import os
 import re
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -60,8 +63,27 @@ def _ensure_x64_ids() -> None:
                  "(float defaults are unchanged)")
 
 
+# A CPU module built elsewhere (tools/sanitize.sh: AddressSanitizer and
+# UndefinedBehaviorSanitizer) replaces the installed one when this names its file.
+NATIVE_CPU_ENV = "HYPERECA_NATIVE_CPU"
+
+
+def _load_file(qualified: str, path: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(qualified, path)
+    if spec is None or not os.path.isfile(path):
+        raise ImportError(f"{NATIVE_CPU_ENV}={path!r} is not an extension module file; "
+                          f"unset it to use the installed module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[qualified] = module
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    log.warning("jax_hypereca: CPU extension loaded from %s (%s)", path, NATIVE_CPU_ENV)
+    return module
+
+
 def _load(name: str) -> ModuleType | None:
     try:
+        if name == "_hypereca_cpu" and os.environ.get(NATIVE_CPU_ENV):
+            return _load_file(f"jax_hypereca.{name}", os.environ[NATIVE_CPU_ENV])
         return importlib.import_module(f"jax_hypereca.{name}")
     except ImportError as e:
         if name == "_hypereca_cpu":

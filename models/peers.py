@@ -157,13 +157,17 @@ class PeerWatch:
 _watch: PeerWatch | None = None
 
 
-def initialize(*, coordinator: str, num_processes: int, process_id: int,
+def initialize(*, coordinator: str, bind: str, num_processes: int, process_id: int,
                peer_timeout_s: int) -> None:
     """``jax.distributed.initialize``, then a :class:`PeerWatch` that ends this
-    process with a clear error when a peer is lost for ``peer_timeout_s``."""
+    process with a clear error when a peer is lost for ``peer_timeout_s``.
+
+    Process 0's coordination service listens on ``bind`` only (jax's default
+    is every interface, ``[::]:port``): it has no authentication, so it
+    belongs on the address of a private network."""
     global _watch
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id,
+                               process_id=process_id, coordinator_bind_address=bind,
                                heartbeat_timeout_seconds=2 * peer_timeout_s)
     from jax._src import distributed  # the connected client (no public accessor)
 

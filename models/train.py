@@ -121,6 +121,11 @@ class TrainConfig:
     coordinator: str | None = _field(os.environ.get("JAX_COORDINATOR_ADDRESS"),
                                      "multi-process: host:port of process 0 "
                                      "(env JAX_COORDINATOR_ADDRESS)")
+    coordinator_bind: str | None = _field(
+        os.environ.get("JAX_COORDINATOR_BIND_ADDRESS"),
+        "multi-process: host:port process 0's coordinator listens on (default: the "
+        "--coordinator address itself, not every interface; it has no authentication); "
+        "'0.0.0.0:PORT' when --coordinator names an address of a NAT or proxy")
     num_processes: int = _field(int(os.environ.get("JAX_NUM_PROCESSES", 1)),
                                 "multi-process: process count (env JAX_NUM_PROCESSES)")
     process_id: int = _field(int(os.environ.get("JAX_PROCESS_ID", 0)),
@@ -222,7 +227,9 @@ def configure_platform(cfg: TrainConfig) -> None:
         os.environ["XLA_FLAGS"] = \
             f"{flags} --xla_force_host_platform_device_count={per_process}".strip()
     if cfg.num_processes > 1:
-        peers.initialize(coordinator=cfg.coordinator, num_processes=cfg.num_processes,
+        peers.initialize(coordinator=cfg.coordinator,
+                         bind=cfg.coordinator_bind or cfg.coordinator,
+                         num_processes=cfg.num_processes,
                          process_id=cfg.process_id, peer_timeout_s=cfg.peer_timeout_s)
 
 
