@@ -126,6 +126,23 @@ def to_device(a: np.ndarray, device) -> jax.Array:
     return jax.device_put(jnp.asarray(a, a.dtype), device)
 
 
+def tree_to_mesh(tree, sharding: NamedSharding):
+    """Host arrays onto `sharding`, each dtype kept: jax.device_put narrows
+    int64 to int32 without jax_enable_x64, which would change ids >= 2**31
+    (64-bit arrays go shard by shard through jnp.asarray with their dtype;
+    the others in one device_put)."""
+    wide = lambda a: np.dtype(a.dtype).itemsize == 8 and np.dtype(a.dtype).kind in "iu"
+    narrow = jax.device_put(jax.tree.map(lambda a: None if wide(a) else a, tree), sharding)
+
+    def put(a, placed):
+        if not wide(a):
+            return placed
+        return jax.make_array_from_callback(a.shape, sharding,
+                                            lambda index: jnp.asarray(a[index], a.dtype))
+
+    return jax.tree.map(put, tree, narrow, is_leaf=lambda x: x is None)
+
+
 def place_rows(spec: TableSpec, rows: Rows, counters: np.ndarray, mesh: Mesh, axis: str, *,
                 min_capacity: int = 0) -> TableState:
     """A table sharded over `mesh` holding `rows` (host arrays, keyed by id),

@@ -61,6 +61,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jax_hypereca.errors import PADDING_ID, HyperecaError
 from jax_hypereca.hashing import owner_of
 from jax_hypereca.host_tier import HostStore
+from jax_hypereca.placement import tree_to_mesh
 from jax_hypereca.table import Rows, TableSpec
 
 # Staged rows per device are padded to one size for every table, a power of
@@ -143,8 +144,8 @@ class HostTier:
                 self.staged_rows *= 2
             self.timing["stage_keys"] += len(keys)
         host = {n: self._by_owner(self.specs[n], r, owners[n]) for n, r in rows.items()}
-        # one transfer for every table (one process: device_put splits the rows)
-        device = jax.device_put(host, NamedSharding(self.mesh, P(self.axis)))
+        # every table at once; ids and frequencies stay int64
+        device = tree_to_mesh(host, NamedSharding(self.mesh, P(self.axis)))
         self.timing["stage_s"] += time.perf_counter() - t0
         return Staged(host, device, take)
 
