@@ -57,9 +57,23 @@ def all_rows(coll, state, name) -> dict[int, tuple]:
     return {int(k): (v, o) for k, v, o in zip(rows.keys, rows.values, rows.opt_state)}
 
 
+def wide(batches):
+    """The batches with every id spread over the whole int64 range (an odd
+    multiplier: one id per id, padding kept): ids >= 2**31 and negative ones
+    must cross the tiers unchanged (jax narrows int64 to int32 on transfers
+    without jax_enable_x64)."""
+    for b in batches:
+        for f, ids in b["ids"].items():
+            big = (ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)).view(np.int64)
+            b["ids"][f] = np.where(ids == h.PADDING_ID, ids, big)
+            assert not np.isin(b["ids"][f][ids != h.PADDING_ID],
+                               [h.PADDING_ID, h.EMPTY_KEY, h.ERASED_KEY]).any()
+    return batches
+
+
 @pytest.fixture(scope="module")
 def batches():
-    return tc.make_batches(steps=STEPS)
+    return wide(tc.make_batches(steps=STEPS))
 
 
 def all_on_device(batches, devices):
@@ -111,7 +125,7 @@ def test_a_small_device_tier_trains_like_all_rows_on_the_device(devices, depth, 
         return  # evaluation: on 8 devices
     # evaluation reads the host tier's rows, and moves nothing
     predict = lambda params, emb, batch: emb  # the looked-up rows themselves
-    probe = tc.make_batches(seed=5, steps=1)[0]
+    probe = wide(tc.make_batches(seed=5, steps=1))[0]
     probe["ids"]["fa"][:16] = coll.host_tier.rows("a").keys[:16]  # trained rows on the host
     before = coll.host_tier.stats()
     got = coll.make_eval_fn(predict)(state, probe)
@@ -202,3 +216,17 @@ def test_a_device_budget_below_one_steps_ids_names_both_numbers(batches):
                        match=r"table 'a'.*asked for \d+ ids for 32 rows in buckets of 32"):
         step(state, batches[0])
     assert len(coll.host_tier.rows("a").keys) == 0  # nothing was moved, nothing lost
+
+
+def test_the_soak_streams_wide_ids_through_both_tiers_and_accounts_for_every_row():
+    """experiments.soak, tiny: Zipf ids spread over [0, 2**62) through a
+    4096-row device tier and a TTL'd host tier; I3 is checked after every
+    step inside the run (it raises otherwise) and rows come back from the
+    host (promoted: ids >= 2**31 survive the transfers)."""
+    from experiments import soak
+
+    s = soak.main(["--distinct", "30000", "--vocab", "1e6", "--device-rows", "4096",
+                   "--batch", "256", "--ttl-steps", "5", "--report-every", "1000"])
+    assert s["distinct_ids"] >= 30000 and s["accounting_checks"] == s["steps"]
+    assert s["inserted"] - s["promoted"] == s["device_rows"] + s["host_rows"] + s["ttl_evicted"]
+    assert s["promoted"] > 1000 and s["demoted"] > 10000 and s["ttl_evicted"] > 0
