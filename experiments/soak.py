@@ -36,6 +36,7 @@ import time
 import numpy as np
 
 from experiments.harness import JsonLines, environment
+from models.metrics_log import resident_mb
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -50,7 +51,9 @@ def parse(argv=None):
     p.add_argument("--batch", type=int, default=None, help="samples per step")
     p.add_argument("--hot", type=int, default=16, help="ids per sample")
     p.add_argument("--dim", type=int, default=16)
-    p.add_argument("--ttl-steps", type=int, default=20)
+    p.add_argument("--ttl-steps", type=int, default=None,
+                   help="host rows not looked up for this many steps are dropped (longer "
+                        "than a row stays on the device, or demoted rows go at once)")
     p.add_argument("--warmup-share", type=float, default=0.2)
     p.add_argument("--report-every", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -61,6 +64,7 @@ def parse(argv=None):
     a.device_rows = a.device_rows or (1 << 17 if a.quick else 1 << 20)
     a.batch = a.batch or (2048 if a.quick else 8192)
     a.report_every = a.report_every or (20 if a.quick else 100)
+    a.ttl_steps = a.ttl_steps or (50 if a.quick else 200)
     return a
 
 
@@ -75,14 +79,6 @@ def id_stream(args):
         ranks = np.clip(np.floor(x) - 1.0, 0, args.vocab - 1).astype(np.uint64)
         ids = ((ranks + np.uint64(1)) * GOLDEN) >> np.uint64(2)  # in [0, 2^62)
         yield ranks, ids.astype(np.int64)
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def build(args):
@@ -139,7 +135,7 @@ def main(argv=None) -> dict:
         pipe.pop_completed()
         step += 1
         s = check_accounting(coll.table_stats(state.tables), step)
-        rss.append(rss_mb())
+        rss.append(resident_mb())
         if step % args.report_every == 0:
             out.emit({"bench": "soak_progress", "step": step, "distinct": distinct,
                       "lookups": lookups, "device_rows": s["size"], "host_rows": s["host_rows"],

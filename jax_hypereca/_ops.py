@@ -231,12 +231,17 @@ def import_rows(table, row_keys, row_values, row_state, row_last, row_freq, *,
 
 
 def unique(keys):
+    keys = ids_array(keys, flat=True)
     n = keys.shape[0]
     out = [_sds((n,), I64), _sds((n,), I32), _sds((), I32)]
-    return jax.ffi.ffi_call("hypereca_unique", out)(ids_array(keys, flat=True))
+    return jax.ffi.ffi_call("hypereca_unique", out)(keys)
 
 
 def bucketize(keys, *, num_shards: int, capacity: int):
+    keys = ids_array(keys, flat=True)
+    check_int(num_shards, where="bucketize: num_shards", low=1, high=1 << 20)
+    check_int(capacity, where="bucketize: capacity", low=1, high=1 << 30)
     n = keys.shape[0]
-    out = [_sds((num_shards, capacity), I64), _sds((num_shards,), I32), _sds((n,), I32)]
-    return jax.ffi.ffi_call("hypereca_bucketize", out)(ids_array(keys, flat=True))
+    out = [_sds((int(num_shards), int(capacity)), I64), _sds((int(num_shards),), I32),
+           _sds((n,), I32)]
+    return jax.ffi.ffi_call("hypereca_bucketize", out)(keys)

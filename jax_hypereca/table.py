@@ -210,7 +210,7 @@ def find_or_insert(spec: TableSpec, state: TableState, ids, *, step, pin_from=No
     """
     ids = _ops.ids_array(ids, flat=True)
     n = ids.shape[0]
-    _ops.check_int(step, where="find_or_insert: step", traced_ok=True)
+    _ops.check_int(step, where="find_or_insert: step", low=0, traced_ok=True)
     if pin_from is not None:
         _ops.check_int(pin_from, where="find_or_insert: pin_from", traced_ok=True)
     if max_evictions is not None:
@@ -274,7 +274,7 @@ def apply_gradients(spec: TableSpec, state: TableState, slots, grads, *, step
     `grads` (n, dim); duplicate slots are summed first, slot -1 is ignored.
     `step` is the schedule count (updates done before this one, as in optax).
     Returns (state, status (4,))."""
-    _ops.check_int(step, where="apply_gradients: step", traced_ok=True)
+    _ops.check_int(step, where="apply_gradients: step", low=0, traced_ok=True)
     values, opt, counters, status = _ops.apply_gradients(
         state.values, state.opt_state, state.counters, slots, grads,
         spec.optimizer.hparams(step), optimizer=spec.optimizer.kind)
@@ -292,14 +292,15 @@ def erase(spec: TableSpec, state: TableState, ids) -> tuple[TableState, jax.Arra
 _MODES: dict[str, int] = dict(CONSTANTS["EXPORT_MODES"])  # ExportMode (enums.h)
 
 
-def _predicate(below, at_least) -> tuple[int, int]:
+def _predicate(below, at_least, where: str) -> tuple[int, int]:
+    """(mode, threshold) of a score predicate; the threshold an integer."""
     if below is not None and at_least is not None:
-        raise ValueError("give at most one of `below` and `at_least`")
-    if below is not None:
-        return _MODES["below"], below
-    if at_least is not None:
-        return _MODES["at_least"], at_least
-    return _MODES["all"], 0
+        raise ValueError(f"{where}: give at most one of `below` and `at_least`")
+    if below is None and at_least is None:
+        return _MODES["all"], 0
+    name, thr = ("below", below) if below is not None else ("at_least", at_least)
+    _ops.check_int(thr, where=f"{where}: {name}", traced_ok=True)
+    return _MODES[name], thr
 
 
 def erase_if(spec: TableSpec, state: TableState, *, below=None, at_least=None
@@ -307,9 +308,7 @@ def erase_if(spec: TableSpec, state: TableState, *, below=None, at_least=None
     """Removes every row whose score (last step for LRU, count for LFU) is
     `< below` or `>= at_least` (or every row if neither is given). Returns
     (state, number erased)."""
-    mode, thr = _predicate(below, at_least)
-    _ops.check_int(thr, where="erase_if: " + ("below" if below is not None else "at_least"),
-                   traced_ok=True)
+    mode, thr = _predicate(below, at_least, "erase_if")
     keys, last, freq, counters, count = _ops.erase_if(
         state.keys, state.last_step, state.freq, state.counters, thr,
         bucket_size=_bucket_size(spec, state), mode=mode, policy=spec.policy_code)
@@ -349,13 +348,24 @@ def _export_chunk(state, cursor, threshold, *, chunk, mode, policy):
 def export(spec: TableSpec, state: TableState, *, chunk_size: int = 1 << 16, below=None,
            at_least=None) -> Iterator[Rows]:
     """Yields the resident rows (optionally only those whose score passes the
-    predicate, as in erase_if) in slot order, `chunk_size` rows at a time."""
-    mode, thr = _predicate(below, at_least)
+    predicate, as in erase_if) in slot order, `chunk_size` rows at a time.
+    Arguments are checked here, not at the first ``next``."""
+    _ops.check_int(chunk_size, where="export: chunk_size", low=1, high=1 << 30)
+    mode, thr = _predicate(below, at_least, "export")
+    return _export_chunks(spec, state, int(chunk_size), mode, thr)
+
+
+def _export_chunks(spec: TableSpec, state: TableState, chunk_size: int, mode: int, thr
+                   ) -> Iterator[Rows]:
     cursor = 0
     while cursor < state.capacity:
         k, v, o, ls, f, info = _export_chunk(state, cursor, thr, chunk=chunk_size, mode=mode,
                                              policy=spec.policy_code)
+        start = cursor
         count, cursor = (int(x) for x in np.asarray(info))
+        if cursor <= start:  # the op's contract: it always advances (never loop forever)
+            raise RuntimeError(f"export: the cursor did not advance past slot {start} of "
+                               f"{state.capacity}; this is a bug, please report it")
         if count:
             yield Rows(np.asarray(k)[:count], np.asarray(v)[:count], np.asarray(o)[:count],
                        np.asarray(ls)[:count], np.asarray(f)[:count])
@@ -378,11 +388,32 @@ def import_rows(spec: TableSpec, state: TableState, rows: Rows
                 ) -> tuple[TableState, jax.Array, jax.Array]:
     """Upserts whole rows. Returns (state, slots (n,), status (4,): offered,
     inserted, overwritten, refused). Refused rows (full bucket) are not lost:
-    they are still in `rows`; the caller must raise or retry."""
+    they are still in `rows`; the caller must raise or retry. Rows of the
+    wrong shapes, and (on the host) non-finite values or optimizer state,
+    are refused with the field named, the table unchanged."""
+    _check_rows(spec, state, rows)
     table, slots, status = _ops.import_rows(
         tuple(state), rows.keys, jnp.asarray(rows.values, spec.dtype), rows.opt_state,
         rows.last_step, rows.freq, bucket_size=_bucket_size(spec, state))
     return TableState(*table), slots, status
+
+
+def _check_rows(spec: TableSpec, state: TableState, rows: Rows) -> None:
+    n = np.shape(rows.keys)[0] if np.ndim(rows.keys) == 1 else None
+    want = {"keys": (n,), "values": (n, spec.dim), "opt_state": (n, state.opt_state.shape[1]),
+            "last_step": (n,), "freq": (n,)}
+    for field, shape in want.items():
+        got = tuple(np.shape(getattr(rows, field)))
+        if n is None or got != shape:
+            raise ValueError(f"import_rows into table {spec.name!r}: rows.{field} must have "
+                             f"shape {shape} (n = len(rows.keys), dim {spec.dim}), got {got}")
+    for field in ("values", "opt_state"):
+        a = getattr(rows, field)
+        if isinstance(a, np.ndarray) and not np.isfinite(a.astype(np.float32)).all():
+            i = int(np.flatnonzero(~np.isfinite(a.astype(np.float32)).all(axis=1))[0])
+            raise ValueError(f"import_rows into table {spec.name!r}: rows.{field} of id "
+                             f"{int(np.asarray(rows.keys)[i])} (row {i}) is not finite; "
+                             f"nothing was imported")
 
 
 def grow(spec: TableSpec, state: TableState, rows: int) -> TableState:

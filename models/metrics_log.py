@@ -4,10 +4,23 @@ train lines written while the pipeline runs."""
 from __future__ import annotations
 
 import json
+import resource
 import time
 from pathlib import Path
 
 import numpy as np
+
+
+def resident_mb() -> float:
+    """This process's resident memory now (Linux VmRSS), else its peak."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 class MetricsLog:
@@ -57,7 +70,7 @@ class MetricsLog:
 class TrainLog:
     """Train lines of the metrics file (every --log-every steps: the mean loss
     and samples/s over the steps since the last line, evals and checkpoints
-    not counted) and the progress bar."""
+    not counted, and the resident memory then) and the progress bar."""
 
     def __init__(self, cfg, mlog: MetricsLog, bar):
         self.cfg, self.mlog, self.bar = cfg, mlog, bar
@@ -77,6 +90,7 @@ class TrainLog:
             self.last = self.mlog.emit(
                 "train", step=done, loss=float(np.mean(self.losses)),
                 samples_per_s=len(self.losses) * self.cfg.batch / self.busy,
+                rss_mb=resident_mb(),
                 **{k: v for k, v in metrics[-1].items() if k not in ("loss", "step")})
             self.losses, self.busy = [], 0.0
 

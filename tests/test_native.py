@@ -87,9 +87,9 @@ def test_python_enums_are_the_native_ones(native_output):
     assert _literal_names(h.Initializer, "kind") == set(header["INIT_KINDS"])
     assert {k: h.Initializer(kind=k).code for k in header["INIT_KINDS"]} == header["INIT_KINDS"]
     modes = header["EXPORT_MODES"]
-    assert tbl._predicate(None, None)[0] == modes["all"]
-    assert tbl._predicate(5, None)[0] == modes["below"]
-    assert tbl._predicate(None, 5)[0] == modes["at_least"]
+    assert tbl._predicate(None, None, "export")[0] == modes["all"]
+    assert tbl._predicate(5, None, "export")[0] == modes["below"]
+    assert tbl._predicate(None, 5, "export")[0] == modes["at_least"]
     classes = {"sgd": optim.SGD, "adagrad": optim.Adagrad,
                "rowwise_adagrad": optim.RowwiseAdagrad, "adam": optim.Adam, "ftrl": optim.FTRL}
     assert {name: cls.kind for name, cls in classes.items()} == header["OPTIMIZERS"]
