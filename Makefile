@@ -14,7 +14,7 @@ NATIVE := CMakeLists.txt pyproject.toml $(shell find ffi cmake -type f 2>/dev/nu
 .PHONY: test train bench clean
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=25
 
 train: $(STAMP)
 	@if [ -f models/train.py ]; then $(PY) -m models.train $(ARGS); \

@@ -233,7 +233,7 @@ def _collection():
 
 @SETTINGS
 @given(ids=st.one_of(arrays(), hnp.arrays(np.int64, st.integers(1, 5), elements=st.integers(
-    -(1 << 63), (1 << 63) - 1))), w_shape=st.sampled_from(["match", "match", "short", "flat"]),
+    -(1 << 63), (1 << 63) - 1))), w_shape=st.sampled_from(["match", "match", "long", "flat"]),
        w_bad=st.sampled_from([None, None, np.nan, np.inf]))
 def test_a_collection_batch_is_placed_as_given_or_refused_naming_the_feature(ids, w_shape,
                                                                           w_bad):
@@ -242,7 +242,7 @@ def test_a_collection_batch_is_placed_as_given_or_refused_naming_the_feature(ids
     coll = _collection()
     b = ids.shape[0] if ids.ndim >= 1 else 1
     m = np.arange(2 * b, dtype=np.int64).reshape(b, 2)
-    w = {"match": np.ones((b, 2)), "short": np.ones((max(b - 1, 0), 2)),
+    w = {"match": np.ones((b, 2)), "long": np.ones((b + 1, 2)),
          "flat": np.ones(2 * b)}[w_shape].astype(np.float32)
     if w_bad is not None and w.size:
         w.flat[-1] = w_bad
