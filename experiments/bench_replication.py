@@ -15,12 +15,17 @@ best R of the sweep. For the real Criteo samples in shared/data/criteo/
 (read at run time; skipped when absent) rho(R) only. Fake CPU devices make
 the exchange a memory copy, so the speedup measured here is small by nature
 and a small R is the model working. The last line is the summary at 1.05.
+Configurations run two at a time beside R = 0 (run_configs: memory).
+``--quick`` (about 5 minutes, under 4 GB): 20 peek batches, 6 timed steps,
+the configurations timed at alpha 1.05 only (0.8 and 1.2: rho and the
+plans) and the sweep at R in {0, 64, 1024, 16384}.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import pathlib
+import resource
 import time
 from typing import Any
 
@@ -33,6 +38,9 @@ PER_DEVICE, DIM = 1024, 64
 PAPER_BATCH, WARMUP = 16384, 3
 BUDGET = 256 << 20  # replicas of all tables, per device
 R_GRID = np.array([0, 16, 64, 256, 1024, 4096, 16384, 65536])
+# --quick: the sweep at 4 points, the configurations run at alpha 1.05 only
+# (0.8 and 1.2: rho and the plans), two alive at once besides R = 0
+QUICK = dict(r_grid=np.array([0, 64, 1024, 16384]), timed_alphas=(1.05,))
 GOALS = dict(bytes_removed=0.80, prediction_error=0.05, projected_speedup_vs_r0=1.6,
              model_r2=0.9, chosen_vs_best=1.05)
 
@@ -56,6 +64,9 @@ class Bench:
     paper_batches: int
     timed_steps: int
     repeats: int
+    r_grid: Any = R_GRID  # the sweep at alpha 1.05
+    timed_alphas: tuple = (0.8, 1.05, 1.2)  # where the configurations are run
+    group: int = 2  # configurations alive at once besides R = 0
 
     @property
     def devices(self) -> int:
@@ -100,22 +111,26 @@ def rho_of(stats, exchanged: int) -> dict[int, float]:
             for r in R_GRID}
 
 
-def run_configs(b: Bench, gen, configs: dict, start: int):
-    """Interleaved steps of each hot configuration; exact counts + times."""
-    import jax
+def _start_run(b: Bench, hot: dict, coll=None, step=None) -> list:
+    """[collection, step, state with `hot` applied, step times, remote lookups]
+    (a given collection and step are reused: no new compile)."""
     import optax
 
     from jax_hypereca import replication as rep
 
-    runs = {}
-    for name, hot in configs.items():
-        coll = b.make_collection()
-        step = coll.make_train_step(b.loss_fn, optax.set_to_zero())
-        state = coll.init_train_state({"head": b.head}, optax.set_to_zero())
-        runs[name] = [coll, step, rep.apply_plan(coll, state, hot), [], 0]
+    coll = coll or b.make_collection()
+    step = step or coll.make_train_step(b.loss_fn, optax.set_to_zero())
+    state = coll.init_train_state({"head": b.head}, optax.set_to_zero())
+    return [coll, step, rep.apply_plan(coll, state, hot), [], 0]
+
+
+def _time_runs(b: Bench, gen, runs: dict, start: int) -> dict:
+    """Interleaved steps of each run; median step seconds and exact counts."""
+    import jax
+
     for s in range(WARMUP + b.timed_steps):
         batch = b.host_batch(gen, start + s)
-        for name, r in runs.items():
+        for r in runs.values():
             t0 = time.perf_counter()
             r[2], m = r[1](r[2], batch)
             jax.block_until_ready(r[2].step)
@@ -123,6 +138,30 @@ def run_configs(b: Bench, gen, configs: dict, start: int):
                 r[3].append(time.perf_counter() - t0)
                 r[4] += _total(m["stats"], "remote_unique")
     return {n: dict(seconds=float(np.median(r[3])), remote=r[4]) for n, r in runs.items()}
+
+
+def run_configs(b: Bench, gen, configs: dict, start: int):
+    """Each hot configuration's steps, interleaved with R = 0's, at most
+    ``b.group`` configurations besides R = 0 alive at once (each holds its
+    own tables: all at once took ~10 GB). R = 0 (its collection and compiled
+    step kept, its state fresh) runs in every group; a group's times are
+    scaled by the first group's R = 0 time over its own (``r0_drift``
+    reports the spread). Exact counts are not scaled."""
+    base = _start_run(b, configs["r0"])
+    names = [n for n in configs if n != "r0"]
+    out, drift = {}, []
+    for i in range(0, len(names), b.group):
+        base = _start_run(b, configs["r0"], base[0], base[1])
+        runs = {"r0": base, **{n: _start_run(b, configs[n]) for n in names[i:i + b.group]}}
+        res = _time_runs(b, gen, runs, start)
+        out.setdefault("r0", res["r0"])
+        scale = out["r0"]["seconds"] / res["r0"]["seconds"]
+        drift.append(scale)
+        for n in names[i:i + b.group]:
+            out[n] = dict(res[n], seconds=res[n]["seconds"] * scale)
+        del runs, res
+    out["r0"]["r0_drift"] = [float(x) for x in drift]
+    return out
 
 
 def plans(out, b: Bench, gen, alpha: float):
@@ -183,18 +222,18 @@ def bench_alpha(out, b: Bench, alpha: float) -> dict:
                             for st in stats) / exchanged
     configs = {"r0": {f"t{f}": [] for f in range(b.features)}, "paper": hot_paper,
                "live": hot_live}
-    sweep = ({f"r{r}": {s.name: hot_ids(s, int(r)) for s in stats} for r in R_GRID[1:]}
+    sweep = ({f"r{r}": {s.name: hot_ids(s, int(r)) for s in stats} for r in b.r_grid[1:]}
              if alpha == 1.05 else {})
     hot_of = {**configs, **sweep}
-    res = run_configs(b, gen, hot_of, start=b.peek_batches)
-    base = res["r0"]
+    res = run_configs(b, gen, hot_of, start=b.peek_batches) if alpha in b.timed_alphas else {}
+    base = res.get("r0", {"remote": 0})
     for name, r in res.items():
         out.emit(dict(bench="replication_run", alpha=alpha, config=name,
                       hot_rows=int(sum(len(v) for v in hot_of[name].values())),
                       seconds_median=r["seconds"], step_time_vs_r0=r["seconds"] /
                       base["seconds"], cold_remote_lookups=r["remote"],
                       cold_bytes_vs_r0=r["remote"] / max(base["remote"], 1)))
-    measured_removed = 1.0 - res["paper"]["remote"] / max(base["remote"], 1)
+    measured_removed = 1.0 - res["paper"]["remote"] / max(base["remote"], 1) if res else None
     projected = plan_paper.unreplicated_step_s / plan_paper.predicted_step_s
     out.emit(dict(bench="replication_plan", alpha=alpha,
                   paper_profile=plan_paper.profile_name, paper_R=plan_paper.hot_rows,
@@ -214,6 +253,8 @@ def bench_alpha(out, b: Bench, alpha: float) -> dict:
         projected_speedup_vs_r0=projected,
         measured_speedup_vs_r0=base["seconds"] / res["live"]["seconds"],
         model_r2=float(r2), chosen_vs_best=float(res["live"]["seconds"] / min(meas[:-1])),
+        sweep_R=[int(r) for r in b.r_grid], r0_drift=base["r0_drift"],
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         paper_R_total=int(sum(plan_paper.hot_rows.values())),
         live_R_total=int(sum(plan_live.hot_rows.values())),
         goals=GOALS)
@@ -261,7 +302,8 @@ def main(argv=None):
               head=jax.random.normal(jax.random.PRNGKey(0), (F * DIM,), jnp.float32)
               / np.sqrt(F * DIM),
               peek_batches=20 if args.quick else 100, paper_batches=3 if args.quick else 20,
-              timed_steps=6 if args.quick else 20, repeats=3 if args.quick else 7)
+              timed_steps=6 if args.quick else 20, repeats=3 if args.quick else 7,
+              **(QUICK if args.quick else {}))
     summary = {}
     for alpha in (0.8, 1.05, 1.2):
         summary = bench_alpha(out, b, alpha) or summary
