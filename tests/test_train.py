@@ -56,6 +56,7 @@ def make_train(args, out: pathlib.Path) -> dict:
     return by_kind
 
 
+@slow
 def test_make_train_meets_the_readme_auc_shortened(tmp_path):
     """The README's `make train` claim, on the default command shortened to
     60 of its 1000 steps: eval AUC >= 0.70, well above the dense-only model."""
