@@ -258,20 +258,13 @@ def profile(setup: Setup, args, out, depth: int) -> dict:
     return table
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set so far (Linux: ru_maxrss in KiB)."""
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
 def main(argv=None) -> dict:
     args = parse(argv)
     use_fake_devices(args.devices)
     if "jax" not in sys.modules:  # XLA:CPU per-op trace events
         os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " " + TRACE_FLAG
 
-    from experiments.harness import JsonLines, environment
+    from experiments.harness import JsonLines, environment, peak_rss_mb
 
     out = JsonLines(args.out)
     out.emit(environment())

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import resource
 import time
 from typing import Any
 
@@ -147,11 +146,10 @@ def run_configs(b: Bench, gen, configs: dict, start: int):
     step kept, its state fresh) runs in every group; a group's times are
     scaled by the first group's R = 0 time over its own (``r0_drift``
     reports the spread). Exact counts are not scaled."""
-    base = _start_run(b, configs["r0"])
     names = [n for n in configs if n != "r0"]
-    out, drift = {}, []
+    out, drift, base = {}, [], None
     for i in range(0, len(names), b.group):
-        base = _start_run(b, configs["r0"], base[0], base[1])
+        base = _start_run(b, configs["r0"], *(base[:2] if base else ()))
         runs = {"r0": base, **{n: _start_run(b, configs[n]) for n in names[i:i + b.group]}}
         res = _time_runs(b, gen, runs, start)
         out.setdefault("r0", res["r0"])
@@ -209,6 +207,7 @@ def model_fit(out, stats, live, alpha: float, names: list[str], hot_of: dict, re
 
 def bench_alpha(out, b: Bench, alpha: float) -> dict:
     """Everything at one alpha; returns the summary record at 1.05, else {}."""
+    from experiments.harness import peak_rss_mb
     from jax_hypereca.data import SyntheticConfig, SyntheticCriteo
     from jax_hypereca.planner import hot_ids
 
@@ -254,7 +253,7 @@ def bench_alpha(out, b: Bench, alpha: float) -> dict:
         measured_speedup_vs_r0=base["seconds"] / res["live"]["seconds"],
         model_r2=float(r2), chosen_vs_best=float(res["live"]["seconds"] / min(meas[:-1])),
         sweep_R=[int(r) for r in b.r_grid], r0_drift=base["r0_drift"],
-        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        peak_rss_mb=peak_rss_mb(),
         paper_R_total=int(sum(plan_paper.hot_rows.values())),
         live_R_total=int(sum(plan_live.hot_rows.values())),
         goals=GOALS)

@@ -35,6 +35,13 @@ class JsonLines:
             self._file.close()
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set so far (Linux: ru_maxrss in KiB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def environment() -> dict[str, Any]:
     """What the numbers were measured on."""
     dev = jax.devices()[0]

@@ -409,8 +409,11 @@ def _check_rows(spec: TableSpec, state: TableState, rows: Rows) -> None:
                              f"shape {shape} (n = len(rows.keys), dim {spec.dim}), got {got}")
     for field in ("values", "opt_state"):
         a = getattr(rows, field)
-        if isinstance(a, np.ndarray) and not np.isfinite(a.astype(np.float32)).all():
-            i = int(np.flatnonzero(~np.isfinite(a.astype(np.float32)).all(axis=1))[0])
+        if not isinstance(a, np.ndarray):
+            continue  # on a device: not checked here
+        finite = np.isfinite(a.astype(np.float32)).all(axis=1)
+        if not finite.all():
+            i = int(np.flatnonzero(~finite)[0])
             raise ValueError(f"import_rows into table {spec.name!r}: rows.{field} of id "
                              f"{int(np.asarray(rows.keys)[i])} (row {i}) is not finite; "
                              f"nothing was imported")
