@@ -146,6 +146,8 @@ def run_configs(b: Bench, gen, configs: dict, start: int):
     step kept, its state fresh) runs in every group; a group's times are
     scaled by the first group's R = 0 time over its own (``r0_drift``
     reports the spread). Exact counts are not scaled."""
+    from experiments.harness import release_memory
+
     names = [n for n in configs if n != "r0"]
     out, drift, base = {}, [], None
     for i in range(0, len(names), b.group):
@@ -158,6 +160,7 @@ def run_configs(b: Bench, gen, configs: dict, start: int):
         for n in names[i:i + b.group]:
             out[n] = dict(res[n], seconds=res[n]["seconds"] * scale)
         del runs, res
+        release_memory(clear_caches=False)  # R = 0's step is reused
     out["r0"]["r0_drift"] = [float(x) for x in drift]
     return out
 
@@ -165,6 +168,7 @@ def run_configs(b: Bench, gen, configs: dict, start: int):
 def plans(out, b: Bench, gen, alpha: float):
     """The exact peek (rho emitted), and the plans for the paper's cluster and
     this mesh: (stats, exchanged lookups, paper plan, live profile, live plan)."""
+    from experiments.harness import release_memory
     from jax_hypereca import replication as rep
     from jax_hypereca.planner import exchanged_lookups, paper_profile
 
@@ -182,6 +186,7 @@ def plans(out, b: Bench, gen, alpha: float):
     stats32 = rep.peek(probe, (b.host_batch(gen, s, paper.num_devices, PAPER_BATCH)
                                for s in range(b.paper_batches)),
                        max_batches=b.paper_batches, num_devices=paper.num_devices)
+    release_memory()
     plan_paper = rep.plan(probe, stats32, paper, memory_budget_bytes=BUDGET)
     live = rep.measure_profile(probe, dim=DIM, repeats=b.repeats)
     plan_live = rep.plan(probe, stats, live, memory_budget_bytes=BUDGET)
@@ -207,7 +212,7 @@ def model_fit(out, stats, live, alpha: float, names: list[str], hot_of: dict, re
 
 def bench_alpha(out, b: Bench, alpha: float) -> dict:
     """Everything at one alpha; returns the summary record at 1.05, else {}."""
-    from experiments.harness import peak_rss_mb
+    from experiments.harness import peak_rss_mb, release_memory
     from jax_hypereca.data import SyntheticConfig, SyntheticCriteo
     from jax_hypereca.planner import hot_ids
 
@@ -225,6 +230,7 @@ def bench_alpha(out, b: Bench, alpha: float) -> dict:
              if alpha == 1.05 else {})
     hot_of = {**configs, **sweep}
     res = run_configs(b, gen, hot_of, start=b.peek_batches) if alpha in b.timed_alphas else {}
+    release_memory()
     base = res.get("r0", {"remote": 0})
     for name, r in res.items():
         out.emit(dict(bench="replication_run", alpha=alpha, config=name,

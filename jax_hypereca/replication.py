@@ -33,6 +33,7 @@ from jax import lax
 
 from jax_hypereca.errors import ERASED_KEY, PADDING_ID, TableFullError
 from jax_hypereca.hashing import owner_of
+from jax_hypereca.hot_exchange import apply_touched, compact_sizes, group_sums
 from jax_hypereca.initializers import init_rows
 from jax_hypereca.planner import (
     CostProfile, DecayedCounter, Measurement, ProfileCache, ReplicationPlan, TableStats,
@@ -113,33 +114,36 @@ def with_hot_rows(layout: Layout, group, hot, hot_slots, cold, batch: int):
 
 def apply_hot(layout: Layout, group, hot, hot_slots, g_unique, batch: int, step, ok):
     """Data-parallel update of the group's hot folds: per hot row, the sum of
-    every device's gradient (and a touch count, so only rows some device used
-    are updated, and their scores set as the cold fold's lookup sets them:
-    last step = this step, freq + 1), one psum for the whole group. Returns
-    (hot, per table (non-finite rows skipped, bad slots))."""
-    tables = [(t, start, n) for t, start, n in layout.segments(group, batch) if t in hot]
-    if not tables:
+    every device's gradient, applied where some device touched the row (its
+    scores set as the cold fold's lookup sets them: last step = this step,
+    freq + 1). Small folds: one all-reduce of all their rows for the group;
+    large ones: only the touched rows (hot_exchange.py). Returns (hot, per
+    table (non-finite rows skipped, bad slots))."""
+    segs = [(t, lax.dynamic_slice_in_dim(hot_slots, start, n),
+             lax.dynamic_slice_in_dim(g_unique, start, n), n)
+            for t, start, n in layout.segments(group, batch) if t in hot]
+    if not segs:
         return hot, {}
-    bufs = []
-    for t, start, n in tables:
+    big = {t for t, _, _, n in segs if compact_sizes(hot[t].capacity, layout.num_shards * n)}
+    sums, counts = group_sums([(hot[t].capacity, s, g) for t, s, g, _ in segs if t not in big],
+                              [(hot[t].capacity, s) for t, s, _, _ in segs if t in big],
+                              layout.axis)
+    order = [t for t, *_ in segs if t not in big] + [t for t, *_ in segs if t in big]
+    count_of, sum_of = dict(zip(order, counts)), dict(zip(order, sums))
+    hot, skipped = dict(hot), {}
+    for t, s, g, n in segs:
         rows = hot[t].capacity
-        seg = lax.dynamic_slice_in_dim(hot_slots, start, n)
-        g = lax.dynamic_slice_in_dim(g_unique, start, n)
-        g1 = jnp.concatenate([g, (seg >= 0).astype(jnp.float32)[:, None]], axis=1)
-        bufs.append(jnp.zeros((rows, g.shape[1] + 1), jnp.float32).at[
-            jnp.where(seg >= 0, seg, rows)].add(g1, mode="drop"))
-    summed = lax.psum(jnp.concatenate(bufs), layout.axis)
-    hot, skipped, off = dict(hot), {}, 0
-    for t, _, _ in tables:
-        rows = hot[t].capacity
-        part = summed[off:off + rows]
-        touched = ok & (part[:, -1] > 0)
-        slot = jnp.where(touched, jnp.arange(rows, dtype=jnp.int32), -1)
-        hot[t], status = apply_gradients(layout.spec(t), hot[t], slot, part[:, :-1], step=step)
+        touched = ok & (count_of[t] > 0)
+        if t in big:
+            hot[t], status = apply_touched(layout.spec(t), hot[t], s, g, count_of[t],
+                                           bound=layout.num_shards * n, axis=layout.axis,
+                                           step=step, ok=ok)
+        else:
+            slot = jnp.where(touched, jnp.arange(rows, dtype=jnp.int32), -1)
+            hot[t], status = apply_gradients(layout.spec(t), hot[t], slot, sum_of[t], step=step)
         hot[t] = hot[t]._replace(last_step=jnp.where(touched, step + 1, hot[t].last_step),
                                  freq=hot[t].freq + touched)
         skipped[t] = status[1:3]
-        off += rows
     return hot, skipped
 
 

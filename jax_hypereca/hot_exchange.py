@@ -1,0 +1,116 @@
+"""The hot fold's gradient exchange: all-reduce only the rows some device touched.
+
+Every replica of a hot fold must apply the same update, so each step sums
+the hot rows' gradients over all devices. The paper all-reduces all R rows
+(capacity C of the fold) every step; under Zipf most of a large fold is not
+touched in a given step, so that buffer is mostly zeros. Here, per table:
+
+1. one all-reduce of an int32 touch count per slot (C x 4 bytes, for every
+   hot table of the exchange group at once) gives the union of the rows any
+   device touched, identical on every device;
+2. the step picks, from the union's size u, the smallest compact size K of a
+   ladder (C/64, C/32, ..., C/2 and the exact bound devices x ids per device,
+   each a compiled branch of one ``lax.switch``) with u <= K; every device
+   lists the union's slots in the same order (``jnp.nonzero``), puts its
+   gradients at their positions, all-reduces the (K, dim) buffer and applies
+   the K rows;
+3. when u exceeds every size (or the fold is too small for a ladder) the
+   whole (C, dim) buffer is all-reduced, as in the paper.
+
+Bytes per step: C x 4 + K x dim x 4 instead of C x dim x 4. The sums are
+the same numbers added in the same order as the dense all-reduce (each row's
+sum runs over the same devices), so training is bit-identical whichever
+branch runs. The planner's cost model knows (``TableCostModel(...,
+hot_exchange="touched")``): it charges a hot row by the chance some device
+touches it, not 1, so it can afford a larger R.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jax_hypereca.table import TableSpec, TableState, apply_gradients
+
+MIN_COMPACT_ROWS = 16
+MIN_LADDER_CAPACITY = 1024  # smaller folds go dense, all in the group's one all-reduce
+LADDER_STEPS = 6  # C/2 ... C/64
+
+
+def compact_sizes(capacity: int, bound: int) -> tuple[int, ...]:
+    """Compact buffer sizes (ascending) a fold of `capacity` slots tries
+    before the dense all-reduce; `bound` = devices x unique ids per device
+    (no step touches more rows). Empty: the fold always goes dense."""
+    if capacity < MIN_LADDER_CAPACITY:
+        return ()
+    sizes = {(-(-capacity >> j) + 7) // 8 * 8 for j in range(1, LADDER_STEPS + 1)}
+    sizes = {k for k in sizes if MIN_COMPACT_ROWS <= k < capacity}
+    if bound < capacity:  # then no step needs the dense branch
+        sizes = {k for k in sizes if k < bound} | {max(bound, 1)}
+    return tuple(sorted(sizes))
+
+
+def group_sums(dense: list, counted: list, axis: str) -> tuple[list, list]:
+    """One all-reduce for an exchange group's hot folds. Per fold in `dense`
+    (capacity, this device's slots with -1 for cold ids, gradients (n, dim)):
+    (the (capacity, dim) gradient sum over all devices, the touch count per
+    slot); per fold in `counted` (capacity, slots): the touch count only
+    (its gradients go by ``apply_touched``). Counts are float32 (exact)."""
+    parts = []
+    for c, s, g in dense:
+        g1 = jnp.concatenate([g, (s >= 0).astype(jnp.float32)[:, None]], axis=1)
+        parts.append(jnp.zeros((c, g.shape[1] + 1), jnp.float32).at[
+            jnp.where(s >= 0, s, c)].add(g1, mode="drop").reshape(-1))
+    for c, s in counted:
+        parts.append(jnp.zeros((c,), jnp.float32).at[jnp.where(s >= 0, s, c)].add(
+            1.0, mode="drop"))
+    summed = lax.psum(jnp.concatenate(parts), axis)
+    sums, counts, off = [], [], 0
+    for c, _, g in dense:
+        part = summed[off:off + c * (g.shape[1] + 1)].reshape(c, g.shape[1] + 1)
+        sums.append(part[:, :-1])
+        counts.append(part[:, -1])
+        off += part.size
+    for c, _ in counted:
+        counts.append(summed[off:off + c])
+        off += c
+    return sums, counts
+
+
+def apply_touched(spec: TableSpec, fold: TableState, slots: jax.Array, grads: jax.Array,
+                  count: jax.Array, *, bound: int, axis: str, step, ok
+                  ) -> tuple[TableState, jax.Array]:
+    """Sum `grads` of this device's `slots` over all devices and apply them
+    to the rows of `fold` some device touched (`count` > 0), by the smallest
+    compact branch that holds them (module docstring). Returns (fold,
+    status (4,) of apply_gradients)."""
+    c = fold.capacity
+    touched = count > 0
+    sizes = compact_sizes(c, bound)
+
+    def dense(f):
+        summed = lax.psum(jnp.zeros((c, grads.shape[1]), jnp.float32).at[
+            jnp.where(slots >= 0, slots, c)].add(grads, mode="drop"), axis)
+        return apply_gradients(spec, f, jnp.where(ok & touched, jnp.arange(c, dtype=jnp.int32),
+                                                  -1), summed, step=step)
+
+    def compact(k):
+        def branch(f):
+            idx = jnp.nonzero(touched, size=k, fill_value=c)[0].astype(jnp.int32)
+            pos = jnp.searchsorted(idx, slots).astype(jnp.int32)  # own slots are in idx
+            buf = jnp.zeros((k, grads.shape[1]), jnp.float32).at[
+                jnp.where(slots >= 0, pos, k)].add(grads, mode="drop")
+            summed = lax.psum(buf, axis)
+            return apply_gradients(spec, f, jnp.where(ok & (idx < c), idx, -1), summed,
+                                   step=step)
+        return branch
+
+    if not sizes:
+        return dense(fold)
+    branches = [compact(k) for k in sizes] + ([dense] if sizes[-1] < c and bound >= c else [])
+    if len(branches) == 1:
+        return branches[0](fold)
+    union = jnp.sum(touched.astype(jnp.int32))
+    which = sum((union > k).astype(jnp.int32) for k in sizes[:len(branches) - 1])
+    return lax.switch(which, branches, fold)
