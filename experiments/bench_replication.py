@@ -188,6 +188,11 @@ def plans(out, b: Bench, gen, alpha: float):
                        max_batches=b.paper_batches, num_devices=paper.num_devices)
     release_memory()
     plan_paper = rep.plan(probe, stats32, paper, memory_budget_bytes=BUDGET)
+    # the paper's own scheme (every hot row all-reduced each step), for comparison
+    dense = rep.plan(probe, stats32, paper, memory_budget_bytes=BUDGET, hot_exchange="dense")
+    out.emit(dict(bench="replication_plan_dense_hot_exchange", alpha=alpha,
+                  paper_R_total=int(sum(dense.hot_rows.values())),
+                  projected_speedup_vs_r0=dense.unreplicated_step_s / dense.predicted_step_s))
     live = rep.measure_profile(probe, dim=DIM, repeats=b.repeats)
     plan_live = rep.plan(probe, stats, live, memory_budget_bytes=BUDGET)
     return stats, exchanged, plan_paper, live, plan_live
@@ -198,7 +203,8 @@ def model_fit(out, stats, live, alpha: float, names: list[str], hot_of: dict, re
     measured seconds per config in `names` order)."""
     from jax_hypereca.planner import TableCostModel
 
-    models = {s.name: TableCostModel(s, live, optimizer_state_floats_per_row=1) for s in stats}
+    models = {s.name: TableCostModel(s, live, optimizer_state_floats_per_row=1,
+                                         hot_exchange="touched") for s in stats}
     pred = np.array([sum(float(models[t].latency(len(hot_of[n].get(t, [])))) for t in models)
                      for n in names])
     meas = np.array([res[n]["seconds"] for n in names])

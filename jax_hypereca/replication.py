@@ -254,12 +254,13 @@ def _time_probe(collection: Sharded, dim: int, lookups: int, hot_rows: int,
 
 def plan(collection: Sharded, stats: Sequence[TableStats], profile: CostProfile, *,
          memory_budget_bytes: int, **kw) -> ReplicationPlan:
-    """The planner's choice of R per table for this collection's tables."""
+    """The planner's choice of R per table for this collection's tables, with
+    the cost of the hot exchange its steps run (touched rows only)."""
     floats = {t.name: t.state_width for t in collection.tables.values()}
     value_bytes = {np.dtype(t.dtype).itemsize for t in collection.tables.values()}
     return plan_replication(stats, profile, memory_budget_bytes=memory_budget_bytes,
                             value_bytes=max(value_bytes), optimizer_state_floats_per_row=floats,
-                            **kw)
+                            **{"hot_exchange": "touched", **kw})
 
 
 # ---------------------------------------------------------------- the moves

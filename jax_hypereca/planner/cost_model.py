@@ -11,6 +11,18 @@ all-to-all.  N = remote lookups per device per step after per-device dedup,
 rho(R) = share of them the top-R ids absorb.  F_* are fixed (latency) terms
 of one collective call; the HypeReca paper's model is the same without them.
 
+With ``hot_exchange="touched"`` (what the collection's step does,
+``jax_hypereca.hot_exchange``) the all-reduce carries a touch count per hot
+row and then only the rows some device touched, so the r-th hot row costs
+``C_ar * min(1 + m, m + k * u_r)`` instead of ``C_ar``: m = 4 bytes / row
+bytes (the count), u_r = 1 - (1 - p_r)^W the chance any of the W devices
+touches it in a step (p_r its per-device share of steps, from the counts),
+k = 1.44 the mean overshoot of the compact buffer's power-of-two ladder.
+Rows rarely touched become cheap to replicate, so the planner affords a
+larger R. The positive marginal gains stay a prefix in rank order and
+non-increasing (the gain is convex in p_r and negative at p_r = 0), which
+is what the allocation below relies on.
+
 This module holds
 
 * the derivation of C_ar and C_a2a for the paper's cluster from the raw
@@ -275,7 +287,10 @@ class TableCostModel:
         optimizer_state_floats_per_row: int = 0,
         optimizer_state_bytes_per_float: int = K.OPTIMIZER_STATE_BYTES_PER_FLOAT,
         index_overhead_bytes: int = K.HOT_INDEX_OVERHEAD_BYTES,
+        hot_exchange: str = "dense",
     ) -> None:
+        if hot_exchange not in ("dense", "touched"):
+            raise PlannerError(f"hot_exchange must be 'dense' or 'touched', got {hot_exchange!r}")
         if value_bytes < 1:
             raise PlannerError(f"value_bytes must be >= 1, got {value_bytes}")
         if optimizer_state_floats_per_row < 0 or optimizer_state_bytes_per_float < 0 or index_overhead_bytes < 0:
@@ -301,6 +316,20 @@ class TableCostModel:
         """``prefix[R]``: sampled lookups the top-R ids absorb."""
         self.exchanged_lookups = int(self.prefix[-1])
         """Deduplicated (remote) lookups in the sample."""
+        self.hot_exchange = hot_exchange
+        self.ar_rows = self._ar_rows(hot_exchange)
+        """``ar_rows[R]``: rows' worth of bytes the top-R ids' all-reduce carries."""
+
+    def _ar_rows(self, hot_exchange: str) -> np.ndarray:
+        if hot_exchange == "dense":
+            return np.arange(self.num_ids + 1, dtype=np.int64)
+        w = self.stats.num_devices
+        counted = max(1, w - 1) if self.stats.remote_only else w  # devices each count covers
+        p = np.minimum(1.0, self.stats.counts / (self.stats.num_batches * counted))
+        union = 1.0 - (1.0 - p) ** w
+        m = K.HOT_COUNT_BYTES / self.row_bytes
+        per_row = np.minimum(1.0 + m, m + K.HOT_LADDER_OVERSHOOT * union)
+        return np.concatenate(([0.0], np.cumsum(per_row)))
 
     # ---- exchange volume ---------------------------------------------------
 
@@ -323,7 +352,7 @@ class TableCostModel:
 
     def allreduce_seconds(self, r: int | np.ndarray) -> np.ndarray:
         r = np.minimum(np.asarray(r), self.num_ids)
-        return np.where(r > 0, self.profile.ar_fixed_s, 0.0) + r * self.c_ar
+        return np.where(r > 0, self.profile.ar_fixed_s, 0.0) + self.ar_rows[r] * self.c_ar
 
     def alltoall_seconds(self, r: int | np.ndarray) -> np.ndarray:
         n = self.remote_lookups_per_step(r)
@@ -344,15 +373,17 @@ class TableCostModel:
 
     def marginal_gain(self, first: int, last: int) -> np.ndarray:
         """Seconds saved per step by the r-th hot row, for r = first..last
-        (1-based), without fixed terms: count_r * C_a2a / (steps*W) - C_ar.
-        Non-increasing in r because the counts are sorted descending."""
+        (1-based), without fixed terms: count_r * C_a2a / (steps*W) minus the
+        row's all-reduce cost (C_ar, or less when touched rows only, module
+        docstring). The positive ones come first and are non-increasing."""
         c = self.stats.counts[first - 1 : last].astype(np.float64)
-        return c * self.remote_scale / self.steps_x_devices * self.c_a2a - self.c_ar
+        cost = np.diff(self.ar_rows[first - 1 : last + 1]) * self.c_ar
+        return c * self.remote_scale / self.steps_x_devices * self.c_a2a - cost
 
     # ---- bytes -----------------------------------------------------------------
 
     def allreduce_payload_bytes(self, r: int | np.ndarray) -> np.ndarray:
-        return np.minimum(np.asarray(r), self.num_ids) * self.row_bytes
+        return self.ar_rows[np.minimum(np.asarray(r), self.num_ids)] * self.row_bytes
 
     def allreduce_bytes_sent(self, r: int | np.ndarray) -> np.ndarray:
         return self.allreduce_payload_bytes(r) * self.profile.ar_bytes_sent_per_payload_byte

@@ -231,6 +231,7 @@ def plan_replication(
     optimizer_state_bytes_per_float: int = K.OPTIMIZER_STATE_BYTES_PER_FLOAT,
     index_overhead_bytes: int = K.HOT_INDEX_OVERHEAD_BYTES,
     search_window: int = 16,
+    hot_exchange: str = "dense",
 ) -> ReplicationPlan:
     """Choose R per table minimising the sum of L(R) within the budget.
 
@@ -251,6 +252,9 @@ def plan_replication(
         of its exchanged lookups.
       optimizer_state_bytes_per_float, index_overhead_bytes: memory model.
       search_window: points enumerated each side of the ternary result.
+      hot_exchange: "dense" (the paper: every hot row all-reduced each step)
+        or "touched" (only the rows some device touched; what
+        ``EmbeddingCollection`` steps do): see :class:`TableCostModel`.
 
     Raises:
       PlannerError: inconsistent inputs or unsatisfiable floors; the message
@@ -270,7 +274,8 @@ def plan_replication(
     floors = _per_table(min_hot_rows, names, "min_hot_rows", 0)
     models = [TableCostModel(s, profile, value_bytes=int(value_bytes), optimizer_state_floats_per_row=o,
                              optimizer_state_bytes_per_float=optimizer_state_bytes_per_float,
-                             index_overhead_bytes=index_overhead_bytes)
+                             index_overhead_bytes=index_overhead_bytes,
+                             hot_exchange=hot_exchange)
               for s, o in zip(stats, opt)]
     # 1. requirements
     upper = [m.num_ids if c is None else min(c, m.num_ids) for m, c in zip(models, caps)]
