@@ -127,7 +127,9 @@ class CheckpointManager:
             if collection.host_tier is not None:  # host-tier rows join their owners'
                 blocks, host_rows = _with_host_rows(blocks, collection.host_tier.rows(name),
                                                     collection.num_shards)
-            on_mesh = rows_on_mesh(blocks, collection.mesh, collection.axis)
+            # one padding row at least: Orbax refuses zero-size arrays (a table
+            # with no row yet, or all of them in the host tier of another process)
+            on_mesh = rows_on_mesh(blocks, collection.mesh, collection.axis, min_rows=1)
             cold[name] = dict(on_mesh._asdict(), counters=counters)
             meta_tables[name] = dict(capacity=int(st.keys.shape[0]), dim=spec.dim,
                                      state_width=spec.state_width,

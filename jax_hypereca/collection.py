@@ -28,6 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jax_hypereca.capacity import ExchangeCapacities, Group
 from jax_hypereca.errors import PADDING_ID, HyperecaError, TableFullError
+from jax_hypereca.erasure import erase_ids
 from jax_hypereca.exchange import AllToAll, Exchange, ExchangeTrial, get_exchange
 from jax_hypereca.features import (
     FeatureSpec, Jagged, check_weights, jagged_to_padded, padded_ids, validate_features)
@@ -478,6 +479,13 @@ class EmbeddingCollection:
         (its deterministic initial value), and the tables are not modified.
         Any batch size works (see EvalFn)."""
         return EvalFn(self, predict_fn)
+
+    def erase(self, state: TrainState, ids: Mapping[str, Any]
+              ) -> tuple[TrainState, dict[str, int]]:
+        """Removes `ids` (table name -> ids) wherever the table keeps them:
+        owner shard, hot fold, host tier (erasure.erase_ids). Returns (state,
+        rows erased per table). Between steps only (flush a pipeline first)."""
+        return erase_ids(self, state, ids)
 
     def table_stats(self, tables: Mapping[str, TableState],
                     hot: Mapping[str, TableState] | None = None) -> dict[str, dict[str, int]]:

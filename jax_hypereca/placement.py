@@ -191,11 +191,12 @@ def local_rows(state: TableState) -> list[Rows]:
             for arrays in zip(*(_host_shards(getattr(state, f)) for f in Rows._fields))]
 
 
-def rows_on_mesh(blocks: list[Rows], mesh: Mesh, axis: str) -> Rows:
+def rows_on_mesh(blocks: list[Rows], mesh: Mesh, axis: str, *, min_rows: int = 0) -> Rows:
     """Host rows onto the mesh, split like a table: the i-th device of this
     process (mesh order) gets blocks[i], padded to the longest block of any
-    process (keys EMPTY_KEY, zeros). Returns Rows of global arrays."""
-    longest = max([len(r.keys) for r in blocks] + [0])
+    process, at least `min_rows` (keys PADDING_ID, zeros). Returns Rows of
+    global arrays."""
+    longest = max([len(r.keys) for r in blocks] + [min_rows])
     if jax.process_count() > 1:
         longest = int(np.max(np.asarray(
             jax.experimental.multihost_utils.process_allgather(np.int32(longest)))))

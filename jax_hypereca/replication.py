@@ -33,7 +33,7 @@ from jax import lax
 
 from jax_hypereca.errors import ERASED_KEY, PADDING_ID, TableFullError
 from jax_hypereca.hashing import owner_of
-from jax_hypereca.hot_exchange import apply_touched, compact_sizes, group_sums
+from jax_hypereca.hot_exchange import compact_sizes, group_sums, touched_sums
 from jax_hypereca.initializers import init_rows
 from jax_hypereca.planner import (
     CostProfile, DecayedCounter, Measurement, ProfileCache, ReplicationPlan, TableStats,
@@ -135,12 +135,10 @@ def apply_hot(layout: Layout, group, hot, hot_slots, g_unique, batch: int, step,
         rows = hot[t].capacity
         touched = ok & (count_of[t] > 0)
         if t in big:
-            hot[t], status = apply_touched(layout.spec(t), hot[t], s, g, count_of[t],
-                                           bound=layout.num_shards * n, axis=layout.axis,
-                                           step=step, ok=ok)
-        else:
-            slot = jnp.where(touched, jnp.arange(rows, dtype=jnp.int32), -1)
-            hot[t], status = apply_gradients(layout.spec(t), hot[t], slot, sum_of[t], step=step)
+            sum_of[t] = touched_sums(s, g, count_of[t], capacity=rows,
+                                     bound=layout.num_shards * n, axis=layout.axis)
+        slot = jnp.where(touched, jnp.arange(rows, dtype=jnp.int32), -1)
+        hot[t], status = apply_gradients(layout.spec(t), hot[t], slot, sum_of[t], step=step)
         hot[t] = hot[t]._replace(last_step=jnp.where(touched, step + 1, hot[t].last_step),
                                  freq=hot[t].freq + touched)
         skipped[t] = status[1:3]

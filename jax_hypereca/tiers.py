@@ -43,9 +43,10 @@ rows a step did not write and settle put back (``returned``), ids that
 cancelled a step as stale, rows dropped by age (``ttl_evicted``), bytes moved
 each way (key, values, optimizer state and both scores per row), and the
 host store's own counters (host_tier.HOST_COUNTER_NAMES). Every id ever
-inserted is on the device, in the store or dropped by age: ``device inserted
-- promoted == device resident + host resident + ttl_evicted`` (no erases;
-tests/test_tiers.py checks it).
+inserted is on the device, in the store, dropped by age or erased: ``device
+inserted - promoted == device resident + host resident + ttl_evicted +
+erased + erased_on_host`` (tests/test_tiers.py and test_tiers_machine.py
+check it).
 """
 
 from __future__ import annotations
@@ -117,7 +118,8 @@ class HostTier:
         self.ttl_steps = None if ttl_steps is None else int(ttl_steps)
         self.stores = {n: self._store(s) for n, s in self.specs.items()}
         self.moved = {n: dict(promoted=0, demoted=0, returned=0, stale=0, ttl_evicted=0,
-                              bytes_to_device=0, bytes_to_host=0) for n in self.specs}
+                              erased_on_host=0, bytes_to_device=0, bytes_to_host=0)
+                      for n in self.specs}
         self.staged_rows = MIN_STAGED  # per device and table; never shrinks
         self.demoted_rows = MIN_STAGED  # the same, for the evicted rows read back
         # host time in this tier (not in stats: evaluation adds to it)
@@ -203,6 +205,13 @@ class HostTier:
                 self.moved[name]["ttl_evicted"] += len(
                     store.evict_older_than(step - self.ttl_steps))
         self.timing["settle_s"] += time.perf_counter() - t0
+
+    def erase(self, name: str, ids: np.ndarray) -> int:
+        """Removes `ids` from the table's host store (erasure.py); returns how
+        many were resident (counted as ``erased_on_host``, kept in checkpoints)."""
+        n = self.stores[name].erase(ids) if len(ids) else 0
+        self.moved[name]["erased_on_host"] += n
+        return n
 
     def _demote(self, name: str, rows: Rows) -> None:
         self._put(name, rows)

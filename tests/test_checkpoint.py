@@ -146,6 +146,23 @@ def test_dense_only_state_round_trips(tmp_path):
     np.testing.assert_array_equal(np.asarray(got.params["w"]), np.asarray(params["w"]))
 
 
+def test_a_state_with_empty_tables_round_trips_and_trains_on(tmp_path, batches):
+    """Saved before the first step (no table holds a row: Orbax refuses
+    zero-size arrays, so every shard carries a padding row), restored, and
+    trained: as the run that never stopped."""
+    coll, step, _ = trained(2, 0, batches)
+    state = coll.init_train_state(tc.init_params(), TX)
+    ckpt = CheckpointManager(tmp_path / "ck")
+    ckpt.save(state, coll)
+    ckpt.wait()
+    got, _ = ckpt.restore(coll.init_train_state(tc.init_params(), TX), coll)
+    assert all(v["size"] == 0 for v in coll.table_stats(got.tables).values())
+    for b in batches[:3]:
+        state, m = step(state, b)
+        got, g = step(got, b)
+        assert float(m["loss"]) == float(g["loss"])
+
+
 def test_unusable_directories_and_mismatches_are_clear_errors(tmp_path, batches):
     blocker = tmp_path / "file"
     blocker.write_text("x")

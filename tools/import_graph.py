@@ -71,6 +71,7 @@ LAYER_OF = {
     "jax_hypereca.tiers": "placement",      # rows between the device and host tiers
     "jax_hypereca.exchange": "exchange",
     "jax_hypereca.hot_exchange": "replication",
+    "jax_hypereca.erasure": "replication",
     "jax_hypereca.replication": "replication",
     "jax_hypereca.lookup": "lookup",
     "jax_hypereca.steps": "lookup",
