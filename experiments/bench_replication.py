@@ -18,7 +18,8 @@ and a small R is the model working. The last line is the summary at 1.05.
 Configurations run two at a time beside R = 0 (run_configs: memory).
 ``--quick`` (about 4 minutes, under 4 GB): 20 peek batches, 6 timed steps,
 the configurations timed at alpha 1.05 only, each paired with R = 0 (0.8
-and 1.2: rho and the plans), and the sweep at R in {0, 64, 1024, 4096}.
+and 1.2: rho and the plans), the sweep at R in {0, 64, 1024, 8192}, tables
+of at most 2^16 rows.
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ BUDGET = 256 << 20  # replicas of all tables, per device
 R_GRID = np.array([0, 16, 64, 256, 1024, 4096, 16384, 65536])
 # --quick: the sweep at 4 points, the configurations run at alpha 1.05 only
 # (0.8 and 1.2: rho and the plans), one alive at a time beside R = 0
-# (R = 16384: 214k hot rows, ~0.8 GB of replicas and sums on 8 fake devices,
-# past the 4 GB --quick budget beside R = 0)
-QUICK = dict(r_grid=(0, 64, 1024, 4096), timed_alphas=(1.05,), group=1)
+# (and tables of at most 2^16 rows: a quick run inserts at most 9 x 8192 ids
+# per table, ~40k distinct in the largest; R = 16384 has 214k hot rows,
+# ~0.8 GB of replicas and sums on 8 fake devices, past 4 GB beside R = 0)
+QUICK = dict(r_grid=(0, 64, 1024, 8192), timed_alphas=(1.05,), group=1, max_rows=1 << 15)
 GOALS = dict(bytes_removed=0.80, prediction_error=0.05, projected_speedup_vs_r0=1.6,
              model_r2=0.9, chosen_vs_best=1.05)
 
@@ -68,6 +70,7 @@ class Bench:
     r_grid: tuple = tuple(int(r) for r in R_GRID)  # the sweep at alpha 1.05
     timed_alphas: tuple = (0.8, 1.05, 1.2)  # where the configurations are run
     group: int = 2  # configurations alive at once besides R = 0
+    max_rows: int = 1 << 16  # a table's capacity: twice its vocabulary up to this
 
     @property
     def devices(self) -> int:
@@ -80,7 +83,7 @@ class Bench:
     def make_collection(self):
         import jax_hypereca as h
 
-        tables = [h.TableSpec(name=f"t{f}", dim=DIM, capacity=min(v, 1 << 16) * 2,
+        tables = [h.TableSpec(name=f"t{f}", dim=DIM, capacity=min(v, self.max_rows) * 2,
                               optimizer=h.RowwiseAdagrad(learning_rate=0.05)) for f, v in
                   enumerate(self.vocab)]
         feats = [h.FeatureSpec(name=f"f{f}", table=f"t{f}") for f in range(self.features)]

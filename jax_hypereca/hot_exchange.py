@@ -9,7 +9,7 @@ touched in a given step, so that buffer is mostly zeros. Here, per table:
    hot table of the exchange group at once) gives the union of the rows any
    device touched, identical on every device;
 2. the step picks, from the union's size u, the smallest compact size K of a
-   ladder (C/64, C/32, ..., C/2 and the exact bound devices x ids per device,
+   ladder (C/32, C/16, ..., C/2 and the exact bound devices x ids per device,
    each a compiled branch of one ``lax.switch``) with u <= K; every device
    lists the union's slots in the same order (``jnp.nonzero``), puts its
    gradients at their positions and all-reduces the (K, dim) buffer;
@@ -24,8 +24,9 @@ Bytes per step: C x 4 + K x dim x 4 instead of C x dim x 4. The
 replication benchmark's R = 16384 configuration (26 tables, 214k hot rows,
 8 fake CPU devices, 2026-12-06): 0.53 s per step against 0.87 s with the
 whole fold all-reduced, 3.8 GB peak resident against 4.1 GB (0.57 s with
-the apply inside the branches). The sums are
-the same numbers added in the same order as the dense all-reduce (each row's
+the apply inside the branches; 1.06 s and 4.8 GB with one switch for the
+whole exchange group, every large fold at the level its fullest table
+needs, one all-reduce). The sums are the same numbers added in the same order as the dense all-reduce (each row's
 sum runs over the same devices), so training is bit-identical whichever
 branch runs. The planner's cost model knows (``TableCostModel(...,
 hot_exchange="touched")``): it charges a hot row by the chance some device
@@ -39,9 +40,10 @@ import jax.numpy as jnp
 from jax import lax
 
 
-MIN_COMPACT_ROWS = 16
-MIN_LADDER_CAPACITY = 1024  # smaller folds go dense, all in the group's one all-reduce
-LADDER_STEPS = 6  # C/2 ... C/64
+# smaller folds go dense, all in the group's one all-reduce (each laddered
+# fold compiles its branches: a few seconds per table on XLA:CPU)
+MIN_LADDER_CAPACITY = 4096
+LADDER_STEPS = 5  # C/2 ... C/32
 
 
 def compact_sizes(capacity: int, bound: int) -> tuple[int, ...]:
@@ -51,7 +53,7 @@ def compact_sizes(capacity: int, bound: int) -> tuple[int, ...]:
     if capacity < MIN_LADDER_CAPACITY:
         return ()
     sizes = {(-(-capacity >> j) + 7) // 8 * 8 for j in range(1, LADDER_STEPS + 1)}
-    sizes = {k for k in sizes if MIN_COMPACT_ROWS <= k < capacity}
+    sizes = {k for k in sizes if k < capacity}
     if bound < capacity:  # then no step needs the dense branch
         sizes = {k for k in sizes if k < bound} | {max(bound, 1)}
     return tuple(sorted(sizes))
