@@ -122,7 +122,9 @@ class TrainPipeline:
 
     def _check_oldest(self, state: TrainState) -> TrainState:
         for _ in range(MAX_RERUNS):
-            verdict = self.step.check(self._pending[0])
+            # a full host tier raises holding `state`: after put_back, flush(error.state)
+            # checks the steps still in flight
+            verdict = self.step.check_holding(state, self._pending[0])
             if verdict.ok:
                 p = self._pending.popleft()
                 self.completed.append(self.step.finish(state, p, verdict))

@@ -19,6 +19,7 @@ import optax
 
 from jax_hypereca.errors import (
     HyperecaError, raise_for_apply_status, raise_for_insert_status)
+from jax_hypereca.host_tier import HostTierFullError
 from jax_hypereca.layout import Layout
 from jax_hypereca.lookup_scope import scoped
 from jax_hypereca.placement import fullest_shard
@@ -243,6 +244,18 @@ class ShardedTrainStep:
                                 f"it")
         return Verdict(stats, overflow, refused, full, ok, stale)
 
+    def check_holding(self, state: TrainState, p: Pending) -> Verdict:
+        """`check`; a host tier too full for the rows the step moved raises
+        HostTierFullError holding them (``.rows``) and the state after the
+        step (``.state``; ``.applied``: whether the step was applied, else
+        its batch is still to train): raise the limit, ``put_back`` the rows
+        and go on from that state. Nothing is lost."""
+        try:
+            return self.check(p)
+        except HostTierFullError as e:
+            e.state, e.applied = state, bool(host_value(p.metrics["ok"]))
+            raise
+
     def settle(self, p: Pending, stats: dict | None = None) -> None:
         """Gives the host tier what an attempt of a step moved (its staged
         rows not written go back, the rows it evicted go in; tiers.py).
@@ -287,7 +300,7 @@ class ShardedTrainStep:
         index = int(host_value(state.step))
         for _ in range(MAX_RERUNS):
             state, pending = self.dispatch(state, batch, index)
-            verdict = self.check(pending)
+            verdict = self.check_holding(state, pending)
             if verdict.ok:
                 return state, self.finish(state, pending, verdict)
             state = self.repair(state, verdict)

@@ -61,7 +61,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jax_hypereca.errors import PADDING_ID, HyperecaError
 from jax_hypereca.hashing import owner_of
-from jax_hypereca.host_tier import HostStore
+from jax_hypereca.host_tier import HostStore, HostTierFullError
 from jax_hypereca.placement import tree_to_mesh
 from jax_hypereca.table import Rows, TableSpec
 
@@ -90,8 +90,12 @@ class HostTier:
       tables: the collection's TableSpecs by name.
       mesh, axis: the mesh the tables are sharded over.
       memory_limit_bytes: the most each table's store may hold (None: no
-        limit); a demotion past it raises HostTierFullError with the rows it
-        could not store attached (``.rows``), nothing dropped.
+        limit); a step whose demotions do not fit settles every table, then
+        raises HostTierFullError holding the refused rows (``.rows``) and,
+        from the train step, the state after it (``.state``): raise the limit
+        (``set_memory_limit_bytes``), ``put_back(error.rows)`` and go on from
+        ``error.state``; nothing is dropped. (The step is applied: whether
+        its demotions fit is known only once it has run.)
       threads: threads per large store call.
       ttl_steps: if set, a row in the host tier whose last access is more
         than this many steps old is dropped after each step (counted as
@@ -124,6 +128,7 @@ class HostTier:
         self.demoted_rows = MIN_STAGED  # the same, for the evicted rows read back
         # host time in this tier (not in stats: evaluation adds to it)
         self.timing = dict(stage_s=0.0, stage_keys=0, settle_s=0.0)
+        self._last_refusal: HostTierFullError | None = None  # its message names the limit
 
     def _store(self, spec: TableSpec) -> HostStore:
         return HostStore(spec.dim, spec.state_width, dtype=np.dtype(spec.dtype).name,
@@ -177,14 +182,15 @@ class HostTier:
         ttl_steps leave the host tier (counted). Raises HostTierFullError (its ``rows`` not
         stored, held by the exception) at the memory limit."""
         t0 = time.perf_counter()
+        refused: dict[str, list] = {}
         for name, n in (stale or {}).items():
             self.moved[name]["stale"] += n
         written = jax.device_get(dict(written))  # one transfer for all tables
         for name, rows in (staged.host if staged is not None else {}).items():
             done = np.asarray(written[name])
             back = ~done & (rows.keys != PADDING_ID)
-            self._put(name, Rows(*(a[back] for a in rows)))
             self.moved[name]["returned"] += int(back.sum())
+            self._put(name, Rows(*(a[back] for a in rows)), refused)
             n = int(done.sum())
             self.moved[name]["promoted"] += n
             self.moved[name]["bytes_to_device"] += n * self.specs[name].row_bytes()
@@ -199,12 +205,43 @@ class HostTier:
             for name, c in counts.items():
                 if c.sum():
                     self._demote(name, Rows(*(np.concatenate([a[d, :k] for d, k in enumerate(c)])
-                                              for a in host[name])))
+                                              for a in host[name])), refused)
         if self.ttl_steps is not None and step is not None:
             for name, store in self.stores.items():
                 self.moved[name]["ttl_evicted"] += len(
                     store.evict_older_than(step - self.ttl_steps))
         self.timing["settle_s"] += time.perf_counter() - t0
+        if refused:
+            raise self._full_error(refused)
+
+    def _full_error(self, refused: dict[str, list]) -> HostTierFullError:
+        """One error for every table whose store refused rows in a settle; the
+        rows travel with it (``.rows``, table -> Rows)."""
+        rows = {n: Rows.concat(parts) for n, parts in refused.items()}
+        error = HostTierFullError(
+            f"host tier full: tables {sorted(rows)} could not store "
+            f"{ {n: len(r.keys) for n, r in rows.items()} } rows ({self._last_refusal}). Nothing is "
+            f"lost: the rows are held by this error (.rows) and the step's state by "
+            f".state; raise the limit (HostTier.set_memory_limit_bytes), then "
+            f"HostTier.put_back(error.rows) and go on from error.state.")
+        error.rows = rows
+        return error
+
+    def put_back(self, rows: Mapping[str, Rows]) -> None:
+        """Stores rows a full store refused (HostTierFullError.rows), once
+        its limit has been raised; the tables whose rows still do not fit
+        raise HostTierFullError again, their rows held by it."""
+        refused: dict[str, list] = {}
+        for name, r in rows.items():
+            self._put(name, r, refused)
+        if refused:
+            raise self._full_error(refused)
+
+    def set_memory_limit_bytes(self, limit: int | None) -> None:
+        """The most each table's store may hold from now on (None: no limit)."""
+        self.memory_limit_bytes = limit
+        for store in self.stores.values():
+            store.memory_limit_bytes = limit
 
     def erase(self, name: str, ids: np.ndarray) -> int:
         """Removes `ids` from the table's host store (erasure.py); returns how
@@ -213,19 +250,24 @@ class HostTier:
         self.moved[name]["erased_on_host"] += n
         return n
 
-    def _demote(self, name: str, rows: Rows) -> None:
-        self._put(name, rows)
+    def _demote(self, name: str, rows: Rows, refused: dict[str, list]) -> None:
         self.moved[name]["demoted"] += len(rows.keys)
         self.moved[name]["bytes_to_host"] += len(rows.keys) * self.specs[name].row_bytes()
+        self._put(name, rows, refused)
 
-    def _put(self, name: str, rows: Rows) -> None:
+    def _put(self, name: str, rows: Rows, refused: dict[str, list] | None = None) -> None:
+        """Stores `rows`; a full store's refusal goes to `refused` (the
+        caller raises once every table is done), or raises with the rows."""
         if len(rows.keys) == 0:
             return
         try:
             self.stores[name].put_rows(rows)
-        except HyperecaError as e:
-            e.rows = rows  # nothing dropped: the caller holds them
-            raise
+        except HostTierFullError as e:
+            if refused is None:
+                e.rows = {name: rows}  # nothing dropped: the caller holds them
+                raise
+            self._last_refusal = e
+            refused.setdefault(name, []).append(rows)
 
     # ----------------------------------------------------------- inspection
     def stats(self) -> dict[str, dict[str, int]]:

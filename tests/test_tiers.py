@@ -185,21 +185,56 @@ def test_host_tier_settings_are_checked():
                             host_tier={"ttl_steps": 0})
 
 
-def test_a_full_host_tier_raises_naming_its_limit_and_keeps_the_rows(batches):
+def test_a_full_host_tier_raises_holding_every_row_and_training_goes_on(batches):
+    """A 4 KiB host tier fills within a few steps: the step raises
+    HostTierFullError naming the limit, holding every refused row of every
+    table (.rows) and the state after the step (.state); with the limit
+    raised and the rows put back, training goes on and ends bit for bit as
+    the run with an unlimited host tier, every row accounted for (I3)."""
     mesh = make_mesh(jax.devices()[:1])
     probe = EmbeddingCollection(specs(BUDGET[1]), tc.FEATURES, mesh=mesh)
-    coll = EmbeddingCollection(specs(BUDGET[1]), tc.FEATURES, mesh=mesh,
-                               max_shard_bytes=probe.shard_bytes(probe.init_tables()),
-                               host_tier={"memory_limit_bytes": 4096})
+
+    def tier(limit):
+        return EmbeddingCollection(specs(BUDGET[1]), tc.FEATURES, mesh=mesh,
+                                   max_shard_bytes=probe.shard_bytes(probe.init_tables()),
+                                   host_tier={"memory_limit_bytes": limit})
+
+    batches = batches[:10]
+    ref = tier(None)
+    ref_state, ref_losses = train(ref, batches)
+    coll = tier(4096)
     dense_tx = optax.adam(0.01)
     step = coll.make_train_step(tc.head_loss, dense_tx)
-    state = coll.init_train_state(tc.init_params(), dense_tx)
-    with pytest.raises(h.HostTierFullError, match="memory_limit_bytes=4096") as e:
-        for b in batches:
-            state, _ = step(state, b)
-    held = e.value.rows  # the rows the store refused: the caller still has them
-    assert len(held.keys) > 0 and held.values.shape == (len(held.keys), tc.DIMS["a"])
-
+    state, losses, errors = coll.init_train_state(tc.init_params(), dense_tx), [], 0
+    for b in batches:
+        try:
+            state, m = step(state, b)
+            losses.append(m["loss"])
+        except h.HostTierFullError as e:
+            assert "memory_limit_bytes=4096" in str(e) and "put_back" in str(e)
+            held = e.rows  # every table's refused rows
+            assert sum(len(r.keys) for r in held.values()) > 0
+            assert all(r.values.shape == (len(r.keys), tc.DIMS[t]) for t, r in held.items())
+            errors += 1
+            with pytest.raises(h.HostTierFullError):  # still too small: held again
+                coll.host_tier.put_back(e.rows)
+            coll.host_tier.set_memory_limit_bytes(None)
+            coll.host_tier.put_back(held)
+            assert e.applied  # this stream never overflows: the step was applied
+            state = e.state
+            losses.append(None)
+    assert errors == 1
+    assert [x for x in losses if x is not None] == [x for x, y in zip(ref_losses, losses)
+                                                     if y is not None]
+    stats = coll.table_stats(state.tables)
+    for name in tc.DIMS:
+        got, want = all_rows(coll, state, name), all_rows(ref, ref_state, name)
+        assert got.keys() == want.keys()
+        for k, (v, o) in want.items():
+            np.testing.assert_array_equal(got[k][0], v)
+            np.testing.assert_array_equal(got[k][1], o)
+        s = stats[name]
+        assert s["inserted"] - s["promoted"] == s["size"] + s["host_rows"] == len(want)
 
 
 def test_a_device_budget_below_one_steps_ids_names_both_numbers(batches):
