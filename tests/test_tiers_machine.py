@@ -104,12 +104,8 @@ class Tiers(RuleBasedStateMachine):
         small, big = self.world["small"], self.world["big"]
         stats = small.table_stats(self.state[small].tables)
         for t in tc.DIMS:
-            got = tt.all_rows(small, self.state[small], t)  # asserts I1
-            want = tt.all_rows(big, self.state[big], t)
-            assert got.keys() == want.keys() == self.live[t], t
-            for k, (v, o) in want.items():
-                np.testing.assert_array_equal(got[k][0], v)
-                np.testing.assert_array_equal(got[k][1], o)
+            want = tt.assert_same_rows(small, self.state[small], big, self.state[big], t)  # and I1
+            assert want.keys() == self.live[t], t
             s = stats[t]
             assert s["erased"] + s["erased_on_host"] == self.erased[t]
             assert (s["inserted"] - s["promoted"] == s["size"] + s["host_rows"]
@@ -124,7 +120,7 @@ class Tiers(RuleBasedStateMachine):
 def test_any_sequence_of_steps_erases_and_checkpoints_loses_no_row(world, tmp_path):
     Tiers.world, Tiers.tmp = world, tmp_path
     run_state_machine_as_test(Tiers, settings=settings(
-        max_examples=40 if os.environ.get("HYPERECA_SLOW_TESTS") == "1" else 4,
+        max_examples=40 if os.environ.get("HYPERECA_SLOW_TESTS") == "1" else 3,
         stateful_step_count=8, deadline=None, derandomize=True,
         suppress_health_check=list(HealthCheck)))
     # the examples went through every path: rows left for the host and came
