@@ -13,6 +13,7 @@ import jax_hypereca as h
 from jax_hypereca.collection import EmbeddingCollection
 from jax_hypereca.features import FeatureSpec, Jagged
 from jax_hypereca.placement import make_mesh
+from conftest import slow_case
 
 V = {"a": 400, "b": 60, "c": 120}
 DIMS = {"a": 8, "b": 4, "c": 8}
@@ -355,6 +356,7 @@ def test_eval_does_not_insert_and_unseen_ids_get_their_initial_row(batches):
     assert coll.table_stats(state.tables) == before
 
 
+@slow_case  # refused inserts, growth and re-runs: also in the golden workload and test_training_paths
 def test_tables_grow_at_step_boundaries_without_losing_rows(batches):
     """Tiny tables with eviction off: full buckets make the step re-run after
     the table doubled, so training still equals the reference."""

@@ -112,6 +112,7 @@ def test_planned_hot_fold_equals_reference_and_predicts_bytes(batches, ref):
         assert c["inserted"] == c["size"] + c["evicted"] + c["erased"]
 
 
+@slow_case  # the hot path: the planned fold, the large fold and the re-plan tests
 def test_every_id_hot_equals_reference(batches, ref):
     every = {"a": np.arange(tc.V["a"]), "b": np.arange(tc.V["b"]), "c": np.arange(tc.V["c"])}
     coll, state, losses, stats = run(batches, hot_plan=lambda c: every)
