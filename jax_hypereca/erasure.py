@@ -27,7 +27,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jax_hypereca.errors import PADDING_ID, HyperecaError, check_ids
-from jax_hypereca.placement import host_gather, sharded_specs
+from jax_hypereca.placement import host_gather
 from jax_hypereca.state import TrainState
 from jax_hypereca.table import TableSpec, TableState, erase
 
@@ -44,27 +44,17 @@ def _padded(ids: np.ndarray) -> np.ndarray:
     return np.concatenate([ids, np.full(n - len(ids), PADDING_ID, np.int64)])
 
 
-def _erase_sharded(collection, spec: TableSpec, table: TableState, q: np.ndarray
-                   ) -> tuple[TableState, int]:
-    """Erases `q` on every shard (only the owner holds an id); (table, rows erased)."""
-    def local(st, q):
-        st, erased = erase(spec, st, q)
-        return st, erased
-
-    ax = collection.axis
-    fn = jax.shard_map(local, mesh=collection.mesh, in_specs=(sharded_specs(ax), P()),
-                       out_specs=(sharded_specs(ax), P(ax)))
+def _erase_on_mesh(collection, spec: TableSpec, table: TableState, q: np.ndarray, *,
+                   replicated: bool) -> tuple[TableState, int]:
+    """Erases `q` on every device: from each shard of a sharded table (only
+    the owner holds an id), or from every replica of a hot fold alike.
+    Returns (table, rows erased)."""
+    spec_of = P() if replicated else P(collection.axis)
+    fn = jax.shard_map(lambda st, q: erase(spec, st, q), mesh=collection.mesh,
+                       in_specs=(spec_of, P()), out_specs=(spec_of, spec_of), check_vma=False)
     table, erased = jax.jit(fn)(table, jnp.asarray(q, jnp.int64))
-    return table, int(host_gather(erased).sum())
-
-
-def _erase_replicated(collection, spec: TableSpec, fold: TableState, q: np.ndarray
-                      ) -> tuple[TableState, int]:
-    """Erases `q` from a hot fold: every replica the same way; (fold, rows erased)."""
-    fn = jax.shard_map(lambda f, q: erase(spec, f, q), mesh=collection.mesh,
-                       in_specs=(P(), P()), out_specs=(P(), P()), check_vma=False)
-    fold, erased = jax.jit(fn)(fold, jnp.asarray(q, jnp.int64))
-    return fold, int(np.asarray(jax.device_get(erased)).sum())
+    return table, int((np.asarray(jax.device_get(erased)) if replicated
+                       else host_gather(erased)).sum())
 
 
 def erase_ids(collection, state: TrainState, ids: Mapping[str, object]
@@ -84,9 +74,10 @@ def erase_ids(collection, state: TrainState, ids: Mapping[str, object]
     for name, q in checked.items():
         q = q[q != PADDING_ID]
         spec, padded = collection.tables[name], _padded(q)
-        tables[name], n = _erase_sharded(collection, spec, tables[name], padded)
+        tables[name], n = _erase_on_mesh(collection, spec, tables[name], padded,
+                                         replicated=False)
         if name in hot:
-            hot[name], k = _erase_replicated(collection, spec, hot[name], padded)
+            hot[name], k = _erase_on_mesh(collection, spec, hot[name], padded, replicated=True)
             n += k
         if collection.host_tier is not None:
             n += collection.host_tier.erase(name, q)

@@ -59,20 +59,22 @@ def compact_sizes(capacity: int, bound: int) -> tuple[int, ...]:
     return tuple(sorted(sizes))
 
 
+def _scatter(rows: int, at: jax.Array, values: jax.Array) -> jax.Array:
+    """A (rows, ...) float32 buffer of zeros with `values` added at `at`
+    (entries < 0 dropped)."""
+    return jnp.zeros((rows,) + values.shape[1:], jnp.float32).at[
+        jnp.where(at >= 0, at, rows)].add(values, mode="drop")
+
+
 def group_sums(dense: list, counted: list, axis: str) -> tuple[list, list]:
     """One all-reduce for an exchange group's hot folds. Per fold in `dense`
     (capacity, this device's slots with -1 for cold ids, gradients (n, dim)):
     (the (capacity, dim) gradient sum over all devices, the touch count per
     slot); per fold in `counted` (capacity, slots): the touch count only
     (its gradients go by ``touched_sums``). Counts are float32 (exact)."""
-    parts = []
-    for c, s, g in dense:
-        g1 = jnp.concatenate([g, (s >= 0).astype(jnp.float32)[:, None]], axis=1)
-        parts.append(jnp.zeros((c, g.shape[1] + 1), jnp.float32).at[
-            jnp.where(s >= 0, s, c)].add(g1, mode="drop").reshape(-1))
-    for c, s in counted:
-        parts.append(jnp.zeros((c,), jnp.float32).at[jnp.where(s >= 0, s, c)].add(
-            1.0, mode="drop"))
+    parts = [_scatter(c, s, jnp.concatenate([g, (s >= 0).astype(jnp.float32)[:, None]],
+                                            axis=1)).reshape(-1) for c, s, g in dense]
+    parts += [_scatter(c, s, jnp.ones(s.shape, jnp.float32)) for c, s in counted]
     summed = lax.psum(jnp.concatenate(parts), axis)
     sums, counts, off = [], [], 0
     for c, _, g in dense:
@@ -97,15 +99,13 @@ def touched_sums(slots: jax.Array, grads: jax.Array, count: jax.Array, *, capaci
     sizes = compact_sizes(c, bound)
 
     def dense():
-        return lax.psum(jnp.zeros((c, dim), jnp.float32).at[
-            jnp.where(slots >= 0, slots, c)].add(grads, mode="drop"), axis)
+        return lax.psum(_scatter(c, slots, grads), axis)
 
     def compact(k):
         def branch():
             idx = jnp.nonzero(touched, size=k, fill_value=c)[0].astype(jnp.int32)  # ascending
             pos = jnp.searchsorted(idx, slots).astype(jnp.int32)  # own slots are in idx
-            buf = jnp.zeros((k, dim), jnp.float32).at[
-                jnp.where(slots >= 0, pos, k)].add(grads, mode="drop")
+            buf = _scatter(k, jnp.where(slots >= 0, pos, -1), grads)
             return jnp.zeros((c, dim), jnp.float32).at[idx].set(lax.psum(buf, axis),
                                                                  mode="drop")
         return branch
@@ -114,6 +114,6 @@ def touched_sums(slots: jax.Array, grads: jax.Array, count: jax.Array, *, capaci
     branches = [compact(k) for k in sizes] + ([dense] if bound >= c or not sizes else [])
     if len(branches) == 1:
         return branches[0]()
-    union = jnp.sum(touched.astype(jnp.int32))
-    which = sum((union > k).astype(jnp.int32) for k in sizes[:len(branches) - 1])
+    # the first size that holds the union (switch clamps past the last branch)
+    which = jnp.searchsorted(jnp.asarray(sizes), jnp.sum(touched.astype(jnp.int32)))
     return lax.switch(which, branches)

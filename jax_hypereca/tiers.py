@@ -128,7 +128,6 @@ class HostTier:
         self.demoted_rows = MIN_STAGED  # the same, for the evicted rows read back
         # host time in this tier (not in stats: evaluation adds to it)
         self.timing = dict(stage_s=0.0, stage_keys=0, settle_s=0.0)
-        self._last_refusal: HostTierFullError | None = None  # its message names the limit
 
     def _store(self, spec: TableSpec) -> HostStore:
         return HostStore(spec.dim, spec.state_width, dtype=np.dtype(spec.dtype).name,
@@ -179,8 +178,9 @@ class HostTier:
         E] per table, device d's first ``evicted[t][d]`` at [d * E, ...])
         are stored; `stale` counts the ids that cancelled the attempt (see
         the module docstring); with ``ttl_steps``, rows older than `step` -
-        ttl_steps leave the host tier (counted). Raises HostTierFullError (its ``rows`` not
-        stored, held by the exception) at the memory limit."""
+        ttl_steps leave the host tier (counted). At a store's memory limit
+        every table is still settled, then one HostTierFullError holds every
+        refused row (``.rows``; counted as moved) until ``put_back``."""
         t0 = time.perf_counter()
         refused: dict[str, list] = {}
         for name, n in (stale or {}).items():
@@ -218,9 +218,11 @@ class HostTier:
         """One error for every table whose store refused rows in a settle; the
         rows travel with it (``.rows``, table -> Rows)."""
         rows = {n: Rows.concat(parts) for n, parts in refused.items()}
+        full = "; ".join(f"{n!r}: {len(r.keys)} rows refused, the store holds "
+                         f"{self.stores[n].bytes} bytes of memory_limit_bytes="
+                         f"{self.stores[n].memory_limit_bytes}" for n, r in rows.items())
         error = HostTierFullError(
-            f"host tier full: tables {sorted(rows)} could not store "
-            f"{ {n: len(r.keys) for n, r in rows.items()} } rows ({self._last_refusal}). Nothing is "
+            f"host tier full ({full}). Nothing is "
             f"lost: the rows are held by this error (.rows) and the step's state by "
             f".state; raise the limit (HostTier.set_memory_limit_bytes), then "
             f"HostTier.put_back(error.rows) and go on from error.state.")
@@ -266,7 +268,6 @@ class HostTier:
             if refused is None:
                 e.rows = {name: rows}  # nothing dropped: the caller holds them
                 raise
-            self._last_refusal = e
             refused.setdefault(name, []).append(rows)
 
     # ----------------------------------------------------------- inspection

@@ -36,12 +36,17 @@ OPTIMIZER_STATE_BYTES_PER_FLOAT: int = 4
 """Bytes of one optimizer-state element (fp32 accumulators)."""
 
 HOT_INDEX_OVERHEAD_BYTES: int = 8
-HOT_COUNT_BYTES: int = 4  # the touch count all-reduced per hot row (hot_exchange="touched")
-HOT_LADDER_OVERSHOOT: float = 1.44  # mean compact size / union for a power-of-two ladder
 """Per-row bytes of the hot-id lookup structure on top of the stored key:
 one int32 slot position plus 4 bytes of open-addressing head-room (a hash
 table kept at most half full stores 2 slots of 4 bytes per row).  Project
 assumption, not a paper figure; pass ``index_overhead_bytes`` to override."""
+
+HOT_COUNT_BYTES: int = 4
+"""Bytes of the touch count all-reduced per hot row (hot_exchange="touched")."""
+
+HOT_LADDER_OVERSHOOT: float = 1.44
+"""Mean compact buffer size over the union it holds, for a ladder of powers
+of two: (2 - 1) / ln 2 (hot_exchange="touched")."""
 
 # --------------------------------------------------------------------------
 # The paper's cluster (HypeReca, USENIX ATC '25, evaluation testbed).
