@@ -21,8 +21,10 @@ class JsonLines:
 
     def __init__(self, path: str | None = None):
         self._file: TextIO | None = open(path, "w") if path else None
+        self.records: list[dict[str, Any]] = []  # everything emitted, in order
 
     def emit(self, record: dict[str, Any]) -> dict[str, Any]:
+        self.records.append(record)
         line = json.dumps(record, sort_keys=False)
         print(line, flush=True)
         if self._file:
@@ -103,3 +105,29 @@ def zipf_ids(n: int, num_ids: int, alpha: float, seed: int) -> tuple[np.ndarray,
 def ids_of_ranks(ranks: np.ndarray) -> np.ndarray:
     """The id of each rank (a bijection; never a reserved value in practice)."""
     return mix64(np.asarray(ranks, np.int64).view(np.uint64)).view(np.int64)
+
+
+class CompileCounter:
+    """Counts XLA backend compilations in this process (every jit, every
+    system), from JAX's monitoring events: ``count`` so far. A cache hit of
+    the persistent compilation cache is not counted."""
+
+    EVENT = "/jax/core/compile/backend_compile_duration"
+    _instance: "CompileCounter | None" = None
+
+    def __init__(self):
+        self.count = 0
+
+    @classmethod
+    def get(cls) -> "CompileCounter":
+        """The process's one counter (listeners cannot be removed)."""
+        if cls._instance is None:
+            cls._instance = cls()
+            counter = cls._instance
+
+            def listen(event: str, duration: float, **kw) -> None:
+                if event == cls.EVENT:
+                    counter.count += 1
+
+            jax.monitoring.register_event_duration_secs_listener(listen)
+        return cls._instance

@@ -18,7 +18,7 @@ import numpy as np
 
 from jax_hypereca import mix64
 from jax_hypereca.data import (SPEC_VERSION, BatchIterator, ReaderStats, SyntheticConfig, SyntheticCriteo,
-                               iter_batches, preprocess_dense, resolve_files)
+                               default_vocab_sizes, iter_batches, preprocess_dense, resolve_files)
 
 # Salt of the hashed ids of multi-hot bags ("BAGS").
 _BAG_SALT = 0x42414753
@@ -60,9 +60,12 @@ class SyntheticSource:
     process: int = 0
     num_processes: int = 1
     seed: int = 0
+    alpha: float = 1.05  # the stream's skew (spec: Zipf-like exponent)
+    max_vocab: int = 1_000_000  # ids per feature (spec: the Terabyte sizes capped here)
 
     def __post_init__(self):
-        self.gen = SyntheticCriteo(SyntheticConfig(seed=self.seed))
+        self.gen = SyntheticCriteo(SyntheticConfig(
+            seed=self.seed, alpha=self.alpha, vocab_sizes=default_vocab_sizes(self.max_vocab)))
 
     def describe(self) -> str:
         return f"synthetic Criteo-like stream (spec v{SPEC_VERSION}, seed {self.seed})"

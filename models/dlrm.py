@@ -66,11 +66,22 @@ class DLRM(nn.Module):
         x = MLP(cfg.bottom_mlp, name="bottom")(batch["dense"])
         embedded = [HypeRecaEmbed(f, cfg.embedding_dim, name=f"embed_{f.name}")(
             batch["ids"][f.name]) for f in self.features]
-        if not embedded:
-            h = x
-        elif cfg.interaction == "dot":
-            h = jnp.concatenate([x, dot_interaction([x] + embedded)], axis=1)
-        else:
-            h = CrossNetwork(cfg.cross_layers, cfg.cross_low_rank, name="cross")(
-                jnp.concatenate([x] + embedded, axis=1))
-        return MLP(tuple(cfg.top_mlp) + (1,), final_activation=False, name="top")(h)[:, 0]
+        return interact_and_top(cfg, x, embedded)
+
+
+def interact_and_top(cfg: ModelConfig, x: jax.Array, embedded: Sequence[jax.Array]
+                     ) -> jax.Array:
+    """The network above the embeddings: the config's interaction of the
+    bottom output `x` [B, D] with the pooled embeddings ([B, D] each), then
+    the top MLP to one logit per sample. Call it inside a ``nn.compact``
+    method: its layers ("cross", "top") become that module's, so any model
+    that embeds its ids another way (experiments/baselines.py) has the same
+    parameters and math as :class:`DLRM`."""
+    if not embedded:
+        h = x
+    elif cfg.interaction == "dot":
+        h = jnp.concatenate([x, dot_interaction([x] + list(embedded))], axis=1)
+    else:
+        h = CrossNetwork(cfg.cross_layers, cfg.cross_low_rank, name="cross")(
+            jnp.concatenate([x] + list(embedded), axis=1))
+    return MLP(tuple(cfg.top_mlp) + (1,), final_activation=False, name="top")(h)[:, 0]

@@ -1,0 +1,270 @@
+"""The systems compared end to end, each a strategy over the same model, data
+and machine, so every comparison is fair and runnable here.
+
+Every system trains the same network (models.dlrm: the same layers and
+parameter names), on the same batches, with the same optimizers (row-wise
+Adagrad on the embeddings, FBGEMM's; Adam on the MLPs) and the same embedding
+memory per device: each table holds the capacity ``models.config`` gives
+it (twice its vocabulary) on every system, and no system grows a table
+here (full collection tables evict by score, counted). What differs is
+where rows live and how they move:
+
+- ``hypereca``: this library as a user runs it. Dynamic tables row-sharded by
+  id hash, ids deduplicated before the exchange, a hot fold planned by the
+  replication planner from this mesh's measured cost profile and a peek at
+  the first batches (replicated, trained data-parallel), the rest
+  model-parallel; the pipeline two steps deep with a loader thread.
+- ``torchrec_style``: TorchRec's row-wise model parallelism
+  (``ShardingType.ROW_WISE``): all-to-all of ids and rows, fused row-wise
+  Adagrad, no hot replication, input distribution one batch ahead
+  (``TrainPipelineSparseDist``: here the loader thread, depth 1). Left out,
+  in its favour: TorchRec sends a KJT's ids without deduplicating them
+  first; this baseline runs our deduplicated exchange.
+- ``hugectr_style``: HugeCTR's hybrid placement: small tables (vocabulary
+  <= ``SMALL_TABLE_ROWS`` ids) data-parallel (replicated on every device, their
+  gradients all-reduced), the others model-parallel; device memory only
+  and no growth past the tables' capacities (full tables evict by score,
+  as HierarchicalKV does). Left out: HugeCTR's own kernels and its
+  frequency-based hybrid embedding (this one places by table size).
+- ``data_parallel``: every table replicated on every device and trained
+  data-parallel (XLA all-reduces the whole table's gradient each step),
+  ids hashed into the table's rows ("hashing trick", collisions share a row).
+- ``naive_jax``: what a JAX user writes without this library: a fixed
+  ``jnp`` table per feature, row-sharded over the mesh, ids hashed into it,
+  looked up with ``jnp.take`` under ``jit`` (XLA's SPMD partitioner moves
+  what it must), updated densely (the whole table each step).
+
+TFDE-style table-wise placement is not built yet (see experiments/README.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import jax_hypereca as h
+from experiments.workloads import Workload
+from models import optimizers as opts
+from models.config import ModelConfig, Preset, sparse_specs
+from models.data import SyntheticSource
+from models.dlrm import DLRM, MLP, interact_and_top
+from models.train import SparseTrainer
+
+SMALL_TABLE_ROWS = 10_000  # hugectr_style: vocabularies up to this are data-parallel
+HOT_BUDGET_BYTES = 64 << 20  # hypereca: replicas of all hot folds, per device
+PLAN_BATCHES = 8  # batches the hot plans are made from (the first ones trained on)
+
+
+@dataclasses.dataclass(eq=False)
+class Parts:
+    """What every system shares for one workload on one mesh."""
+
+    workload: Workload
+    mesh: Any
+    mcfg: ModelConfig
+    tables: list
+    features: list
+    sparse_opt: h.Optimizer
+    dense_tx: optax.GradientTransformation
+    source: SyntheticSource
+
+    @property
+    def shard_bytes(self) -> int:
+        """One device's share of the tables at their capacities."""
+        n = self.mesh.size
+        return sum(-(-t.capacity // n) * t.row_bytes() for t in self.tables)
+
+    def sample(self) -> dict:
+        return jax.tree.map(lambda x: x[:self.workload.batch], self.source.eval_set(
+            self.workload.batch))
+
+    def plan_batches(self) -> list[dict]:
+        return [b for _, b in zip(range(PLAN_BATCHES), self.source.train_batches(0))]
+
+
+def parts(w: Workload, mesh) -> Parts:
+    mcfg = ModelConfig(interaction=w.interaction, embedding_dim=w.dim,
+                       bottom_mlp=w.bottom_mlp, top_mlp=w.top_mlp,
+                       cross_layers=w.cross_layers, cross_low_rank=w.cross_low_rank)
+    preset = Preset(name=w.name, model=mcfg, vocab_sizes=w.vocab_sizes,
+                    multi_hot=(1,) * w.features, sparse_lr=w.sparse_lr, dense_lr=w.dense_lr)
+    sparse_opt = opts.sparse_optimizer("rowwise_adagrad", w.sparse_lr, initial_accumulator=0.0)
+    dense_tx, _ = opts.dense_optimizer("adam", w.dense_lr)
+    tables, features = sparse_specs(preset, optimizer=sparse_opt, budget_bytes=1 << 40,
+                                    embedding_dim=w.dim)
+    source = SyntheticSource(names=[f.name for f in features], multi_hot=preset.multi_hot,
+                             local_batch=w.batch, alpha=w.alpha, max_vocab=w.max_vocab)
+    return Parts(w, mesh, mcfg, tables, features, sparse_opt, dense_tx, source)
+
+
+# ------------------------------------------------------- collection systems
+def _collection_trainer(p: Parts, depth: int) -> tuple[SparseTrainer, h.TrainState]:
+    coll = h.EmbeddingCollection(p.tables, p.features, mesh=p.mesh, exchange="all_to_all",
+                                 max_shard_bytes=int(p.shard_bytes * 1.01))
+    model = DLRM(config=p.mcfg, features=tuple(p.features))
+    params = model.init(jax.random.PRNGKey(0), p.sample())["params"]
+    trainer = SparseTrainer(model, coll, p.dense_tx, depth=depth)
+    return trainer, trainer.init_state(params)
+
+
+def hypereca(p: Parts, cache_dir: str | None = None):
+    trainer, state = _collection_trainer(p, depth=2)
+    coll = trainer.collection
+    profile = h.replication.measure_profile(coll, dim=p.workload.dim, cache_dir=cache_dir)
+    replicator = h.replication.Replicator(coll, profile, memory_budget_bytes=HOT_BUDGET_BYTES)
+    state = replicator.start(state, p.plan_batches())
+    trainer.hot_rows = dict(replicator.plan.hot_rows)
+    return trainer, state
+
+
+def torchrec_style(p: Parts, cache_dir: str | None = None):
+    return _collection_trainer(p, depth=1)
+
+
+def hugectr_style(p: Parts, cache_dir: str | None = None):
+    trainer, state = _collection_trainer(p, depth=1)
+    batches = p.plan_batches()
+    small = {f.table: np.unique(np.concatenate([np.asarray(b["ids"][f.name]).reshape(-1)
+                                                for b in batches]))
+             for f, v in zip(p.features, p.workload.vocab_sizes) if v <= SMALL_TABLE_ROWS}
+    state = h.replication.apply_plan(trainer.collection, state, small)
+    trainer.hot_rows = {t: len(ids) for t, ids in small.items()}
+    return trainer, state
+
+
+# ---------------------------------------------------------- hashed tables
+class HashedState(NamedTuple):
+    params: Any
+    opt_state: Any
+    tables: list        # [rows, dim] per feature
+    accumulators: list  # [rows] per feature (row-wise Adagrad)
+    step: jax.Array
+
+
+class HashedDLRM(nn.Module):
+    """models.dlrm.DLRM's network over embeddings pooled outside it."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, dense: jax.Array, embedded: list) -> jax.Array:
+        x = MLP(self.config.bottom_mlp, name="bottom")(dense)
+        return interact_and_top(self.config, x, embedded)
+
+
+def _pool(table: jax.Array, idx: jax.Array) -> jax.Array:
+    """Sum pooling of a feature's rows; index -1 marks padding."""
+    rows = jnp.take(table, jnp.maximum(idx, 0), axis=0)
+    return (rows * (idx >= 0)[..., None]).sum(axis=1)
+
+
+def _rowwise_adagrad(opt: h.RowwiseAdagrad) -> Callable:
+    """FBGEMM's EXACT_ROWWISE_ADAGRAD over a whole table (rows no id touched
+    have a zero gradient: their accumulator and values do not move)."""
+    def update(table, acc, g):
+        acc = acc + jnp.mean(g * g, axis=1)
+        step = opt.learning_rate * g / (jnp.sqrt(acc)[:, None] + opt.eps)
+        return table - step, acc
+    return update
+
+
+class HashedTrainer:
+    """submit / flush / pop_completed / predict like models.train's trainers,
+    over plain ``jnp`` tables (``data_parallel``: replicated; ``naive_jax``:
+    row-sharded). One process."""
+
+    collection = None
+
+    def __init__(self, p: Parts, placement: str):
+        axis = p.mesh.axis_names[0]
+        n = p.mesh.size  # rows in whole shards
+        self.rows = [-(-t.capacity // n) * n for t in p.tables]
+        self.names = [f.name for f in p.features]
+        sharded = placement == "row_sharded"
+        self.table_sharding = NamedSharding(p.mesh, P(axis, None) if sharded else P())
+        self.acc_sharding = NamedSharding(p.mesh, P(axis) if sharded else P())
+        self.batch_sharding = NamedSharding(p.mesh, P(axis))
+        self.replicated = NamedSharding(p.mesh, P())
+        self.specs, self.dense_tx, self._done = p.tables, p.dense_tx, []
+        self.model = HashedDLRM(config=p.mcfg)
+        update = _rowwise_adagrad(p.sparse_opt)
+
+        def logits(params, tables, batch):
+            embedded = [_pool(t, i) for t, i in zip(tables, batch["idx"])]
+            return self.model.apply({"params": params}, batch["dense"], embedded)
+
+        def step(state: HashedState, batch):
+            def loss_fn(params, tables):
+                return optax.sigmoid_binary_cross_entropy(
+                    logits(params, tables, batch), batch["labels"]).mean()
+
+            loss, (g, gt) = jax.value_and_grad(loss_fn, argnums=(0, 1))(state.params,
+                                                                        state.tables)
+            updates, opt_state = self.dense_tx.update(g, state.opt_state, state.params)
+            new = [update(t, a, gi) for t, a, gi in zip(state.tables, state.accumulators, gt)]
+            return HashedState(optax.apply_updates(state.params, updates), opt_state,
+                               [n[0] for n in new], [n[1] for n in new], state.step + 1), loss
+
+        self._step = jax.jit(step, donate_argnums=(0,))
+        self._predict = jax.jit(logits)
+
+    def init_state(self, sample: dict) -> HashedState:
+        tables = [jax.device_put(h.init_rows(t.seed, np.arange(rows), t.dim, t.initializer),
+                                 self.table_sharding) for t, rows in zip(self.specs, self.rows)]
+        accs = [jax.device_put(np.zeros((rows,), np.float32), self.acc_sharding)
+                for rows in self.rows]
+        batch = self.prepare(sample)
+        embedded = [jnp.zeros((len(sample["labels"]), t.dim), jnp.float32) for t in self.specs]
+        params = self.model.init(jax.random.PRNGKey(0), batch["dense"], embedded)["params"]
+        params = jax.device_put(params, self.replicated)
+        return HashedState(params, jax.device_put(self.dense_tx.init(params), self.replicated),
+                           tables, accs, jnp.zeros((), jnp.int32))
+
+    def prepare(self, batch) -> dict:
+        """Hashes each feature's ids into its table's rows (host, numpy)."""
+        idx = []
+        for name, rows in zip(self.names, self.rows):
+            ids = np.asarray(batch["ids"][name], np.int64).reshape(len(batch["labels"]), -1)
+            bucket = (ids.view(np.uint64) % np.uint64(rows)).astype(np.int32)
+            idx.append(np.where(ids == h.PADDING_ID, -1, bucket))
+        out = {"dense": batch["dense"], "labels": batch["labels"], "idx": idx}
+        return jax.device_put(out, self.batch_sharding)
+
+    def submit(self, state, batch):
+        state, loss = self._step(state, batch)
+        self._done.append(loss)
+        return state
+
+    def flush(self, state):
+        return state
+
+    def pop_completed(self) -> list[dict]:
+        done, self._done = self._done, []
+        return [{"loss": float(np.asarray(loss))} for loss in done]
+
+    def predict(self, state, batch) -> jax.Array:
+        b = self.prepare(batch)
+        return self._predict(state.params, state.tables, b)
+
+
+def data_parallel(p: Parts, cache_dir: str | None = None):
+    trainer = HashedTrainer(p, "replicated")
+    return trainer, trainer.init_state(p.sample())
+
+
+def naive_jax(p: Parts, cache_dir: str | None = None):
+    trainer = HashedTrainer(p, "row_sharded")
+    return trainer, trainer.init_state(p.sample())
+
+
+SYSTEMS: dict[str, Callable] = {
+    "hypereca": hypereca, "torchrec_style": torchrec_style, "hugectr_style": hugectr_style,
+    "data_parallel": data_parallel, "naive_jax": naive_jax}
