@@ -23,8 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 import jax_hypereca as h
 from models.config import ModelConfig
-from models.dlrm import MLP
-from models.interaction import dot_interaction
+from models.dlrm import MLP, interact_and_top
 
 
 class FixedEmbeddingDLRM(nn.Module):
@@ -34,11 +33,9 @@ class FixedEmbeddingDLRM(nn.Module):
 
     @nn.compact
     def __call__(self, dense: jax.Array, embedded: jax.Array) -> jax.Array:
-        cfg = self.config
-        x = MLP(cfg.bottom_mlp, name="bottom")(dense)
-        vectors = [x] + [embedded[:, i] for i in range(embedded.shape[1])]
-        hidden = jnp.concatenate([x, dot_interaction(vectors)], axis=1)
-        return MLP(tuple(cfg.top_mlp) + (1,), final_activation=False, name="top")(hidden)[:, 0]
+        x = MLP(self.config.bottom_mlp, name="bottom")(dense)
+        return interact_and_top(self.config, x,
+                                [embedded[:, i] for i in range(embedded.shape[1])])
 
 
 class FixedEmbeddingTrainer:
