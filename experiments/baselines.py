@@ -11,8 +11,8 @@ where rows live and how they move:
 
 - ``hypereca``: this library as a user runs it. Dynamic tables row-sharded by
   id hash, ids deduplicated before the exchange, a hot fold planned by the
-  replication planner from this mesh's measured cost profile and a peek at
-  the first batches (replicated, trained data-parallel), the rest
+  replication planner from this mesh's measured cost profile (or the
+  paper's cluster's, ``profile="paper"``) and a peek at the first batches (replicated, trained data-parallel), the rest
   model-parallel; the pipeline two steps deep with a loader thread.
 - ``torchrec_style``: TorchRec's row-wise model parallelism
   (``ShardingType.ROW_WISE``): all-to-all of ids and rows, fused row-wise
@@ -52,6 +52,7 @@ from jax.sharding import PartitionSpec as P
 
 import jax_hypereca as h
 from experiments.workloads import Workload
+from jax_hypereca.planner import paper_profile
 from models import optimizers as opts
 from models.config import ModelConfig, Preset, sparse_specs
 from models.data import SyntheticSource
@@ -75,6 +76,8 @@ class Parts:
     sparse_opt: h.Optimizer
     dense_tx: optax.GradientTransformation
     source: SyntheticSource
+    profile: str = "measured"  # hypereca's planner: "measured" on this mesh, or "paper"
+    profile_cache: str | None = None  # where measured profiles are kept, per mesh
 
     @property
     def shard_bytes(self) -> int:
@@ -90,7 +93,8 @@ class Parts:
         return [b for _, b in zip(range(PLAN_BATCHES), self.source.train_batches(0))]
 
 
-def parts(w: Workload, mesh) -> Parts:
+def parts(w: Workload, mesh, *, profile: str = "measured",
+          profile_cache: str | None = None) -> Parts:
     mcfg = ModelConfig(interaction=w.interaction, embedding_dim=w.dim,
                        bottom_mlp=w.bottom_mlp, top_mlp=w.top_mlp,
                        cross_layers=w.cross_layers, cross_low_rank=w.cross_low_rank)
@@ -102,7 +106,8 @@ def parts(w: Workload, mesh) -> Parts:
                                     embedding_dim=w.dim)
     source = SyntheticSource(names=[f.name for f in features], multi_hot=preset.multi_hot,
                              local_batch=w.batch, alpha=w.alpha, max_vocab=w.max_vocab)
-    return Parts(w, mesh, mcfg, tables, features, sparse_opt, dense_tx, source)
+    return Parts(w, mesh, mcfg, tables, features, sparse_opt, dense_tx, source, profile,
+                 profile_cache)
 
 
 # ------------------------------------------------------- collection systems
@@ -115,21 +120,28 @@ def _collection_trainer(p: Parts, depth: int) -> tuple[SparseTrainer, h.TrainSta
     return trainer, trainer.init_state(params)
 
 
-def hypereca(p: Parts, cache_dir: str | None = None):
+def hypereca(p: Parts):
     trainer, state = _collection_trainer(p, depth=2)
-    coll = trainer.collection
-    profile = h.replication.measure_profile(coll, dim=p.workload.dim, cache_dir=cache_dir)
-    replicator = h.replication.Replicator(coll, profile, memory_budget_bytes=HOT_BUDGET_BYTES)
-    state = replicator.start(state, p.plan_batches())
-    trainer.hot_rows = dict(replicator.plan.hot_rows)
+    coll, rep = trainer.collection, h.replication
+    if p.profile == "paper":  # planned as for the paper's 32 GPUs seeing these batches
+        profile = paper_profile()
+        stats = rep.peek(coll, p.plan_batches(), num_devices=profile.num_devices)
+        plan = rep.plan(coll, stats, profile, memory_budget_bytes=HOT_BUDGET_BYTES)
+        state = rep.apply_plan(coll, state, plan)
+    else:
+        profile = rep.measure_profile(coll, dim=p.workload.dim, cache_dir=p.profile_cache)
+        replicator = rep.Replicator(coll, profile, memory_budget_bytes=HOT_BUDGET_BYTES)
+        state = replicator.start(state, p.plan_batches())
+        plan = replicator.plan
+    trainer.hot_rows = dict(plan.hot_rows)
     return trainer, state
 
 
-def torchrec_style(p: Parts, cache_dir: str | None = None):
+def torchrec_style(p: Parts):
     return _collection_trainer(p, depth=1)
 
 
-def hugectr_style(p: Parts, cache_dir: str | None = None):
+def hugectr_style(p: Parts):
     trainer, state = _collection_trainer(p, depth=1)
     batches = p.plan_batches()
     small = {f.table: np.unique(np.concatenate([np.asarray(b["ids"][f.name]).reshape(-1)
@@ -255,12 +267,12 @@ class HashedTrainer:
         return self._predict(state.params, state.tables, b)
 
 
-def data_parallel(p: Parts, cache_dir: str | None = None):
+def data_parallel(p: Parts):
     trainer = HashedTrainer(p, "replicated")
     return trainer, trainer.init_state(p.sample())
 
 
-def naive_jax(p: Parts, cache_dir: str | None = None):
+def naive_jax(p: Parts):
     trainer = HashedTrainer(p, "row_sharded")
     return trainer, trainer.init_state(p.sample())
 

@@ -29,7 +29,7 @@ import time
 
 from experiments.cli import mesh_bench_parser, use_fake_devices
 
-SIZES = {"smoke": dict(steps=4, eval_every=2, warmup=2, eval_size=1024),
+SIZES = {"smoke": dict(steps=2, eval_every=1, warmup=2, eval_size=512),
          "quick": dict(steps=24, eval_every=8, warmup=8, eval_size=16384),
          "full": dict(steps=200, eval_every=40, warmup=10, eval_size=65536)}
 
@@ -40,12 +40,17 @@ def parse(argv=None):
     p.add_argument("--systems", default=None, help="comma-separated subset of the systems")
     p.add_argument("--workloads", default=None, help="comma-separated subset (criteo,taobao)")
     p.add_argument("--figures", default="experiments/results/figures")
+    p.add_argument("--profile", choices=("measured", "paper"), default=None,
+                   help="the cost profile hypereca's planner plans with: this mesh's, "
+                        "measured (default), or the paper's cluster's (--smoke's default: "
+                        "no measuring, and a hot fold on any mesh)")
     p.add_argument("--profile-cache", default="build/profile-cache",
                    help="measured cost profiles, per mesh (hypereca's planner)")
     for k in ("steps", "eval_every", "warmup", "eval_size"):
         p.add_argument(f"--{k.replace('_', '-')}", type=int, default=None)
     args = p.parse_args(argv)
     args.size = "smoke" if args.smoke else "quick" if args.quick else "full"
+    args.profile = args.profile or ("paper" if args.smoke else "measured")
     for k, v in SIZES[args.size].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -90,7 +95,7 @@ def run_system(name: str, p, args, out) -> dict:
 
     tag = dict(workload=p.workload.name, system=name, devices=p.mesh.size)
     t0 = time.perf_counter()
-    trainer, state = SYSTEMS[name](p, args.profile_cache)
+    trainer, state = SYSTEMS[name](p)
     setup_s = time.perf_counter() - t0
     eval_set = p.source.eval_set(args.eval_size)
     loader = h.prefetch(p.source.train_batches(0), 2, trainer.prepare, name=f"{name}-loader")
@@ -172,8 +177,9 @@ def main(argv=None) -> int:
         chosen = {k: chosen[k] for k in args.workloads.split(",")}
     records = []
     for w in chosen.values():
-        out.emit(dict(bench="end_to_end_workload", devices=args.devices, **w.describe()))
-        p = baselines.parts(w, mesh)
+        out.emit(dict(bench="end_to_end_workload", devices=args.devices,
+                      hypereca_profile=args.profile, **w.describe()))
+        p = baselines.parts(w, mesh, profile=args.profile, profile_cache=args.profile_cache)
         for name in names:
             records.append(run_system(name, p, args, out))
             release_memory()

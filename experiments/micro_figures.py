@@ -53,26 +53,30 @@ def plot_exchange(records: list[dict], path: pathlib.Path) -> str | None:
 
 
 def plot_breakdown(records: list[dict], path: pathlib.Path) -> str | None:
-    """Milliseconds per step of each stage (1 device), one stacked bar."""
+    """Milliseconds per step of each stage (1 device): the device's stages
+    stacked in one bar, the host's (which overlap them) in another."""
     summary = next((r for r in records if r.get("bench") == "summary"
                     and "breakdown_ms" in r), None)
     if summary is None:
         return None
-    parts = sorted(summary["breakdown_ms"].items(), key=lambda kv: -kv[1])
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.6))
-    bottom = 0.0
-    for name, ms in parts:
-        ax.bar(0, ms, 0.5, bottom=bottom, label=f"{name} {ms:.1f} ms")
-        bottom += ms
-    ax.set_xticks([0], ["pipelined step, 1 device"])
-    ax.set_xlim(-0.6, 1.6)
-    ax.set_ylabel("time per step (ms; device ops by stage scope, host by function)")
+    colors = iter(plt.get_cmap("tab20").colors)
+    for x, host in ((0, False), (1, True)):
+        parts = sorted(((k, v) for k, v in summary["breakdown_ms"].items()
+                        if k.startswith("host_") == host), key=lambda kv: -kv[1])
+        bottom = 0.0
+        for name, ms in parts:
+            ax.bar(x, ms, 0.5, bottom=bottom, label=f"{name} {ms:.1f} ms", color=next(colors))
+            bottom += ms
+    ax.set_xticks([0, 1], ["device ops\n(stage scopes)", "host\n(overlaps the device)"])
+    ax.set_xlim(-0.5, 2.6)
+    ax.set_ylabel("time per pipelined step, 1 device (ms)")
     ax.set_title("(g) where a train step's time goes")
     ax.legend(fontsize=7, loc="upper right")
     return save(fig, path, f"bench_pipeline, {_env(records)}: TorchRec's DLRM example "
                 f"workload, jax.profiler trace of pipelined steps; host_sync is the host "
-                f"waiting for the device (it overlaps the device stages).")
+                f"waiting for the device while it runs the stages on the left.")
 
 
 def plot(exchange: str | None, pipeline: str | None, figures: str) -> list[str]:

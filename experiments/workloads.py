@@ -68,13 +68,13 @@ class Workload:
 
 def workloads(size: str) -> dict[str, Workload]:
     """The workloads at a size: "full" (vocabularies capped at 1M),
-    "quick" (16k) or "smoke" (4 features of at most 2k ids, batch 512,
+    "quick" (16k) or "smoke" (2 features of at most 2k ids, batch 256,
     small MLPs: seconds, for CI)."""
     vocab = {"full": FULL_VOCAB, "quick": QUICK_VOCAB, "smoke": SMOKE_VOCAB}[size]
     criteo = Workload("criteo", "dot", 1.05, (512, 256, 64), (512, 256), vocab)
     taobao = Workload("taobao", "dcn", 0.8, (256, 64), (256, 128), vocab)
     if size == "smoke":
-        small = dict(features=4, batch=512, dim=16, bottom_mlp=(32, 16), top_mlp=(32,),
+        small = dict(features=2, batch=256, dim=16, bottom_mlp=(32, 16), top_mlp=(32,),
                      cross_low_rank=8)
         criteo, taobao = (dataclasses.replace(w, **small) for w in (criteo, taobao))
     return {"criteo": criteo, "taobao": taobao}

@@ -120,6 +120,7 @@ def test_every_id_hot_equals_reference(batches, ref):
     assert_equivalent_folds(state, losses, ref)
 
 
+@slow_case  # the same re-plan runs in the row-wise test below, with these counters
 def test_replan_mid_training_keeps_equivalence(batches, ref):
     first = {"a": np.arange(0, 40), "b": np.arange(10), "c": []}
     second = {"a": np.arange(20, 90), "b": [], "c": np.arange(30)}
@@ -298,6 +299,9 @@ def test_rowwise_adagrad_planned_then_replanned_on_n_devices(n, batches, ref_row
     print(f"\n{n} devices, row-wise Adagrad acc0={RW_ACC0}: max relative error {err:.3g}")
     assert_equivalent_folds(state, losses, ref_rowwise)
     assert set(state.hot) == {"a", "c"}
+    for name, c in rep.fold_counters(state).items():  # rows moved, none lost
+        assert c["inserted"] == c["size"] + c["evicted"] + c["erased"], name
+        assert c["moved_in"] == c["moved_out"], name
     for name in state.hot:  # some rows hot, some cold
         assert (np.asarray(state.tables[name].keys) >= 0).any(), name
     assert_one_home(state)

@@ -18,9 +18,16 @@ COLLECTION_SYSTEMS = ("hypereca", "torchrec_style", "hugectr_style")
 HASHED_SYSTEMS = ("data_parallel", "naive_jax")
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("reproduce")
+def test_reproduce_smoke(tmp_path):
+    """One smoke run (about 45 s) checked three ways (one test: pytest-xdist
+    would run a module fixture once per worker)."""
+    smoke = run_smoke(tmp_path)
+    check_every_figure_is_written_and_indexed(smoke)
+    check_every_system_trains_and_every_timed_compile_is_a_counted_rerun(smoke)
+    check_systems_with_the_same_math_reach_the_same_auc(smoke)
+
+
+def run_smoke(out):
     proc = subprocess.run([sys.executable, "-m", "experiments.reproduce", "--smoke",
                            "--results", str(out)], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
@@ -31,7 +38,7 @@ def smoke(tmp_path_factory):
     return out, summary, records
 
 
-def test_every_figure_is_written_and_indexed(smoke):
+def check_every_figure_is_written_and_indexed(smoke):
     out, summary, _ = smoke
     assert summary["bench"] == "reproduce_summary"
     assert set(summary["figures"]) == {f"fig_{k}.png" for k in (
@@ -46,21 +53,23 @@ def test_every_figure_is_written_and_indexed(smoke):
     assert summary["speedup_vs_torchrec_style"]["criteo"] > 0
 
 
-def test_every_system_trains_and_every_timed_compile_is_a_counted_rerun(smoke):
+def check_every_system_trains_and_every_timed_compile_is_a_counted_rerun(smoke):
     _, _, records = smoke
     runs = {r["system"]: r for r in records if r["bench"] == "end_to_end"}
     assert set(runs) == set(COLLECTION_SYSTEMS + HASHED_SYSTEMS)
     for name, r in runs.items():
-        assert r["samples_per_s"] > 0 and r["timed_steps"] == 4, r
-        assert 0.5 < r["auc"] < 1, r
+        assert r["samples_per_s"] > 0 and r["timed_steps"] == 2, r
+        assert 0 < r["auc"] < 1, r  # a few steps: learning shows in the quick run, not here
         # a timed step compiles only when it re-ran to raise an exchange capacity
         assert r["compiles_while_timed"] <= r.get("step_reruns", 0), r
-    assert runs["hypereca"]["hot_rows"] > 0 and runs["torchrec_style"]["hot_rows"] == 0
+    # --smoke plans hypereca's hot fold for the paper's cluster: replicated rows on any mesh
+    assert runs["hypereca"]["hot_rows"] > 0 and runs["hugectr_style"]["hot_rows"] > 0
+    assert runs["torchrec_style"]["hot_rows"] == 0
     for name in COLLECTION_SYSTEMS:
         assert runs[name]["evicted"] == 0, runs[name]
 
 
-def test_systems_with_the_same_math_reach_the_same_auc(smoke):
+def check_systems_with_the_same_math_reach_the_same_auc(smoke):
     _, _, records = smoke
     points = {}
     for r in records:
