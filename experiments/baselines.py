@@ -26,6 +26,13 @@ where rows live and how they move:
   and no growth past the tables' capacities (full tables evict by score,
   as HierarchicalKV does). Left out: HugeCTR's own kernels and its
   frequency-based hybrid embedding (this one places by table size).
+- ``tfde_style``: TensorFlow Distributed Embeddings' table-wise model
+  parallelism: each table whole on one device (memory-balanced placement),
+  ids not deduplicated, hashed into the table's fixed rows; here one
+  row-sharded array whose shard d holds device d's tables, looked up with
+  ``jnp.take`` under ``jit`` (XLA moves what it must) and updated densely.
+  Left out: TFDE's own all-to-all of ids and the column slicing of tables
+  too large for one device.
 - ``data_parallel``: every table replicated on every device and trained
   data-parallel (XLA all-reduces the whole table's gradient each step),
   ids hashed into the table's rows ("hashing trick", collisions share a row).
@@ -33,8 +40,6 @@ where rows live and how they move:
   ``jnp`` table per feature, row-sharded over the mesh, ids hashed into it,
   looked up with ``jnp.take`` under ``jit`` (XLA's SPMD partitioner moves
   what it must), updated densely (the whole table each step).
-
-TFDE-style table-wise placement is not built yet (see experiments/README.md).
 """
 
 from __future__ import annotations
@@ -188,19 +193,37 @@ def _rowwise_adagrad(opt: h.RowwiseAdagrad) -> Callable:
     return update
 
 
+def _hashed_layout(p: Parts, placement: str) -> tuple[list[int], list[tuple]]:
+    """Rows of each array, and per feature (array, first row, rows) of its
+    table: one array per table (replicated or row-sharded), or for
+    ``table_wise`` one row-sharded array whose shard d holds the tables
+    placed on device d, largest first onto the least loaded device (TFDE's
+    memory-balanced placement). Every table has its capacity rounded up to
+    whole shards, so every placement hashes an id into the same row."""
+    n = p.mesh.size
+    rows = [-(-t.capacity // n) * n for t in p.tables]
+    if placement != "table_wise":
+        return rows, [(i, 0, r) for i, r in enumerate(rows)]
+    load, placed = [0] * n, {}
+    for i in sorted(range(len(rows)), key=lambda i: -rows[i]):
+        d = load.index(min(load))
+        placed[i], load[d] = (d, load[d]), load[d] + rows[i]
+    per = max(load)
+    return [per * n], [(0, placed[i][0] * per + placed[i][1], rows[i]) for i in range(len(rows))]
+
+
 class HashedTrainer:
     """submit / flush / pop_completed / predict like models.train's trainers,
     over plain ``jnp`` tables (``data_parallel``: replicated; ``naive_jax``:
-    row-sharded). One process."""
+    row-sharded; ``tfde_style``: table-wise). One process."""
 
     collection = None
 
     def __init__(self, p: Parts, placement: str):
         axis = p.mesh.axis_names[0]
-        n = p.mesh.size  # rows in whole shards
-        self.rows = [-(-t.capacity // n) * n for t in p.tables]
+        self.arrays, self.where = _hashed_layout(p, placement)
         self.names = [f.name for f in p.features]
-        sharded = placement == "row_sharded"
+        sharded = placement in ("row_sharded", "table_wise")
         self.table_sharding = NamedSharding(p.mesh, P(axis, None) if sharded else P())
         self.acc_sharding = NamedSharding(p.mesh, P(axis) if sharded else P())
         self.batch_sharding = NamedSharding(p.mesh, P(axis))
@@ -210,7 +233,7 @@ class HashedTrainer:
         update = _rowwise_adagrad(p.sparse_opt)
 
         def logits(params, tables, batch):
-            embedded = [_pool(t, i) for t, i in zip(tables, batch["idx"])]
+            embedded = [_pool(tables[a], i) for (a, _, _), i in zip(self.where, batch["idx"])]
             return self.model.apply({"params": params}, batch["dense"], embedded)
 
         def step(state: HashedState, batch):
@@ -229,23 +252,27 @@ class HashedTrainer:
         self._predict = jax.jit(logits)
 
     def init_state(self, sample: dict) -> HashedState:
-        tables = [jax.device_put(h.init_rows(t.seed, np.arange(rows), t.dim, t.initializer),
-                                 self.table_sharding) for t, rows in zip(self.specs, self.rows)]
+        dim = self.specs[0].dim
+        values = [np.zeros((rows, dim), np.float32) for rows in self.arrays]
+        for t, (a, base, rows) in zip(self.specs, self.where):
+            values[a][base:base + rows] = h.init_rows(t.seed, np.arange(rows), t.dim,
+                                                      t.initializer)
+        tables = [jax.device_put(v, self.table_sharding) for v in values]
         accs = [jax.device_put(np.zeros((rows,), np.float32), self.acc_sharding)
-                for rows in self.rows]
+                for rows in self.arrays]
         batch = self.prepare(sample)
         embedded = [jnp.zeros((len(sample["labels"]), t.dim), jnp.float32) for t in self.specs]
         params = self.model.init(jax.random.PRNGKey(0), batch["dense"], embedded)["params"]
         params = jax.device_put(params, self.replicated)
         return HashedState(params, jax.device_put(self.dense_tx.init(params), self.replicated),
-                           tables, accs, jnp.zeros((), jnp.int32))
+                           tables, accs, jax.device_put(np.zeros((), np.int32), self.replicated))
 
     def prepare(self, batch) -> dict:
         """Hashes each feature's ids into its table's rows (host, numpy)."""
         idx = []
-        for name, rows in zip(self.names, self.rows):
+        for name, (_, base, rows) in zip(self.names, self.where):
             ids = np.asarray(batch["ids"][name], np.int64).reshape(len(batch["labels"]), -1)
-            bucket = (ids.view(np.uint64) % np.uint64(rows)).astype(np.int32)
+            bucket = (ids.view(np.uint64) % np.uint64(rows)).astype(np.int32) + base
             idx.append(np.where(ids == h.PADDING_ID, -1, bucket))
         out = {"dense": batch["dense"], "labels": batch["labels"], "idx": idx}
         return jax.device_put(out, self.batch_sharding)
@@ -272,6 +299,11 @@ def data_parallel(p: Parts):
     return trainer, trainer.init_state(p.sample())
 
 
+def tfde_style(p: Parts):
+    trainer = HashedTrainer(p, "table_wise")
+    return trainer, trainer.init_state(p.sample())
+
+
 def naive_jax(p: Parts):
     trainer = HashedTrainer(p, "row_sharded")
     return trainer, trainer.init_state(p.sample())
@@ -279,4 +311,4 @@ def naive_jax(p: Parts):
 
 SYSTEMS: dict[str, Callable] = {
     "hypereca": hypereca, "torchrec_style": torchrec_style, "hugectr_style": hugectr_style,
-    "data_parallel": data_parallel, "naive_jax": naive_jax}
+    "tfde_style": tfde_style, "data_parallel": data_parallel, "naive_jax": naive_jax}

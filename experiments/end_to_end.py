@@ -29,7 +29,7 @@ import time
 
 from experiments.cli import mesh_bench_parser, use_fake_devices
 
-SIZES = {"smoke": dict(steps=2, eval_every=1, warmup=2, eval_size=512),
+SIZES = {"smoke": dict(steps=2, eval_every=2, warmup=2, eval_size=512),
          "quick": dict(steps=24, eval_every=8, warmup=8, eval_size=16384),
          "full": dict(steps=200, eval_every=40, warmup=10, eval_size=65536)}
 

@@ -19,7 +19,8 @@ PAPER_THROUGHPUT = {
 PAPER_SOURCE = "HypeReca (USENIX ATC '25), Fig. 14: 32 V100, 4 nodes, 100 Gb/s IB"
 
 SYSTEM_LABELS = {"hypereca": "jax_hypereca", "torchrec_style": "TorchRec-style",
-                 "hugectr_style": "HugeCTR-style", "data_parallel": "data parallel",
+                 "hugectr_style": "HugeCTR-style", "tfde_style": "TFDE-style",
+                 "data_parallel": "data parallel",
                  "naive_jax": "naive JAX (jnp.take)"}
 
 

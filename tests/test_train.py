@@ -16,10 +16,12 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import slow_case
 from jax_hypereca.checkpoint import CheckpointManager
 from models import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
 slow = pytest.mark.skipif(os.environ.get("HYPERECA_SLOW_TESTS") != "1",
                           reason="slow (minutes); set HYPERECA_SLOW_TESTS=1")
 TINY = ["--preset", "tiny", "--batch", "512", "--steps", "20", "--eval-every", "10",
@@ -129,6 +131,7 @@ def free_port() -> int:
 SMALL = TINY + ["--bottom-mlp", "16", "--top-mlp", "8"]
 
 
+@slow_case  # 2 processes: test_multihost (I2, hot folds, ring) and test_fault_peers (the command)
 def test_two_processes_train_like_one(tmp_path):
     short = ["--steps", "10", "--eval-every", "5", "--eval-size", "1024"]
     single = run(SMALL + short + ["--devices", "2"], tmp_path / "single")
@@ -264,6 +267,7 @@ def test_large_presets_train_without_diverging(preset, tmp_path):
     assert got["eval"][-1]["logloss"] < 0.7
 
 
+@slow_case  # the fall-back itself: test_checkpoint's three kinds of damage
 def test_resume_skips_a_damaged_latest_checkpoint_and_says_where_it_resumed(tmp_path, capsys):
     args = ["--preset", "tiny", "--batch", "256", "--steps", "4", "--eval-every", "4",
             "--eval-size", "512", "--log-every", "2", "--no-progress", "--devices", "2",
