@@ -120,7 +120,7 @@ class Tiers(RuleBasedStateMachine):
 def test_any_sequence_of_steps_erases_and_checkpoints_loses_no_row(world, tmp_path):
     Tiers.world, Tiers.tmp = world, tmp_path
     run_state_machine_as_test(Tiers, settings=settings(
-        max_examples=40 if os.environ.get("HYPERECA_SLOW_TESTS") == "1" else 2,
+        max_examples=40 if os.environ.get("HYPERECA_SLOW_TESTS") == "1" else 3,
         stateful_step_count=8, deadline=None, derandomize=True,
         suppress_health_check=list(HealthCheck)))
     # the examples went through every path: rows left for the host and came
