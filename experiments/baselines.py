@@ -91,8 +91,8 @@ class Parts:
         return sum(-(-t.capacity // n) * t.row_bytes() for t in self.tables)
 
     def sample(self) -> dict:
-        return jax.tree.map(lambda x: x[:self.workload.batch], self.source.eval_set(
-            self.workload.batch))
+        """One batch of held-out samples (to initialize parameters)."""
+        return self.source.eval_set(self.workload.batch)
 
     def plan_batches(self) -> list[dict]:
         return [b for _, b in zip(range(PLAN_BATCHES), self.source.train_batches(0))]

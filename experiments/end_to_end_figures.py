@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import pathlib
 
-from experiments.figures import PAPER_SOURCE, PAPER_THROUGHPUT, SYSTEM_LABELS, pyplot, save
+from experiments.figures import (PAPER_SOURCE, PAPER_THROUGHPUT, SYSTEM_LABELS, first, pyplot,
+                                 save)
 
 
 def _setting(records: list[dict], args) -> str:
-    env = next((r for r in records if r.get("bench") == "environment"), {})
+    env = first(records, "environment")
     wls = [r for r in records if r.get("bench") == "end_to_end_workload"]
     lines = [f"Measured {env.get('time', '?')} on {env.get('num_devices', '?')} "
              f"{env.get('platform', '?')} devices ({env.get('device', '?')}), "

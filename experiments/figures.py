@@ -50,6 +50,11 @@ def save(fig, path: str | pathlib.Path, assumptions: str) -> str:
     return str(path)
 
 
+def first(records: list[dict[str, Any]], bench: str) -> dict[str, Any]:
+    """The first record of kind `bench` ({} if none)."""
+    return next((r for r in records if r.get("bench") == bench), {})
+
+
 def read_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:
     """The JSON objects of a JSON-lines file (none if it does not exist)."""
     path = pathlib.Path(path)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-from experiments.figures import pyplot, read_jsonl, save
+from experiments.figures import first, pyplot, read_jsonl, save
 
 PAPER_RING = "paper: the ring schedule +40.8% over a contended all-to-all (real links)"
 
 
 def _env(records: list[dict]) -> str:
-    env = next((r for r in records if r.get("bench") == "environment"), {})
+    env = first(records, "environment")
     return f"{env.get('time', '?')}, {env.get('platform', '?')}, jax {env.get('jax', '?')}"
 
 

@@ -13,14 +13,13 @@ import pathlib
 
 import numpy as np
 
-from experiments.figures import pyplot, read_jsonl, save
+from experiments.figures import first, pyplot, read_jsonl, save
 
 PAPER_REPLICATION = "paper: best R vs R = 0, 1.60x (Taobao) to 7.80x (most skewed workload)"
 
 
 def _setting(records: list[dict]) -> str:
-    env = next((r for r in records if r.get("bench") == "environment"), {})
-    rho = next((r for r in records if r.get("bench") == "replication_rho"), {})
+    env, rho = first(records, "environment"), first(records, "replication_rho")
     return (f"bench_replication, {env.get('time', '?')}: {rho.get('devices', '?')} "
             f"{env.get('platform', '?')} devices, {rho.get('batch_per_device', '?')} samples per "
             f"device per step, synthetic Criteo-like stream (26 tables, dim 64); rho from an exact "

@@ -112,12 +112,12 @@ def run_step(name: str, argv: list[str], log: pathlib.Path) -> dict:
 
 
 def _last(path: pathlib.Path, bench: str) -> dict:
-    from experiments.figures import read_jsonl
+    from experiments.figures import first, read_jsonl
 
-    return next((r for r in reversed(read_jsonl(path)) if r.get("bench") == bench), {})
+    return first(read_jsonl(path)[::-1], bench)
 
 
-def summarize(args, ran: list[dict], total_s: float) -> dict:
+def summarize(args, plan: list[tuple[str, list[str]]], ran: list[dict], total_s: float) -> dict:
     e2e = _last(args.results / "end_to_end.jsonl", "end_to_end_summary")
     rep = _last(args.results / "bench_replication.jsonl", "replication_summary")
     figures = sorted(p.name for p in (args.results / "figures").glob("*.png"))
@@ -132,7 +132,7 @@ def summarize(args, ran: list[dict], total_s: float) -> dict:
             "steps": ran, "total_s": round(total_s, 1), "figures": figures,
             "plotted_from_committed_runs": sorted(
                 k for k, path in COMMITTED.items()
-                if any(str(path) in " ".join(cmd) for _, cmd in steps(args))),
+                if any(str(path) in " ".join(cmd) for _, cmd in plan)),
             "index": "index.html", "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
@@ -159,8 +159,9 @@ def main(argv=None) -> int:
     args = parse(argv)
     (args.results / "figures").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    ran = [run_step(name, cmd, args.results / f"{name}.log") for name, cmd in steps(args)]
-    summary = summarize(args, ran, time.perf_counter() - t0)
+    plan = steps(args)
+    ran = [run_step(name, cmd, args.results / f"{name}.log") for name, cmd in plan]
+    summary = summarize(args, plan, ran, time.perf_counter() - t0)
     write_index(args, summary)
     (args.results / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary), flush=True)
