@@ -109,10 +109,14 @@ def parts(w: Workload, mesh, *, profile: str = "measured",
     dense_tx, _ = opts.dense_optimizer("adam", w.dense_lr)
     tables, features = sparse_specs(preset, optimizer=sparse_opt, budget_bytes=1 << 40,
                                     embedding_dim=w.dim)
-    source = SyntheticSource(names=[f.name for f in features], multi_hot=preset.multi_hot,
-                             local_batch=w.batch, alpha=w.alpha, max_vocab=w.max_vocab)
-    return Parts(w, mesh, mcfg, tables, features, sparse_opt, dense_tx, source, profile,
-                 profile_cache)
+    return Parts(w, mesh, mcfg, tables, features, sparse_opt, dense_tx, stream(w, features),
+                 profile, profile_cache)
+
+
+def stream(w: Workload, features: list) -> SyntheticSource:
+    """The workload's batches (global batch ``w.batch``), one column per feature."""
+    return SyntheticSource(names=[f.name for f in features], multi_hot=(1,) * len(features),
+                           local_batch=w.batch, alpha=w.alpha, max_vocab=w.max_vocab)
 
 
 # ------------------------------------------------------- collection systems

@@ -35,10 +35,12 @@ SIZES = {"smoke": dict(steps=2, eval_every=2, warmup=2, eval_size=512),
 
 
 def parse(argv=None):
-    p = mesh_bench_parser(__doc__, "vocabularies capped at 16k, 24 timed steps (about 8 minutes)")
+    p = mesh_bench_parser(__doc__, "vocabularies capped at 16k, 24 timed steps, one workload "
+                                   "(criteo unless --workloads; about 4.5 minutes each)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (CI)")
     p.add_argument("--systems", default=None, help="comma-separated subset of the systems")
-    p.add_argument("--workloads", default=None, help="comma-separated subset (criteo,taobao)")
+    p.add_argument("--workloads", default=None,
+                   help="comma-separated subset (criteo,taobao; --quick's default: criteo)")
     p.add_argument("--figures", default="experiments/results/figures")
     p.add_argument("--profile", choices=("measured", "paper"), default=None,
                    help="the cost profile hypereca's planner plans with: this mesh's, "
@@ -51,6 +53,8 @@ def parse(argv=None):
     args = p.parse_args(argv)
     args.size = "smoke" if args.smoke else "quick" if args.quick else "full"
     args.profile = args.profile or ("paper" if args.smoke else "measured")
+    if args.workloads is None and args.size == "quick":  # one workload: minutes, not ten
+        args.workloads = "criteo"
     for k, v in SIZES[args.size].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -85,15 +89,16 @@ def _warm_up(trainer, state, batches, steps: int):
     return state, seconds, CompileCounter.get().count - before
 
 
-def run_system(name: str, p, args, out) -> dict:
-    """One system's run on one workload: its evaluation points and summary."""
+def run_system(name: str, p, args, out, bench: str = "end_to_end") -> dict:
+    """One system's run on one workload: its evaluation points (``{bench}_point``)
+    and summary (``bench``)."""
     import jax_hypereca as h
     from models.train import evaluate
 
     from experiments.baselines import SYSTEMS
     from experiments.harness import CompileCounter
 
-    tag = dict(workload=p.workload.name, system=name, devices=p.mesh.size)
+    tag = dict(workload=p.workload.name, system=name, devices=p.mesh.size, batch=p.workload.batch)
     t0 = time.perf_counter()
     trainer, state = SYSTEMS[name](p)
     setup_s = time.perf_counter() - t0
@@ -109,20 +114,21 @@ def run_system(name: str, p, args, out) -> dict:
             clock += seconds
             rounds.append(seconds)
             res = evaluate(trainer, state, eval_set, p.workload.batch)
-            points.append(out.emit(dict(bench="end_to_end_point", **tag,
+            points.append(out.emit(dict(bench=f"{bench}_point", **tag,
                                         step=args.warmup + done,
                                         train_s=round(clock, 4), auc=res["auc"],
                                         logloss=res["logloss"],
                                         train_loss=sum(losses) / len(losses))))
     timed = args.steps // args.eval_every * args.eval_every
     step_s = statistics.median(rounds) / args.eval_every
-    record = dict(bench="end_to_end", **tag, samples_per_s=p.workload.batch / step_s,
+    hot = {t: int(r) for t, r in getattr(trainer, "hot_rows", {}).items()}
+    record = dict(bench=bench, **tag, samples_per_s=p.workload.batch / step_s,
                   step_s=step_s, samples_per_s_all_rounds=timed * p.workload.batch / clock,
                   timed_steps=timed, setup_s=round(setup_s, 3),
                   warmup_steps=args.warmup, warmup_s=round(warmup_s, 3),
                   warmup_compiles=warm, compiles_while_timed=compiles_timed,
                   auc=points[-1]["auc"],
-                  hot_rows=int(sum(getattr(trainer, "hot_rows", {}).values())),
+                  hot_rows=sum(hot.values()), hot_rows_per_table=hot,
                   **_counts(trainer, state))
     return out.emit(record)
 
@@ -177,14 +183,15 @@ def main(argv=None) -> int:
         chosen = {k: chosen[k] for k in args.workloads.split(",")}
     records = []
     for w in chosen.values():
-        out.emit(dict(bench="end_to_end_workload", devices=args.devices,
-                      hypereca_profile=args.profile, **w.describe()))
+        out.emit(dict(bench="end_to_end_workload", devices=args.devices, size=args.size,
+                      steps=args.steps, warmup=args.warmup, hypereca_profile=args.profile,
+                      **w.describe()))
         p = baselines.parts(w, mesh, profile=args.profile, profile_cache=args.profile_cache)
         for name in names:
             records.append(run_system(name, p, args, out))
             release_memory()
     summary = summarize(records)
-    summary["figures"] = end_to_end_figures.plot(records, out.records, args)
+    summary["figures"] = end_to_end_figures.plot(out.records, args.figures)
     summary["peak_rss_mb"] = peak_rss_mb()
     out.emit(summary)
     out.close()

@@ -1,22 +1,25 @@
 """The end-to-end run's two figures: (a) throughput of every system with the
 paper's ratios beside ours, (h) held-out AUC against training wall-clock
-time. Plots JSON lines only (no JAX)."""
+time. Plots JSON lines only (no JAX); ``python -m experiments.end_to_end_figures
+FILE...`` plots several runs' files together (reproduce: one per workload)."""
 
 from __future__ import annotations
 
 import pathlib
 
 from experiments.figures import (PAPER_SOURCE, PAPER_THROUGHPUT, SYSTEM_LABELS, first, pyplot,
-                                 save)
+                                 read_jsonl, save)
 
 
-def _setting(records: list[dict], args) -> str:
+def _setting(records: list[dict]) -> str:
     env = first(records, "environment")
     wls = [r for r in records if r.get("bench") == "end_to_end_workload"]
+    w0 = wls[0] if wls else {}
     lines = [f"Measured {env.get('time', '?')} on {env.get('num_devices', '?')} "
              f"{env.get('platform', '?')} devices ({env.get('device', '?')}), "
-             f"{args.devices} in the mesh, jax {env.get('jax', '?')}; size {args.size}: "
-             f"{args.steps} timed steps after {args.warmup} warm-up steps."]
+             f"{w0.get('devices', '?')} in the mesh, jax {env.get('jax', '?')}; size "
+             f"{w0.get('size', '?')}: {w0.get('steps', '?')} timed steps after "
+             f"{w0.get('warmup', '?')} warm-up steps."]
     for w in wls:
         lines.append(f"{w['workload']}: {w['interaction']} on the synthetic Criteo-like stream, "
                      f"alpha {w['alpha']}, {w['features']} tables, {w['vocab_rows']:,} vocabulary "
@@ -80,10 +83,30 @@ def plot_auc(points: list[dict], setting: str, path: pathlib.Path) -> str:
                 "sees the same batches in the same order.")
 
 
-def plot(runs: list[dict], records: list[dict], args) -> list[str]:
-    """Both figures into args.figures; their paths."""
-    setting = _setting(records, args)
-    folder = pathlib.Path(args.figures)
+def plot(records: list[dict], folder: str | pathlib.Path) -> list[str]:
+    """Both figures of the end-to-end records (one run's, or several runs'
+    concatenated: one per workload) into `folder`; their paths."""
+    setting = _setting(records)
+    folder = pathlib.Path(folder)
+    runs = [r for r in records if r.get("bench") == "end_to_end"]
     points = [r for r in records if r.get("bench") == "end_to_end_point"]
     return [plot_throughput(runs, setting, folder / "fig_a_throughput.png"),
             plot_auc(points, setting, folder / "fig_h_auc_vs_time.png")]
+
+
+def main(argv=None) -> int:
+    """python -m experiments.end_to_end_figures FILE... [--figures DIR]"""
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("files", nargs="+", help="end_to_end JSON-lines files (one per workload)")
+    p.add_argument("--figures", default="experiments/results/figures")
+    args = p.parse_args(argv)
+    records = [r for f in args.files for r in read_jsonl(f)]
+    for path in plot(records, args.figures):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

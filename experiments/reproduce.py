@@ -7,8 +7,13 @@ Each step runs in its own process (its own fake-device count, its memory
 returned when it ends) and writes its JSON lines and figures into
 ``--results`` (default experiments/results/reproduce[-quick|-smoke]):
 
-- end_to_end: (a) throughput of every system of baselines.py and (h) AUC
-  against wall-clock time, on the Criteo-like and Taobao-like workloads;
+- end_to_end, once per workload (Criteo-like, Taobao-like; --smoke: the
+  first), then end_to_end_figures: (a) throughput of every system of
+  baselines.py and (h) AUC against wall-clock time;
+- scaling: (b) weak (full size: and strong) scaling over 1-8 devices;
+- projection: the cost model fitted to every step measured in (a) and (b),
+  its leave-one-out error, and its projection to 32 V100s and 32 H100s
+  beside the paper's numbers (--smoke: 512 samples per GPU, not 16384);
 - bench_replication then replication_figures: (e) the two-fold ablation
   (step time against R with the cost model) and (f) coverage rho(R);
 - bench_pipeline and bench_exchange then micro_figures: (g) the step's time
@@ -20,7 +25,8 @@ all but bench_exchange (five more minutes, past its budget; its committed
 quick run is plotted and the summary says so).
 
 The last line printed (and summary.json) is the run's summary:
-``speedup_vs_torchrec_style`` per workload at --devices, every step's
+``speedup_vs_torchrec_style`` per workload at --devices, ``projection_error``,
+the projected speedups per cluster, every step's
 seconds and exit status, and the figures. A failed step is reported and the
 others still run; the exit status is then 1.
 """
@@ -41,8 +47,12 @@ COMMITTED = {  # the micro-benchmarks' committed quick runs (README's numbers)
     "pipeline": HERE / "results" / "bench_pipeline_quick.jsonl",
     "exchange": HERE / "results" / "bench_exchange_cpu_quick.jsonl",
 }
+WORKLOADS = {"smoke": ("criteo",), "quick": ("criteo", "taobao"), "full": ("criteo", "taobao")}
 FIGURES = {  # file -> (paper figure it mirrors, what it shows)
     "fig_a_throughput.png": ("Fig. 14", "(a) end-to-end throughput of every system"),
+    "fig_b_scaling.png": ("the scalability experiment", "(b) weak (and strong) scaling"),
+    "fig_p_projection.png": ("Fig. 14 at 32 GPUs", "projection to 32 V100 / H100, "
+                             "validated on the steps measured here"),
     "fig_h_auc_vs_time.png": ("none (beyond the paper)", "(h) held-out AUC vs training time"),
     "fig_e_ablation.png": ("the two-fold ablation", "(e) step time vs R with the cost model"),
     "fig_f_coverage.png": ("the coverage analysis", "(f) coverage rho(R) of the hot set"),
@@ -72,22 +82,26 @@ def steps(args) -> list[tuple[str, list[str]]]:
     size = [] if args.size == "full" else [f"--{args.size}"]
     res, figs = args.results, str(args.results / "figures")
     dev = ["--devices", str(args.devices)]
-    e2e = ["experiments.end_to_end", *size, *dev, "--out", str(res / "end_to_end.jsonl"),
-           "--figures", figs]
-    if args.smoke:
-        return [("end_to_end", e2e + ["--workloads", "criteo"]),
-                ("replication_figures", ["experiments.replication_figures",
-                                         str(COMMITTED["replication"]), "--figures", figs]),
-                ("micro_figures", ["experiments.micro_figures", "--exchange",
-                                   str(COMMITTED["exchange"]), "--pipeline",
-                                   str(COMMITTED["pipeline"]), "--figures", figs])]
+    e2e = {w: str(res / f"end_to_end_{w}.jsonl") for w in WORKLOADS[args.size]}
+    run = [(f"end_to_end_{w}", ["experiments.end_to_end", *size, *dev, "--workloads", w,
+                                "--out", path, "--figures", figs]) for w, path in e2e.items()]
+    run += [("end_to_end_figures", ["experiments.end_to_end_figures", *e2e.values(),
+                                    "--figures", figs]),
+            ("scaling", ["experiments.scaling", *size, *dev, "--out", str(res / "scaling.jsonl"),
+                         "--end-to-end", e2e["criteo"], "--figures", figs]),
+            ("projection", ["experiments.projection", *e2e.values(), str(res / "scaling.jsonl"),
+                            "--out", str(res / "projection.jsonl"), "--figures", figs,
+                            *(["--batch-per-gpu", "512", "--stat-batches", "1"]
+                              if args.smoke else [])])]
     fresh = {k: res / f"bench_{k}.jsonl" for k in COMMITTED}
-    run = [("end_to_end", e2e),
-           ("bench_replication", ["experiments.bench_replication", *size, *dev,
-                                  "--out", str(fresh["replication"])]),
-           ("bench_pipeline", ["experiments.bench_pipeline", *size, *dev,
-                               "--out", str(fresh["pipeline"]),
-                               "--trace-dir", str(res / "trace")])]
+    if args.smoke:  # the micro-benchmarks' committed quick runs
+        fresh = dict(COMMITTED)
+    else:
+        run += [("bench_replication", ["experiments.bench_replication", *size, *dev,
+                                       "--out", str(fresh["replication"])]),
+                ("bench_pipeline", ["experiments.bench_pipeline", *size, *dev,
+                                    "--out", str(fresh["pipeline"]),
+                                    "--trace-dir", str(res / "trace")])]
     if args.size == "full":
         run.append(("bench_exchange", ["experiments.bench_exchange", *dev,
                                        "--out", str(fresh["exchange"])]))
@@ -118,15 +132,25 @@ def _last(path: pathlib.Path, bench: str) -> dict:
 
 
 def summarize(args, plan: list[tuple[str, list[str]]], ran: list[dict], total_s: float) -> dict:
-    e2e = _last(args.results / "end_to_end.jsonl", "end_to_end_summary")
+    e2e = [_last(args.results / f"end_to_end_{w}.jsonl", "end_to_end_summary")
+           for w in WORKLOADS[args.size]]
+    merged = {k: {w: v for r in e2e for w, v in r.get(k, {}).items()}
+              for k in ("samples_per_s", "speedup_vs_torchrec_style",
+                        "paper_speedup_vs_torchrec")}
     rep = _last(args.results / "bench_replication.jsonl", "replication_summary")
+    proj = _last(args.results / "projection.jsonl", "projection_summary")
     figures = sorted(p.name for p in (args.results / "figures").glob("*.png"))
     return {"bench": "reproduce_summary", "size": args.size, "devices": args.devices,
             "speedup_vs_torchrec_style": {w: v.get("hypereca") for w, v in
-                                          e2e.get("speedup_vs_torchrec_style", {}).items()},
-            "goals": {"speedup_vs_torchrec_style": {"criteo": 2.0, "taobao": 1.5}},
-            "samples_per_s": e2e.get("samples_per_s", {}),
-            "paper_speedup_vs_torchrec": e2e.get("paper_speedup_vs_torchrec", {}),
+                                          merged["speedup_vs_torchrec_style"].items()},
+            "projection_error": proj.get("projection_error"),
+            "goals": {"speedup_vs_torchrec_style": {"criteo": 2.0, "taobao": 1.5},
+                      "projection_error": 0.15},
+            "samples_per_s": merged["samples_per_s"],
+            "paper_speedup_vs_torchrec": merged["paper_speedup_vs_torchrec"],
+            "projected_speedup_vs_torchrec_style": proj.get(
+                "projected_speedup_vs_torchrec_style", {}),
+            "projected_m_samples_per_s": proj.get("projected_m_samples_per_s", {}),
             "replication": {k: rep[k] for k in ("bytes_removed", "model_r2", "chosen_vs_best",
                                                 "projected_speedup_vs_r0") if k in rep},
             "steps": ran, "total_s": round(total_s, 1), "figures": figures,

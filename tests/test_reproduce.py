@@ -35,7 +35,7 @@ def run_smoke(out):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + "".join(
         p.read_text()[-3000:] for p in out.glob("*.log"))
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    records = [json.loads(line) for line in (out / "end_to_end.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "end_to_end_criteo.jsonl").read_text().splitlines()]
     return out, summary, records
 
 
@@ -44,14 +44,20 @@ def check_every_figure_is_written_and_indexed(smoke):
     assert summary["bench"] == "reproduce_summary"
     assert set(summary["figures"]) == {f"fig_{k}.png" for k in (
         "a_throughput", "h_auc_vs_time", "e_ablation", "f_coverage", "d_exchange",
-        "g_breakdown")}
+        "g_breakdown", "b_scaling", "p_projection")}
     assert summary["plotted_from_committed_runs"] == ["exchange", "pipeline", "replication"]
     index = (out / "index.html").read_text()
     for name in summary["figures"]:
         assert (out / "figures" / name).stat().st_size > 10_000
         assert f"figures/{name}" in index
-    assert [s["rc"] for s in summary["steps"]] == [0, 0, 0]
+    assert [s["step"] for s in summary["steps"] if s["rc"] == 0] == [
+        "end_to_end_criteo", "end_to_end_figures", "scaling", "projection",
+        "replication_figures", "micro_figures"]
     assert summary["speedup_vs_torchrec_style"]["criteo"] > 0
+    assert summary["projection_error"] >= 0  # its size is the quick run's business
+    for cluster in ("v100", "h100"):
+        assert summary["projected_speedup_vs_torchrec_style"][cluster]["criteo"][
+            "torchrec_style"] == 1.0
 
 
 def check_every_system_trains_and_every_timed_compile_is_a_counted_rerun(smoke):

@@ -186,14 +186,42 @@ def two_level_alltoall(
 
 def paper_collectives() -> tuple[CollectiveModel, CollectiveModel]:
     """(all-reduce, all-to-all) models of the paper's 4 x 8 GPU cluster."""
-    common = dict(
+    return cluster_collectives(
         gpus_per_node=K.PAPER_GPUS_PER_NODE,
         num_nodes=K.PAPER_NUM_NODES,
         intra_node_bytes_per_s=K.PAPER_PCIE_BYTES_PER_S,
         inter_node_bytes_per_s=K.PAPER_INFINIBAND_BYTES_PER_S,
         latency_s=K.PAPER_MESSAGE_LATENCY_S,
     )
-    return hierarchical_ring_allreduce(**common), two_level_alltoall(**common)
+
+
+def cluster_collectives(**links: float) -> tuple[CollectiveModel, CollectiveModel]:
+    """(all-reduce, all-to-all) models of a g x n GPU cluster: the keywords
+    of :func:`hierarchical_ring_allreduce` (gpus_per_node, num_nodes,
+    intra_node_bytes_per_s, inter_node_bytes_per_s (per node), latency_s)."""
+    return hierarchical_ring_allreduce(**links), two_level_alltoall(**links)
+
+
+def cluster_profile(*, name: str, source: str, **links: float) -> CostProfile:
+    """CostProfile of a g x n GPU cluster from its link figures (the keywords
+    of :func:`cluster_collectives`), e.g. to plan for a cluster other than
+    the paper's: an H100 node's NVLink and its NICs."""
+    ar, a2a = cluster_collectives(**links)
+    g, n = int(links["gpus_per_node"]), int(links["num_nodes"])
+    return CostProfile(
+        name=name,
+        num_devices=g * n,
+        devices_per_node=g,
+        c_ar_per_byte=ar.seconds_per_byte,
+        c_a2a_per_byte=a2a.seconds_per_byte,
+        latency_s=float(links["latency_s"]),
+        ar_fixed_s=ar.fixed_s,
+        a2a_fixed_s=a2a.fixed_s,
+        ar_bytes_sent_per_payload_byte=ar.bytes_sent_per_payload_byte,
+        ar_algorithm="hierarchical_ring",
+        key_bytes=K.KEY_BYTES,
+        source=source,
+    )
 
 
 def paper_profile() -> CostProfile:
@@ -205,19 +233,13 @@ def paper_profile() -> CostProfile:
     C_a2a ~= 5.308e-7 s per lookup; :func:`paper_derivation` lists every
     step.
     """
-    ar, a2a = paper_collectives()
-    return CostProfile(
+    return cluster_profile(
         name="paper-hypereca-4x8-ib100-pcie3",
-        num_devices=K.PAPER_NUM_GPUS,
-        devices_per_node=K.PAPER_GPUS_PER_NODE,
-        c_ar_per_byte=ar.seconds_per_byte,
-        c_a2a_per_byte=a2a.seconds_per_byte,
+        gpus_per_node=K.PAPER_GPUS_PER_NODE,
+        num_nodes=K.PAPER_NUM_NODES,
+        intra_node_bytes_per_s=K.PAPER_PCIE_BYTES_PER_S,
+        inter_node_bytes_per_s=K.PAPER_INFINIBAND_BYTES_PER_S,
         latency_s=K.PAPER_MESSAGE_LATENCY_S,
-        ar_fixed_s=ar.fixed_s,
-        a2a_fixed_s=a2a.fixed_s,
-        ar_bytes_sent_per_payload_byte=ar.bytes_sent_per_payload_byte,
-        ar_algorithm="hierarchical_ring",
-        key_bytes=K.KEY_BYTES,
         source=(
             "HypeReca (USENIX ATC '25) testbed figures: 4 nodes x 8 GPUs, 100 Gb/s "
             "InfiniBand per node, PCIe 3.0 x16 ~12 GB/s per GPU, 10 us per message; "
