@@ -104,7 +104,7 @@ def parts(w: Workload, mesh, *, profile: str = "measured",
                        bottom_mlp=w.bottom_mlp, top_mlp=w.top_mlp,
                        cross_layers=w.cross_layers, cross_low_rank=w.cross_low_rank)
     preset = Preset(name=w.name, model=mcfg, vocab_sizes=w.vocab_sizes,
-                    multi_hot=(1,) * w.features, sparse_lr=w.sparse_lr, dense_lr=w.dense_lr)
+                    multi_hot=w.bags, sparse_lr=w.sparse_lr, dense_lr=w.dense_lr)
     sparse_opt = opts.sparse_optimizer("rowwise_adagrad", w.sparse_lr, initial_accumulator=0.0)
     dense_tx, _ = opts.dense_optimizer("adam", w.dense_lr)
     tables, features = sparse_specs(preset, optimizer=sparse_opt, budget_bytes=1 << 40,
@@ -115,7 +115,7 @@ def parts(w: Workload, mesh, *, profile: str = "measured",
 
 def stream(w: Workload, features: list) -> SyntheticSource:
     """The workload's batches (global batch ``w.batch``), one column per feature."""
-    return SyntheticSource(names=[f.name for f in features], multi_hot=(1,) * len(features),
+    return SyntheticSource(names=[f.name for f in features], multi_hot=w.bags,
                            local_batch=w.batch, alpha=w.alpha, max_vocab=w.max_vocab)
 
 
@@ -181,10 +181,14 @@ class HashedDLRM(nn.Module):
         return interact_and_top(self.config, x, embedded)
 
 
-def _pool(table: jax.Array, idx: jax.Array) -> jax.Array:
-    """Sum pooling of a feature's rows; index -1 marks padding."""
-    rows = jnp.take(table, jnp.maximum(idx, 0), axis=0)
-    return (rows * (idx >= 0)[..., None]).sum(axis=1)
+def _pool(table: jax.Array, idx: list) -> list:
+    """Sum pooling of the rows of every feature looking up `table` ([B, k]
+    indices each; -1 marks padding), with one gather (one gradient
+    scatter-add) for them all."""
+    cat = jnp.concatenate(idx, axis=1)
+    rows = jnp.take(table, jnp.maximum(cat, 0), axis=0) * (cat >= 0)[..., None]
+    bounds = np.cumsum([i.shape[1] for i in idx])[:-1]
+    return [part.sum(axis=1) for part in jnp.split(rows, bounds, axis=1)]
 
 
 def _rowwise_adagrad(opt: h.RowwiseAdagrad) -> Callable:
@@ -237,7 +241,11 @@ class HashedTrainer:
         update = _rowwise_adagrad(p.sparse_opt)
 
         def logits(params, tables, batch):
-            embedded = [_pool(tables[a], i) for (a, _, _), i in zip(self.where, batch["idx"])]
+            embedded = [None] * len(self.where)
+            for a, table in enumerate(tables):
+                mine = [f for f, (arr, _, _) in enumerate(self.where) if arr == a]
+                for f, e in zip(mine, _pool(table, [batch["idx"][f] for f in mine])):
+                    embedded[f] = e
             return self.model.apply({"params": params}, batch["dense"], embedded)
 
         def step(state: HashedState, batch):

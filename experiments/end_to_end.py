@@ -13,10 +13,11 @@ thread two ahead for every system. Systems run one after another, each on
 its own fresh state and the same batches.
 
 Lines: ``end_to_end_point`` per evaluation (train seconds so far, AUC,
-log loss), ``end_to_end`` per system (samples/s of the median round, so a
-round that re-ran a step to raise an exchange capacity, counted in
-``step_reruns`` and ``compiles_while_timed``, does not decide it; over all
-rounds too; exact counts) and last the summary: samples/s of every system and
+log loss), ``end_to_end`` per system (samples/s of the median round among
+those that compiled nothing: a round that re-ran a step to raise an
+exchange capacity, counted in ``step_reruns``, ``compiles_while_timed`` and
+``rounds_compiled``, does not decide it; over all rounds too; every round's
+seconds; exact counts) and last the summary: samples/s of every system and
 ``speedup_vs_torchrec_style`` per workload, with the paper's ratios beside.
 Figures: fig_a_throughput.png and fig_h_auc_vs_time.png in --figures.
 """
@@ -104,13 +105,13 @@ def run_system(name: str, p, args, out, bench: str = "end_to_end") -> dict:
     setup_s = time.perf_counter() - t0
     eval_set = p.source.eval_set(args.eval_size)
     loader = h.prefetch(p.source.train_batches(0), 2, trainer.prepare, name=f"{name}-loader")
-    clock, points, counter, compiles_timed, rounds = 0.0, [], CompileCounter.get(), 0, []
+    clock, points, counter, rounds, compiled = 0.0, [], CompileCounter.get(), [], []
     with contextlib.closing(loader) as batches:
         state, warmup_s, warm = _warm_up(trainer, state, batches, args.warmup)
         for done in range(args.eval_every, args.steps + 1, args.eval_every):
             before = counter.count
             state, seconds, losses = _timed_round(trainer, state, batches, args.eval_every)
-            compiles_timed += counter.count - before
+            compiled.append(counter.count - before)
             clock += seconds
             rounds.append(seconds)
             res = evaluate(trainer, state, eval_set, p.workload.batch)
@@ -120,13 +121,15 @@ def run_system(name: str, p, args, out, bench: str = "end_to_end") -> dict:
                                         logloss=res["logloss"],
                                         train_loss=sum(losses) / len(losses))))
     timed = args.steps // args.eval_every * args.eval_every
-    step_s = statistics.median(rounds) / args.eval_every
+    clean = [s for s, c in zip(rounds, compiled) if c == 0] or rounds
+    step_s = statistics.median(clean) / args.eval_every
     hot = {t: int(r) for t, r in getattr(trainer, "hot_rows", {}).items()}
     record = dict(bench=bench, **tag, samples_per_s=p.workload.batch / step_s,
                   step_s=step_s, samples_per_s_all_rounds=timed * p.workload.batch / clock,
                   timed_steps=timed, setup_s=round(setup_s, 3),
                   warmup_steps=args.warmup, warmup_s=round(warmup_s, 3),
-                  warmup_compiles=warm, compiles_while_timed=compiles_timed,
+                  warmup_compiles=warm, compiles_while_timed=sum(compiled),
+                  rounds_s=[round(s, 4) for s in rounds], rounds_compiled=compiled,
                   auc=points[-1]["auc"],
                   hot_rows=sum(hot.values()), hot_rows_per_table=hot,
                   **_counts(trainer, state))
@@ -159,8 +162,9 @@ def summarize(records: list[dict]) -> dict:
         if base:
             out["speedup_vs_torchrec_style"][wl] = {s: round(v / base, 3) for s, v in by.items()}
         paper = PAPER_THROUGHPUT.get(wl, {})
-        out["paper_speedup_vs_torchrec"][wl] = {
-            s: round(v / paper["torchrec_style"], 3) for s, v in paper.items()}
+        if "torchrec_style" in paper:
+            out["paper_speedup_vs_torchrec"][wl] = {
+                s: round(v / paper["torchrec_style"], 3) for s, v in paper.items()}
     return out
 
 

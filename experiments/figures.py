@@ -15,6 +15,7 @@ from typing import Any
 PAPER_THROUGHPUT = {
     "taobao": {"hypereca": 11.90, "torchrec_style": 5.50, "hugectr_style": 4.70},
     "criteo": {"hypereca": 9.37, "torchrec_style": 2.13, "hugectr_style": 1.35},
+    "mlperf": {"hypereca": 3.27},
 }
 PAPER_SOURCE = "HypeReca (USENIX ATC '25), Fig. 14: 32 V100, 4 nodes, 100 Gb/s IB"
 

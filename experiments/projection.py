@@ -38,8 +38,9 @@ K and M the H100's measured find_or_insert and gather rates
 (experiments/results/h100-2026-11-26, scaled by HBM bandwidth for the V100),
 collectives from the planner's hierarchical-ring all-reduce and two-level
 all-to-all models of the cluster's links; hypereca's embedding exchange is
-the planner's own prediction for its plan. Batch: the paper's 16384 per GPU;
-vocabularies: the full-size workloads (capped at 1M ids per table).
+the planner's own prediction for its plan. Batch: the paper's 16384 per GPU
+(mlperf: MLPerf DLRMv2's 65536 in all, 2048 per GPU); vocabularies: the
+full-size workloads (capped at 1M ids per table).
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ ACC_BYTES = 4            # row-wise Adagrad: one fp32 accumulator per row
 LADDER_OVERSHOOT = 1.44  # the touched-row exchange's buffer over the rows it carries
 DENSE_EFFICIENCY = 0.5   # of fp32 peak, for the MLPs at 16384 samples per GPU (assumed)
 STAT_BATCHES = 8         # batches the stream's counts come from (the plan's batches)
-CLUSTER_STAT_BATCHES = 2  # at 32 x 16384 samples per batch
+CLUSTER_STAT_BATCHES = 1  # of 32 x 16384 samples
+MLPERF_GLOBAL_BATCH = 65536  # MLPerf DLRMv2's reference: 2048 per GPU on 32
+PAPER_BATCH_PER_GPU = 16_384  # the paper's samples per GPU per step (DESIGN.md section 2)
 H100_GATHER_ROWS_PER_S = 3.03e9  # bench_ops_gpu.jsonl: gather, dim 64 (H100, 2026-11-26)
 H100_INDEX_KEYS_PER_S = 6.7e8    # find_or_insert_gather, dim 64
 H100_HBM, V100_HBM = 3.35e12, 0.9e12  # bytes/s, published
@@ -158,12 +161,12 @@ def collection_work(stats: list, hot: dict, n: int, local_batch: int, dim: int,
 
 
 def hashed_work(system: str, tables: list, n: int, local_batch: int, dim: int,
-                flops: float, param_bytes: int) -> Work:
+                flops: float, param_bytes: int, ids_per_sample: int) -> Work:
     """data_parallel / naive_jax / tfde_style: jnp.take and a dense update of
     whole tables, collectives as XLA's SPMD partitioner emits them."""
     from experiments.baselines import _hashed_layout
 
-    rb, feats = dim * 4, len(tables)
+    rb, feats = dim * 4, ids_per_sample
     placement = {"data_parallel": "replicated", "naive_jax": "row_sharded",
                  "tfde_style": "table_wise"}[system]
     rows, _ = _hashed_layout(types.SimpleNamespace(mesh=types.SimpleNamespace(size=n),
@@ -186,7 +189,8 @@ def step_work(system: str, p, n: int, local_batch: int, stats: list, hot: dict,
     flops, param_bytes = dense
     if system in COLLECTION:
         return collection_work(stats, hot, n, local_batch, p.workload.dim, flops, param_bytes)
-    return hashed_work(system, p.tables, n, local_batch, p.workload.dim, flops, param_bytes)
+    return hashed_work(system, p.tables, n, local_batch, p.workload.dim, flops, param_bytes,
+                       sum(p.workload.bags))
 
 
 def hugectr_hot(p, batches: list[dict]) -> dict:
@@ -347,6 +351,11 @@ def project(cluster: str, workload: str, streams: Streams, systems: list[str],
 
 
 
+def batch_per_gpu(workload: str) -> int:
+    """The paper's 16384 samples per GPU; MLPerf DLRMv2's reference batch for mlperf."""
+    return MLPERF_GLOBAL_BATCH // 32 if workload == "mlperf" else PAPER_BATCH_PER_GPU
+
+
 # ------------------------------------------------------------ the run
 def validate(points: list[dict], out) -> dict:
     """Fit on every point, predict each one left out; emits a line per point."""
@@ -386,7 +395,8 @@ def summarize(fitted: dict, projected: list[dict]) -> dict:
                 projected_speedup_vs_torchrec_style=speedup,
                 paper_speedup_vs_torchrec={w: {s: round(v / by["torchrec_style"], 3)
                                                for s, v in by.items()}
-                                           for w, by in PAPER_THROUGHPUT.items()})
+                                           for w, by in PAPER_THROUGHPUT.items()
+                                           if "torchrec_style" in by})
 
 
 def main(argv=None) -> int:
@@ -394,13 +404,13 @@ def main(argv=None) -> int:
     p.add_argument("files", nargs="+", help="end_to_end / scaling JSON lines")
     p.add_argument("--out", help="also write the JSON lines to this file")
     p.add_argument("--figures", default="experiments/results/figures")
-    p.add_argument("--workloads", default="criteo,taobao", help="projected workloads")
+    p.add_argument("--workloads", default="criteo,taobao,mlperf", help="projected workloads")
     p.add_argument("--batch-per-gpu", type=int, default=None,
-                   help="samples per GPU in the projection (default: the paper's, 16384)")
+                   help="samples per GPU in the projection (default: the paper's 16384; "
+                        "mlperf: 2048, MLPerf DLRMv2's 65536 over 32)")
     p.add_argument("--stat-batches", type=int, default=CLUSTER_STAT_BATCHES,
                    help="batches of 32 x batch-per-gpu the projection counts ids in")
     args = p.parse_args(argv)
-    from jax_hypereca.planner.constants import PAPER_BATCH_PER_GPU
 
     from experiments import projection_figures
     from experiments.baselines import SYSTEMS
@@ -409,13 +419,18 @@ def main(argv=None) -> int:
 
     out = JsonLines(args.out)
     out.emit(environment())
+    out.emit(dict(bench="projection_assumptions", dense_efficiency=DENSE_EFFICIENCY,
+                  clusters={k: {**v, "links": v["links"] or "the paper's"}
+                            for k, v in CLUSTERS.items()},
+                  h100_gather_rows_per_s=H100_GATHER_ROWS_PER_S,
+                  h100_index_keys_per_s=H100_INDEX_KEYS_PER_S))
     records = [r for f in args.files for r in read_jsonl(f)]
     streams = Streams()
     points = measured_points(records, streams)
     fitted = validate(points, out)
     projected = [out.emit(r) for c in CLUSTERS for w in args.workloads.split(",")
                  for r in project(c, w, streams, list(SYSTEMS),
-                                  args.batch_per_gpu or PAPER_BATCH_PER_GPU, args.stat_batches)]
+                                  args.batch_per_gpu or batch_per_gpu(w), args.stat_batches)]
     summary = summarize(fitted, projected)
     summary["figures"] = projection_figures.plot(out.records, args.figures)
     out.emit(summary)

@@ -49,6 +49,8 @@ def _cluster(ax, projected: list[dict], cluster: str, paper: bool) -> None:
                    if k == 0 else None)
     ax.set_xticks([k + 0.425 - width / 2 for k in range(len(workloads))], workloads)
     ax.set_yscale("log")
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, hi * 30)  # room for the legend above the bars
     ax.set_ylabel("projected throughput (M samples/s, 32 GPUs)")
     ax.set_title(f"projected: {cluster.upper()}" + (" (hatched: the paper)" if paper else ""),
                  fontsize=9)
@@ -57,9 +59,8 @@ def _cluster(ax, projected: list[dict], cluster: str, paper: bool) -> None:
 
 def plot(records: list[dict], folder: str | pathlib.Path) -> list[str]:
     """fig_p_projection.png; its path."""
-    from experiments.projection import CLUSTERS, DENSE_EFFICIENCY
-
     plt = pyplot()
+    assumed = first(records, "projection_assumptions")
     points = [r for r in records if r.get("bench") == "projection_point"]
     projected = [r for r in records if r.get("bench") == "projection"]
     fit = first(records, "projection_fit")
@@ -73,11 +74,12 @@ def plot(records: list[dict], folder: str | pathlib.Path) -> list[str]:
             f"dashed: +-15%. Fitted rates (s per unit, totals over devices): {rates}; "
             f"r^2 {fit['r2']:.3f}.\n"
             "Middle, right: the same work counts per device at 32 GPUs, 16384 samples per GPU "
-            "(the paper's), the full-size workloads (vocabularies capped at 1M, dim 64; the "
-            "paper: Criteo Kaggle / Taobao, dim 128). Devices in parallel, no overlap of "
-            f"stages. Dense: fp32 peak x {DENSE_EFFICIENCY} (assumed). Index and rows: the H100's "
+            "(the paper's; mlperf: 2048, MLPerf DLRMv2's 65536 in all), the full-size workloads "
+            "(vocabularies capped at 1M; dim 64, mlperf 128; the paper: Criteo Kaggle / Taobao / "
+            "Criteo Terabyte, dim 128). Devices in parallel, no overlap of "
+            f"stages. Dense: fp32 peak x {assumed['dense_efficiency']} (assumed). Index and rows: the H100's "
             "measured find_or_insert and gather rates, x HBM bandwidth ratio for the V100. "
-            "Links: " + "; ".join(c["label"] for c in CLUSTERS.values()) + ", planner's "
+            "Links: " + "; ".join(c["label"] for c in assumed["clusters"].values()) + ", planner's "
             "hierarchical-ring and two-level all-to-all models. hypereca: the planner's hot fold "
             "for that cluster.\nTrust: the work counts are exact, the rates are not measured on "
             "any cluster; a projection says what the counted work implies at published link "

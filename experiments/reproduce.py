@@ -11,6 +11,7 @@ returned when it ends) and writes its JSON lines and figures into
   first), then end_to_end_figures: (a) throughput of every system of
   baselines.py and (h) AUC against wall-clock time;
 - scaling: (b) weak (full size: and strong) scaling over 1-8 devices;
+- bench_index: (c) index throughput, the batched index vs a single-lock one;
 - projection: the cost model fitted to every step measured in (a) and (b),
   its leave-one-out error, and its projection to 32 V100s and 32 H100s
   beside the paper's numbers (--smoke: 512 samples per GPU, not 16384);
@@ -47,10 +48,13 @@ COMMITTED = {  # the micro-benchmarks' committed quick runs (README's numbers)
     "pipeline": HERE / "results" / "bench_pipeline_quick.jsonl",
     "exchange": HERE / "results" / "bench_exchange_cpu_quick.jsonl",
 }
-WORKLOADS = {"smoke": ("criteo",), "quick": ("criteo", "taobao"), "full": ("criteo", "taobao")}
+WORKLOADS = {"smoke": ("criteo",), "quick": ("criteo", "taobao"),
+             "full": ("criteo", "taobao", "mlperf")}
 FIGURES = {  # file -> (paper figure it mirrors, what it shows)
     "fig_a_throughput.png": ("Fig. 14", "(a) end-to-end throughput of every system"),
     "fig_b_scaling.png": ("the scalability experiment", "(b) weak (and strong) scaling"),
+    "fig_c_index.png": ("the index experiment (8.26x)", "(c) index throughput: batched vs "
+                        "single-lock vs hashing"),
     "fig_p_projection.png": ("Fig. 14 at 32 GPUs", "projection to 32 V100 / H100, "
                              "validated on the steps measured here"),
     "fig_h_auc_vs_time.png": ("none (beyond the paper)", "(h) held-out AUC vs training time"),
@@ -91,8 +95,10 @@ def steps(args) -> list[tuple[str, list[str]]]:
                          "--end-to-end", e2e["criteo"], "--figures", figs]),
             ("projection", ["experiments.projection", *e2e.values(), str(res / "scaling.jsonl"),
                             "--out", str(res / "projection.jsonl"), "--figures", figs,
-                            *(["--batch-per-gpu", "512", "--stat-batches", "1"]
-                              if args.smoke else [])])]
+                            *(["--batch-per-gpu", "512", "--workloads", "criteo"]
+                              if args.smoke else [])]),
+            ("bench_index", ["experiments.bench_index", *size, "--out",
+                             str(res / "bench_index.jsonl"), "--figures", figs])]
     fresh = {k: res / f"bench_{k}.jsonl" for k in COMMITTED}
     if args.smoke:  # the micro-benchmarks' committed quick runs
         fresh = dict(COMMITTED)

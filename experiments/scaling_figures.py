@@ -21,11 +21,13 @@ def plot(records: list[dict], end_to_end: list[dict], folder: str | pathlib.Path
         for i, s in enumerate(systems):
             pts = sorted((r["devices"], r["samples_per_s"]) for r in runs
                          if r["mode"] == mode and r["system"] == s)
-            pts += [(r["devices"], r["samples_per_s"]) for r in end_to_end
-                    if mode == "weak" and r["system"] == s]
-            pts.sort()
             ax.plot([d for d, _ in pts], [v for _, v in pts], marker="o", color=f"C{i}",
                     label=SYSTEM_LABELS.get(s, s))
+            fig_a = [(r["devices"], r["samples_per_s"]) for r in end_to_end
+                     if mode == "weak" and r["system"] == s]
+            ax.scatter([d for d, _ in fig_a], [v for _, v in fig_a], marker="*", s=120,
+                       color=f"C{i}", edgecolor="black", linewidth=0.5, zorder=3,
+                       label=f"{SYSTEM_LABELS.get(s, s)}, figure (a)'s run" if fig_a else None)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted({r["devices"] for r in runs} | {r["devices"] for r in end_to_end}))
         ax.get_xaxis().set_major_formatter(plt.ScalarFormatter())
@@ -42,8 +44,8 @@ def plot(records: list[dict], end_to_end: list[dict], folder: str | pathlib.Path
                f"vocabulary rows); weak: global batch {w.get('batch')} / "
                f"{w.get('devices')} x devices; strong: {w.get('batch')}. hypereca plans its "
                "hot fold for the paper's 32-GPU cluster."
-               + ("\nPoints at the largest mesh also from figure (a)'s run."
-                  if end_to_end else "") +
+               + ("\nStars: figure (a)'s run on its mesh (hypereca there plans for this "
+                  "mesh's measured profile)." if end_to_end else "") +
                "\nFake CPU devices share this machine's cores: ideal scaling is a flat line "
                "here, not a rising one; projection.py projects to devices that do not share.")
     return [save(fig, pathlib.Path(folder) / "fig_b_scaling.png", setting)]

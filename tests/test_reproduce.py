@@ -44,14 +44,14 @@ def check_every_figure_is_written_and_indexed(smoke):
     assert summary["bench"] == "reproduce_summary"
     assert set(summary["figures"]) == {f"fig_{k}.png" for k in (
         "a_throughput", "h_auc_vs_time", "e_ablation", "f_coverage", "d_exchange",
-        "g_breakdown", "b_scaling", "p_projection")}
+        "g_breakdown", "b_scaling", "p_projection", "c_index")}
     assert summary["plotted_from_committed_runs"] == ["exchange", "pipeline", "replication"]
     index = (out / "index.html").read_text()
     for name in summary["figures"]:
         assert (out / "figures" / name).stat().st_size > 10_000
         assert f"figures/{name}" in index
     assert [s["step"] for s in summary["steps"] if s["rc"] == 0] == [
-        "end_to_end_criteo", "end_to_end_figures", "scaling", "projection",
+        "end_to_end_criteo", "end_to_end_figures", "scaling", "projection", "bench_index",
         "replication_figures", "micro_figures"]
     assert summary["speedup_vs_torchrec_style"]["criteo"] > 0
     assert summary["projection_error"] >= 0  # its size is the quick run's business
