@@ -22,7 +22,8 @@ PAPER_SOURCE = "HypeReca (USENIX ATC '25), Fig. 14: 32 V100, 4 nodes, 100 Gb/s I
 SYSTEM_LABELS = {"hypereca": "jax_hypereca", "torchrec_style": "TorchRec-style",
                  "hugectr_style": "HugeCTR-style", "tfde_style": "TFDE-style",
                  "data_parallel": "data parallel",
-                 "naive_jax": "naive JAX (jnp.take)"}
+                 "naive_jax": "naive JAX (jnp.take)",
+                 "torchrec_no_dedup": "TorchRec as shipped (ids not deduplicated; projected)"}
 
 
 def pyplot():

@@ -51,7 +51,10 @@ import types
 
 import numpy as np
 
-COLLECTION = ("hypereca", "torchrec_style", "hugectr_style")
+COLLECTION = ("hypereca", "torchrec_style", "hugectr_style", "torchrec_no_dedup")
+# Projected only: TorchRec as shipped sends every id of its KJT (no dedup) and
+# gets back one pooled partial row per sample, feature and remote owner.
+PROJECTED_ONLY = ("torchrec_no_dedup",)
 KEY_BYTES = 8
 ACC_BYTES = 4            # row-wise Adagrad: one fp32 accumulator per row
 LADDER_OVERSHOOT = 1.44  # the touched-row exchange's buffer over the rows it carries
@@ -292,6 +295,20 @@ def cluster_models(name: str):
             *cluster_collectives(**links))
 
 
+def no_dedup_exchange_s(stats: list, bags: tuple, local_batch: int, profile,
+                        dim: int) -> float:
+    """TorchRec's row-wise all-to-all as shipped: every id of a device's batch
+    to its owner (8 bytes), and per sample and feature one pooled partial
+    row back from each remote owner of its bag's ids (and its gradient)."""
+    w, total = profile.num_devices, 0.0
+    for (st, _), k in zip(stats, bags):
+        ids = st.total_lookups / (st.num_batches * w) * (w - 1) / w
+        owners = (w - 1) * (1 - (1 - 1 / w) ** k)  # remote owners among a bag's k ids
+        nbytes = ids * KEY_BYTES + local_batch * owners * 2 * dim * 4
+        total += profile.a2a_fixed_s + nbytes * profile.c_a2a_per_byte
+    return total
+
+
 def embedding_exchange_s(system: str, stats: list, hot: dict, plan, profile, dim: int) -> float:
     """The planner's L(R) summed over tables: hypereca's plan as the planner
     predicts it (touched hot rows); TorchRec-style with R = 0; HugeCTR-style
@@ -335,8 +352,10 @@ def project(cluster: str, workload: str, streams: Streams, systems: list[str],
                      index_s=work.key_ops / (H100_INDEX_KEYS_PER_S * ratio),
                      rows_s=work.row_bytes / rows_per_s)
         if system in COLLECTION:
-            parts["exchange_s"] = (embedding_exchange_s(system, stats, hot, plan, profile,
-                                                        p.workload.dim)
+            emb = (no_dedup_exchange_s(stats, p.workload.bags, batch // n, profile,
+                                       p.workload.dim) if system in PROJECTED_ONLY else
+                   embedding_exchange_s(system, stats, hot, plan, profile, p.workload.dim))
+            parts["exchange_s"] = (emb
                                    + ar.fixed_s + streams.dense(p)[1] * ar.seconds_per_byte)
         else:
             parts["exchange_s"] = (ar.fixed_s + work.ar_bytes * ar.seconds_per_byte
@@ -387,7 +406,12 @@ def summarize(fitted: dict, projected: list[dict]) -> dict:
                     and q["workload"] == r["workload"] and q["system"] == "torchrec_style")
         speedup.setdefault(r["cluster"], {}).setdefault(r["workload"], {})[r["system"]] = \
             round(r["samples_per_s"] / base, 3)
+    hyper = {c: {w: {"vs_torchrec_style": by["hypereca"],
+                     "vs_torchrec_as_shipped": round(by["hypereca"] / by["torchrec_no_dedup"], 3)}
+                 for w, by in per.items() if "torchrec_no_dedup" in by}
+             for c, per in speedup.items()}
     return dict(bench="projection_summary", projection_error=round(fitted["projection_error"], 4),
+                projected_hypereca_speedup=hyper,
                 goal_projection_error=0.15, points=fitted["points"], r2=round(fitted["r2"], 4),
                 projected_m_samples_per_s={
                     f"{r['cluster']}/{r['workload']}/{r['system']}":
@@ -429,7 +453,7 @@ def main(argv=None) -> int:
     points = measured_points(records, streams)
     fitted = validate(points, out)
     projected = [out.emit(r) for c in CLUSTERS for w in args.workloads.split(",")
-                 for r in project(c, w, streams, list(SYSTEMS),
+                 for r in project(c, w, streams, [*SYSTEMS, *PROJECTED_ONLY],
                                   args.batch_per_gpu or batch_per_gpu(w), args.stat_batches)]
     summary = summarize(fitted, projected)
     summary["figures"] = projection_figures.plot(out.records, args.figures)
