@@ -111,7 +111,7 @@ def table_stats(w, features, n: int, batches: list[dict]) -> list:
     out = []
     for f in features:
         cols = [np.asarray(b["ids"][f.name], np.int64).reshape(-1) for b in batches]
-        st = collect_table_stats(([c for c in np.split(col, n)] for col in cols), name=f.table,
+        st = collect_table_stats((np.split(col, n) for col in cols), name=f.table,
                                  dim=w.dim, num_devices=n, max_batches=len(cols),
                                  owner_fn=lambda ids, n=n: h.owner_of(ids, n))
         out.append((st, [np.unique(c) for c in cols]))

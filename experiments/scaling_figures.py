@@ -43,7 +43,9 @@ def plot(records: list[dict], end_to_end: list[dict], folder: str | pathlib.Path
                f"Criteo-like workload (alpha {w.get('alpha')}, {w.get('vocab_rows', 0):,} "
                f"vocabulary rows); weak: global batch {w.get('batch')} / "
                f"{w.get('devices')} x devices; strong: {w.get('batch')}. hypereca plans its "
-               "hot fold for the paper's 32-GPU cluster."
+               "hot fold for the paper's 32-GPU cluster: tens of thousands of replicated rows, "
+               "whose all-reduce and update cost more here than the memory-copy exchange they "
+               "save (see projection.py for where they pay)."
                + ("\nStars: figure (a)'s run on its mesh (hypereca there plans for this "
                   "mesh's measured profile)." if end_to_end else "") +
                "\nFake CPU devices share this machine's cores: ideal scaling is a flat line "
