@@ -95,7 +95,9 @@ class Parts:
         return self.source.eval_set(self.workload.batch)
 
     def plan_batches(self) -> list[dict]:
-        return [b for _, b in zip(range(PLAN_BATCHES), self.source.train_batches(0))]
+        """The first global batches (every process sees the same: plans agree)."""
+        whole = stream(self.workload, self.features)
+        return [b for _, b in zip(range(PLAN_BATCHES), whole.train_batches(0))]
 
 
 def parts(w: Workload, mesh, *, profile: str = "measured",
@@ -109,14 +111,18 @@ def parts(w: Workload, mesh, *, profile: str = "measured",
     dense_tx, _ = opts.dense_optimizer("adam", w.dense_lr)
     tables, features = sparse_specs(preset, optimizer=sparse_opt, budget_bytes=1 << 40,
                                     embedding_dim=w.dim)
-    return Parts(w, mesh, mcfg, tables, features, sparse_opt, dense_tx, stream(w, features),
-                 profile, profile_cache)
+    source = stream(w, features, jax.process_index(), jax.process_count())
+    return Parts(w, mesh, mcfg, tables, features, sparse_opt, dense_tx, source, profile,
+                 profile_cache)
 
 
-def stream(w: Workload, features: list) -> SyntheticSource:
-    """The workload's batches (global batch ``w.batch``), one column per feature."""
+def stream(w: Workload, features: list, process: int = 0,
+           processes: int = 1) -> SyntheticSource:
+    """The workload's batches, one column per feature: this process's share
+    of each global batch of ``w.batch`` samples."""
     return SyntheticSource(names=[f.name for f in features], multi_hot=w.bags,
-                           local_batch=w.batch, alpha=w.alpha, max_vocab=w.max_vocab)
+                           local_batch=w.batch // processes, process=process,
+                           num_processes=processes, alpha=w.alpha, max_vocab=w.max_vocab)
 
 
 # ------------------------------------------------------- collection systems

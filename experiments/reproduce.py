@@ -10,7 +10,8 @@ returned when it ends) and writes its JSON lines and figures into
 - end_to_end, once per workload (Criteo-like, Taobao-like; --smoke: the
   first), then end_to_end_figures: (a) throughput of every system of
   baselines.py and (h) AUC against wall-clock time;
-- scaling: (b) weak (full size: and strong) scaling over 1-8 devices;
+- scaling_processes then scaling: (b) weak (full size: and strong) scaling
+  over 1-8 devices, and the 8-device mesh split over 2 processes;
 - bench_index: (c) index throughput, the batched index vs a single-lock one;
 - projection: the cost model fitted to every step measured in (a) and (b),
   its leave-one-out error, and its projection to 32 V100s and 32 H100s
@@ -92,8 +93,11 @@ def steps(args) -> list[tuple[str, list[str]]]:
                                 "--out", path, "--figures", figs]) for w, path in e2e.items()]
     run += [("end_to_end_figures", ["experiments.end_to_end_figures", *e2e.values(),
                                     "--figures", figs]),
+            ("scaling_processes", ["experiments.scaling_processes", *size, *dev,
+                                   "--out", str(res / "scaling_processes.jsonl")]),
             ("scaling", ["experiments.scaling", *size, *dev, "--out", str(res / "scaling.jsonl"),
-                         "--end-to-end", e2e["criteo"], "--figures", figs]),
+                         "--end-to-end", e2e["criteo"], "--figures", figs,
+                         "--processes-run", str(res / "scaling_processes.jsonl")]),
             ("projection", ["experiments.projection", *e2e.values(), str(res / "scaling.jsonl"),
                             "--out", str(res / "projection.jsonl"), "--figures", figs,
                             *(["--batch-per-gpu", "512", "--workloads", "criteo"]

@@ -15,7 +15,9 @@ on a mesh of the first n of --devices devices, with end_to_end.run_system
 hypereca plans its hot fold for the paper's 32-GPU cluster (``--profile
 paper``: the same plan on every mesh, no per-mesh profiling). With
 ``--end-to-end FILE`` the figure also draws figure (a)'s points (its mesh,
-its batch) where they belong: weak scaling at --devices.
+its batch) where they belong: weak scaling at --devices; with
+``--processes-run FILE`` the same mesh split over processes
+(scaling_processes.py).
 
 On fake CPU devices every device shares this machine's cores, so the total
 throughput cannot grow with n here: a perfectly scaling system shows a flat
@@ -32,7 +34,7 @@ import dataclasses
 
 from experiments.cli import mesh_bench_parser, use_fake_devices
 
-SIZES = {"smoke": dict(steps=2, eval_every=2, warmup=2, eval_size=256, counts=(1,),
+SIZES = {"smoke": dict(steps=2, eval_every=2, warmup=2, eval_size=512, counts=(1,),
                        modes="weak"),
          "quick": dict(steps=8, eval_every=4, warmup=4, eval_size=4096, counts=(1, 2, 4),
                        modes="weak"),
@@ -49,6 +51,8 @@ def parse(argv=None):
                    help=f"comma-separated (default all; --quick and --smoke: {QUICK_SYSTEMS})")
     p.add_argument("--modes", default=None, help="weak,strong (default: the size's)")
     p.add_argument("--end-to-end", default=None, help="figure (a)'s JSON lines, drawn too")
+    p.add_argument("--processes-run", default=None,
+                   help="scaling_processes' JSON lines (the mesh over processes), drawn too")
     p.add_argument("--figures", default="experiments/results/figures")
     args = p.parse_args(argv)
     args.size = "smoke" if args.smoke else "quick" if args.quick else "full"
@@ -99,7 +103,9 @@ def main(argv=None) -> int:
                 release_memory()
     e2e = [r for r in read_jsonl(args.end_to_end) if r.get("bench") == "end_to_end"
            and r.get("workload") == w.name] if args.end_to_end else []
-    figures = scaling_figures.plot(out.records, e2e, args.figures)
+    procs = [r for r in read_jsonl(args.processes_run) if r.get("bench") == "scaling"
+             ] if args.processes_run else []
+    figures = scaling_figures.plot(out.records, e2e, args.figures, procs)
     out.emit(dict(bench="scaling_summary", samples_per_s={
         f"{r['mode']}/{r['system']}/{r['devices']}": round(r["samples_per_s"], 1)
         for r in runs}, figures=figures, peak_rss_mb=peak_rss_mb()))

@@ -3,9 +3,9 @@ and the systems that share the math agree (I2).
 
 The collection systems (hypereca with its planned hot fold, TorchRec-style,
 HugeCTR-style with replicated small tables) differ only in where rows live
-and how they move, so their held-out AUC after the same batches is the same;
-the three hashed-table systems (replicated, row-sharded, table-wise)
-likewise."""
+and how they move, so their held-out AUC after the same batches is the same,
+and the same on one mesh split over 2 processes; the three hashed-table
+systems (replicated, row-sharded, table-wise) likewise."""
 
 import json
 import pathlib
@@ -51,7 +51,8 @@ def check_every_figure_is_written_and_indexed(smoke):
         assert (out / "figures" / name).stat().st_size > 10_000
         assert f"figures/{name}" in index
     assert [s["step"] for s in summary["steps"] if s["rc"] == 0] == [
-        "end_to_end_criteo", "end_to_end_figures", "scaling", "projection", "bench_index",
+        "end_to_end_criteo", "end_to_end_figures", "scaling_processes", "scaling",
+        "projection", "bench_index",
         "replication_figures", "micro_figures"]
     assert summary["speedup_vs_torchrec_style"]["criteo"] > 0
     assert summary["projection_error"] >= 0  # its size is the quick run's business
@@ -77,7 +78,17 @@ def check_every_system_trains_and_every_timed_compile_is_a_counted_rerun(smoke):
 
 
 def check_systems_with_the_same_math_reach_the_same_auc(smoke):
-    _, _, records = smoke
+    out, _, records = smoke
+    # the same mesh and batches split over 2 processes (scaling_processes) train the same model
+    split = [json.loads(line)
+             for line in (out / "scaling_processes.jsonl").read_text().splitlines()]
+    one = {r["system"]: r for r in records if r["bench"] == "end_to_end_point"}
+    over = {r["system"]: r for r in split if r["bench"] == "scaling_point"}
+    assert set(over) == {"hypereca", "torchrec_style"}
+    for name, r in over.items():
+        assert r["processes"] == 2 and r["step"] == one[name]["step"]
+        assert r["auc"] == pytest.approx(one[name]["auc"], abs=1e-6), name
+        assert r["train_loss"] == pytest.approx(one[name]["train_loss"], rel=1e-5), name
     points = {}
     for r in records:
         if r["bench"] == "end_to_end_point":
