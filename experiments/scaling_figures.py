@@ -18,7 +18,7 @@ def plot(records: list[dict], end_to_end: list[dict], folder: str | pathlib.Path
     runs = [r for r in records if r.get("bench") == "scaling"]
     modes = list(dict.fromkeys(r["mode"] for r in runs)) or ["weak"]
     systems = list(dict.fromkeys(r["system"] for r in runs))
-    fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(modes), figsize=(9.5 * len(modes), 4.4), squeeze=False)
     for ax, mode in zip(axes[0], modes):
         for i, s in enumerate(systems):
             pts = sorted((r["devices"], r["samples_per_s"]) for r in runs
@@ -43,7 +43,8 @@ def plot(records: list[dict], end_to_end: list[dict], folder: str | pathlib.Path
         ax.set_ylabel("training throughput (samples/s, all devices)")
         ax.set_title(f"(b) {mode} scaling" + (": batch per device fixed" if mode == "weak"
                                              else ": global batch fixed"))
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.subplots_adjust(right=0.68)
     env, w = first(records, "environment"), first(records, "scaling_workload")
     setting = (f"Measured {env.get('time', '?')} on {env.get('platform', '?')} "
                f"({env.get('device', '?')}), jax {env.get('jax', '?')}, size {w.get('size')}: "
