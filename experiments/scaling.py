@@ -48,7 +48,8 @@ def parse(argv=None):
                                    "(about 3 minutes)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (CI)")
     p.add_argument("--systems", default=None,
-                   help=f"comma-separated (default all; --quick and --smoke: {QUICK_SYSTEMS})")
+                   help=f"comma-separated (default all; --quick: {QUICK_SYSTEMS}; --smoke: "
+                        "torchrec_style,naive_jax)")
     p.add_argument("--modes", default=None, help="weak,strong (default: the size's)")
     p.add_argument("--end-to-end", default=None, help="figure (a)'s JSON lines, drawn too")
     p.add_argument("--processes-run", default=None,
@@ -59,8 +60,8 @@ def parse(argv=None):
     for k, v in SIZES[args.size].items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
-    if args.systems is None and args.size != "full":
-        args.systems = QUICK_SYSTEMS
+    if args.systems is None and args.size != "full":  # smoke (CI): one of each family
+        args.systems = QUICK_SYSTEMS if args.size == "quick" else "torchrec_style,naive_jax"
     args.profile, args.profile_cache = "paper", None  # run_system's parts
     return args
 

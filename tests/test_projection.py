@@ -35,8 +35,7 @@ def collective_bytes(hlo: str) -> dict[str, int]:
     return out
 
 
-@pytest.mark.parametrize("system", ["naive_jax", "tfde_style", "data_parallel"])
-@pytest.mark.parametrize("n", [2, 4])
+@pytest.mark.parametrize("system,n", [("naive_jax", 2), ("tfde_style", 4), ("data_parallel", 4)])
 def test_hashed_systems_collectives_are_the_bytes_the_model_charges(system, n):
     w = workloads("smoke")["criteo"]
     p = baselines.parts(w, h.make_mesh(jax.devices()[:n]))
