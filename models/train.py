@@ -53,6 +53,9 @@ def _field(default, help: str, **kw):
     return dataclasses.field(default=default, metadata={"help": help, **kw})
 
 
+_DEFAULT_TABLE_MB = 512
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """Everything the train command does; each field is a flag (``--batch``
@@ -99,12 +102,16 @@ class TrainConfig:
     prefetch: int = _field(3, "batches the loader thread prepares ahead (stage A); 0: "
                               "prepared in the training thread (no loader thread: faster "
                               "where XLA already keeps every core busy, e.g. 2 CPU cores)")
-    table_memory_mb: float = _field(512, "memory budget of all tables (bounds capacities); "
-                                         "with --host-tier, of the device tier")
+    table_memory_mb: float = _field(_DEFAULT_TABLE_MB, "memory budget of all tables (bounds "
+                                                      "capacities); with --host-tier, of the "
+                                                      "device tier")
     host_tier: bool = _field(False, "keep the rows the tables evict in host memory and bring "
                                     "them back when a batch needs them: tables larger than "
                                     "--table-memory-mb train as if all on the device (one "
                                     "process)")
+    device_table_mb: float | None = _field(None, "the device tier's memory budget (MB) with "
+                                                 "the host tier behind it: the same as "
+                                                 "--host-tier --table-memory-mb N")
     host_ttl_steps: int | None = _field(None, "with --host-tier: rows in host memory not "
                                               "looked up for this many steps are dropped "
                                               "(counted as ttl_evicted; default: kept)")
@@ -136,6 +143,13 @@ class TrainConfig:
     progress: bool = _field(True, "show a progress bar")
 
     def __post_init__(self):
+        if self.device_table_mb is not None:
+            default = _DEFAULT_TABLE_MB
+            if self.table_memory_mb not in (default, self.device_table_mb):
+                raise ValueError(f"--device-table-mb {self.device_table_mb} and --table-memory-mb "
+                                 f"{self.table_memory_mb} name two device budgets: give one")
+            object.__setattr__(self, "table_memory_mb", self.device_table_mb)
+            object.__setattr__(self, "host_tier", True)
         if self.host_ttl_steps is not None and not self.host_tier:
             raise ValueError("--host-ttl-steps needs --host-tier")
         if not self.table_memory_mb > 0:

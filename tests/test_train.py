@@ -317,9 +317,21 @@ def check_host_tier_run(got: dict, times: float) -> None:
 
 
 def test_a_table_past_its_device_budget_trains_through_the_command(tmp_path):
-    got = host_tier_run(tmp_path, 1024, 16, "--host-ttl-steps", "12")
+    # the spelling: --device-table-mb N = --host-tier --table-memory-mb N
+    got = run(["--preset", "tiny", "--batch", "1024", "--steps", "16", "--eval-every", "16",
+               "--eval-size", "4096", "--log-every", "16", "--no-progress", "--devices", "2",
+               "--bottom-mlp", "16", "--top-mlp", "8", "--prefetch", "0",
+               "--device-table-mb", "1.5", "--host-ttl-steps", "12"], tmp_path)
     check_host_tier_run(got, times=1.5)  # I3 with the rows aged out (ttl_evicted)
     assert got["tables"][-1]["per_table"]["C1"]["ttl_evicted"] > 0
+
+
+def test_device_table_mb_is_the_host_tier_at_that_budget_and_one_budget_only():
+    cfg = train.parse_args(["--device-table-mb", "2"])
+    assert cfg.host_tier and cfg.table_memory_mb == 2
+    assert train.parse_args(["--device-table-mb", "2", "--table-memory-mb", "2"]).host_tier
+    with pytest.raises(SystemExit):
+        train.parse_args(["--device-table-mb", "2", "--table-memory-mb", "3"])
 
 
 @slow
