@@ -561,6 +561,12 @@ def main(argv=None) -> int:
         peers.stop_watch()
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except h.TableFullError as e:  # nothing was applied: the state before the step is intact
+        peers.stop_watch()
+        print(f"error: {e}\n(the train command's max_shard_bytes is --table-memory-mb / "
+              f"--device-table-mb {cfg.table_memory_mb} MB over the mesh's devices: raise it, "
+              f"or lower --batch)", file=sys.stderr)
+        return 2
     except jax.errors.JaxRuntimeError as e:
         if cfg.num_processes > 1 and peers.is_lost_peer_error(e):
             peers.exit_lost_peer([], str(e), process_id=cfg.process_id,

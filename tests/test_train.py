@@ -326,12 +326,19 @@ def test_a_table_past_its_device_budget_trains_through_the_command(tmp_path):
     assert got["tables"][-1]["per_table"]["C1"]["ttl_evicted"] > 0
 
 
-def test_device_table_mb_is_the_host_tier_at_that_budget_and_one_budget_only():
+def test_device_table_mb_is_the_host_tier_at_that_budget_and_one_budget_only(tmp_path, capsys):
     cfg = train.parse_args(["--device-table-mb", "2"])
     assert cfg.host_tier and cfg.table_memory_mb == 2
     assert train.parse_args(["--device-table-mb", "2", "--table-memory-mb", "2"]).host_tier
     with pytest.raises(SystemExit):
         train.parse_args(["--device-table-mb", "2", "--table-memory-mb", "3"])
+    # a device tier smaller than one batch's ids: an error naming both numbers and the flag
+    assert train.main(["--preset", "tiny", "--batch", "16384", "--steps", "2", "--no-progress",
+                       "--devices", "1", "--bottom-mlp", "16", "--top-mlp", "8",
+                       "--eval-size", "1024", "--prefetch", "0", "--device-table-mb", "1.5",
+                       "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "error: table 'C1'" in err and "for 4352 rows" in err and "--device-table-mb 1.5" in err
 
 
 @slow
