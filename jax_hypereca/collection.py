@@ -30,6 +30,7 @@ from jax_hypereca.capacity import ExchangeCapacities, Group
 from jax_hypereca.errors import PADDING_ID, HyperecaError, TableFullError
 from jax_hypereca.erasure import erase_ids
 from jax_hypereca.exchange import AllToAll, Exchange, ExchangeTrial, get_exchange
+from jax_hypereca.hashing import owner_of
 from jax_hypereca.features import (
     FeatureSpec, Jagged, check_weights, jagged_to_padded, padded_ids, validate_features)
 from jax_hypereca.layout import STAT_NAMES, Layout, exchange_groups
@@ -397,6 +398,36 @@ class EmbeddingCollection:
         return self.max_shard_bytes is None or (
             self.shard_bytes(tables) + rows * self.tables[name].row_bytes()
             <= self.max_shard_bytes)
+
+    def check_fits(self, state: TrainState, batches: Sequence[Mapping]) -> None:
+        """Raises TableFullError before training when a table cannot hold on one
+        shard the distinct ids `batches` put there together, even grown as far
+        as max_shard_bytes allows (pass the first host batch: one step's ids
+        must all have rows). A necessary condition only: a shard's buckets
+        fill unevenly, so a step that still does not fit raises as it runs,
+        and steps in flight whose ids do not fit together are re-run one at a
+        time (tiers.py)."""
+        if self.max_shard_bytes is None or not batches:
+            return
+        for name, spec in self.tables.items():
+            cols = [np.asarray(b["ids"][f.name], np.int64).reshape(-1)
+                    for b in batches for f in self.features.values() if f.table == name]
+            ids = np.unique(np.concatenate(cols)) if cols else np.zeros(0, np.int64)
+            ids = ids[ids != PADDING_ID]
+            need = int(np.bincount(owner_of(ids, self.num_shards),
+                                   minlength=self.num_shards).max()) if ids.size else 0
+            rows = state.tables[name].keys.shape[0] // self.num_shards
+            others = self.shard_bytes(state.tables) - rows * spec.row_bytes()
+            most = rows
+            while others + 2 * most * spec.row_bytes() <= self.max_shard_bytes:
+                most *= 2
+            if need > most:
+                raise TableFullError(
+                    f"table {name!r}: {len(batches)} batch(es) put {need} distinct ids on one "
+                    f"shard, but a shard can hold at "
+                    f"most {most} rows of it within max_shard_bytes={self.max_shard_bytes} "
+                    f"({rows} now). Raise max_shard_bytes (with a host tier: the device "
+                    f"budget), or lower the batch.")
 
     def grow_for(self, state: TrainState, *, full: set[str] = frozenset(),
                  refused: set[str] = frozenset(),

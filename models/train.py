@@ -517,6 +517,8 @@ def train(cfg: TrainConfig) -> dict:
     start = 0
     if cfg.resume and ckpt.latest_step() is not None:
         state, start = resume(ckpt, state, trainer.collection)
+    if trainer.collection is not None:  # a step's ids fit its tables, or fail here
+        trainer.collection.check_fits(state, [next(iter(source.train_batches(start)))])
     mlog = MetricsLog(out_dir / "metrics.jsonl", append=cfg.resume, enabled=pid == 0)
     mlog.emit("config", step=start, config=dataclasses.asdict(cfg), model=dataclasses.asdict(
         mcfg), source=source.describe(), devices=mesh.size, processes=nproc,

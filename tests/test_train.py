@@ -332,13 +332,15 @@ def test_device_table_mb_is_the_host_tier_at_that_budget_and_one_budget_only(tmp
     assert train.parse_args(["--device-table-mb", "2", "--table-memory-mb", "2"]).host_tier
     with pytest.raises(SystemExit):
         train.parse_args(["--device-table-mb", "2", "--table-memory-mb", "3"])
-    # a device tier smaller than one batch's ids: an error naming both numbers and the flag
+    # a device tier smaller than one batch's ids: before training, an error naming both
+    # numbers and the flag
     assert train.main(["--preset", "tiny", "--batch", "16384", "--steps", "2", "--no-progress",
                        "--devices", "1", "--bottom-mlp", "16", "--top-mlp", "8",
                        "--eval-size", "1024", "--prefetch", "0", "--device-table-mb", "1.5",
                        "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "error: table 'C1'" in err and "for 4352 rows" in err and "--device-table-mb 1.5" in err
+    assert "error: table 'C1': 1 batch(es) put" in err and "at most 4352 rows" in err
+    assert "distinct ids on one shard" in err and "--device-table-mb 1.5" in err
 
 
 @slow
