@@ -49,7 +49,7 @@ def parse(argv=None):
     p.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (CI)")
     p.add_argument("--systems", default=None,
                    help=f"comma-separated (default all; --quick: {QUICK_SYSTEMS}; --smoke: "
-                        "torchrec_style,naive_jax)")
+                        "torchrec_style)")
     p.add_argument("--modes", default=None, help="weak,strong (default: the size's)")
     p.add_argument("--end-to-end", default=None, help="figure (a)'s JSON lines, drawn too")
     p.add_argument("--processes-run", default=None,
@@ -60,8 +60,8 @@ def parse(argv=None):
     for k, v in SIZES[args.size].items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
-    if args.systems is None and args.size != "full":  # smoke (CI): one of each family
-        args.systems = QUICK_SYSTEMS if args.size == "quick" else "torchrec_style,naive_jax"
+    if args.systems is None and args.size != "full":  # smoke (CI): one, for the figure
+        args.systems = QUICK_SYSTEMS if args.size == "quick" else "torchrec_style"
     args.profile, args.profile_cache = "paper", None  # run_system's parts
     return args
 
