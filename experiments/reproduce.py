@@ -75,6 +75,8 @@ def parse(argv=None):
     p.add_argument("--devices", type=int, default=None,
                    help="fake CPU devices (default 8; --smoke: 2)")
     p.add_argument("--results", default=None)
+    p.add_argument("--skip", default="", help="comma-separated steps not to run (e.g. "
+                                              "scaling_processes: the figure then lacks them)")
     args = p.parse_args(argv)
     args.size = "smoke" if args.smoke else "quick" if args.quick else "full"
     args.devices = args.devices or (2 if args.smoke else 8)
@@ -195,7 +197,11 @@ def main(argv=None) -> int:
     args = parse(argv)
     (args.results / "figures").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    plan = steps(args)
+    skip = set(filter(None, args.skip.split(",")))
+    unknown = skip - {name for name, _ in steps(args)}
+    if unknown:
+        raise SystemExit(f"--skip {','.join(sorted(unknown))}: no such step")
+    plan = [(name, cmd) for name, cmd in steps(args) if name not in skip]
     ran = [run_step(name, cmd, args.results / f"{name}.log") for name, cmd in plan]
     summary = summarize(args, plan, ran, time.perf_counter() - t0)
     write_index(args, summary)

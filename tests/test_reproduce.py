@@ -8,6 +8,7 @@ and the same on one mesh split over 2 processes; the three hashed-table
 systems (replicated, row-sharded, table-wise) likewise."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -28,10 +29,15 @@ def test_reproduce_smoke(tmp_path):
     check_systems_with_the_same_math_reach_the_same_auc(smoke)
 
 
+SLOW = bool(os.environ.get("HYPERECA_SLOW_TESTS"))
+
+
 def run_smoke(out):
+    # the 2-process step (20 s) only with the slow tests: test_multihost covers 2 processes
+    skip = [] if SLOW else ["--skip", "scaling_processes"]
     proc = subprocess.run([sys.executable, "-m", "experiments.reproduce", "--smoke",
-                           "--results", str(out)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+                           "--results", str(out), *skip], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + "".join(
         p.read_text()[-3000:] for p in out.glob("*.log"))
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -51,9 +57,8 @@ def check_every_figure_is_written_and_indexed(smoke):
         assert (out / "figures" / name).stat().st_size > 10_000
         assert f"figures/{name}" in index
     assert [s["step"] for s in summary["steps"] if s["rc"] == 0] == [
-        "end_to_end_criteo", "end_to_end_figures", "scaling_processes", "scaling",
-        "projection", "bench_index",
-        "replication_figures", "micro_figures"]
+        "end_to_end_criteo", "end_to_end_figures", *(["scaling_processes"] if SLOW else []),
+        "scaling", "projection", "bench_index", "replication_figures", "micro_figures"]
     assert summary["speedup_vs_torchrec_style"]["criteo"] > 0
     assert summary["projection_error"] >= 0  # its size is the quick run's business
     for cluster in ("v100", "h100"):
@@ -79,6 +84,9 @@ def check_every_system_trains_and_every_timed_compile_is_a_counted_rerun(smoke):
 
 def check_systems_with_the_same_math_reach_the_same_auc(smoke):
     out, _, records = smoke
+    check_hashed_and_collection_groups(records)
+    if not SLOW:
+        return
     # the same mesh and batches split over 2 processes (scaling_processes) train the same model
     split = [json.loads(line)
              for line in (out / "scaling_processes.jsonl").read_text().splitlines()]
@@ -89,6 +97,9 @@ def check_systems_with_the_same_math_reach_the_same_auc(smoke):
         assert r["processes"] == 2 and r["step"] == one[name]["step"]
         assert r["auc"] == pytest.approx(one[name]["auc"], abs=1e-6), name
         assert r["train_loss"] == pytest.approx(one[name]["train_loss"], rel=1e-5), name
+
+
+def check_hashed_and_collection_groups(records):
     points = {}
     for r in records:
         if r["bench"] == "end_to_end_point":
