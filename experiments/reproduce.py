@@ -71,7 +71,7 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="minutes on 2 CPU cores (< 20)")
-    g.add_argument("--smoke", action="store_true", help="tiny sizes, about 90 s (CI)")
+    g.add_argument("--smoke", action="store_true", help="tiny sizes, about a minute (CI)")
     p.add_argument("--devices", type=int, default=None,
                    help="fake CPU devices (default 8; --smoke: 2)")
     p.add_argument("--results", default=None)
