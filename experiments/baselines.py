@@ -156,12 +156,17 @@ def torchrec_style(p: Parts):
     return _collection_trainer(p, depth=1)
 
 
+def small_table_ids(p: Parts, batches: list[dict]) -> dict:
+    """HugeCTR-style's data-parallel tables (vocabulary <= SMALL_TABLE_ROWS):
+    every id of each seen in `batches`."""
+    return {f.table: np.unique(np.concatenate([np.asarray(b["ids"][f.name]).reshape(-1)
+                                               for b in batches]))
+            for f, v in zip(p.features, p.workload.vocab_sizes) if v <= SMALL_TABLE_ROWS}
+
+
 def hugectr_style(p: Parts):
     trainer, state = _collection_trainer(p, depth=1)
-    batches = p.plan_batches()
-    small = {f.table: np.unique(np.concatenate([np.asarray(b["ids"][f.name]).reshape(-1)
-                                                for b in batches]))
-             for f, v in zip(p.features, p.workload.vocab_sizes) if v <= SMALL_TABLE_ROWS}
+    small = small_table_ids(p, p.plan_batches())
     state = h.replication.apply_plan(trainer.collection, state, small)
     trainer.hot_rows = {t: len(ids) for t, ids in small.items()}
     return trainer, state

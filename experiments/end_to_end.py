@@ -150,8 +150,9 @@ def _counts(trainer, state) -> dict:
 
 def summarize(records: list[dict]) -> dict:
     """samples/s per workload and system, and each system over TorchRec-style."""
-    from experiments.figures import PAPER_THROUGHPUT
+    from experiments.figures import paper_speedups
 
+    paper = paper_speedups()
     out = {"bench": "end_to_end_summary", "samples_per_s": {}, "speedup_vs_torchrec_style": {},
            "paper_speedup_vs_torchrec": {}}
     for r in records:
@@ -161,10 +162,8 @@ def summarize(records: list[dict]) -> dict:
         base = by.get("torchrec_style")
         if base:
             out["speedup_vs_torchrec_style"][wl] = {s: round(v / base, 3) for s, v in by.items()}
-        paper = PAPER_THROUGHPUT.get(wl, {})
-        if "torchrec_style" in paper:
-            out["paper_speedup_vs_torchrec"][wl] = {
-                s: round(v / paper["torchrec_style"], 3) for s, v in paper.items()}
+        if wl in paper:
+            out["paper_speedup_vs_torchrec"][wl] = paper[wl]
     return out
 
 

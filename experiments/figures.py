@@ -17,6 +17,14 @@ PAPER_THROUGHPUT = {
     "criteo": {"hypereca": 9.37, "torchrec_style": 2.13, "hugectr_style": 1.35},
     "mlperf": {"hypereca": 3.27},
 }
+
+
+def paper_speedups() -> dict:
+    """The paper's throughput over its TorchRec, per workload that reports TorchRec."""
+    return {w: {s: round(v / by["torchrec_style"], 3) for s, v in by.items()}
+            for w, by in PAPER_THROUGHPUT.items() if "torchrec_style" in by}
+
+
 PAPER_SOURCE = "HypeReca (USENIX ATC '25), Fig. 14: 32 V100, 4 nodes, 100 Gb/s IB"
 
 SYSTEM_LABELS = {"hypereca": "jax_hypereca", "torchrec_style": "TorchRec-style",

@@ -37,6 +37,23 @@ class JsonLines:
             self._file.close()
 
 
+class Tagged:
+    """Emits through `out` with fixed fields added to every record."""
+
+    def __init__(self, out, **fields):
+        self.out, self.fields = out, fields
+
+    def emit(self, record: dict[str, Any]) -> dict[str, Any]:
+        return self.out.emit({**record, **self.fields})
+
+
+class Silent:
+    """An emitter that writes nothing (a process other than the one reporting)."""
+
+    def emit(self, record: dict[str, Any]) -> dict[str, Any]:
+        return record
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident set so far (Linux: ru_maxrss in KiB)."""
     import resource

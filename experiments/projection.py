@@ -197,12 +197,10 @@ def step_work(system: str, p, n: int, local_batch: int, stats: list, hot: dict,
 
 
 def hugectr_hot(p, batches: list[dict]) -> dict:
-    """HugeCTR-style's replicated tables: every id of a small table seen in the plan batches."""
-    from experiments.baselines import SMALL_TABLE_ROWS
+    """HugeCTR-style's replicated rows per table (baselines.small_table_ids)."""
+    from experiments.baselines import small_table_ids
 
-    return {f.table: len(np.unique(np.concatenate([np.asarray(b["ids"][f.name]).reshape(-1)
-                                                   for b in batches])))
-            for f, v in zip(p.features, p.workload.vocab_sizes) if v <= SMALL_TABLE_ROWS}
+    return {t: len(ids) for t, ids in small_table_ids(p, batches).items()}
 
 
 # ------------------------------------------------------------ the fit
@@ -398,7 +396,7 @@ def validate(points: list[dict], out) -> dict:
 
 
 def summarize(fitted: dict, projected: list[dict]) -> dict:
-    from experiments.figures import PAPER_THROUGHPUT
+    from experiments.figures import paper_speedups
 
     speedup = {}
     for r in projected:
@@ -417,10 +415,7 @@ def summarize(fitted: dict, projected: list[dict]) -> dict:
                     f"{r['cluster']}/{r['workload']}/{r['system']}":
                     round(r["samples_per_s"] / 1e6, 3) for r in projected},
                 projected_speedup_vs_torchrec_style=speedup,
-                paper_speedup_vs_torchrec={w: {s: round(v / by["torchrec_style"], 3)
-                                               for s, v in by.items()}
-                                           for w, by in PAPER_THROUGHPUT.items()
-                                           if "torchrec_style" in by})
+                paper_speedup_vs_torchrec=paper_speedups())
 
 
 def main(argv=None) -> int:

@@ -81,7 +81,8 @@ def main(argv=None) -> int:
     from experiments import baselines, scaling_figures
     from experiments.end_to_end import run_system
     from experiments.figures import read_jsonl
-    from experiments.harness import JsonLines, environment, peak_rss_mb, release_memory
+    from experiments.harness import (JsonLines, Tagged, environment, peak_rss_mb,
+                                     release_memory)
     from experiments.workloads import workloads
 
     out = JsonLines(args.out)
@@ -99,7 +100,7 @@ def main(argv=None) -> int:
             mesh = h.make_mesh(jax.devices()[:n])
             p = baselines.parts(point_workload(w, mode, n, args.devices), mesh, profile="paper")
             for name in names:
-                r = run_system(name, p, args, _Tagged(out, mode=mode), bench="scaling")
+                r = run_system(name, p, args, Tagged(out, mode=mode), bench="scaling")
                 runs.append(r)
                 release_memory()
     e2e = [r for r in read_jsonl(args.end_to_end) if r.get("bench") == "end_to_end"
@@ -113,15 +114,6 @@ def main(argv=None) -> int:
     out.close()
     return 0
 
-
-class _Tagged:
-    """A JsonLines that adds fixed fields to every record it emits."""
-
-    def __init__(self, out, **fields):
-        self.out, self.fields = out, fields
-
-    def emit(self, record: dict) -> dict:
-        return self.out.emit({**record, **self.fields})
 
 
 if __name__ == "__main__":

@@ -75,13 +75,6 @@ def launch(args, argv) -> int:
     return next((c for c in codes if c), 0)
 
 
-class _Quiet:
-    """The emitter of processes other than 0: they run the same steps, silently."""
-
-    def emit(self, record: dict) -> dict:
-        return record
-
-
 def work(args) -> int:
     import jax
 
@@ -90,17 +83,16 @@ def work(args) -> int:
     import jax_hypereca as h
     from experiments import baselines
     from experiments.end_to_end import run_system
-    from experiments.harness import JsonLines, environment, release_memory
-    from experiments.scaling import _Tagged
+    from experiments.harness import JsonLines, Silent, Tagged, environment, release_memory
     from experiments.workloads import workloads
 
-    out = JsonLines(args.out) if args.worker == 0 else _Quiet()
+    out = JsonLines(args.out) if args.worker == 0 else Silent()
     out.emit(environment())
     w = workloads(args.size)["criteo"]
     mesh = h.make_mesh(jax.devices())
     p = baselines.parts(w, mesh, profile="paper")
     for name in args.systems.split(","):
-        run_system(name, p, args, _Tagged(out, mode="processes", processes=args.processes),
+        run_system(name, p, args, Tagged(out, mode="processes", processes=args.processes),
                    bench="scaling")
         release_memory()
     if args.worker == 0:
