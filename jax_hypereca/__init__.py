@@ -18,7 +18,7 @@ from jax_hypereca.errors import insert_status_dict  # public: benchmarks read an
 from jax_hypereca.initializers import Initializer, constant, init_rows, normal, uniform
 from jax_hypereca.optim import FTRL, SGD, Adagrad, Adam, Optimizer, RowwiseAdagrad
 from jax_hypereca.table import (
-    COUNTER_NAMES, EvictedRows, InsertResult, Rows, TableSpec, TableState, apply_gradients,
+    COUNTER_NAMES, MAX_ADMIT_AFTER, EvictedRows, InsertResult, Rows, TableSpec, TableState, apply_gradients,
     counters_dict, erase, erase_if, export, export_keys, find, find_or_insert, find_slots, gather, grow, import_rows,
     init_table)
 from jax_hypereca._ops import bucketize, ids_array, unique
@@ -46,4 +46,5 @@ __all__ = [
     "unique", "has_platform", "FeatureSpec", "Jagged", "jagged_to_padded", "make_mesh",
     "EmbeddingCollection", "TrainState", "TrainPipeline", "prefetch", "replication",
     "insert_status_dict", "mix64", "HostStore", "HostTierFullError", "HOST_COUNTER_NAMES",
+    "MAX_ADMIT_AFTER",
 ]

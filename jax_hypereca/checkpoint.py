@@ -46,6 +46,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from jax_hypereca.admission import filtered_totals
 from jax_hypereca.collection import EmbeddingCollection, TrainState
 from jax_hypereca.errors import HyperecaError
 from jax_hypereca.hashing import owner_of
@@ -101,6 +102,7 @@ class CheckpointManager:
             self.directory,
             item_handlers={"state": ocp.PyTreeCheckpointHandler(),
                            "tables": ocp.PyTreeCheckpointHandler(),
+                           "admission": ocp.PyTreeCheckpointHandler(),
                            "meta": ocp.JsonCheckpointHandler()},
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                  enable_async_checkpointing=async_save))
@@ -146,10 +148,15 @@ class CheckpointManager:
                              "step": state.step})
         meta = dict(format=FORMAT_VERSION, step=step, tables=meta_tables,
                     num_shards=collection.num_shards if collection else None,
+                    admission={n: int(a["sketch"].shape[0])
+                               for n, a in state.admission.items()},
+                    admission_filtered=filtered_totals(state.admission),
                     extra=dict(extra or {}))
         items = dict(state=ocp.args.PyTreeSave(dense), meta=ocp.args.JsonSave(meta))
         if cold:
             items["tables"] = ocp.args.PyTreeSave(dict(cold=cold, **({"hot": hot} if hot else {})))
+        if state.admission:
+            items["admission"] = ocp.args.PyTreeSave(_copy_dense(state.admission))
         with self._writing():
             written = self._mgr.save(step, args=ocp.args.Composite(**items))
         if not written:
@@ -178,9 +185,13 @@ class CheckpointManager:
             self._check_tables(s, meta, collection)
             dense = {"params": template.params, "opt_state": template.opt_state,
                      "step": template.step}
-            d = self._mgr.restore(s, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-                dense, restore_args=ocp.checkpoint_utils.construct_restore_args(dense))))
-            return meta, d["state"], self._rows(s, meta)
+            items = {"state": dense}
+            if _same_sketches(meta, template, collection):
+                items["admission"] = template.admission
+            d = self._mgr.restore(s, args=ocp.args.Composite(**{
+                k: ocp.args.PyTreeRestore(v, restore_args=ocp.checkpoint_utils.
+                                          construct_restore_args(v)) for k, v in items.items()}))
+            return meta, dict(d["state"], admission=d.get("admission")), self._rows(s, meta)
 
         (meta, d, (cold, hot)), skipped = self._first_readable(step, read)
         self._set_aside(skipped)
@@ -199,7 +210,9 @@ class CheckpointManager:
                   for name, (rows, counters) in cold.items()}
         hot = {name: replicate_rows(collection.tables[name], rows, counters, collection.mesh)
                for name, (rows, counters) in hot.items()}
-        return TrainState(d["params"], d["opt_state"], tables, d["step"], hot), meta["extra"]
+        admission = d.get("admission") or _carry_totals(meta, template.admission)
+        return TrainState(d["params"], d["opt_state"], tables, d["step"], hot,
+                          admission), meta["extra"]
 
     def _check_tables(self, step: int, meta: dict, collection: EmbeddingCollection | None):
         """Raises CheckpointError unless `meta`'s tables are the collection's."""
@@ -348,6 +361,39 @@ class CheckpointManager:
 
 _TENSORSTORE_OS_ERROR = re.compile(
     r'(?:writing|creating|renaming)[^"]*"([^"]+)".*\[os_error_code=\'(\d+)\'\]', re.S)
+
+
+def _same_sketches(meta: dict, template: TrainState,
+                   collection: EmbeddingCollection | None) -> bool:
+    """Whether the checkpoint's admission sketches fit the template's (same
+    tables, sizes and device count: each owner's sketch counts the ids that
+    hash to it). Otherwise the template's empty ones are kept and the counts
+    of ids not admitted yet start again (logged; admitted ids keep their rows,
+    admission.py)."""
+    saved = meta.get("admission") or {}
+    want = {n: int(a["sketch"].shape[0]) for n, a in template.admission.items()}
+    if saved and saved == want and meta.get("num_shards") == collection.num_shards:
+        return True
+    if saved or want:
+        log.warning("admission sketches not restored (saved %s on %s devices, this run "
+                    "has %s on %s): ids not admitted yet are counted from 0 again; rows "
+                    "of admitted ids are all restored", saved, meta.get("num_shards"), want,
+                    collection.num_shards if collection else None)
+    return False
+
+
+def _carry_totals(meta: dict, admission: dict) -> dict:
+    """Empty admission state holding the checkpoint's filtered totals (on
+    the first shard) where its sketches could not be restored."""
+    totals = meta.get("admission_filtered") or {}
+    out = {}
+    for name, a in admission.items():
+        f = a["filtered"]
+        first = np.zeros(f.shape, np.int64)
+        first[0] = totals.get(name, 0)
+        out[name] = dict(a, filtered=jax.make_array_from_callback(
+            f.shape, f.sharding, lambda idx, first=first: first[idx]))
+    return out
 
 
 def _with_host_rows(blocks: list[Rows], host: Rows, num_shards: int

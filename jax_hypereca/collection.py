@@ -26,6 +26,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jax_hypereca.admission import filtered_totals, init_sketches
 from jax_hypereca.capacity import ExchangeCapacities, Group
 from jax_hypereca.errors import PADDING_ID, HyperecaError, TableFullError
 from jax_hypereca.erasure import erase_ids
@@ -171,7 +172,8 @@ class EmbeddingCollection:
         # jax 0.10 (its addressable_shards raise)
         step = jax.make_array_from_callback((), self.replicated,
                                             lambda _: jnp.zeros((), jnp.int64))
-        return TrainState(params, opt_state, self.init_tables(), step)
+        return TrainState(params, opt_state, self.init_tables(), step,
+                          admission=init_sketches(self.tables.values(), self.mesh, self.axis))
 
     # ------------------------------------------------------------------ inputs
     def prepare_batch(self, batch: Mapping[str, Any], *, local: bool = False) -> dict:
@@ -406,10 +408,13 @@ class EmbeddingCollection:
         must all have rows). A necessary condition only: a shard's buckets
         fill unevenly, so a step that still does not fit raises as it runs,
         and steps in flight whose ids do not fit together are re-run one at a
-        time (tiers.py)."""
+        time (tiers.py). Tables with admission (``admit_after`` > 1) are
+        not checked: their ids need rows only from their k-th step on."""
         if self.max_shard_bytes is None or not batches:
             return
         for name, spec in self.tables.items():
+            if spec.admit_after > 1:
+                continue
             cols = [np.asarray(b["ids"][f.name], np.int64).reshape(-1)
                     for b in batches for f in self.features.values() if f.table == name]
             ids = np.unique(np.concatenate(cols)) if cols else np.zeros(0, np.int64)
@@ -465,6 +470,8 @@ class EmbeddingCollection:
             tier = {} if not (train and layout.host_tier) else {
                 "demoted": {t: Rows(*[P(self.axis)] * 5) for t in layout.looked_up},
                 "written": {t: P(self.axis) for t in tier_in.get("staged", {})}}
+            if train and tier_in.get("admission"):
+                tier["admission"] = jax.tree.map(lambda _: P(self.axis), tier_in["admission"])
             out_specs = (t_spec, {f: P(self.axis) for f in self.features}, contexts,
                          P(self.axis), P(), tier)
 
@@ -519,11 +526,15 @@ class EmbeddingCollection:
         return erase_ids(self, state, ids)
 
     def table_stats(self, tables: Mapping[str, TableState],
-                    hot: Mapping[str, TableState] | None = None) -> dict[str, dict[str, int]]:
+                    hot: Mapping[str, TableState] | None = None,
+                    admission: Mapping[str, Mapping] | None = None) -> dict[str, dict[str, int]]:
         """Counters summed over the shards and, given `hot`, the hot folds
         (placement.counter_totals), the fullest shard's load, the slots
-        (``capacity``) and, with a host tier, its statistics (HostTier.stats)."""
+        (``capacity``), with a host tier its statistics (HostTier.stats) and,
+        given the state's `admission`, the ids filtered so far
+        (``admission_filtered``, admission.py)."""
         out, tier = {}, self.host_tier.stats() if self.host_tier is not None else {}
+        filtered = filtered_totals(dict(admission or {}))
         for n, total in counter_totals(tables, hot).items():
             d = counters_by_name(total)
             rows = tables[n].keys.shape[0] // self.num_shards
@@ -532,6 +543,8 @@ class EmbeddingCollection:
             d["max_shard_load"] = float(size.max() / rows)
             d["capacity"] = int(tables[n].keys.shape[0])  # slots over all shards
             d.update(tier.get(n, {}))
+            if n in filtered:
+                d["admission_filtered"] = filtered[n]
             out[n] = d
         return out
 

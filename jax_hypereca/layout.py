@@ -15,7 +15,8 @@ from jax_hypereca.table import TableSpec
 # Per-device statistics, one int64 vector per table (see Layout.looked_up).
 STAT_NAMES = ("ids", "unique", "remote_unique", "max_count", "queries", "hits", "inserted",
               "evicted", "reserved", "failed", "resident", "hot_unique", "apply_nonfinite",
-              "stale")  # stale: ids a step in flight evicted before the host tier saw it
+              "stale",  # stale: ids a step in flight evicted before the host tier saw it
+              "filtered")  # ids admission kept from a row this step (admission.py)
 STAT_INDEX = {n: i for i, n in enumerate(STAT_NAMES)}
 
 

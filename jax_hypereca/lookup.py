@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jax_hypereca import _ops
+from jax_hypereca.admission import admit, admits, member
 from jax_hypereca.errors import ERASED_KEY, PADDING_ID
 from jax_hypereca.features import FeatureSpec
 from jax_hypereca.layout import STAT_INDEX, STAT_NAMES, Layout
@@ -203,7 +204,7 @@ def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, 
     ok = (lax.pmax(too_big, ax) == 0) & live
 
     urows, contexts = [], []
-    tier = {"demoted": {}, "written": {}} if train and layout.host_tier else {}
+    tier = _tier_out(layout, tier_in, train=train)
     refused = jnp.zeros((), jnp.int32)
     for gi, (group, cap) in enumerate(zip(layout.groups, layout.capacities)):
         inverse, position, send, tag_send, hot_slots, source = local[gi]
@@ -243,6 +244,16 @@ def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, 
     return tables, outputs, tuple(contexts) if train else (), stat_matrix, ok, tier
 
 
+def _tier_out(layout: Layout, tier_in: dict, *, train: bool) -> dict:
+    """A train step's extra outputs, filled per table as it goes: with a host
+    tier the rows evicted and the staged rows written; with admission the
+    sketches (counted by `_admitted`)."""
+    tier = {"demoted": {}, "written": {}} if train and layout.host_tier else {}
+    if train and tier_in.get("admission"):
+        tier["admission"] = dict(tier_in["admission"])
+    return tier
+
+
 def _insert_and_gather(layout: Layout, group, tables, q_keys, q_tags, step, stats, refused,
                        tier_in, tier):
     """The owner's side of a train step for one exchange group: find_or_insert
@@ -262,9 +273,12 @@ def _insert_and_gather(layout: Layout, group, tables, q_keys, q_tags, step, stat
                 # looks it up once, so its scores count steps whatever the mesh.
                 # (On one device each id came once: deduplicated locally.)
                 q, inv, _ = _ops.unique(q)
+            if t in tier.get("admission", {}):
+                q = _admitted(layout.spec(t), tables[t], q, staged.get(t), victims.get(t),
+                              tier, stats)
             tables[t], res = find_or_insert(layout.spec(t), tables[t], q, step=step,
                                             pin_from=None if layout.evict else 0)
-            if tier:
+            if "demoted" in tier:
                 tier["demoted"][t] = Rows(*res.evicted)
                 if t in staged:
                     tables[t], tier["written"][t] = write_staged(layout.spec(t), tables[t],
@@ -287,6 +301,23 @@ def _insert_and_gather(layout: Layout, group, tables, q_keys, q_tags, step, stat
     return rows, jnp.stack(slots), refused
 
 
+def _admitted(spec: TableSpec, table: TableState, q, staged, victims, tier, stats):
+    """The owner's unique ids `q` with those admission filters out replaced
+    by padding (admission.py); the table's sketch in `tier` counts them and
+    its ``filtered`` statistic says how many. An id with a row -- resident,
+    staged from the host tier, or evicted by a step in flight -- passes."""
+    _, known = find_slots(spec, table, q)
+    if staged is not None:  # each device's staged keys are sorted (tiers.Staged)
+        known = known | member(q, staged.keys)
+    if victims:
+        known = known | member(q, jnp.sort(jnp.concatenate(victims)))
+    name = spec.name
+    tier["admission"][name], admitted, filtered = admit(spec, tier["admission"][name], q,
+                                                        known)
+    stats[name] = stats[name].at[STAT_INDEX["filtered"]].set(filtered)
+    return jnp.where(admitted, q, PADDING_ID)
+
+
 def write_staged(spec: TableSpec, table: TableState, rows: Rows):
     """Writes host-tier rows into the slots their ids have (find_or_insert
     of this step gave them fresh ones): values, optimizer state, and the
@@ -306,9 +337,7 @@ def _stale(keys, found, victims):
     """How many of `keys` were inserted afresh (not `found`) though they
     are among `victims` (rows evicted by steps whose evictions the host tier
     has not stored yet)."""
-    v = jnp.sort(victims)
-    at = jnp.clip(jnp.searchsorted(v, keys), 0, v.shape[0] - 1)
-    return (~found & (keys != PADDING_ID) & (v[at] == keys)).sum()
+    return (~found & (keys != PADDING_ID) & member(keys, jnp.sort(victims))).sum()
 
 
 def _rows_or_init(layout: Layout, group, tables, keys, tags, staged):
@@ -319,7 +348,8 @@ def _rows_or_init(layout: Layout, group, tables, keys, tags, staged):
     for i, t in enumerate(group):
         spec = layout.spec(t)
         mine = jnp.where(tags == i, keys, PADDING_ID)
-        r, found = table_find(spec, tables[t], mine, miss_init=True)
+        # with admission an id without a row was filtered in training: zero
+        r, found = table_find(spec, tables[t], mine, miss_init=not admits(spec))
         if t in staged:  # each device's staged keys are sorted (tiers.Staged)
             sk = staged[t].keys
             at = jnp.clip(jnp.searchsorted(sk, mine), 0, sk.shape[0] - 1)

@@ -165,9 +165,15 @@ class ShardedTrainStep:
             full = jnp.stack([fullest_shard(state.tables[t]) > host[i + 1]
                               for i, t in enumerate(names)])
             live = (state.step == host[0]) & ~full.any()
+            if state.admission:
+                tier_in = dict(tier_in, admission=state.admission)
             tables, outputs, contexts, stats, ok, tier = fwd(
                 state.tables, state.hot, batch["ids"], batch["weights"], state.step + 1, live,
                 tier_in)
+            counted = tier.pop("admission", {})  # kept only if the step is applied
+            admission = {t: jax.tree.map(lambda new, old: jnp.where(ok, new, old),
+                                         counted.get(t, a), a)
+                         for t, a in state.admission.items()}
             with jax.named_scope("stage_dense"):
                 out, (g_params, g_out) = jax.value_and_grad(
                     scoped(loss_fn), argnums=(0, 1), has_aux=has_aux)(state.params, outputs,
@@ -180,7 +186,8 @@ class ShardedTrainStep:
                 params = optax.apply_updates(state.params, updates)
             keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
             new_state = TrainState(keep(params, state.params), keep(opt_state, state.opt_state),
-                                   tables, jnp.where(ok, state.step + 1, state.step), hot)
+                                   tables, jnp.where(ok, state.step + 1, state.step), hot,
+                                   admission)
             return new_state, {"loss": loss, "aux": aux, "stats": stats,
                                "apply_problems": problems, "ok": ok, "live": live,
                                "full": full, "tier": tier}

@@ -42,6 +42,7 @@ NUM_COUNTERS: int = CONSTANTS["NUM_COUNTERS"]
 _POLICIES: dict[str, int] = dict(CONSTANTS["POLICIES"])  # ScorePolicy (enums.h)
 _DTYPES = {np.dtype(jnp.float32): "float32", np.dtype(jnp.bfloat16): "bfloat16"}
 MAX_SHARD_ROWS = (1 << 31) - 1
+MAX_ADMIT_AFTER = 127  # the admission sketch counts in int8 (admission.py)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -71,6 +72,14 @@ class TableSpec:
     """Seed of the row initializer (row = f(seed, key, column))."""
     bucket_size: int = 128
     """Slots per bucket (power of two): the probe and eviction scope."""
+    admit_after: int = 1
+    """Admission: an id gets a row in the train step it is seen in for the
+    admit_after-th time (counted in steps, by a sketch that may admit early,
+    never late); until then it is not trained and looks up a zero row. 1: at
+    once (no filter). At most MAX_ADMIT_AFTER. See admission.py."""
+    admission_counters: int = 0
+    """Counters per hash row of each shard's admission sketch (a power of
+    two); 0: the power of two at or above the shard's rows."""
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -85,6 +94,16 @@ class TableSpec:
         if b < 1 or b & (b - 1) or b > 65536:
             raise ValueError(f"TableSpec {self.name!r}: bucket_size must be a power of two "
                              f"<= 65536, got {b}")
+        _ops.check_int(self.admit_after, where=f"TableSpec {self.name!r}: admit_after")
+        if not 1 <= self.admit_after <= MAX_ADMIT_AFTER:
+            raise ValueError(f"TableSpec {self.name!r}: admit_after must be in "
+                             f"1..{MAX_ADMIT_AFTER} (steps an id is seen in before it gets "
+                             f"a row; 1: at once), got {self.admit_after}")
+        c = self.admission_counters
+        _ops.check_int(c, where=f"TableSpec {self.name!r}: admission_counters")
+        if c and (c < 1024 or c & (c - 1) or c > 1 << 26):
+            raise ValueError(f"TableSpec {self.name!r}: admission_counters must be 0 (sized "
+                             f"from the table) or a power of two in [1024, 2**26], got {c}")
         if self.policy not in _POLICIES:
             raise ValueError(f"TableSpec {self.name!r}: policy must be one of "
                              f"{', '.join(map(repr, _POLICIES))}, got {self.policy!r}")

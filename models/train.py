@@ -18,10 +18,9 @@ paths are printed at the end.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
-import json
+import itertools
 import logging
 import os
 import sys
@@ -41,172 +40,13 @@ from models.config import PRESETS, ModelConfig, Preset, sparse_specs
 from models.data import CriteoSource, SyntheticSource
 from models.dlrm import DLRM
 from models.metrics_log import MetricsLog, TrainLog
+from models.train_config import TrainConfig, parse_args  # noqa: F401 (the command's flags)
 from models import optimizers as opts
 from models import peers
 
 log = logging.getLogger("models.train")
 
 DEFAULT_CPU_DEVICES = 8
-
-
-def _field(default, help: str, **kw):
-    return dataclasses.field(default=default, metadata={"help": help, **kw})
-
-
-_DEFAULT_TABLE_MB = 512
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    """Everything the train command does; each field is a flag (``--batch``
-    for ``batch``)."""
-
-    preset: str = _field("small", "model preset", choices=tuple(PRESETS))
-    model: str | None = _field(None, "interaction: dlrm (dot) or dcn (DCN-v2 cross network); "
-                                     "default: the preset's", choices=("dlrm", "dcn"))
-    embedding_dim: int | None = _field(None, "embedding width (default: the preset's)")
-    bottom_mlp: str | None = _field(None, "bottom MLP sizes, e.g. 64,16 (default: preset's)")
-    top_mlp: str | None = _field(None, "top MLP hidden sizes, e.g. 128,64 (default: preset's)")
-    cross_layers: int | None = _field(None, "DCN cross layers (default: the preset's)")
-    cross_low_rank: int | None = _field(None, "DCN cross rank, 0 = full (default: preset's)")
-    dense_only: bool = _field(False, "dense features only (the model without its tables)")
-    data: str | None = _field(None, "Criteo file or directory (raw TSV or CSV, gzip ok); "
-                                    "default: the synthetic stream")
-    eval_data: str | None = _field(None, "held-out Criteo files (default: the first "
-                                         "--eval-size lines of --data, not trained on)")
-    on_bad_line: str = _field("skip", "malformed data line: skip (counted) or raise",
-                              choices=("skip", "raise"))
-    batch: int = _field(4096, "global batch (samples per step over all devices)")
-    steps: int = _field(1000, "training steps")
-    eval_every: int = _field(200, "steps between evaluations (and at the end)")
-    eval_size: int = _field(65536, "held-out samples per evaluation (rounded up to batches)")
-    log_every: int = _field(50, "steps between train-loss lines in the metrics")
-    sparse_optimizer: str = _field("rowwise_adagrad", "fused table optimizer (rowwise_adagrad "
-                                   "is FBGEMM's EXACT_ROWWISE_ADAGRAD)", choices=tuple(opts.SPARSE))
-    sparse_lr: float | None = _field(None, "table learning rate (default: the preset's)")
-    sparse_initial_accumulator: float | None = _field(
-        None, "initial accumulator of rowwise_adagrad, adagrad or ftrl (default: the "
-              "optimizer's: 0 for rowwise_adagrad as FBGEMM, 0.1 for adagrad as optax)")
-    sparse_optimizer_args: str | None = _field(
-        None, 'other fields of the table optimizer as a JSON object, e.g. \'{"eps": 1e-8}\'')
-    dense_optimizer: str = _field("adam", "optax optimizer of the MLPs", choices=opts.DENSE)
-    dense_lr: float | None = _field(None, "MLP learning rate (default: the preset's)")
-    dense_optimizer_args: str | None = _field(
-        None, "keyword arguments of the optax optimizer as a JSON object, e.g. "
-              '\'{"initial_accumulator_value": 0.0, "eps": 1e-8}\' (torch.optim.Adagrad\'s)')
-    exchange: str = _field("auto", "how ids, rows and gradients move between devices: "
-                           "all_to_all, ring, or auto (both timed on the first steps, the "
-                           "faster kept)", choices=("all_to_all", "ring", "auto"))
-    pipeline_depth: int = _field(2, "train steps in flight before the host checks the oldest "
-                                    "(1: each step checked before the next starts)")
-    prefetch: int = _field(3, "batches the loader thread prepares ahead (stage A); 0: "
-                              "prepared in the training thread (no loader thread: faster "
-                              "where XLA already keeps every core busy, e.g. 2 CPU cores)")
-    table_memory_mb: float = _field(_DEFAULT_TABLE_MB, "memory budget of all tables (bounds "
-                                                      "capacities); with --host-tier, of the "
-                                                      "device tier")
-    host_tier: bool = _field(False, "keep the rows the tables evict in host memory and bring "
-                                    "them back when a batch needs them: tables larger than "
-                                    "--table-memory-mb train as if all on the device (one "
-                                    "process)")
-    device_table_mb: float | None = _field(None, "the device tier's memory budget (MB) with "
-                                                 "the host tier behind it: the same as "
-                                                 "--host-tier --table-memory-mb N")
-    host_ttl_steps: int | None = _field(None, "with --host-tier: rows in host memory not "
-                                              "looked up for this many steps are dropped "
-                                              "(counted as ttl_evicted; default: kept)")
-    seed: int = _field(0, "seed of the data stream, the tables and the MLPs")
-    devices: int | None = _field(None, "devices in the mesh (default: all; on CPU 8 fake ones)")
-    platform: str = _field("auto", "cpu, gpu, or auto (jax's default backend)",
-                           choices=("auto", "cpu", "gpu"))
-    output_dir: str | None = _field(None, "where metrics.jsonl and metrics.png go "
-                                          "(default: runs/<preset>-<time>)")
-    checkpoint_dir: str | None = _field(None, "Orbax checkpoints (default: none)")
-    checkpoint_every: int = _field(0, "steps between checkpoints (0: only at the end)")
-    keep_checkpoints: int = _field(2, "newest checkpoints kept")
-    resume: bool = _field(False, "continue from the latest checkpoint in --checkpoint-dir")
-    coordinator: str | None = _field(os.environ.get("JAX_COORDINATOR_ADDRESS"),
-                                     "multi-process: host:port of process 0 "
-                                     "(env JAX_COORDINATOR_ADDRESS)")
-    coordinator_bind: str | None = _field(
-        os.environ.get("JAX_COORDINATOR_BIND_ADDRESS"),
-        "multi-process: host:port process 0's coordinator listens on (default: the "
-        "--coordinator address itself, not every interface; it has no authentication); "
-        "'0.0.0.0:PORT' when --coordinator names an address of a NAT or proxy")
-    num_processes: int = _field(int(os.environ.get("JAX_NUM_PROCESSES", 1)),
-                                "multi-process: process count (env JAX_NUM_PROCESSES)")
-    process_id: int = _field(int(os.environ.get("JAX_PROCESS_ID", 0)),
-                             "multi-process: this process (env JAX_PROCESS_ID)")
-    peer_timeout_s: int = _field(30, "multi-process: seconds without a heartbeat after which "
-                                     "a process is declared lost; the others then exit with "
-                                     "status 2 and an error naming it")
-    progress: bool = _field(True, "show a progress bar")
-
-    def __post_init__(self):
-        if self.device_table_mb is not None:
-            default = _DEFAULT_TABLE_MB
-            if self.table_memory_mb not in (default, self.device_table_mb):
-                raise ValueError(f"--device-table-mb {self.device_table_mb} and --table-memory-mb "
-                                 f"{self.table_memory_mb} name two device budgets: give one")
-            object.__setattr__(self, "table_memory_mb", self.device_table_mb)
-            object.__setattr__(self, "host_tier", True)
-        if self.host_ttl_steps is not None and not self.host_tier:
-            raise ValueError("--host-ttl-steps needs --host-tier")
-        if not self.table_memory_mb > 0:
-            raise ValueError(f"--table-memory-mb must be > 0, got {self.table_memory_mb}")
-        for name in ("batch", "steps", "eval_every", "eval_size", "log_every",
-                     "num_processes", "pipeline_depth", "prefetch", "peer_timeout_s"):
-            least = 0 if name == "prefetch" else 1
-            if getattr(self, name) < least:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= {least}, "
-                                 f"got {getattr(self, name)}")
-        if not 0 <= self.process_id < self.num_processes:
-            raise ValueError(f"--process-id must be in [0, {self.num_processes}), "
-                             f"got {self.process_id}")
-        if self.num_processes > 1 and not self.coordinator:
-            raise ValueError("--num-processes > 1 needs --coordinator host:port")
-        if self.resume and not self.checkpoint_dir:
-            raise ValueError("--resume needs --checkpoint-dir")
-        if self.batch % self.num_processes:
-            raise ValueError(f"--batch {self.batch} does not split over "
-                             f"{self.num_processes} processes")
-
-
-def parse_args(argv=None) -> TrainConfig:
-    """TrainConfig from flags (and ``--config FILE``, a JSON object of fields)."""
-    p = argparse.ArgumentParser(prog="python -m models.train",
-                                description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", help="JSON file of TrainConfig fields (flags override it)")
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        shown = f.default is not None and not isinstance(f.default, bool)
-        kw = dict(help=f.metadata["help"] + (f" (default: {f.default})" if shown else ""),
-                  default=f.default)
-        if "choices" in f.metadata:
-            kw["choices"] = f.metadata["choices"]
-        if isinstance(f.default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-        else:
-            p.add_argument(flag, type=_field_type(f), **kw)
-    args = p.parse_args(argv)
-    if args.config:
-        with open(args.config) as fh:
-            given = json.load(fh)
-        unknown = set(given) - {f.name for f in dataclasses.fields(TrainConfig)}
-        if unknown:
-            p.error(f"{args.config}: unknown fields {sorted(unknown)}")
-        p.set_defaults(**given)
-        args = p.parse_args(argv)
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    try:
-        return TrainConfig(**values)
-    except ValueError as e:
-        p.error(str(e))
-
-
-def _field_type(f: dataclasses.Field):
-    kind = f.type if isinstance(f.type, str) else f.type.__name__
-    return int if kind.startswith("int") else float if kind.startswith("float") else str
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -309,7 +149,7 @@ class SparseTrainer:
         return self._eval(state, batch)
 
     def table_stats(self, state) -> dict:
-        return self.collection.table_stats(state.tables)
+        return self.collection.table_stats(state.tables, admission=state.admission)
 
 
 class DenseTrainer:
@@ -427,6 +267,24 @@ def make_optimizers(cfg: TrainConfig, preset: Preset):
     return sparse_opt, dense_lr, dense_tx, dense_kw
 
 
+def check_fits(cfg: TrainConfig, collection: h.EmbeddingCollection, state: h.TrainState,
+               source, start: int) -> None:
+    """One step's ids fit its tables, or TableFullError here, before
+    training; the ids of the --pipeline-depth steps in flight together
+    (pinned until their step is done, I5) that do not fit are a warning:
+    such steps run one at a time (the pipeline re-runs them at depth 1)."""
+    window = list(itertools.islice(source.train_batches(start), cfg.pipeline_depth))
+    collection.check_fits(state, window[:1])
+    if len(window) > 1:
+        try:
+            collection.check_fits(state, window)
+        except h.TableFullError as e:
+            log.warning("the %d steps in flight (--pipeline-depth) do not fit together: %s "
+                        "Steps whose ids do not fit together run one at a time; a larger "
+                        "--table-memory-mb (--device-table-mb) or a lower --pipeline-depth "
+                        "avoids it.", len(window), e)
+
+
 def record_eval(trainer, state: h.TrainState, step: int, *, eval_set: dict, batch: int,
                 mlog: MetricsLog, source) -> dict:
     """Evaluates on the held-out set and logs it, the tables' counters and
@@ -437,6 +295,9 @@ def record_eval(trainer, state: h.TrainState, step: int, *, eval_set: dict, batc
     stats = trainer.table_stats(state)
     if stats:
         total = {k: sum(s[k] for s in stats.values()) for k in h.COUNTER_NAMES}
+        if state.admission:
+            total["admission_filtered"] = sum(s.get("admission_filtered", 0)
+                                              for s in stats.values())
         mlog.emit("tables", step=step, total=total, per_table=stats)
     if source.stats():
         mlog.emit("data", step=step, **source.stats())
@@ -503,7 +364,7 @@ def train(cfg: TrainConfig) -> dict:
     sparse_opt, dense_lr, dense_tx, dense_kw = make_optimizers(cfg, preset)
     tables, features = sparse_specs(
         preset, optimizer=sparse_opt, budget_bytes=table_bytes(cfg), seed=cfg.seed,
-        embedding_dim=mcfg.embedding_dim)
+        embedding_dim=mcfg.embedding_dim, admit_after=cfg.admit_after)
     source = make_source(cfg, preset, features)
     ckpt = (CheckpointManager(cfg.checkpoint_dir, max_to_keep=cfg.keep_checkpoints)
             if cfg.checkpoint_dir else None)
@@ -517,8 +378,8 @@ def train(cfg: TrainConfig) -> dict:
     start = 0
     if cfg.resume and ckpt.latest_step() is not None:
         state, start = resume(ckpt, state, trainer.collection)
-    if trainer.collection is not None:  # a step's ids fit its tables, or fail here
-        trainer.collection.check_fits(state, [next(iter(source.train_batches(start)))])
+    if trainer.collection is not None:
+        check_fits(cfg, trainer.collection, state, source, start)
     mlog = MetricsLog(out_dir / "metrics.jsonl", append=cfg.resume, enabled=pid == 0)
     mlog.emit("config", step=start, config=dataclasses.asdict(cfg), model=dataclasses.asdict(
         mcfg), source=source.describe(), devices=mesh.size, processes=nproc,

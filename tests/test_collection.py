@@ -63,29 +63,32 @@ def head_loss(params, emb, batch):
     return optax.sigmoid_binary_cross_entropy(logits, batch["y"]).mean()
 
 
-def reference(batches, table_tx, dense_tx):
-    """Plain jnp + optax on one device; dense tables indexed by id."""
+def reference(batches, table_tx, dense_tx, admitted=None):
+    """Plain jnp + optax on one device; dense tables indexed by id. With
+    `admitted` (per step, per table a bool array over the vocabulary) an id
+    not admitted that step looks up a zero row and so gets no gradient."""
     tables = {n: jnp.asarray(h.init_rows(7 + i, np.arange(V[n]), DIMS[n], h.uniform(0.2)))
               for i, n in enumerate(DIMS)}
     params = init_params()
     opt_t = {n: table_tx.init(t) for n, t in tables.items()}
     opt_p = dense_tx.init(params)
 
-    def rows(table, ids):
+    def rows(table, ids, admit):
         valid = (ids >= 0)[..., None]
-        return jnp.where(valid, table[jnp.maximum(ids, 0)], 0.0), valid.astype(jnp.float32)
+        read = valid & admit[jnp.maximum(ids, 0)][..., None]
+        return jnp.where(read, table[jnp.maximum(ids, 0)], 0.0), valid.astype(jnp.float32)
 
     @jax.jit
     def step(params, tables, opt_p, opt_t, batch):
         def loss(params, tables):
-            ids = batch["ids"]
-            ra, _ = rows(tables["a"], ids["fa"])
-            r3, m3 = rows(tables["a"], ids["fa3"])
+            ids, adm = batch["ids"], batch["admitted"]
+            ra, _ = rows(tables["a"], ids["fa"], adm["a"])
+            r3, m3 = rows(tables["a"], ids["fa3"], adm["a"])
             w3 = m3 * batch["weights"]["fa3"][..., None]
             den = w3.sum(axis=1)
             mean3 = jnp.where(den > 0, (r3 * w3).sum(axis=1) / jnp.where(den > 0, den, 1), 0)
-            rb, _ = rows(tables["b"], ids["fb"])
-            rc, _ = rows(tables["c"], ids["fc"])
+            rb, _ = rows(tables["b"], ids["fb"], adm["b"])
+            rc, _ = rows(tables["c"], ids["fc"], adm["c"])
             emb = {"fa": ra, "fa3": mean3, "fb": rb.sum(axis=1), "fc": rc}
             return head_loss(params, emb, batch)
         l, (gp, gt) = jax.value_and_grad(loss, argnums=(0, 1))(params, tables)
@@ -98,9 +101,11 @@ def reference(batches, table_tx, dense_tx):
         return params, new_t, opt_p, new_o, l
 
     losses = []
-    for b in batches:
+    everyone = {n: np.ones(V[n], bool) for n in V}
+    for i, b in enumerate(batches):
         jb = {"ids": {k: jnp.asarray(v, jnp.int32) for k, v in b["ids"].items()},
-              "weights": b["weights"], "x": b["x"], "y": b["y"]}
+              "weights": b["weights"], "x": b["x"], "y": b["y"],
+              "admitted": everyone if admitted is None else admitted[i]}
         params, tables, opt_p, opt_t, l = step(params, tables, opt_p, opt_t, jb)
         losses.append(float(l))
     return params, tables, losses

@@ -4,6 +4,7 @@ Criteo files (counting malformed lines), rejects bad input before training,
 and resumes after a SIGKILL to the same final parameters."""
 
 import json
+import logging
 import os
 import pathlib
 import signal
@@ -94,7 +95,8 @@ def test_optimizer_flags_reach_both_optimizers_and_bad_ones_fail_first(tmp_path,
     got = run(TINY + ["--steps", "2", "--eval-every", "2", "--sparse-optimizer", "adagrad",
                       "--sparse-initial-accumulator", "0.5", "--sparse-optimizer-args",
                       '{"eps": 1e-6}', "--dense-optimizer", "adagrad", "--dense-optimizer-args",
-                      '{"initial_accumulator_value": 0.0, "eps": 1e-8}', "--exchange", "ring"],
+                      '{"initial_accumulator_value": 0.0, "eps": 1e-8}', "--exchange", "ring",
+                      "--admit-after", "2"],
               tmp_path / "ok")
     opts = got["config"][0]["optimizers"]
     assert opts["sparse"] == {"name": "Adagrad", "learning_rate": 0.05,
@@ -103,6 +105,10 @@ def test_optimizer_flags_reach_both_optimizers_and_bad_ones_fail_first(tmp_path,
     assert opts["dense"]["initial_accumulator_value"] == 0.0 and opts["dense"]["eps"] == 1e-8
     assert np.isfinite(got["eval"][-1]["logloss"])
     assert got["train"][-1]["exchange"] == "ring"
+    # --admit-after 2: ids of one step only took no row, counted per table and in all
+    tables = got["tables"][-1]
+    assert tables["total"]["admission_filtered"] == sum(
+        t["admission_filtered"] for t in tables["per_table"].values()) > 0
     out = tmp_path / "bad"
     for flags, message in [
             (["--sparse-optimizer", "sgd", "--sparse-initial-accumulator", "0"],
@@ -218,6 +224,9 @@ def test_bad_input_fails_before_training(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--resume"])
     assert "--resume needs --checkpoint-dir" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.parse_args(["--admit-after", "0"])
+    assert "--admit-after must be in 1..127" in capsys.readouterr().err
 
 
 def test_resume_after_sigkill_ends_where_an_uninterrupted_run_does(tmp_path):
@@ -326,7 +335,8 @@ def test_a_table_past_its_device_budget_trains_through_the_command(tmp_path):
     assert got["tables"][-1]["per_table"]["C1"]["ttl_evicted"] > 0
 
 
-def test_device_table_mb_is_the_host_tier_at_that_budget_and_one_budget_only(tmp_path, capsys):
+def test_device_table_mb_is_the_host_tier_at_that_budget_and_one_budget_only(tmp_path, capsys,
+                                                                             caplog):
     cfg = train.parse_args(["--device-table-mb", "2"])
     assert cfg.host_tier and cfg.table_memory_mb == 2
     assert train.parse_args(["--device-table-mb", "2", "--table-memory-mb", "2"]).host_tier
@@ -341,6 +351,15 @@ def test_device_table_mb_is_the_host_tier_at_that_budget_and_one_budget_only(tmp
     err = capsys.readouterr().err
     assert "error: table 'C1': 1 batch(es) put" in err and "at most 4352 rows" in err
     assert "distinct ids on one shard" in err and "--device-table-mb 1.5" in err
+    # one batch fits, the 3 steps in flight together (pinned, I5) do not: a warning
+    with caplog.at_level(logging.WARNING, logger="models.train"):
+        assert train.main(["--preset", "tiny", "--batch", "4096", "--steps", "1",
+                           "--no-progress", "--devices", "1", "--bottom-mlp", "16",
+                           "--top-mlp", "8", "--eval-size", "1024", "--prefetch", "0",
+                           "--device-table-mb", "1.5", "--pipeline-depth", "3",
+                           "--output-dir", str(tmp_path / "window")]) == 0
+    assert "the 3 steps in flight (--pipeline-depth) do not fit together: table 'C1': 3 " \
+        "batch(es) put 5552 distinct ids on one shard" in caplog.text
 
 
 @slow

@@ -69,6 +69,7 @@ LAYER_OF = {
     "jax_hypereca.state": "placement",
     "jax_hypereca.lookup_scope": "placement",
     "jax_hypereca.tiers": "placement",      # rows between the device and host tiers
+    "jax_hypereca.admission": "placement",  # which ids get a row (issue 14)
     "jax_hypereca.exchange": "exchange",
     "jax_hypereca.hot_exchange": "replication",
     "jax_hypereca.erasure": "replication",
