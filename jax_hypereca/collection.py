@@ -42,7 +42,7 @@ from jax_hypereca.placement import (
 from jax_hypereca.state import LossFn, TrainState
 from jax_hypereca.steps import EvalFn, ShardedTrainStep
 from jax_hypereca.table import COUNTER_NAMES, Rows, TableSpec, TableState
-from jax_hypereca.tiers import HostTier
+from jax_hypereca.tiers import HostTier, unpack as unpack_staged
 
 # The prepared batch's host copy of its ids (a host tier stages by them);
 # taken out before the batch goes to a compiled step (device_batch).
@@ -469,15 +469,18 @@ class EmbeddingCollection:
             contexts = tuple(_ctx_spec(self.axis) for _ in layout.groups) if train else ()
             tier = {} if not (train and layout.host_tier) else {
                 "demoted": {t: Rows(*[P(self.axis)] * 5) for t in layout.looked_up},
-                "written": {t: P(self.axis) for t in tier_in.get("staged", {})}}
+                "written": {t: P(self.axis) for names in tier_in.get("staged", {})
+                            for t in names}}
             if train and tier_in.get("admission"):
                 tier["admission"] = jax.tree.map(lambda _: P(self.axis), tier_in["admission"])
             out_specs = (t_spec, {f: P(self.axis) for f in self.features}, contexts,
                          P(self.axis), P(), tier)
 
             def body(tb, hb, i, w, s, go, st):
-                return forward_local(layout, dict(tb), dict(hb), i, w, s, go, dict(st),
-                                     train=train)
+                st = dict(st)
+                if "staged" in st:  # packed for the transfer (HostTier._by_owner)
+                    st["staged"] = unpack_staged(st["staged"])
+                return forward_local(layout, dict(tb), dict(hb), i, w, s, go, st, train=train)
 
             return jax.shard_map(body, mesh=self.mesh,
                                  in_specs=(t_spec, h_spec, i_spec, w_spec, P(), P(), s_spec),

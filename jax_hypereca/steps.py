@@ -333,7 +333,7 @@ def _tier_in(staged, unsettled: Sequence[Pending] = ()) -> dict:
     if staged is None:
         return {}
     victims = {t: tuple(p.metrics["tier"]["demoted"][t].keys for p in unsettled)
-               for t in staged.device}
+               for t in staged.host}
     return {"staged": staged.device, "victims": victims}
 
 

@@ -73,9 +73,10 @@ MIN_STAGED = 16
 
 
 class Staged(NamedTuple):
-    """One attempt's staged rows: per table, the host copy and the same rows
-    on the mesh, both [W * S] with device d's S rows (sorted by key, padding
-    PADDING_ID) at [d * S, (d + 1) * S)."""
+    """One attempt's staged rows. ``host``: per table, [W * S] rows with
+    device d's S rows (sorted by key, padding PADDING_ID) at [d * S, (d + 1)
+    * S). ``device``: the same rows on the mesh, packed (HostTier._by_owner):
+    one Rows per set of tables of one row layout, keyed by their names."""
 
     host: dict[str, Rows]
     device: dict[str, Rows]
@@ -139,36 +140,54 @@ class HostTier:
         """Per table, the rows of `ids` (unique, no padding) the store holds,
         routed to their owners: removed from the store (``take``, a train
         step) or copied (an evaluation)."""
-        t0, rows, owners = time.perf_counter(), {}, {}
+        t0, found = time.perf_counter(), {}
         for name, keys in ids.items():
             store = self.stores[name]
-            found, r = store.take(keys) if take else store.peek(keys)
-            rows[name] = Rows(*(a[found] for a in r))
-            owners[name] = owner_of(rows[name].keys, self.num_shards)
-            most = np.bincount(owners[name], minlength=self.num_shards).max(initial=0)
-            while self.staged_rows < most:
-                self.staged_rows *= 2
+            hit, r = store.take(keys) if take else store.peek(keys)
+            found[name] = Rows(*(a[hit] for a in r))
             self.timing["stage_keys"] += len(keys)
-        host = {n: self._by_owner(self.specs[n], r, owners[n]) for n, r in rows.items()}
-        # every table at once; ids and frequencies stay int64
-        device = tree_to_mesh(host, NamedSharding(self.mesh, P(self.axis)))
+        packed = self._by_owner(found)
+        W, S, host = self.num_shards, self.staged_rows, {}
+        for names, rows in packed.items():  # each table's [W * S] view of its pack
+            for i, name in enumerate(names):
+                host[name] = Rows(*(a.reshape((W, len(names), S) + a.shape[1:])[:, i].reshape(
+                    (W * S,) + a.shape[1:]) for a in rows))
+        # every table at once, a few arrays; ids and frequencies stay int64
+        device = tree_to_mesh(packed, NamedSharding(self.mesh, P(self.axis)))
         self.timing["stage_s"] += time.perf_counter() - t0
         return Staged(host, device, take)
 
-    def _by_owner(self, spec: TableSpec, rows: Rows, owner: np.ndarray) -> Rows:
-        """[W * S] rows, device d's sorted by key at [d * S, (d + 1) * S)
-        (padding, key PADDING_ID, sorted in)."""
-        W, size, n = self.num_shards, self.staged_rows, len(rows.keys)
-        by_owner = np.argsort(owner, kind="stable")
-        sorted_owner = owner[by_owner]
-        first = np.searchsorted(sorted_owner, np.arange(W))
-        dest = sorted_owner * size + (np.arange(n) - first[sorted_owner])
-        blocks = Rows.empty(spec, W * size)
-        for dst, src in zip(blocks, rows):
-            dst[dest] = src[by_owner]
-        order = np.argsort(blocks.keys.reshape(W, size), axis=1, kind="stable")
-        order = (order + size * np.arange(W)[:, None]).reshape(-1)
-        return Rows(*(a[order] for a in blocks))
+    def _by_owner(self, found: Mapping[str, Rows]) -> dict[tuple[str, ...], Rows]:
+        """The found rows of every table routed to their owners, packed: one
+        Rows per set of tables with the same dim, dtype and optimizer-state
+        width, keyed by their names (in name order), [W * T * S] with device
+        d's block holding each table's S rows in turn, sorted by key (padding,
+        key PADDING_ID, sorted in) -- so the stage crosses to the mesh as a
+        few arrays. S grows (by doubling) to the most rows a table stages on
+        one device."""
+        W, sets, owners = self.num_shards, {}, {}
+        for name in sorted(found):
+            s = self.specs[name]
+            sets.setdefault((s.dim, np.dtype(s.dtype).name, s.state_width), []).append(name)
+            owners[name] = owner_of(found[name].keys, W)
+            most = np.bincount(owners[name], minlength=W).max(initial=0)
+            while self.staged_rows < most:
+                self.staged_rows *= 2
+        S, out = self.staged_rows, {}
+        for names in sets.values():
+            T = len(names)
+            group = np.concatenate([owners[n] * T + i for i, n in enumerate(names)])
+            by_group = np.argsort(group, kind="stable")
+            g = group[by_group]
+            first = np.searchsorted(g, np.arange(W * T))
+            dest = g * S + (np.arange(len(g)) - first[g])
+            blocks = Rows.empty(self.specs[names[0]], W * T * S)
+            for dst, src in zip(blocks, Rows.concat([found[n] for n in names])):
+                dst[dest] = src[by_group]
+            by_key = np.argsort(blocks.keys.reshape(W * T, S), axis=1, kind="stable")
+            by_key = (by_key + S * np.arange(W * T)[:, None]).reshape(-1)
+            out[tuple(names)] = Rows(*(a[by_key] for a in blocks))
+        return out
 
     def settle(self, staged: Staged | None, written: Mapping[str, jax.Array],
                demoted: Mapping[str, Rows], evicted: Mapping[str, np.ndarray],
@@ -296,6 +315,16 @@ class HostTier:
         for name, r in rows.items():
             self._put(name, r)
 
+
+
+def unpack(packed: Mapping[tuple[str, ...], Rows]) -> dict[str, Rows]:
+    """One device's block of the packed staged rows (HostTier._by_owner;
+    inside shard_map): per table its S staged rows."""
+    out = {}
+    for names, rows in packed.items():
+        for i, name in enumerate(names):
+            out[name] = Rows(*(a.reshape((len(names), -1) + a.shape[1:])[i] for a in rows))
+    return out
 
 
 @functools.partial(jax.jit, static_argnames=("rows", "shards"))
