@@ -51,11 +51,12 @@ check it).
 
 from __future__ import annotations
 
-import time
 import functools
+import time
 from typing import Mapping, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -165,16 +166,14 @@ class HostTier:
         key PADDING_ID, sorted in) -- so the stage crosses to the mesh as a
         few arrays. S grows (by doubling) to the most rows a table stages on
         one device."""
-        W, sets, owners = self.num_shards, {}, {}
+        W, owners = self.num_shards, {}
         for name in sorted(found):
-            s = self.specs[name]
-            sets.setdefault((s.dim, np.dtype(s.dtype).name, s.state_width), []).append(name)
             owners[name] = owner_of(found[name].keys, W)
             most = np.bincount(owners[name], minlength=W).max(initial=0)
             while self.staged_rows < most:
                 self.staged_rows *= 2
         S, out = self.staged_rows, {}
-        for names in sets.values():
+        for names in _layout_sets(self.specs, found):
             T = len(names)
             group = np.concatenate([owners[n] * T + i for i, n in enumerate(names)])
             by_group = np.argsort(group, kind="stable")
@@ -204,27 +203,25 @@ class HostTier:
         refused: dict[str, list] = {}
         for name, n in (stale or {}).items():
             self.moved[name]["stale"] += n
-        written = jax.device_get(dict(written))  # one transfer for all tables
-        for name, rows in (staged.host if staged is not None else {}).items():
-            done = np.asarray(written[name])
-            back = ~done & (rows.keys != PADDING_ID)
-            self.moved[name]["returned"] += int(back.sum())
-            self._put(name, Rows(*(a[back] for a in rows)), refused)
-            n = int(done.sum())
-            self.moved[name]["promoted"] += n
-            self.moved[name]["bytes_to_device"] += n * self.specs[name].row_bytes()
         counts = {n: np.asarray(evicted[n]) for n in demoted}
         most = max([int(c.max(initial=0)) for c in counts.values()] + [0])
-        if most:
-            while self.demoted_rows < most:
-                self.demoted_rows *= 2
-            # only each device's first rows cross to the host (one program per size)
-            host = jax.device_get(_prefixes(dict(demoted), rows=self.demoted_rows,
-                                            shards=self.num_shards))
-            for name, c in counts.items():
+        while self.demoted_rows < most:
+            self.demoted_rows *= 2
+        staged_names = sorted(staged.host) if staged is not None else []
+        # one transfer of a few arrays: the written flags stacked, and only each
+        # device's first evicted rows (one program per size), packed per set
+        done, host = jax.device_get(_settle_arrays(
+            {n: written[n] for n in staged_names},
+            {names: [demoted[n] for n in names] for names in _layout_sets(self.specs, counts)},
+            rows=self.demoted_rows, shards=self.num_shards))
+        for i, name in enumerate(staged_names):
+            self._return(name, staged.host[name], done[i], refused)
+        for names, packed in host.items():
+            for i, name in enumerate(names):
+                c = counts[name]
                 if c.sum():
-                    self._demote(name, Rows(*(np.concatenate([a[d, :k] for d, k in enumerate(c)])
-                                              for a in host[name])), refused)
+                    self._demote(name, Rows(*(np.concatenate(
+                        [a[i, d, :k] for d, k in enumerate(c)]) for a in packed)), refused)
         if self.ttl_steps is not None and step is not None:
             for name, store in self.stores.items():
                 self.moved[name]["ttl_evicted"] += len(
@@ -270,6 +267,17 @@ class HostTier:
         n = self.stores[name].erase(ids) if len(ids) else 0
         self.moved[name]["erased_on_host"] += n
         return n
+
+    def _return(self, name: str, rows: Rows, done: np.ndarray, refused: dict[str, list]
+                ) -> None:
+        """Staged rows of table `name`: those the step wrote count as
+        promoted, the others go back to the store."""
+        back = ~done & (rows.keys != PADDING_ID)
+        self.moved[name]["returned"] += int(back.sum())
+        self._put(name, Rows(*(a[back] for a in rows)), refused)
+        n = int(done.sum())
+        self.moved[name]["promoted"] += n
+        self.moved[name]["bytes_to_device"] += n * self.specs[name].row_bytes()
 
     def _demote(self, name: str, rows: Rows, refused: dict[str, list]) -> None:
         self.moved[name]["demoted"] += len(rows.keys)
@@ -327,7 +335,25 @@ def unpack(packed: Mapping[tuple[str, ...], Rows]) -> dict[str, Rows]:
     return out
 
 
+def _layout_sets(specs: Mapping[str, TableSpec], names) -> list[tuple[str, ...]]:
+    """`names` grouped into sets of tables with the same dim, dtype and
+    optimizer-state width (rows of one set pack into one array per field),
+    each in name order."""
+    sets: dict[tuple, list[str]] = {}
+    for name in sorted(names):
+        s = specs[name]
+        sets.setdefault((s.dim, np.dtype(s.dtype).name, s.state_width), []).append(name)
+    return [tuple(v) for v in sets.values()]
+
+
 @functools.partial(jax.jit, static_argnames=("rows", "shards"))
-def _prefixes(demoted: dict, *, rows: int, shards: int) -> dict:
-    """Each device's first `rows` entries of every [W * E] array: [W, rows]."""
-    return jax.tree.map(lambda a: a.reshape((shards, -1) + a.shape[1:])[:, :rows], demoted)
+def _settle_arrays(written: dict, demoted: dict, *, rows: int, shards: int):
+    """What settle reads back, as few arrays: the written flags of every
+    table stacked [T, W * S] (in `written`'s order), and per set of tables
+    (`demoted`: names -> each table's [W * E] Rows) each device's first
+    `rows` evicted rows, [T, W, rows, ...] per field."""
+    flags = jnp.stack(list(written.values())) if written else jnp.zeros((0,), bool)
+    first = lambda a: a.reshape((shards, -1) + a.shape[1:])[:, :rows]
+    packed = {names: Rows(*(jnp.stack([first(a) for a in field]) for field in zip(*tables)))
+              for names, tables in demoted.items()}
+    return flags, packed
