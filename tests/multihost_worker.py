@@ -8,9 +8,11 @@ half of each hot set (rows move both ways between the folds, across the
 processes' shards); there also I1 (one home per id) and identical replicas of
 the hot folds on every device of both processes. The hot-fold run picks its
 exchange with exchange="auto" (both processes must agree, or the collectives
-hang; it decides after 3 timed steps of each, well inside the run); a last run repeats the first with the ring exchange and must equal it
-bit for bit."""
+hang; it decides after 3 timed steps of each, well inside the run); a run
+repeats the first with the ring exchange and must equal it bit for bit; a
+last one trains with admission (test_admission.py) against its reference."""
 
+import dataclasses
 import os
 import sys
 
@@ -30,6 +32,7 @@ from jax.experimental import multihost_utils  # noqa: E402
 sys.path.insert(0, os.path.dirname(__file__))
 import test_collection as tc  # noqa: E402
 import test_replication as tr  # noqa: E402
+import test_admission as ta  # noqa: E402
 
 import jax_hypereca as h  # noqa: E402
 from jax_hypereca import replication as rep  # noqa: E402
@@ -42,8 +45,8 @@ batches = tc.make_batches(steps=steps)
 half = tc.B // num
 
 
-def train(opt, hot_plan=None, replan_at=None, replan=None, exchange="all_to_all"):
-    coll = EmbeddingCollection(tc.table_specs(opt), tc.FEATURES, mesh=make_mesh(),
+def train(opt, hot_plan=None, replan_at=None, replan=None, exchange="all_to_all", specs=None):
+    coll = EmbeddingCollection(specs or tc.table_specs(opt), tc.FEATURES, mesh=make_mesh(),
                                exchange=exchange)
     dense_tx = optax.adam(0.01)
     step = coll.make_train_step(tc.head_loss, dense_tx)
@@ -189,4 +192,17 @@ for n in tc.DIMS:
                         getattr(a2a_state.tables[n], field).addressable_shards):
             np.testing.assert_array_equal(np.asarray(a.data), np.asarray(b.data))
 print(f"process {pid}: OK ring equals all_to_all bit for bit", flush=True)
+
+# admission (ids get rows from their 3rd step on) against the reference that
+# reads zeros until then, the filtered count summed over both processes
+admitted, filtered = ta.expected(batches)
+ref = tc.reference(batches, tc.OPTS["adagrad"][1], optax.adam(0.01), admitted)
+specs = [dataclasses.replace(s, admit_after=ta.K, admission_counters=1 << 16)
+         for s in tc.table_specs(tc.OPTS["adagrad"][0])]
+coll, state, losses = train(None, specs=specs)
+checked, _ = check_equivalent(state, losses, ref)
+stats = coll.table_stats(state.tables, admission=state.admission)
+for n in tc.DIMS:
+    assert stats[n]["admission_filtered"] == sum(f[n] for f in filtered), n
+print(f"process {pid}: OK admission, {checked} local rows", flush=True)
 jax.distributed.shutdown()
