@@ -34,7 +34,11 @@ device tier does not hold gets a zero row, not its initial one. Each step
 counts the ids it filtered (statistic ``filtered``, per table and device).
 
 Hot-fold ids (replication.py) are always admitted: the planner chose them
-because they are frequent. The sketch lives in ``TrainState.admission``; a
+because they are frequent. Erasing an id (erasure.py) removes its rows, not
+its counts (counters are shared between ids, not per-id data): an erased id
+seen again gets a row at once. Cost: one extra index probe (``find_slots``)
+of the owner's unique ids per step and table, and 2 x ``width`` bytes of
+counters per shard, outside ``max_shard_bytes``. The sketch lives in ``TrainState.admission``; a
 step that is not applied (overflow, refused insert, a no-op behind one)
 leaves it as it was, so re-runs count nothing twice. Checkpoints keep it for
 a restore onto the same device count; onto another count the counts of ids
