@@ -122,13 +122,16 @@ class CheckpointManager:
         packed; Orbax writes them in the background. Returns the step."""
         step = int(np.asarray(state.step.addressable_shards[0].data))
         cold, hot, meta_tables = {}, {}, {}
+        tier_stats = (collection.host_tier.stats(total=True)
+                      if collection is not None and collection.host_tier is not None else {})
         for name, st in state.tables.items():
             spec = collection.tables[name]
             counters = counter_totals({name: st})[name]
             blocks, host_rows = local_rows(st), 0
             if collection.host_tier is not None:  # host-tier rows join their owners'
-                blocks, host_rows = _with_host_rows(blocks, collection.host_tier.rows(name),
-                                                    collection.num_shards)
+                blocks = _with_host_rows(blocks, collection.host_tier.rows(name),
+                                         collection.host_tier.local, collection.num_shards)
+                host_rows = tier_stats[name]["host_rows"]
             # one padding row at least: Orbax refuses zero-size arrays (a table
             # with no row yet, or all of them in the host tier of another process)
             on_mesh = rows_on_mesh(blocks, collection.mesh, collection.axis, min_rows=1)
@@ -138,8 +141,9 @@ class CheckpointManager:
                                      dtype=np.dtype(spec.dtype).name,
                                      rows=int(counters[COUNTER_NAMES["size"]]) + host_rows,
                                      hot_rows=None)
-            if collection.host_tier is not None:
-                meta_tables[name]["host_moved"] = collection.host_tier.moved[name]
+            if collection.host_tier is not None:  # totals over the processes
+                meta_tables[name]["host_moved"] = {
+                    k: tier_stats[name][k] for k in collection.host_tier.moved[name]}
         for name, st in state.hot.items():
             rows, counters = replica_rows(st)
             hot[name] = dict(rows._asdict(), counters=counters)  # the same on every process
@@ -396,14 +400,13 @@ def _carry_totals(meta: dict, admission: dict) -> dict:
     return out
 
 
-def _with_host_rows(blocks: list[Rows], host: Rows, num_shards: int
-                    ) -> tuple[list[Rows], int]:
-    """Each shard's resident rows plus the host tier's rows it owns (one
-    process: `blocks` are every shard's, in shard order); and how many
-    host rows there were."""
+def _with_host_rows(blocks: list[Rows], host: Rows, shards, num_shards: int) -> list[Rows]:
+    """Each of this process's shards' resident rows (`blocks`, of the
+    shards `shards`, in order) plus the rows of this process's host tier it
+    owns."""
     owner = owner_of(host.keys, num_shards)
-    return ([Rows.concat([b, Rows(*(a[owner == i] for a in host))])
-             for i, b in enumerate(blocks)], len(host.keys))
+    return [Rows.concat([b, Rows(*(a[owner == i] for a in host))])
+            for i, b in zip(shards, blocks)]
 
 
 def _os_error(error: BaseException) -> tuple[int | None, str | None]:

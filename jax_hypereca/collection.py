@@ -93,8 +93,8 @@ class EmbeddingCollection:
         ``max_shard_bytes`` as the device budget, tables larger than device
         memory train as if every row were on the device. True, or a dict of
         HostTier's settings (``memory_limit_bytes`` per table,
-        ``threads``). One process only for now; the pipeline then runs at
-        depth 1 (tiers.py says why); hot folds are refused.
+        ``threads``). With several processes each holds the rows its own
+        devices evict; hot folds are refused.
     """
 
     def __init__(self, tables: Sequence[TableSpec], features: Sequence[FeatureSpec], *,
@@ -536,7 +536,7 @@ class EmbeddingCollection:
         (``capacity``), with a host tier its statistics (HostTier.stats) and,
         given the state's `admission`, the ids filtered so far
         (``admission_filtered``, admission.py)."""
-        out, tier = {}, self.host_tier.stats() if self.host_tier is not None else {}
+        out, tier = {}, self.host_tier.stats(total=True) if self.host_tier is not None else {}
         filtered = filtered_totals(dict(admission or {}))
         for n, total in counter_totals(tables, hot).items():
             d = counters_by_name(total)

@@ -129,7 +129,8 @@ def to_device(a: np.ndarray, device) -> jax.Array:
 
 def tree_to_mesh(tree, sharding: NamedSharding):
     """Host arrays (rank >= 1) onto `sharding`, each dtype kept, in one
-    transfer: jax.device_put narrows int64 to int32 without jax_enable_x64,
+    transfer (with several processes, each places the blocks of its own
+    devices from its copy): jax.device_put narrows int64 to int32 without jax_enable_x64,
     which would change ids >= 2**31, so 64-bit integer arrays cross as int32
     pairs and are reassembled on the devices by one compiled bitcast (one
     transfer per array and device instead cost ~70 ms per host-tier stage of
@@ -139,7 +140,11 @@ def tree_to_mesh(tree, sharding: NamedSharding):
                  and np.dtype(a.dtype).kind in "iu" else None for a in leaves)
     sent = [np.ascontiguousarray(a).view(np.int32).reshape(np.shape(a) + (2,)) if w else a
             for a, w in zip(leaves, wide)]
-    placed = jax.device_put(sent, sharding)
+    if jax.process_count() == 1:
+        placed = jax.device_put(sent, sharding)
+    else:  # each process places its own devices' blocks of its copy
+        placed = [jax.make_array_from_callback(a.shape, sharding, lambda idx, a=a: a[idx])
+                  for a in sent]
     if any(wide):
         placed = _from_pairs(placed, dtypes=wide)
     return jax.tree.unflatten(treedef, placed)

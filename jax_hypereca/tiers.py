@@ -20,6 +20,13 @@ Movement (DESIGN.md section 3.4):
   slot).
 * evaluation stages with ``take=False`` (a peek): the rows travel with the
   batch and serve the ids the device tier lacks; nothing moves.
+* several processes: each process's host tier holds the rows of the owner
+  shards on its own devices (settle stores only its devices' evictions; a
+  restore keeps only the rows its shards own). Staging gathers every
+  process's batch ids first (``everyones``: every process stages in step
+  order, a collective), so each process stages, for its own owners, the ids
+  any process's samples look up; the staged size is agreed the same way.
+  Counts are per process; ``stats(total=True)`` sums them.
 
 Why no row is lost (I3): a row leaves the host store only by ``stage``, which
 holds it until ``settle`` of the same attempt; settle runs for every attempt
@@ -58,9 +65,10 @@ from typing import Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jax_hypereca.errors import PADDING_ID, HyperecaError
+from jax_hypereca.errors import PADDING_ID
 from jax_hypereca.hashing import owner_of
 from jax_hypereca.host_tier import HostStore, HostTierFullError
 from jax_hypereca.placement import tree_to_mesh
@@ -85,7 +93,7 @@ class Staged(NamedTuple):
 
 
 class HostTier:
-    """The host tier of a collection's tables (one process; see the module
+    """The host tier of a collection's tables in this process (see the module
     docstring).
 
     Args:
@@ -109,14 +117,12 @@ class HostTier:
     def __init__(self, tables: Mapping[str, TableSpec], mesh: Mesh, axis: str, *,
                  memory_limit_bytes: int | None = None, threads: int = 1,
                  ttl_steps: int | None = None):
-        if jax.process_count() > 1:
-            raise HyperecaError(
-                f"a host tier runs in one process for now ({jax.process_count()} processes): "
-                f"each owner's rows would have to be staged by the process that holds them. "
-                f"Train without host_tier, or in one process.")
         self.specs = dict(tables)
         self.mesh, self.axis = mesh, axis
         self.num_shards = mesh.shape[axis]
+        self.local = local_shards(mesh, axis)  # the owner shards whose rows this process holds
+        self.is_local = np.zeros(self.num_shards, bool)
+        self.is_local[self.local] = True
         self.memory_limit_bytes, self.threads = memory_limit_bytes, threads
         if ttl_steps is not None and (isinstance(ttl_steps, bool) or int(ttl_steps) < 1):
             raise ValueError(f"host tier: ttl_steps must be a step count >= 1 (or None: rows "
@@ -142,7 +148,8 @@ class HostTier:
         routed to their owners: removed from the store (``take``, a train
         step) or copied (an evaluation)."""
         t0, found = time.perf_counter(), {}
-        for name, keys in ids.items():
+        for name, keys in everyones(ids).items():
+            keys = keys[self.is_local[owner_of(keys, self.num_shards)]]  # this process's owners
             store = self.stores[name]
             hit, r = store.take(keys) if take else store.peek(keys)
             found[name] = Rows(*(a[hit] for a in r))
@@ -169,9 +176,10 @@ class HostTier:
         W, owners = self.num_shards, {}
         for name in sorted(found):
             owners[name] = owner_of(found[name].keys, W)
-            most = np.bincount(owners[name], minlength=W).max(initial=0)
-            while self.staged_rows < most:
-                self.staged_rows *= 2
+        most = max([np.bincount(o, minlength=W).max(initial=0) for o in owners.values()] + [0])
+        most = most_of_all(most)  # every process stages the same shape
+        while self.staged_rows < most:
+            self.staged_rows *= 2
         S, out = self.staged_rows, {}
         for names in _layout_sets(self.specs, found):
             T = len(names)
@@ -210,7 +218,7 @@ class HostTier:
         staged_names = sorted(staged.host) if staged is not None else []
         # one transfer of a few arrays: the written flags stacked, and only each
         # device's first evicted rows (one program per size), packed per set
-        done, host = jax.device_get(_settle_arrays(
+        done, host = local_get(_settle_arrays(
             {n: written[n] for n in staged_names},
             {names: [demoted[n] for n in names] for names in _layout_sets(self.specs, counts)},
             rows=self.demoted_rows, shards=self.num_shards))
@@ -218,7 +226,7 @@ class HostTier:
             self._return(name, staged.host[name], done[i], refused)
         for names, packed in host.items():
             for i, name in enumerate(names):
-                c = counts[name]
+                c = counts[name] * self.is_local  # other processes settle their own shards
                 if c.sum():
                     self._demote(name, Rows(*(np.concatenate(
                         [a[i, d, :k] for d, k in enumerate(c)]) for a in packed)), refused)
@@ -298,14 +306,22 @@ class HostTier:
             refused.setdefault(name, []).append(rows)
 
     # ----------------------------------------------------------- inspection
-    def stats(self) -> dict[str, dict[str, int]]:
+    def stats(self, *, total: bool = False) -> dict[str, dict[str, int]]:
         """Per table: rows resident in the host store, rows promoted,
         demoted and returned so far, bytes moved each way, and the store's
         counters (``host_inserted == demoted + returned``, ``host_take_hits
-        == promoted + returned``)."""
-        return {n: dict(host_rows=len(s), host_bytes=s.bytes, **self.moved[n],
-                        **{f"host_{k}": v for k, v in s.counters().items()})
-                for n, s in self.stores.items()}
+        == promoted + returned``): this process's, or with `total` summed
+        over the processes (a collective: every process calls it)."""
+        out = {n: dict(host_rows=len(s), host_bytes=s.bytes, **self.moved[n],
+                       **{f"host_{k}": v for k, v in s.counters().items()})
+               for n, s in self.stores.items()}
+        if total and jax.process_count() > 1:
+            names = sorted(out)
+            keys = list(out[names[0]]) if names else []
+            every = all_processes(np.array([[out[n][k] for k in keys] for n in names],
+                                           np.int64)).sum(axis=0)
+            out = {n: {k: int(v) for k, v in zip(keys, every[i])} for i, n in enumerate(names)}
+        return out
 
     def rows(self, name: str) -> Rows:
         """Every row of the table's host tier (host copies)."""
@@ -318,11 +334,74 @@ class HostTier:
         `rows` per table (their own counters start there), and the movement
         counts `moved` (saved with them; 0 where None)."""
         self.stores = {n: self._store(s) for n, s in self.specs.items()}
+        if jax.process_index() != 0:
+            moved = None  # the saved counts are totals: process 0 carries them on
         self.moved = {n: {k: int(((moved or {}).get(n) or {}).get(k, 0)) for k in self.moved[n]}
                       for n in self.specs}
-        for name, r in rows.items():
-            self._put(name, r)
+        for name, r in rows.items():  # each process keeps the rows its shards own
+            self._put(name, Rows(*(a[self.is_local[owner_of(r.keys, self.num_shards)]]
+                                   for a in r)))
 
+
+
+def local_shards(mesh: Mesh, axis: str) -> np.ndarray:
+    """The positions along `axis` of the shards this process's devices hold."""
+    devices = np.moveaxis(mesh.devices, mesh.axis_names.index(axis), 0)
+    devices = devices.reshape(mesh.shape[axis], -1)
+    me = jax.process_index()
+    return np.array([i for i in range(devices.shape[0])
+                     if any(d.process_index == me for d in devices[i])], np.int64)
+
+
+def all_processes(x: np.ndarray) -> np.ndarray:
+    """[P, ...]: `x` (int64, the same shape on every process) of every
+    process; a collective (int64 crosses as int32 pairs: process_allgather
+    would narrow it)."""
+    x = np.ascontiguousarray(x, np.int64)
+    if jax.process_count() == 1:
+        return x[None]
+    pairs = np.asarray(multihost_utils.process_allgather(x.view(np.int32)))
+    return np.ascontiguousarray(pairs).view(np.int64).reshape((-1,) + x.shape)
+
+
+def most_of_all(n: int) -> int:
+    """The largest `n` over the processes (a collective)."""
+    return int(all_processes(np.array([n], np.int64)).max())
+
+
+def everyones(ids: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per table, the unique ids of every process's batch (a collective
+    with several processes: each holds the host rows its own shards own,
+    whichever process's samples look them up)."""
+    if jax.process_count() == 1:
+        return dict(ids)
+    names = sorted(ids)
+    lengths = np.array([len(ids[n]) for n in names], np.int64)
+    every_len = all_processes(lengths)  # [P, T]
+    flat = np.full(int(every_len.sum(axis=1).max()), PADDING_ID, np.int64)
+    if len(lengths):
+        flat[:lengths.sum()] = np.concatenate([np.asarray(ids[n], np.int64) for n in names])
+    every = all_processes(flat)
+    out = {n: [] for n in names}
+    for p, row in enumerate(every):
+        ends = np.cumsum(every_len[p])
+        for n, a, b in zip(names, ends - every_len[p], ends):
+            out[n].append(row[a:b])
+    return {n: np.unique(np.concatenate(parts)) for n, parts in out.items()}
+
+
+def local_get(tree):
+    """Host copies of a tree of arrays, each full-size, holding the shards
+    this process can address (zeros elsewhere): device_get where every
+    shard is here."""
+    def get(x):
+        if x.is_fully_addressable:
+            return np.asarray(x)
+        out = np.zeros(x.shape, x.dtype)
+        for shard in x.addressable_shards:
+            out[shard.index] = np.asarray(shard.data)
+        return out
+    return jax.tree.map(get, tree)
 
 
 def unpack(packed: Mapping[tuple[str, ...], Rows]) -> dict[str, Rows]:

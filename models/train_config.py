@@ -73,8 +73,7 @@ class TrainConfig:
                                                       "device tier")
     host_tier: bool = _field(False, "keep the rows the tables evict in host memory and bring "
                                     "them back when a batch needs them: tables larger than "
-                                    "--table-memory-mb train as if all on the device (one "
-                                    "process)")
+                                    "--table-memory-mb train as if all on the device")
     device_table_mb: float | None = _field(None, "the device tier's memory budget (MB) with "
                                                  "the host tier behind it: the same as "
                                                  "--host-tier --table-memory-mb N")

@@ -9,11 +9,14 @@ processes' shards); there also I1 (one home per id) and identical replicas of
 the hot folds on every device of both processes. The hot-fold run picks its
 exchange with exchange="auto" (both processes must agree, or the collectives
 hang; it decides after 3 timed steps of each, well inside the run); a run
-repeats the first with the ring exchange and must equal it bit for bit; a
-last one trains with admission (test_admission.py) against its reference."""
+repeats the first with the ring exchange and must equal it bit for bit; one
+trains with admission (test_admission.py) against its reference; the last
+trains with a host tier (each process holding its shards' evicted rows, 3
+steps in flight) against the reference, and restores a checkpoint of it."""
 
 import dataclasses
 import os
+import shutil
 import sys
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
@@ -33,12 +36,14 @@ sys.path.insert(0, os.path.dirname(__file__))
 import test_collection as tc  # noqa: E402
 import test_replication as tr  # noqa: E402
 import test_admission as ta  # noqa: E402
+import test_tiers as tt  # noqa: E402
 
 import jax_hypereca as h  # noqa: E402
 from jax_hypereca import replication as rep  # noqa: E402
 from jax_hypereca.collection import EmbeddingCollection  # noqa: E402
-from jax_hypereca.placement import host_gather, make_mesh, replica_rows  # noqa: E402
-from jax_hypereca.table import COUNTER_NAMES  # noqa: E402
+from jax_hypereca.checkpoint import CheckpointManager  # noqa: E402
+from jax_hypereca.placement import host_gather, local_rows, make_mesh, replica_rows  # noqa: E402
+from jax_hypereca.table import COUNTER_NAMES, Rows  # noqa: E402
 
 assert jax.device_count() == 8 and jax.local_device_count() == 4
 batches = tc.make_batches(steps=steps)
@@ -205,4 +210,46 @@ stats = coll.table_stats(state.tables, admission=state.admission)
 for n in tc.DIMS:
     assert stats[n]["admission_filtered"] == sum(f[n] for f in filtered), n
 print(f"process {pid}: OK admission, {checked} local rows", flush=True)
+
+# a host tier across the processes, steps 3 in flight: each process keeps the
+# rows its own shards evict and stages them for whichever process's samples
+# look them up; then a checkpoint of both tiers restores every row
+ref = tc.reference(batches, tc.OPTS["adagrad"][1], optax.adam(0.01))
+specs = tt.specs(tt.BUDGET[8])
+probe = EmbeddingCollection(specs, tc.FEATURES, mesh=make_mesh())
+coll = EmbeddingCollection(specs, tc.FEATURES, mesh=make_mesh(), host_tier=True,
+                           max_shard_bytes=probe.shard_bytes(probe.init_tables()))
+dense_tx = optax.adam(0.01)
+pipe = h.TrainPipeline(coll.make_train_step(tc.head_loss, dense_tx), depth=3, local=True)
+state = coll.init_train_state(tc.init_params(), dense_tx)
+for b in batches:
+    state = pipe.submit(state, jax.tree.map(lambda x: x[pid * half:(pid + 1) * half], b))
+state = pipe.flush(state)
+losses = [m["loss"] for m in pipe.pop_completed()]
+np.testing.assert_allclose(losses, ref[2], rtol=1e-5, atol=1e-6)
+mine = {}
+for n in tc.DIMS:
+    host = coll.host_tier.rows(n)
+    assert np.isin(h.owner_of(host.keys, 8), coll.host_tier.local).all(), n  # its own shards'
+    rows = Rows.concat(local_rows(state.tables[n]) + [host])
+    assert len(np.unique(rows.keys)) == len(rows.keys), n  # I1 within the process
+    assert close(rows.values, np.asarray(ref[1][n])[rows.keys]), n
+    mine[n] = set(rows.keys.tolist())
+stats = coll.table_stats(state.tables)
+for n, t in stats.items():  # I3 over both processes, exactly
+    assert t["inserted"] - t["promoted"] == t["size"] + t["host_rows"], (n, t)
+assert stats["a"]["demoted"] > 100 and stats["a"]["promoted"] > 100, stats["a"]
+ckpt = CheckpointManager(f"/tmp/hypereca-multihost-{port}/ck")
+ckpt.save(state, coll)
+ckpt.wait()
+coll2 = EmbeddingCollection(specs, tc.FEATURES, mesh=make_mesh(), host_tier=True,
+                            max_shard_bytes=probe.shard_bytes(probe.init_tables()))
+restored, _ = ckpt.restore(coll2.init_train_state(tc.init_params(), dense_tx), coll2)
+for n in tc.DIMS:  # every row back, in the host tier of the process that owns it
+    assert set(coll2.host_tier.rows(n).keys.tolist()) == mine[n], n
+multihost_utils.sync_global_devices("checkpoint read")
+if pid == 0:
+    shutil.rmtree(f"/tmp/hypereca-multihost-{port}", ignore_errors=True)
+print(f"process {pid}: OK host tier {stats['a']['demoted']} demoted, "
+      f"{stats['a']['promoted']} promoted rows of table a", flush=True)
 jax.distributed.shutdown()

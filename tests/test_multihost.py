@@ -2,7 +2,8 @@
 127.0.0.1) equals the single-device reference (I2), with the cold fold only
 and with hot folds planned, applied and re-planned across the processes;
 the exchange picked by measurement agrees across them, the ring exchange
-equals the all-to-all bit for bit, and admission counts across them."""
+equals the all-to-all bit for bit, admission counts across them, and a host
+tier spans them (each process holding its own shards' rows)."""
 
 import os
 import pathlib
@@ -41,3 +42,4 @@ def test_two_processes_equal_the_reference():
         assert f"process {pid}: OK hot folds" in out, out[-4000:]
         assert f"process {pid}: OK ring equals all_to_all bit for bit" in out, out[-4000:]
         assert f"process {pid}: OK admission" in out, out[-4000:]
+        assert f"process {pid}: OK host tier" in out, out[-4000:]
