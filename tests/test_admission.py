@@ -28,11 +28,8 @@ STEPS = 30
 TABLE_FEATURES = {"a": ("fa", "fa3"), "b": ("fb",), "c": ("fc",)}
 
 
-def specs(capacity=None, **kw):
-    return [h.TableSpec(name=s.name, dim=s.dim, capacity=s.capacity, optimizer=s.optimizer,
-                        seed=s.seed, initializer=s.initializer, bucket_size=s.bucket_size,
-                        admit_after=K, admission_counters=1 << 16, **kw)
-            for s in tt.specs(capacity)]
+def specs(capacity=None):
+    return tt.specs(capacity, admit={n: K for n in tc.DIMS})
 
 
 def expected(batches):

@@ -29,10 +29,14 @@ BUDGET = {1: {"a": 128, "b": 128, "c": 128}, 2: {"a": 128, "b": 128, "c": 128},
           8: {"a": 256, "b": 256, "c": 256}}
 
 
-def specs(capacity: dict[str, int] | None, bucket_size: int = 32):
+def specs(capacity: dict[str, int] | None, bucket_size: int = 32,
+          admit: dict[str, int] | None = None):
+    """The tables of test_collection; `admit`: admit_after per table (a wide
+    sketch: no two ids of these tests share its counters)."""
     return [h.TableSpec(name=n, dim=tc.DIMS[n], capacity=(capacity or {}).get(n, 2048),
                         optimizer=tc.OPTS["adagrad"][0], seed=7 + i,
-                        initializer=h.uniform(0.2), bucket_size=bucket_size)
+                        initializer=h.uniform(0.2), bucket_size=bucket_size,
+                        admit_after=(admit or {}).get(n, 1), admission_counters=1 << 16)
             for i, n in enumerate(tc.DIMS)]
 
 
@@ -96,11 +100,12 @@ def all_on_device(batches, devices):
     return coll, state, losses
 
 
-def tiered(devices):
+def tiered(devices, admit: dict[str, int] | None = None):
     """A collection with a host tier whose tables may not grow past BUDGET."""
     mesh = make_mesh(jax.devices()[:devices])
-    probe = EmbeddingCollection(specs(BUDGET[devices]), tc.FEATURES, mesh=mesh)
-    return EmbeddingCollection(specs(BUDGET[devices]), tc.FEATURES, mesh=mesh, host_tier=True,
+    probe = EmbeddingCollection(specs(BUDGET[devices], admit=admit), tc.FEATURES, mesh=mesh)
+    return EmbeddingCollection(specs(BUDGET[devices], admit=admit), tc.FEATURES, mesh=mesh,
+                               host_tier=True,
                                max_shard_bytes=probe.shard_bytes(probe.init_tables()))
 
 

@@ -2,7 +2,8 @@
 insert, evict to the host tier and promote back, erases, and checkpoint
 save/restore, in any order, against a dict of the ids that must exist and
 against a collection with room for every row on the device that sees the
-same steps and erases. After every rule: no id lost or duplicated (I1), the
+same steps and erases; table b admits ids from their 2nd step on (admission,
+the sketch kept across checkpoints). After every rule: no id lost or duplicated (I1), the
 accounting exact (I3: device inserted - promoted == device + host + erased
 on either tier), and every row, values and optimizer state, bit-identical
 to the all-on-device collection's."""
@@ -27,6 +28,7 @@ import test_tiers as tt
 
 DEVICES = 2
 POOL = 6  # batches the steps draw from (one shape: one compile; few, so ids come back)
+ADMIT = {"b": 2}  # table b admits an id in the step it is seen in for the 2nd time
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +37,8 @@ def world():
     example starts both from a fresh state (and an empty host tier)."""
     batches = tt.wide(tc.make_batches(seed=11, steps=POOL))
     mesh = make_mesh(jax.devices()[:DEVICES])
-    big = EmbeddingCollection(tt.specs(None), tc.FEATURES, mesh=mesh)
-    small = tt.tiered(DEVICES)
+    big = EmbeddingCollection(tt.specs(None, admit=ADMIT), tc.FEATURES, mesh=mesh)
+    small = tt.tiered(DEVICES, admit=ADMIT)
     tx = optax.adam(0.01)
     return dict(batches=batches, small=small, big=big, tx=tx,
                 steps={c: c.make_train_step(tc.head_loss, tx) for c in (small, big)})
@@ -62,6 +64,7 @@ class Tiers(RuleBasedStateMachine):
         self.state = {c: c.init_train_state(tc.init_params(), w["tx"])
                       for c in (w["small"], w["big"])}
         self.live = {t: set() for t in tc.DIMS}  # the model: ids that must exist
+        self.seen_in = {t: {} for t in tc.DIMS}  # steps each id was looked up in (admission)
         self.erased = {t: 0 for t in tc.DIMS}
         self.saves = 0
 
@@ -72,7 +75,10 @@ class Tiers(RuleBasedStateMachine):
             for c, step in self.world["steps"].items():
                 self.state[c], _ = step(self.state[c], b)
             for t, ids in ids_of(b).items():
-                self.live[t] |= ids
+                for i in ids:
+                    self.seen_in[t][i] = self.seen_in[t].get(i, 0) + 1
+                # erasing keeps the count: an erased id seen again has its row at once
+                self.live[t] |= {i for i in ids if self.seen_in[t][i] >= ADMIT.get(t, 1)}
 
     @rule(data=st.data(), table=st.sampled_from(sorted(tc.DIMS)))
     def erase(self, data, table):
