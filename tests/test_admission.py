@@ -18,7 +18,7 @@ import jax_hypereca as h
 from jax_hypereca.admission import admit
 from jax_hypereca.checkpoint import CheckpointManager
 from jax_hypereca.collection import EmbeddingCollection
-from jax_hypereca.placement import make_mesh
+from jax_hypereca.placement import make_mesh, replica_rows
 
 import test_collection as tc
 import test_tiers as tt
@@ -88,6 +88,32 @@ def test_admitted_training_equals_a_reference_that_reads_zeros_until_the_kth_sig
         assert stats[n]["admission_filtered"] == sum(f[n] for f in filtered)
         assert stats[n]["evicted"] == 0
     assert stats["a"]["admission_filtered"] > 100
+
+
+def test_hot_fold_ids_are_admitted_from_their_first_step(batches):
+    """Ids the hot fold replicates never reach an owner's sketch: they train
+    from the first step, the others from their K-th (2 devices)."""
+    from jax_hypereca import replication as rep
+
+    hot = np.arange(10)
+    admitted, _ = expected(batches[:STEPS // 2])
+    for a in admitted:
+        a["a"] = a["a"].copy()
+        a["a"][hot] = True
+    ref = tc.reference(batches[:STEPS // 2], tc.OPTS["adagrad"][1], optax.adam(0.01), admitted)
+    coll = EmbeddingCollection(specs(), tc.FEATURES, mesh=make_mesh(jax.devices()[:2]))
+    dense_tx = optax.adam(0.01)
+    step = coll.make_train_step(tc.head_loss, dense_tx)
+    state = rep.apply_plan(coll, coll.init_train_state(tc.init_params(), dense_tx), {"a": hot})
+    losses = []
+    for b in batches[:STEPS // 2]:
+        state, m = step(state, b)
+        losses.append(m["loss"])
+    tc.assert_equivalent(state, losses, ref)
+    rows, _ = replica_rows(state.hot["a"])  # the hot rows trained from their first step
+    assert sorted(rows.keys.tolist()) == hot.tolist()
+    np.testing.assert_allclose(rows.values, np.asarray(ref[1]["a"])[rows.keys], rtol=1e-5,
+                               atol=1e-6)
 
 
 def test_the_sketch_never_admits_late_however_crowded():
