@@ -171,9 +171,6 @@ class ShardedTrainStep:
                 state.tables, state.hot, batch["ids"], batch["weights"], state.step + 1, live,
                 tier_in)
             counted = tier.pop("admission", {})  # kept only if the step is applied
-            admission = {t: jax.tree.map(lambda new, old: jnp.where(ok, new, old),
-                                         counted.get(t, a), a)
-                         for t, a in state.admission.items()}
             with jax.named_scope("stage_dense"):
                 out, (g_params, g_out) = jax.value_and_grad(
                     scoped(loss_fn), argnums=(0, 1), has_aux=has_aux)(state.params, outputs,
@@ -185,6 +182,7 @@ class ShardedTrainStep:
                 updates, opt_state = tx.update(g_params, state.opt_state, state.params)
                 params = optax.apply_updates(state.params, updates)
             keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+            admission = {t: keep(counted.get(t, a), a) for t, a in state.admission.items()}
             new_state = TrainState(keep(params, state.params), keep(opt_state, state.opt_state),
                                    tables, jnp.where(ok, state.step + 1, state.step), hot,
                                    admission)
