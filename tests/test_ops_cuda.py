@@ -704,6 +704,44 @@ def test_sharded_training_on_one_gpu_matches_cpu():
         assert_close(ref_t.values, got_t.values, f"{name}.values", rtol=1e-4, atol=1e-5)
 
 
+def test_admission_and_a_host_tier_on_one_gpu_match_cpu():
+    """The sharded step with admission (int8 sketch, scatter-max) on every
+    table and a host tier (packed staging, int64 ids as int32 pairs, settle)
+    on a one-device GPU mesh against the same on one CPU device: every row,
+    on the device or in the host tier, by id."""
+    import optax
+
+    import test_collection as tc
+    import test_tiers as tt
+    from jax_hypereca.collection import EmbeddingCollection
+    from jax_hypereca.placement import make_mesh
+
+    batches = tt.wide(tc.make_batches(seed=4, steps=16))
+    admit = {n: 2 for n in tc.DIMS}
+    results = []
+    for dev in (CPU, TARGET):
+        with jax.default_device(dev), jax.default_matmul_precision("highest"):
+            mesh = make_mesh([dev])
+            probe = EmbeddingCollection(tt.specs(tt.BUDGET[1], admit=admit), tc.FEATURES,
+                                        mesh=mesh)
+            coll = EmbeddingCollection(tt.specs(tt.BUDGET[1], admit=admit), tc.FEATURES,
+                                       mesh=mesh, host_tier=True,
+                                       max_shard_bytes=probe.shard_bytes(probe.init_tables()))
+            state, losses = tt.train(coll, batches, depth=2)
+            stats = coll.table_stats(state.tables, admission=state.admission)
+            results.append((losses, {n: tt.all_rows(coll, state, n) for n in tc.DIMS}, stats))
+    (ref_losses, ref_rows, ref_stats), (losses, rows, stats) = results
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-6)
+    for n in tc.DIMS:
+        assert rows[n].keys() == ref_rows[n].keys(), n
+        for k, (v, o) in ref_rows[n].items():
+            assert_close(v, rows[n][k][0], f"{n}[{k}].values", rtol=1e-4, atol=1e-5)
+            assert_close(o, rows[n][k][1], f"{n}[{k}].opt_state", rtol=1e-4, atol=1e-5)
+        for key in ("admission_filtered", "demoted", "promoted", "size", "host_rows"):
+            assert stats[n][key] == ref_stats[n][key], (n, key)
+    assert ref_stats["a"]["demoted"] > 0 and ref_stats["a"]["admission_filtered"] > 0
+
+
 _SANITIZER_SCRIPT = r"""
 import numpy as np, jax, jax.numpy as jnp
 import jax_hypereca as h
