@@ -147,7 +147,7 @@ def test_a_small_device_tier_trains_like_all_rows_on_the_device(devices, depth, 
     assert coll.host_tier.stats() == before
 
 
-@pytest.mark.parametrize("devices", [1, 8])
+@pytest.mark.parametrize("devices", [pytest.param(1, marks=slow_case), 8])
 def test_a_device_tier_of_5_percent_of_the_ids_trains_like_all_rows_on_the_device(devices):
     """Table a's ids rotate through 40 disjoint ranges of 400 (one per step,
     so an id returns every 40 steps): 80 steps see ~5,500 of its ids, the
