@@ -100,13 +100,31 @@ def all_on_device(batches, devices):
     return coll, state, losses
 
 
-def tiered(devices, admit: dict[str, int] | None = None):
-    """A collection with a host tier whose tables may not grow past BUDGET."""
+def tiered(devices, admit: dict[str, int] | None = None,
+           budget: dict[str, int] | None = None):
+    """A collection with a host tier whose tables may not grow past `budget`
+    (default BUDGET)."""
     mesh = make_mesh(jax.devices()[:devices])
-    probe = EmbeddingCollection(specs(BUDGET[devices], admit=admit), tc.FEATURES, mesh=mesh)
-    return EmbeddingCollection(specs(BUDGET[devices], admit=admit), tc.FEATURES, mesh=mesh,
+    budget = budget or BUDGET[devices]
+    probe = EmbeddingCollection(specs(budget, admit=admit), tc.FEATURES, mesh=mesh)
+    return EmbeddingCollection(specs(budget, admit=admit), tc.FEATURES, mesh=mesh,
                                host_tier=True,
                                max_shard_bytes=probe.shard_bytes(probe.init_tables()))
+
+
+def assert_trains_alike(coll, state, losses, ref_coll, ref_state, ref_losses) -> dict:
+    """Losses, dense params and every row bit for bit as the reference run,
+    and I3 exact (every id inserted is on the device or in the host tier);
+    returns the table stats."""
+    assert losses == ref_losses  # bit for bit
+    for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    stats = coll.table_stats(state.tables)
+    for name in tc.DIMS:
+        want = assert_same_rows(coll, state, ref_coll, ref_state, name)
+        s = stats[name]
+        assert s["inserted"] - s["promoted"] == s["size"] + s["host_rows"] == len(want)
+    return stats
 
 
 # 8 devices at depth 3 covers the paths (and the 1-device checkpoint restore
@@ -117,16 +135,10 @@ def test_a_small_device_tier_trains_like_all_rows_on_the_device(devices, depth, 
     ref_coll, ref_state, ref_losses = all_on_device(batches, devices)
     coll = tiered(devices)
     state, losses = train(coll, batches, depth)
-    assert losses == ref_losses  # bit for bit
-    for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
-        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-    stats = coll.table_stats(state.tables)
+    stats = assert_trains_alike(coll, state, losses, ref_coll, ref_state, ref_losses)
     for name in tc.DIMS:
-        want = assert_same_rows(coll, state, ref_coll, ref_state, name)
         s = stats[name]
         assert state.tables[name].keys.shape[0] == BUDGET[devices][name]  # never grew
-        # I3, exact: every id inserted is on the device or in the host tier
-        assert s["inserted"] - s["promoted"] == s["size"] + s["host_rows"] == len(want)
         assert s["evicted"] == s["demoted"] == s["host_inserted"] - s["returned"]
         assert s["promoted"] == s["host_take_hits"] - s["returned"]
         assert s["bytes_to_host"] == s["demoted"] * coll.tables[name].row_bytes()
@@ -163,20 +175,9 @@ def test_a_device_tier_of_5_percent_of_the_ids_trains_like_all_rows_on_the_devic
     ref_coll = EmbeddingCollection(specs({"a": 16384}), tc.FEATURES, mesh=mesh)
     ref_state, ref_losses = train(ref_coll, batches)
     assert all(s["evicted"] == 0 for s in ref_coll.table_stats(ref_state.tables).values())
-    budget = dict(BUDGET[devices], a=256)
-    probe = EmbeddingCollection(specs(budget), tc.FEATURES, mesh=mesh)
-    coll = EmbeddingCollection(specs(budget), tc.FEATURES, mesh=mesh, host_tier=True,
-                               max_shard_bytes=probe.shard_bytes(probe.init_tables()))
+    coll = tiered(devices, budget=dict(BUDGET[devices], a=256))
     state, losses = train(coll, batches, depth=3)
-    assert losses == ref_losses  # bit for bit
-    for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
-        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-    stats = coll.table_stats(state.tables)
-    for name in tc.DIMS:
-        want = assert_same_rows(coll, state, ref_coll, ref_state, name)
-        s = stats[name]
-        assert s["inserted"] - s["promoted"] == s["size"] + s["host_rows"] == len(want)
-    a = stats["a"]
+    a = assert_trains_alike(coll, state, losses, ref_coll, ref_state, ref_losses)["a"]
     assert state.tables["a"].keys.shape[0] == 256
     assert a["size"] + a["host_rows"] >= 19 * 256  # the device tier holds about 5% of them
     assert a["promoted"] > 1000 and a["demoted"] > 1000, a
