@@ -201,11 +201,11 @@ print(f"process {pid}: OK ring equals all_to_all bit for bit", flush=True)
 
 # admission (ids get rows from their 3rd step on) against the reference that
 # reads zeros until then, the filtered count summed over both processes
-admitted, filtered = ta.expected(batches[:8])
-ref = tc.reference(batches[:8], tc.OPTS["adagrad"][1], optax.adam(0.01), admitted)
+admitted, filtered = ta.expected(batches[:6])
+ref = tc.reference(batches[:6], tc.OPTS["adagrad"][1], optax.adam(0.01), admitted)
 specs = [dataclasses.replace(s, admit_after=ta.K, admission_counters=1 << 16)
          for s in tc.table_specs(tc.OPTS["adagrad"][0])]
-coll, state, losses = train(None, specs=specs, steps=8)
+coll, state, losses = train(None, specs=specs, steps=6)
 checked, _ = check_equivalent(state, losses, ref)
 stats = coll.table_stats(state.tables, admission=state.admission)
 for n in tc.DIMS:

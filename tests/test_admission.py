@@ -176,12 +176,13 @@ def test_host_tier_and_steps_in_flight_admit_exactly_like_all_rows_on_the_device
                                       np.asarray(ref_state.admission[n]["sketch"]))
 
 
-def test_checkpoints_keep_the_counts_on_the_same_mesh_and_every_row_on_another(
+def test_a_checkpoint_restored_onto_another_mesh_keeps_every_row_and_restarts_the_counts(
         batches, tmp_path, caplog):
-    mesh2 = make_mesh(jax.devices()[:2])
-    coll = EmbeddingCollection(specs(), tc.FEATURES, mesh=mesh2)
-    full_state, full_losses, _ = run(coll, batches[:12])
-    coll = EmbeddingCollection(specs(), tc.FEATURES, mesh=mesh2)
+    """Saved on 2 devices, restored onto 1: the sketch starts again (logged),
+    every admitted row and the filtered totals are back, training goes on.
+    (A restore onto the same mesh keeps the sketch: test_tiers_machine's
+    runs train on after restores and must admit as the run never saved.)"""
+    coll = EmbeddingCollection(specs(), tc.FEATURES, mesh=make_mesh(jax.devices()[:2]))
     state, _, _ = run(coll, batches[:6])
     ckpt = CheckpointManager(tmp_path / "ck")
     ckpt.save(state, coll)
@@ -189,19 +190,6 @@ def test_checkpoints_keep_the_counts_on_the_same_mesh_and_every_row_on_another(
     saved = {n: resident(t) for n, t in state.tables.items()}
     saved_filtered = coll.table_stats(state.tables, admission=state.admission)
     tx = optax.adam(0.01)
-    # the same mesh: the run goes on as if never interrupted, bit for bit
-    restored, _ = ckpt.restore(coll.init_train_state(tc.init_params(), tx), coll)
-    step = coll.make_train_step(tc.head_loss, tx)
-    losses = []
-    for b in batches[6:12]:
-        restored, m = step(restored, b)
-        losses.append(m["loss"])
-    assert losses == full_losses[6:]
-    for n, a in full_state.admission.items():
-        for field in ("sketch", "filtered"):
-            np.testing.assert_array_equal(np.asarray(restored.admission[n][field]),
-                                          np.asarray(a[field]))
-    # one device: the sketch starts again (logged), every admitted row is back
     coll1 = EmbeddingCollection(specs(), tc.FEATURES, mesh=make_mesh(jax.devices()[:1]))
     with caplog.at_level(logging.WARNING, logger="jax_hypereca"):
         state1, _ = ckpt.restore(coll1.init_train_state(tc.init_params(), tx), coll1)
