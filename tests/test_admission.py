@@ -22,6 +22,7 @@ from jax_hypereca.placement import make_mesh, replica_rows
 
 import test_collection as tc
 import test_tiers as tt
+from conftest import slow_case
 
 K = 3
 STEPS = 30
@@ -157,6 +158,7 @@ def test_the_sketch_never_admits_late_however_crowded():
     assert int(state["filtered"]) > 0
 
 
+@slow_case  # a further case: the tiers state machine admits with a host tier (depth 1)
 def test_host_tier_and_steps_in_flight_admit_exactly_like_all_rows_on_the_device():
     """8 devices, a device tier of a fraction of the ids, depth 3: bit for
     bit the all-device run with the same admission (ids across int64)."""
