@@ -26,9 +26,9 @@ that is device hits / (device hits + promotions); ``hit_rate_vs_all_device``:
 ``hit_rate`` over the all-device run's, the share of the hits a device with
 room for every row gets, which a short run's new ids do not cap),
 promotions, demotions and bytes moved host<->device per step, and the host
-tier's lookups/s (ids
-staged / seconds in ``HostTier.stage``). Every run ends with I3 checked
-exactly: per table, inserted - promoted == device rows + host rows.
+tier's lookups/s (ids staged / seconds in ``HostTier.stage``). Every run
+ends with I3 checked exactly: per table, inserted - promoted == device rows
++ host rows.
 
 The last line is the summary at the 20% budget (issue 14's goals:
 ``hit_rate`` >= 0.90, ``slowdown_vs_all_device`` <= 1.3,

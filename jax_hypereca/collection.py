@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jax_hypereca.admission import filtered_totals, init_sketches
+from jax_hypereca.admission import admits, filtered_totals, init_sketches
 from jax_hypereca.capacity import ExchangeCapacities, Group
 from jax_hypereca.errors import PADDING_ID, HyperecaError, TableFullError
 from jax_hypereca.erasure import erase_ids
@@ -413,7 +413,7 @@ class EmbeddingCollection:
         if self.max_shard_bytes is None or not batches:
             return
         for name, spec in self.tables.items():
-            if spec.admit_after > 1:
+            if admits(spec):
                 continue
             cols = [np.asarray(b["ids"][f.name], np.int64).reshape(-1)
                     for b in batches for f in self.features.values() if f.table == name]

@@ -5,8 +5,9 @@ A sharded table (the cold fold) is a TableState of global arrays split along
 axis 0 over one mesh axis: device d holds rows [d R, (d+1) R) and counter
 vector d; id k lives on shard ``owner_of(k, W)``. A replicated table (a hot
 fold, see replication.py) holds the same R rows on every device. Rows move
-between host and mesh only through this module (`place_rows`, `host_gather`)
-and counters are totalled only by `counter_totals`.
+between host and mesh only through this module (`place_rows`, `host_gather`,
+`tree_to_mesh`), counters are totalled only by `counter_totals`, and values
+cross processes here (`host_gather`, `host_sum`, `all_processes`, `local_get`).
 """
 
 from __future__ import annotations
@@ -116,10 +117,46 @@ def host_gather(x: jax.Array) -> np.ndarray:
 
 def host_sum(value: int) -> int:
     """The sum over processes of a host integer."""
+    return int(all_processes(np.array([value], np.int64)).sum())
+
+
+def local_shards(mesh: Mesh, axis: str) -> np.ndarray:
+    """The positions along `axis` of the shards this process's devices hold."""
+    devices = np.moveaxis(mesh.devices, mesh.axis_names.index(axis), 0)
+    devices = devices.reshape(mesh.shape[axis], -1)
+    me = jax.process_index()
+    return np.array([i for i in range(devices.shape[0])
+                     if any(d.process_index == me for d in devices[i])], np.int64)
+
+
+def all_processes(x: np.ndarray) -> np.ndarray:
+    """[P, ...]: `x` (int64, the same shape on every process) of every
+    process; a collective (int64 crosses as int32 pairs: process_allgather
+    would narrow it)."""
+    x = np.ascontiguousarray(x, np.int64)
     if jax.process_count() == 1:
-        return int(value)
-    arr = jax.experimental.multihost_utils.process_allgather(np.int32(value))
-    return int(np.sum(np.asarray(arr, np.int64)))
+        return x[None]
+    pairs = np.asarray(jax.experimental.multihost_utils.process_allgather(x.view(np.int32)))
+    return np.ascontiguousarray(pairs).view(np.int64).reshape((-1,) + x.shape)
+
+
+def most_of_all(n: int) -> int:
+    """The largest `n` over the processes (a collective)."""
+    return int(all_processes(np.array([n], np.int64)).max())
+
+
+def local_get(tree):
+    """Host copies of a tree of arrays, each full-size, holding the shards
+    this process can address (zeros elsewhere): device_get where every
+    shard is here."""
+    def get(x):
+        if x.is_fully_addressable:
+            return np.asarray(x)
+        out = np.zeros(x.shape, x.dtype)
+        for shard in x.addressable_shards:
+            out[shard.index] = np.asarray(shard.data)
+        return out
+    return jax.tree.map(get, tree)
 
 
 def to_device(a: np.ndarray, device) -> jax.Array:
@@ -210,10 +247,7 @@ def rows_on_mesh(blocks: list[Rows], mesh: Mesh, axis: str, *, min_rows: int = 0
     process (mesh order) gets blocks[i], padded to the longest block of any
     process, at least `min_rows` (keys PADDING_ID, zeros). Returns Rows of
     global arrays."""
-    longest = max([len(r.keys) for r in blocks] + [min_rows])
-    if jax.process_count() > 1:
-        longest = int(np.max(np.asarray(
-            jax.experimental.multihost_utils.process_allgather(np.int32(longest)))))
+    longest = most_of_all(max([len(r.keys) for r in blocks] + [min_rows]))
     sharding = NamedSharding(mesh, P(axis))
     devices = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
     out = []

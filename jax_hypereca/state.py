@@ -13,14 +13,15 @@ class TrainState(NamedTuple):
     """Dense parameters (replicated), their optax state, the sharded tables
     (the cold fold), the number of completed steps, the replicated hot
     folds of the tables that have one (see replication.py), and the
-    admission sketches of the tables that filter ids (admission.py)."""
+    admission state (sketch, filtered count) of the tables that filter ids
+    (admission.py)."""
 
     params: Any
     opt_state: Any
     tables: dict[str, TableState]
     step: jax.Array
     hot: dict[str, TableState] = {}
-    admission: dict[str, jax.Array] = {}
+    admission: dict[str, dict[str, jax.Array]] = {}
 
 
 LossFn = Callable[[Any, dict[str, jax.Array], Mapping[str, Any]], Any]

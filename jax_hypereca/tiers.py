@@ -65,13 +65,13 @@ from typing import Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jax_hypereca.errors import PADDING_ID
 from jax_hypereca.hashing import owner_of
 from jax_hypereca.host_tier import HostStore, HostTierFullError
-from jax_hypereca.placement import tree_to_mesh
+from jax_hypereca.placement import (
+    all_processes, local_get, local_shards, most_of_all, tree_to_mesh)
 from jax_hypereca.table import Rows, TableSpec
 
 # Staged rows per device are padded to one size for every table, a power of
@@ -149,7 +149,8 @@ class HostTier:
         step) or copied (an evaluation)."""
         t0, found = time.perf_counter(), {}
         for name, keys in everyones(ids).items():
-            keys = keys[self.is_local[owner_of(keys, self.num_shards)]]  # this process's owners
+            if not self.is_local.all():  # several processes: this one's owners only
+                keys = keys[self.is_local[owner_of(keys, self.num_shards)]]
             store = self.stores[name]
             hit, r = store.take(keys) if take else store.peek(keys)
             found[name] = Rows(*(a[hit] for a in r))
@@ -343,32 +344,6 @@ class HostTier:
                                    for a in r)))
 
 
-
-def local_shards(mesh: Mesh, axis: str) -> np.ndarray:
-    """The positions along `axis` of the shards this process's devices hold."""
-    devices = np.moveaxis(mesh.devices, mesh.axis_names.index(axis), 0)
-    devices = devices.reshape(mesh.shape[axis], -1)
-    me = jax.process_index()
-    return np.array([i for i in range(devices.shape[0])
-                     if any(d.process_index == me for d in devices[i])], np.int64)
-
-
-def all_processes(x: np.ndarray) -> np.ndarray:
-    """[P, ...]: `x` (int64, the same shape on every process) of every
-    process; a collective (int64 crosses as int32 pairs: process_allgather
-    would narrow it)."""
-    x = np.ascontiguousarray(x, np.int64)
-    if jax.process_count() == 1:
-        return x[None]
-    pairs = np.asarray(multihost_utils.process_allgather(x.view(np.int32)))
-    return np.ascontiguousarray(pairs).view(np.int64).reshape((-1,) + x.shape)
-
-
-def most_of_all(n: int) -> int:
-    """The largest `n` over the processes (a collective)."""
-    return int(all_processes(np.array([n], np.int64)).max())
-
-
 def everyones(ids: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per table, the unique ids of every process's batch (a collective
     with several processes: each holds the host rows its own shards own,
@@ -388,20 +363,6 @@ def everyones(ids: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         for n, a, b in zip(names, ends - every_len[p], ends):
             out[n].append(row[a:b])
     return {n: np.unique(np.concatenate(parts)) for n, parts in out.items()}
-
-
-def local_get(tree):
-    """Host copies of a tree of arrays, each full-size, holding the shards
-    this process can address (zeros elsewhere): device_get where every
-    shard is here."""
-    def get(x):
-        if x.is_fully_addressable:
-            return np.asarray(x)
-        out = np.zeros(x.shape, x.dtype)
-        for shard in x.addressable_shards:
-            out[shard.index] = np.asarray(shard.data)
-        return out
-    return jax.tree.map(get, tree)
 
 
 def unpack(packed: Mapping[tuple[str, ...], Rows]) -> dict[str, Rows]:
