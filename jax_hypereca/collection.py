@@ -478,7 +478,7 @@ class EmbeddingCollection:
 
             def body(tb, hb, i, w, s, go, st):
                 st = dict(st)
-                if "staged" in st:  # packed for the transfer (HostTier._by_owner)
+                if "staged" in st:  # packed for the transfer (tiers.Staged)
                     st["staged"] = unpack_staged(st["staged"])
                 return forward_local(layout, dict(tb), dict(hb), i, w, s, go, st, train=train)
 

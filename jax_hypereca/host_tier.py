@@ -23,6 +23,11 @@ Semantics, whatever ``threads``:
 * nothing leaves the store but by take, erase or ``evict_older_than`` (TTL),
   each counted: ``inserted == size + take_hits + erased + ttl_evicted``;
 * the export order is a function of the calls made and of ``partitions``.
+
+A :class:`HostStager` looks one batch up in the stores of several tables of
+one row layout in one native call and packs the rows found for their owner
+shards (ffi/include/hypereca/host_stage.h): what ``tiers.HostTier.stage``
+sends to the devices.
 """
 
 from __future__ import annotations
@@ -251,3 +256,58 @@ class HostStore:
             rows, start = self.export(start, max_rows)
             if rows.keys.shape[0]:
                 yield rows
+
+
+class HostStager:
+    """One batch's rows from the stores of T tables of one row layout,
+    routed to their W owner shards and packed [W * T * S] (block (d, t) at
+    rows [(d * T + t) * S, ...): table t's rows owned by shard d and padding,
+    key PADDING_ID and zeros, S in all, sorted by key as signed int64) in two
+    native calls with the GIL released: :meth:`collect` looks the ids up
+    (take or peek) and returns the most rows of one block, :meth:`pack`
+    writes the blocks for an S at least that large (several processes agree
+    S in between). Tables are split over `threads`.
+
+    The rows a take-collect removed from the stores live in the stager until
+    packed: the caller packs them (and keeps the packed rows until they are
+    back in a store or on a device)."""
+
+    def __init__(self, dim: int, state_width: int, *, dtype, num_shards: int, threads: int = 1):
+        self.dtype = _dtype(dtype)
+        self.dim, self.state_width = int(dim), int(state_width)
+        self._native = _cpu.HostStager(self.dim * self.dtype.itemsize, self.state_width,
+                                       int(num_shards), max(1, int(threads)))
+        self.num_shards = int(num_shards)
+
+    def collect(self, stores: list[HostStore], keys: list[np.ndarray], *, take: bool,
+                local: np.ndarray) -> int:
+        """Looks each store's `keys` (unique ids, int64) up, skipping ids
+        whose owner shard has ``local`` False; returns the most rows one
+        (owner, table) block holds. Validates every table's ids before any
+        store is touched (ReservedIdError: nothing was taken)."""
+        ks = [_keys(k, store=f"HostStore {s.name!r}", op="stage", allow_padding=True)
+              for s, k in zip(stores, keys)]
+        for s in stores:
+            if (s.dim, s.state_width, s.dtype) != (self.dim, self.state_width, self.dtype):
+                raise ValueError(f"HostStager: store {s.name!r} holds rows of dim={s.dim}, "
+                                 f"state_width={s.state_width}, {s.dtype.name}; this stager "
+                                 f"packs dim={self.dim}, state_width={self.state_width}, "
+                                 f"{self.dtype.name} (one stager per row layout)")
+        flags = np.ascontiguousarray(local, np.uint8)
+        return int(self._native.collect([s._native for s in stores], ks, bool(take), flags))
+
+    def pack(self, rows_per_block: int) -> Rows:
+        """The last collect's rows in blocks of `rows_per_block` (>= its result)."""
+        keys, values, state, last, freq = self._native.pack(int(rows_per_block))
+        return Rows(keys, values.view(self.dtype).reshape(keys.shape[0], self.dim), state,
+                    last, freq)
+
+    @property
+    def looked_up(self) -> int:
+        """Ids the last collect looked up (those of local owner shards)."""
+        return int(self._native.looked_up)
+
+    @property
+    def found(self) -> int:
+        """Rows the last collect found."""
+        return int(self._native.found)

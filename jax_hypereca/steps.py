@@ -331,7 +331,7 @@ def _tier_in(staged, unsettled: Sequence[Pending] = ()) -> dict:
     if staged is None:
         return {}
     victims = {t: tuple(p.metrics["tier"]["demoted"][t].keys for p in unsettled)
-               for t in staged.host}
+               for t in staged.tables}
     return {"staged": staged.device, "victims": victims}
 
 

@@ -69,7 +69,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jax_hypereca.errors import PADDING_ID
 from jax_hypereca.hashing import owner_of
-from jax_hypereca.host_tier import HostStore, HostTierFullError
+from jax_hypereca.host_tier import HostStager, HostStore, HostTierFullError
 from jax_hypereca.placement import (
     all_processes, local_get, local_shards, most_of_all, tree_to_mesh)
 from jax_hypereca.table import Rows, TableSpec
@@ -82,14 +82,21 @@ MIN_STAGED = 16
 
 
 class Staged(NamedTuple):
-    """One attempt's staged rows. ``host``: per table, [W * S] rows with
-    device d's S rows (sorted by key, padding PADDING_ID) at [d * S, (d + 1)
-    * S). ``device``: the same rows on the mesh, packed (HostTier._by_owner):
-    one Rows per set of tables of one row layout, keyed by their names."""
+    """One attempt's staged rows, packed per set of tables of one row layout
+    (keyed by their names, in name order; host_tier.HostStager): ``host``
+    [W * T * S] rows with block (d, t) -- device d's S rows of the set's
+    t-th table, sorted by key, padding PADDING_ID -- at rows [(d * T + t) *
+    S, ...); ``device`` the same on the mesh (tiers.unpack splits a device's
+    block per table)."""
 
-    host: dict[str, Rows]
-    device: dict[str, Rows]
+    host: dict[tuple[str, ...], Rows]
+    device: dict[tuple[str, ...], Rows]
     taken: bool
+
+    @property
+    def tables(self) -> list[str]:
+        """The staged tables, in the order of ``host``'s sets."""
+        return [name for names in self.host for name in names]
 
 
 class HostTier:
@@ -129,6 +136,7 @@ class HostTier:
                              f"stay), got {ttl_steps!r}")
         self.ttl_steps = None if ttl_steps is None else int(ttl_steps)
         self.stores = {n: self._store(s) for n, s in self.specs.items()}
+        self._stagers: dict[tuple[str, ...], HostStager] = {}
         self.moved = {n: dict(promoted=0, demoted=0, returned=0, stale=0, ttl_evicted=0,
                               erased_on_host=0, bytes_to_device=0, bytes_to_host=0)
                       for n in self.specs}
@@ -146,56 +154,46 @@ class HostTier:
     def stage(self, ids: Mapping[str, np.ndarray], *, take: bool) -> Staged:
         """Per table, the rows of `ids` (unique, no padding) the store holds,
         routed to their owners: removed from the store (``take``, a train
-        step) or copied (an evaluation)."""
-        t0, found = time.perf_counter(), {}
-        for name, keys in everyones(ids).items():
-            if not self.is_local.all():  # several processes: this one's owners only
-                keys = keys[self.is_local[owner_of(keys, self.num_shards)]]
-            store = self.stores[name]
-            hit, r = store.take(keys) if take else store.peek(keys)
-            found[name] = Rows(*(a[hit] for a in r))
-            self.timing["stage_keys"] += len(keys)
-        packed = self._by_owner(found)
-        W, S, host = self.num_shards, self.staged_rows, {}
-        for names, rows in packed.items():  # each table's [W * S] view of its pack
-            for i, name in enumerate(names):
-                host[name] = Rows(*(a.reshape((W, len(names), S) + a.shape[1:])[:, i].reshape(
-                    (W * S,) + a.shape[1:]) for a in rows))
-        # every table at once, a few arrays; ids and frequencies stay int64
-        device = tree_to_mesh(packed, NamedSharding(self.mesh, P(self.axis)))
+        step) or copied (an evaluation). If anything fails before the rows
+        are on the mesh, the rows taken go back to the stores."""
+        t0 = time.perf_counter()
+        ids = everyones(ids)
+        sets, most, collected, host = _layout_sets(self.specs, ids), 0, {}, None
+        try:
+            for names in sets:  # one native call per set: every table, owner routing, sorting
+                stager = self._stager(names)
+                collected[names] = stager.collect(
+                    [self.stores[n] for n in names], [ids[n] for n in names], take=take,
+                    local=self.is_local)
+                most = max(most, collected[names])
+                self.timing["stage_keys"] += stager.looked_up
+            most = most_of_all(most)  # every process stages the same shape
+            while self.staged_rows < most:
+                self.staged_rows *= 2
+            host = {names: self._stagers[names].pack(self.staged_rows) for names in sets}
+            # every table at once, a few arrays; ids and frequencies stay int64
+            device = tree_to_mesh(host, NamedSharding(self.mesh, P(self.axis)))
+        except BaseException:
+            if take:
+                self._unstage(host or {n: self._stagers[n].pack(m) for n, m in collected.items()})
+            raise
         self.timing["stage_s"] += time.perf_counter() - t0
         return Staged(host, device, take)
 
-    def _by_owner(self, found: Mapping[str, Rows]) -> dict[tuple[str, ...], Rows]:
-        """The found rows of every table routed to their owners, packed: one
-        Rows per set of tables with the same dim, dtype and optimizer-state
-        width, keyed by their names (in name order), [W * T * S] with device
-        d's block holding each table's S rows in turn, sorted by key (padding,
-        key PADDING_ID, sorted in) -- so the stage crosses to the mesh as a
-        few arrays. S grows (by doubling) to the most rows a table stages on
-        one device."""
-        W, owners = self.num_shards, {}
-        for name in sorted(found):
-            owners[name] = owner_of(found[name].keys, W)
-        most = max([np.bincount(o, minlength=W).max(initial=0) for o in owners.values()] + [0])
-        most = most_of_all(most)  # every process stages the same shape
-        while self.staged_rows < most:
-            self.staged_rows *= 2
-        S, out = self.staged_rows, {}
-        for names in _layout_sets(self.specs, found):
-            T = len(names)
-            group = np.concatenate([owners[n] * T + i for i, n in enumerate(names)])
-            by_group = np.argsort(group, kind="stable")
-            g = group[by_group]
-            first = np.searchsorted(g, np.arange(W * T))
-            dest = g * S + (np.arange(len(g)) - first[g])
-            blocks = Rows.empty(self.specs[names[0]], W * T * S)
-            for dst, src in zip(blocks, Rows.concat([found[n] for n in names])):
-                dst[dest] = src[by_group]
-            by_key = np.argsort(blocks.keys.reshape(W * T, S), axis=1, kind="stable")
-            by_key = (by_key + S * np.arange(W * T)[:, None]).reshape(-1)
-            out[tuple(names)] = Rows(*(a[by_key] for a in blocks))
-        return out
+    def _unstage(self, packed: Mapping[tuple[str, ...], Rows]) -> None:
+        """Puts staged rows (packed as Staged.host) back into their stores."""
+        for name, rows in _per_table(packed, self.num_shards):
+            keep = rows.keys != PADDING_ID
+            self._put(name, Rows(*(a[keep] for a in rows)))
+
+    def _stager(self, names: tuple[str, ...]) -> HostStager:
+        """The stager of a set of tables of one row layout (kept: its
+        buffers are reused batch after batch)."""
+        if names not in self._stagers:
+            s = self.specs[names[0]]
+            self._stagers[names] = HostStager(s.dim, s.state_width, dtype=np.dtype(s.dtype).name,
+                                              num_shards=self.num_shards, threads=self.threads)
+        return self._stagers[names]
 
     def settle(self, staged: Staged | None, written: Mapping[str, jax.Array],
                demoted: Mapping[str, Rows], evicted: Mapping[str, np.ndarray],
@@ -216,7 +214,8 @@ class HostTier:
         most = max([int(c.max(initial=0)) for c in counts.values()] + [0])
         while self.demoted_rows < most:
             self.demoted_rows *= 2
-        staged_names = sorted(staged.host) if staged is not None else []
+        staged_rows = dict(_per_table(staged.host, self.num_shards)) if staged else {}
+        staged_names = sorted(staged_rows)  # a dict's order in a jit's arguments
         # one transfer of a few arrays: the written flags stacked, and only each
         # device's first evicted rows (one program per size), packed per set
         done, host = local_get(_settle_arrays(
@@ -224,7 +223,8 @@ class HostTier:
             {names: [demoted[n] for n in names] for names in _layout_sets(self.specs, counts)},
             rows=self.demoted_rows, shards=self.num_shards))
         for i, name in enumerate(staged_names):
-            self._return(name, staged.host[name], done[i], refused)
+            rows = staged_rows[name]
+            self._return(name, rows, done[i].reshape(rows.keys.shape), refused)
         for names, packed in host.items():
             for i, name in enumerate(names):
                 c = counts[name] * self.is_local  # other processes settle their own shards
@@ -365,8 +365,17 @@ def everyones(ids: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {n: np.unique(np.concatenate(parts)) for n, parts in out.items()}
 
 
+def _per_table(packed: Mapping[tuple[str, ...], Rows], shards: int):
+    """(name, Rows [W, S, ...]) of each table of host-packed staged rows, as
+    views (Staged's layout)."""
+    for names, rows in packed.items():
+        T = len(names)
+        for i, name in enumerate(names):
+            yield name, Rows(*(a.reshape((shards, T, -1) + a.shape[1:])[:, i] for a in rows))
+
+
 def unpack(packed: Mapping[tuple[str, ...], Rows]) -> dict[str, Rows]:
-    """One device's block of the packed staged rows (HostTier._by_owner;
+    """One device's block of the packed staged rows (tiers.Staged;
     inside shard_map): per table its S staged rows."""
     out = {}
     for names, rows in packed.items():
@@ -389,7 +398,7 @@ def _layout_sets(specs: Mapping[str, TableSpec], names) -> list[tuple[str, ...]]
 @functools.partial(jax.jit, static_argnames=("rows", "shards"))
 def _settle_arrays(written: dict, demoted: dict, *, rows: int, shards: int):
     """What settle reads back, as few arrays: the written flags of every
-    table stacked [T, W * S] (in `written`'s order), and per set of tables
+    table stacked [T, W * S] (in name order: jit sorts a dict), and per set of tables
     (`demoted`: names -> each table's [W * E] Rows) each device's first
     `rows` evicted rows, [T, W, rows, ...] per field."""
     flags = jnp.stack(list(written.values())) if written else jnp.zeros((0,), bool)

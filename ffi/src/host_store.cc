@@ -10,6 +10,7 @@
 
 #include "hypereca/hash.h"
 #include "hypereca/host_index.h"
+#include "hypereca/threads.h"
 
 namespace hypereca {
 namespace {
@@ -34,22 +35,6 @@ inline int64_t LoadI64(const uint8_t* p) {
   return v;
 }
 inline void StoreI64(uint8_t* p, int64_t v) { std::memcpy(p, &v, sizeof v); }
-
-// Runs fn(t) for t in [0, threads): t = 0, and any t no thread could be
-// started for, on the calling thread. fn must not throw.
-template <class Fn>
-void RunThreads(int threads, Fn&& fn) {
-  std::vector<std::thread> pool;
-  int started = 1;
-  try {
-    pool.reserve(threads > 1 ? threads - 1 : 0);
-    for (; started < threads; ++started) pool.emplace_back([&fn, t = started] { fn(t); });
-  } catch (const std::exception&) {  // no thread (or no memory for one): run it here
-  }
-  for (int t = started; t < threads; ++t) fn(t);
-  fn(0);
-  for (auto& th : pool) th.join();
-}
 
 int32_t PartitionOf(uint64_t h, int partitions) {
   return static_cast<int32_t>(FastRange32(static_cast<uint32_t>(h >> 32), partitions));

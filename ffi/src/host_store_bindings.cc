@@ -1,5 +1,5 @@
-// nanobind binding of the host tier's store (hypereca/host_store.h) into the
-// CPU module: numpy arrays in and out, the GIL released around every call.
+// nanobind binding of the host tier's store (hypereca/host_store.h) and its
+// stager (hypereca/host_stage.h) into the CPU module: numpy arrays in and out, the GIL released around every call.
 // Shapes are checked here (std::invalid_argument -> ValueError); dtypes,
 // reserved keys and the memory limit are reported with the settings' names
 // by jax_hypereca/host_tier.py, which is the only caller.
@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "hypereca/host_stage.h"
 #include "hypereca/host_store.h"
 
 namespace hypereca {
@@ -140,6 +141,45 @@ nb::tuple Export(const HostStore& s, int64_t cursor, int64_t max_rows) {
                         last.Release(), freq.Release());
 }
 
+using FlagsIn = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+// Phase 1 of staging: per table a native store and its ids (lists of equal
+// length); the most rows of one (owner, table) block.
+int64_t Collect(HostStager& s, nb::list stores, nb::list keys, bool take, FlagsIn local) {
+  if (nb::len(stores) != nb::len(keys)) {
+    throw std::invalid_argument("host stager collect: " + std::to_string(nb::len(stores)) +
+                                " stores but " + std::to_string(nb::len(keys)) + " key arrays");
+  }
+  if (local.shape(0) != static_cast<size_t>(s.num_shards())) {
+    throw std::invalid_argument("host stager collect: local has " +
+                                std::to_string(local.shape(0)) + " flags for " +
+                                std::to_string(s.num_shards()) + " shards");
+  }
+  std::vector<StageTable> tables;
+  for (size_t i = 0; i < nb::len(stores); ++i) {
+    KeysIn k = nb::cast<KeysIn>(keys[i]);
+    tables.push_back({nb::cast<HostStore*>(stores[i]), k.data(), static_cast<int64_t>(k.shape(0))});
+  }
+  nb::gil_scoped_release release;  // `keys` keeps the arrays alive
+  return s.Collect(tables, take, local.data());
+}
+
+// Phase 2: (keys, values, state, last_step, freq) of W * T * S rows.
+nb::tuple Pack(const HostStager& s, int64_t S, int64_t value_bytes, int64_t state_width) {
+  if (S < 0) throw std::invalid_argument("host stager pack: S must be >= 0");
+  const size_t rows = static_cast<size_t>(s.num_shards() * s.num_tables() * S);
+  OutBuf<int64_t> keys({rows}), last({rows}), freq({rows});
+  OutBuf<uint8_t> values({rows, static_cast<size_t>(value_bytes)});
+  OutBuf<float> state({rows, static_cast<size_t>(state_width)});
+  const HostRowsOut out{nullptr, keys.ptr, values.ptr, state.ptr, last.ptr, freq.ptr};
+  {
+    nb::gil_scoped_release release;
+    s.Pack(S, out);
+  }
+  return nb::make_tuple(keys.Release(), values.Release(), state.Release(), last.Release(),
+                        freq.Release());
+}
+
 }  // namespace
 
 void BindHostStore(nb::module_& m) {
@@ -176,6 +216,15 @@ void BindHostStore(nb::module_& m) {
            nb::call_guard<nb::gil_scoped_release>())
       .def_prop_ro("memory_limit_bytes",
                    [](const HostStore& s) { return s.config().memory_limit_bytes; });
+  nb::class_<HostStager>(m, "HostStager")
+      .def(nb::init<int64_t, int64_t, int32_t, int32_t>(), nb::arg("value_bytes"),
+           nb::arg("state_width"), nb::arg("num_shards"), nb::arg("threads"))
+      .def("collect", &Collect)
+      .def("pack", [](const HostStager& s, int64_t S) {
+        return Pack(s, S, s.value_bytes(), s.state_width());
+      })
+      .def_prop_ro("looked_up", &HostStager::looked_up)
+      .def_prop_ro("found", &HostStager::found);
   nb::dict names;
   for (int i = 0; i < kNumHostCounters; ++i) names[kHostCounterNames[i]] = i;
   m.attr("HOST_COUNTERS") = names;

@@ -1,0 +1,173 @@
+"""The host tier's stager (jax_hypereca.host_tier.HostStager): one batch's
+rows of several tables' stores, routed to their owner shards and packed,
+against a Python reference built from the stores' own contents (dicts),
+with the full int64 range, ids of other processes' shards, take and peek,
+threads, and bad input that must move nothing."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from jax_hypereca.errors import ERASED_KEY, PADDING_ID, ReservedIdError
+from jax_hypereca.hashing import owner_of
+from jax_hypereca.host_tier import HostStager, HostStore
+
+W, DIM, SW = 4, 3, 2
+I64_MIN, I64_MAX = -(2**63), 2**63 - 1
+
+
+def filled_stores(rng, tables=3, rows=300, dtype=np.float32):
+    """Stores holding `rows` random ids each (both signs, the int64 ends)
+    with distinct rows, and a dict per table: id -> (values, state, last, freq)."""
+    stores, ref = [], []
+    for t in range(tables):
+        keys = np.unique(np.concatenate([rng.integers(I64_MIN, I64_MAX, rows, dtype=np.int64),
+                                         [I64_MIN, I64_MAX, 0, 5]]))
+        keys = keys[(keys != PADDING_ID) & (keys != ERASED_KEY)]
+        n = len(keys)
+        v = rng.standard_normal((n, DIM)).astype(dtype)
+        s = rng.standard_normal((n, SW)).astype(np.float32)
+        last, freq = rng.integers(0, 100, n), rng.integers(1, 1000, n)
+        store = HostStore(DIM, SW, dtype=np.dtype(dtype).name, name=f"t{t}")
+        store.put(keys, v, s, last, freq)
+        stores.append(store)
+        ref.append({int(k): (v[i], s[i], int(last[i]), int(freq[i])) for i, k in enumerate(keys)})
+    return stores, ref
+
+
+def batch_of(rng, ref):
+    """Per table: unique ids, about half held by the store, half absent."""
+    out = []
+    for d in ref:
+        held = rng.choice(np.array(list(d), np.int64), len(d) // 2, replace=False)
+        absent = rng.integers(-(2**40), 2**40, 150, dtype=np.int64)
+        ids = np.unique(np.concatenate([held, absent]))
+        out.append(ids[(ids != PADDING_ID) & (ids != ERASED_KEY)])
+    return out
+
+
+def expected_pack(ref, batch, local, S, dtype=np.float32):
+    """[W * T * S] rows built from the reference dicts: block (d, t) holds
+    table t's found local ids owned by d and padding, sorted by key."""
+    T = len(ref)
+    keys = np.full(W * T * S, PADDING_ID, np.int64)
+    values = np.zeros((W * T * S, DIM), dtype)
+    state = np.zeros((W * T * S, SW), np.float32)
+    last, freq = np.zeros(W * T * S, np.int64), np.zeros(W * T * S, np.int64)
+    for t, (d, ids) in enumerate(zip(ref, batch)):
+        owners = owner_of(ids, W)
+        for o in range(W):
+            found = sorted(int(k) for k in ids[owners == o] if local[o] and int(k) in d)
+            block = sorted(found + [PADDING_ID] * (S - len(found)))
+            for j, k in enumerate(block):
+                row = (o * T + t) * S + j
+                keys[row] = k
+                if k != PADDING_ID:
+                    values[row], state[row], last[row], freq[row] = d[k]
+    return keys, values, state, last, freq
+
+
+def most_per_block(ref, batch, local):
+    return max(int(((owner_of(ids, W) == o) & np.isin(ids, list(d))).sum()) if local[o] else 0
+               for d, ids in zip(ref, batch) for o in range(W))
+
+
+@pytest.mark.parametrize("take", [True, False])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_collect_and_pack_match_the_reference(take, threads):
+    rng = np.random.default_rng(0)
+    stores, ref = filled_stores(rng)
+    batch = batch_of(rng, ref)
+    local = np.array([True, False, True, True])  # shard 1's rows are another process's
+    stager = HostStager(DIM, SW, dtype="float32", num_shards=W, threads=threads)
+    most = stager.collect(stores, batch, take=take, local=local)
+    assert most == most_per_block(ref, batch, local) > 0
+    assert stager.looked_up == sum(int(local[owner_of(b, W)].sum()) for b in batch)
+    S = 1 << int(np.ceil(np.log2(most)))
+    got = stager.pack(S)
+    for g, want in zip(got, expected_pack(ref, batch, local, S)):
+        np.testing.assert_array_equal(g, want)
+    assert stager.found == int((got.keys != PADDING_ID).sum())
+    for store, d, ids in zip(stores, ref, batch):  # a take removed exactly the rows packed
+        taken = {int(k) for k in ids if local[owner_of(np.array([k]), W)[0]] and int(k) in d}
+        assert len(store) == len(d) - (len(taken) if take else 0)
+        assert store.contains(np.array(sorted(taken), np.int64)).tolist() == [not take] * len(taken)
+    again = stager.pack(S * 2)  # packed again, larger: the same rows
+    assert sorted(again.keys[again.keys != PADDING_ID].tolist()) == sorted(
+        got.keys[got.keys != PADDING_ID].tolist())
+
+
+def test_bfloat16_rows_and_tables_with_nothing_found():
+    rng = np.random.default_rng(1)
+    stores, ref = filled_stores(rng, tables=2, dtype=ml_dtypes.bfloat16)
+    batch = [batch_of(rng, ref)[0], np.array([7, 8, 9], np.int64)]  # table 1: all absent
+    ref[1] = {k: r for k, r in ref[1].items() if k not in (7, 8, 9)}
+    stager = HostStager(DIM, SW, dtype="bfloat16", num_shards=W)
+    local = np.ones(W, bool)
+    most = stager.collect(stores, batch, take=True, local=local)
+    got = stager.pack(most)
+    want = expected_pack(ref, batch, local, most, dtype=ml_dtypes.bfloat16)
+    assert got.values.dtype == ml_dtypes.bfloat16
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g.view(np.uint8), w.view(np.uint8))
+
+
+def test_bad_input_moves_no_row():
+    rng = np.random.default_rng(2)
+    stores, ref = filled_stores(rng)
+    batch = batch_of(rng, ref)
+    stager = HostStager(DIM, SW, dtype="float32", num_shards=W)
+    local = np.ones(W, bool)
+    before = [len(s) for s in stores]
+    bad = [batch[0], np.append(batch[1], ERASED_KEY), batch[2]]  # a later table's id
+    with pytest.raises(ReservedIdError, match="ERASED_KEY"):
+        stager.collect(stores, bad, take=True, local=local)
+    assert [len(s) for s in stores] == before
+    other = HostStore(DIM + 1, SW, name="wide")
+    with pytest.raises(ValueError, match="one stager per row layout"):
+        stager.collect(stores[:1] + [other], batch[:2], take=True, local=local)
+    assert [len(s) for s in stores] == before
+    most = stager.collect(stores, batch, take=True, local=local)
+    with pytest.raises(ValueError, match=f"one holds {most} rows"):
+        stager.pack(most - 1)
+    with pytest.raises(ValueError, match="3 flags for 4 shards"):
+        stager.collect(stores, batch, take=False, local=np.ones(3, bool))
+    with pytest.raises(ValueError, match="num_shards=0"):
+        HostStager(DIM, SW, dtype="float32", num_shards=0)
+
+
+def test_a_stage_that_fails_before_the_transfer_puts_every_taken_row_back(monkeypatch):
+    """HostTier.stage: the rows a take removed go back to their stores when
+    the transfer to the mesh fails (here: made to fail)."""
+    import jax
+
+    import jax_hypereca as h
+    from jax_hypereca import tiers
+    from jax_hypereca.table import Rows
+
+    specs = {n: h.TableSpec(name=n, dim=DIM, capacity=64, seed=i,
+                            optimizer=h.RowwiseAdagrad(learning_rate=0.1))
+             for i, n in enumerate(["a", "b"])}
+    tier = tiers.HostTier(specs, h.make_mesh(jax.devices()[:1]), "shard")
+    rng = np.random.default_rng(3)
+    for n, spec in specs.items():
+        k = rng.choice(1 << 40, 50, replace=False).astype(np.int64)
+        tier.stores[n].put_rows(Rows(k, rng.standard_normal((50, DIM)).astype(np.float32),
+                                     np.ones((50, spec.state_width), np.float32),
+                                     np.arange(50), np.arange(50)))
+    before = {n: sorted(tier.rows(n).keys.tolist()) for n in specs}
+    ids = {n: np.array(before[n][:20] + [1, 2, 3], np.int64) for n in specs}
+
+    def broken(*_, **__):
+        raise RuntimeError("transfer failed")
+
+    monkeypatch.setattr(tiers, "tree_to_mesh", broken)
+    with pytest.raises(RuntimeError, match="transfer failed"):
+        tier.stage(ids, take=True)
+    assert {n: sorted(tier.rows(n).keys.tolist()) for n in specs} == before
+    monkeypatch.undo()
+    staged = tier.stage(ids, take=True)
+    assert {n: len(tier.stores[n]) for n in specs} == {"a": 30, "b": 30}
+    assert sorted(staged.tables) == ["a", "b"]
