@@ -198,6 +198,28 @@ class HostStore:
                 f"(evict_older_than), or give the device tier more room.")
         return int(new)
 
+    def make_room(self, rows: int) -> int:
+        """Grows the store now so that puts adding at most `rows` new ids to
+        each of its ``partitions`` hash partitions -- so at most `rows` new
+        ids in all, wherever they hash -- need no growth later (the host tier
+        reserves room for the rows steps in flight may demote). Returns the
+        bytes held; raises HostTierFullError, changing nothing, past
+        ``memory_limit_bytes``."""
+        if int(rows) < 0:
+            raise ValueError(f"HostStore {self.name!r}.make_room: rows={rows} must be >= 0")
+        applied, before, after = self._native.make_room(int(rows))
+        if not applied:
+            error = HostTierFullError(
+                f"host tier {self.name!r}: room for {int(rows)} more rows in each of its "
+                f"{self.partitions} partitions (the most the steps in flight can demote, "
+                f"wherever their ids hash) needs {after} bytes, over memory_limit_bytes="
+                f"{self.memory_limit_bytes} (the store holds {len(self)} rows in {before} "
+                f"bytes); nothing was moved. Raise memory_limit_bytes, evict old rows "
+                f"(evict_older_than, ttl_steps), or give the device tier more room.")
+            error.needed_bytes, error.rows_per_partition = int(after), int(rows)
+            raise error
+        return int(after)
+
     def put_rows(self, rows: Rows) -> int:
         """:meth:`put` of a :class:`Rows` (what export and eviction yield)."""
         return self.put(rows.keys, rows.values, rows.opt_state, rows.last_step, rows.freq)

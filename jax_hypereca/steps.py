@@ -222,7 +222,11 @@ class ShardedTrainStep:
         t0, compiled, retries = time.perf_counter(), len(self._compiled), self.retries
         fn = self.compiled(state, batch)
         layout = self.c.layout(_batch_size(batch), tuple(state.hot))
-        staged = self.c.stage(batch, take=True)  # held until check settles them
+        try:
+            staged = self.c.stage(batch, take=True)  # held until check settles them
+        except HostTierFullError as e:  # no room for its demotions: not run, nothing moved
+            e.state, e.applied = state, False
+            raise
         state, metrics = fn(state, self.c.device_batch(batch), *self._args(state, index),
                             _tier_in(staged, unsettled))
         return state, Pending(batch, index, layout, metrics, t0,

@@ -92,6 +92,7 @@ class Staged(NamedTuple):
     host: dict[tuple[str, ...], Rows]
     device: dict[tuple[str, ...], Rows]
     taken: bool
+    room: dict[str, int]  # per table, the demotions it made room for (settle releases them)
 
     @property
     def tables(self) -> list[str]:
@@ -107,12 +108,17 @@ class HostTier:
       tables: the collection's TableSpecs by name.
       mesh, axis: the mesh the tables are sharded over.
       memory_limit_bytes: the most each table's store may hold (None: no
-        limit); a step whose demotions do not fit settles every table, then
-        raises HostTierFullError holding the refused rows (``.rows``) and,
-        from the train step, the state after it (``.state``): raise the limit
-        (``set_memory_limit_bytes``), ``put_back(error.rows)`` and go on from
-        ``error.state``; nothing is dropped. (The step is applied: whether
-        its demotions fit is known only once it has run.)
+        limit). Before a train step is staged, each store makes room for
+        every row the steps in flight and this one can demote (at most one
+        per id they look up: ``HostStore.make_room``); where that does not
+        fit, ``stage`` raises HostTierFullError before any row moves: the
+        step is not run (from the train step: ``.applied`` False,
+        ``.state`` the state it was given). Raise the limit
+        (``set_memory_limit_bytes``) and run the batch again. Should a
+        settle still be refused (rows put back by hand), it stores every
+        table it can, then raises HostTierFullError holding the refused rows
+        (``.rows``): ``put_back`` them once the limit is raised; nothing is
+        dropped.
       threads: threads per large store call.
       ttl_steps: if set, a row in the host tier whose last access is more
         than this many steps old is dropped after each step (counted as
@@ -137,6 +143,7 @@ class HostTier:
         self.ttl_steps = None if ttl_steps is None else int(ttl_steps)
         self.stores = {n: self._store(s) for n, s in self.specs.items()}
         self._stagers: dict[tuple[str, ...], HostStager] = {}
+        self.room = {n: 0 for n in self.specs}  # demotions reserved by unsettled stages
         self.moved = {n: dict(promoted=0, demoted=0, returned=0, stale=0, ttl_evicted=0,
                               erased_on_host=0, bytes_to_device=0, bytes_to_host=0)
                       for n in self.specs}
@@ -158,6 +165,7 @@ class HostTier:
         are on the mesh, the rows taken go back to the stores."""
         t0 = time.perf_counter()
         ids = everyones(ids)
+        room = self._make_room(ids) if take else {}
         sets, most, collected, host = _layout_sets(self.specs, ids), 0, {}, None
         try:
             for names in sets:  # one native call per set: every table, owner routing, sorting
@@ -176,9 +184,47 @@ class HostTier:
         except BaseException:
             if take:
                 self._unstage(host or {n: self._stagers[n].pack(m) for n, m in collected.items()})
+                self._release(room)
             raise
         self.timing["stage_s"] += time.perf_counter() - t0
-        return Staged(host, device, take)
+        return Staged(host, device, take, room)
+
+    def _make_room(self, ids: Mapping[str, np.ndarray]) -> dict[str, int]:
+        """With a memory limit: each store makes room for the demotions of
+        the unsettled steps and of this one (each inserts at most one row per
+        id it looks up, and evicts at most one per insert), or -- in every
+        process at once, before any row moves -- HostTierFullError."""
+        if self.memory_limit_bytes is None:
+            return {}
+        need = {n: int((self.is_local[owner_of(k, self.num_shards)]).sum())
+                for n, k in ids.items()}
+        refused = []
+        for name, n in need.items():
+            try:
+                self.stores[name].make_room(self.room[name] + n)
+            except HostTierFullError as e:
+                store = self.stores[name]
+                refused.append(f"{name!r} needs {e.needed_bytes} bytes for room for "
+                               f"{e.rows_per_partition} more rows in each of its "
+                               f"{store.partitions} partitions (it holds {len(store)} rows "
+                               f"in {store.bytes} bytes)")
+        if most_of_all(int(bool(refused))):  # every process raises, or none
+            error = HostTierFullError(
+                f"host tier full: {'; '.join(refused or ['in another process'])}, over "
+                f"memory_limit_bytes={self.memory_limit_bytes} per table. Room is made before "
+                f"a step for every row it and the steps in flight may demote (at most one "
+                f"per id they look up, wherever it hashes). The step was not run and no row "
+                f"moved: raise the limit (HostTier.set_memory_limit_bytes), evict old rows "
+                f"(ttl_steps) or give the device tier more room, and run its batch again.")
+            error.rows = {}
+            raise error
+        for name, n in need.items():
+            self.room[name] += n
+        return need
+
+    def _release(self, room: Mapping[str, int]) -> None:
+        for name, n in room.items():
+            self.room[name] -= n
 
     def _unstage(self, packed: Mapping[tuple[str, ...], Rows]) -> None:
         """Puts staged rows (packed as Staged.host) back into their stores."""
@@ -208,6 +254,8 @@ class HostTier:
         refused row (``.rows``; counted as moved) until ``put_back``."""
         t0 = time.perf_counter()
         refused: dict[str, list] = {}
+        if staged is not None:
+            self._release(staged.room)
         for name, n in (stale or {}).items():
             self.moved[name]["stale"] += n
         counts = {n: np.asarray(evicted[n]) for n in demoted}

@@ -247,7 +247,9 @@ def make_trainer(cfg: TrainConfig, mcfg: ModelConfig, dense_tx, mesh, tables, fe
     else:
         # --table-memory-mb bounds the tables: they grow while they fit it, then evict
         # (with --host-tier, to host memory).
-        tier = {"ttl_steps": cfg.host_ttl_steps} if cfg.host_tier else False
+        tier = {"ttl_steps": cfg.host_ttl_steps,
+                "memory_limit_bytes": None if cfg.host_table_mb is None
+                else int(cfg.host_table_mb * 2**20)} if cfg.host_tier else False
         coll = h.EmbeddingCollection(tables, features, mesh=mesh, exchange=cfg.exchange,
                                      max_shard_bytes=table_bytes(cfg) // mesh.size,
                                      host_tier=tier)
@@ -320,7 +322,18 @@ def train_steps(cfg: TrainConfig, trainer, state: h.TrainState, start: int, sour
               if cfg.prefetch else (trainer.prepare(b) for b in batches))
     with contextlib.closing(loader) as batches:
         for done, batch in zip(range(start + 1, cfg.steps + 1), batches):
-            state = trainer.submit(state, batch)
+            try:
+                state = trainer.submit(state, batch)
+            except h.HostTierFullError as e:
+                if ckpt and not e.applied:  # step `done` did not run: save the ones before it
+                    state = trainer.flush(e.state)
+                    ckpt.save(state, trainer.collection,
+                              extra={"config": dataclasses.asdict(cfg)})
+                    ckpt.wait()
+                    mlog.emit("checkpoint", step=done - 1, directory=str(ckpt.directory),
+                              reason="host tier full")
+                    e.checkpoint_step = done - 1
+                raise
             evaluate_now = done % cfg.eval_every == 0 or done == cfg.steps
             save_now = ckpt and ((cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
                                  or done == cfg.steps)
@@ -429,6 +442,16 @@ def main(argv=None) -> int:
         print(f"error: {e}\n(the train command's max_shard_bytes is --table-memory-mb / "
               f"--device-table-mb {cfg.table_memory_mb} MB over the mesh's devices: raise it, "
               f"or lower --batch)", file=sys.stderr)
+        return 2
+    except h.HostTierFullError as e:
+        peers.stop_watch()
+        saved = getattr(e, "checkpoint_step", None)
+        print(f"error: {e}\n(the train command's limit is --host-table-mb {cfg.host_table_mb} "
+              f"per table: raise it, or give the device tier more room; "
+              + (f"the {saved} steps before it are saved in --checkpoint-dir "
+                 f"{cfg.checkpoint_dir}: continue with --resume)" if saved is not None else
+                 "with --checkpoint-dir the steps before it are saved to --resume from)"),
+              file=sys.stderr)
         return 2
     except jax.errors.JaxRuntimeError as e:
         if cfg.num_processes > 1 and peers.is_lost_peer_error(e):

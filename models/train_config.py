@@ -77,6 +77,12 @@ class TrainConfig:
     device_table_mb: float | None = _field(None, "the device tier's memory budget (MB) with "
                                                  "the host tier behind it: the same as "
                                                  "--host-tier --table-memory-mb N")
+    host_table_mb: float | None = _field(None, "with --host-tier: the most host memory (MB) "
+                                               "each table's host tier may hold (default: no "
+                                               "limit); a step whose demotions might not fit "
+                                               "is not run: the command saves a checkpoint "
+                                               "(with --checkpoint-dir) and exits, naming this "
+                                               "flag")
     host_ttl_steps: int | None = _field(None, "with --host-tier: rows in host memory not "
                                               "looked up for this many steps are dropped "
                                               "(counted as ttl_evicted; default: kept)")
@@ -118,8 +124,11 @@ class TrainConfig:
                                  f"{self.table_memory_mb} name two device budgets: give one")
             object.__setattr__(self, "table_memory_mb", self.device_table_mb)
             object.__setattr__(self, "host_tier", True)
-        if self.host_ttl_steps is not None and not self.host_tier:
-            raise ValueError("--host-ttl-steps needs --host-tier")
+        for flag in ("host_ttl_steps", "host_table_mb"):
+            if getattr(self, flag) is not None and not self.host_tier:
+                raise ValueError(f"--{flag.replace('_', '-')} needs --host-tier")
+        if self.host_table_mb is not None and not self.host_table_mb > 0:
+            raise ValueError(f"--host-table-mb must be > 0, got {self.host_table_mb}")
         if not self.table_memory_mb > 0:
             raise ValueError(f"--table-memory-mb must be > 0, got {self.table_memory_mb}")
         for name in ("batch", "steps", "eval_every", "eval_size", "log_every",

@@ -163,6 +163,34 @@ def test_memory_limit_refuses_a_put_and_leaves_the_store_unchanged():
     assert len(s) == 100 + 290
 
 
+@pytest.mark.parametrize("partitions", [1, 4, 16])
+def test_make_room_lets_any_later_puts_of_that_many_new_ids_fit(partitions):
+    """make_room(n) under a limit: then any puts adding n new ids in all --
+    whichever partitions they hash to, in several calls -- fit without
+    growing; room past the limit is refused with the numbers, nothing changed."""
+    rng = np.random.default_rng(partitions)
+    s = HostStore(DIM, SW, partitions=partitions)
+    k = rng.integers(I64_MIN, I64_MAX, 500, dtype=np.int64)
+    s.put(k, *rows_for(k, 0))
+    s.memory_limit_bytes = s.bytes + 1_000_000  # room for 300 rows in each partition
+    held = s.make_room(300)
+    assert held == s.bytes <= s.memory_limit_bytes
+    new = rng.integers(I64_MIN, I64_MAX, 300, dtype=np.int64)
+    for part in np.array_split(new, 3):
+        s.put(part, *rows_for(part, 1))
+    assert s.bytes == held and len(s) == 800
+    s.memory_limit_bytes = s.bytes
+    before, counters = export_dict(s), s.counters()
+    with pytest.raises(HostTierFullError, match=rf"room for 100000 more rows in each of its "
+                                                rf"{partitions} partitions.*memory_limit_bytes="
+                                                rf"{s.bytes}"):
+        s.make_room(100_000)
+    assert export_dict(s) == before and s.counters() == counters and s.bytes == held
+    assert s.make_room(0) == held
+    with pytest.raises(ValueError, match="rows=-1 must be >= 0"):
+        s.make_room(-1)
+
+
 def test_evict_older_than_returns_the_expired_ids_in_export_order():
     s = HostStore(DIM, SW, partitions=3)
     k = np.arange(-50, 50, dtype=np.int64) * 7919

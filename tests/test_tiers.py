@@ -233,47 +233,97 @@ def test_host_tier_settings_are_checked():
                             host_tier={"ttl_steps": 0})
 
 
-def test_a_full_host_tier_raises_holding_every_row_and_training_goes_on(batches):
-    """A 4 KiB host tier fills within a few steps: the step raises
-    HostTierFullError naming the limit, holding every refused row of every
-    table (.rows) and the state after the step (.state); with the limit
-    raised and the rows put back, training goes on and ends bit for bit as
-    the run with an unlimited host tier, every row accounted for (I3)."""
+def _limited(limit):
     mesh = make_mesh(jax.devices()[:1])
     probe = EmbeddingCollection(specs(BUDGET[1]), tc.FEATURES, mesh=mesh)
+    return EmbeddingCollection(specs(BUDGET[1]), tc.FEATURES, mesh=mesh,
+                               max_shard_bytes=probe.shard_bytes(probe.init_tables()),
+                               host_tier={"memory_limit_bytes": limit})
 
-    def tier(limit):
-        return EmbeddingCollection(specs(BUDGET[1]), tc.FEATURES, mesh=mesh,
-                                   max_shard_bytes=probe.shard_bytes(probe.init_tables()),
-                                   host_tier={"memory_limit_bytes": limit})
 
+def _host_rows(coll):
+    return {n: sorted(coll.host_tier.rows(n).keys.tolist()) for n in tc.DIMS}
+
+
+def test_a_full_host_tier_refuses_the_step_before_it_runs_and_training_goes_on(batches):
+    """A host tier whose limit leaves no room for the demotions a step may
+    make: the step raises HostTierFullError before it runs (naming the
+    limit, .applied False, .state the state it was given, no row moved); with
+    the limit raised the same batch trains, and the run ends bit for bit as
+    the one with an unlimited host tier, every row accounted for (I3)."""
     batches = batches[:6]
-    ref = tier(None)
+    ref = _limited(None)
     ref_state, ref_losses = train(ref, batches)
-    coll = tier(4096)
+    coll = _limited(None)
     dense_tx = optax.adam(0.01)
     step = coll.make_train_step(tc.head_loss, dense_tx)
     state, losses, errors = coll.init_train_state(tc.init_params(), dense_tx), [], 0
-    for b in batches:
+    for i, b in enumerate(batches):
+        if i == 3:  # no room beyond what the stores hold now
+            coll.host_tier.set_memory_limit_bytes(
+                max(s.bytes for s in coll.host_tier.stores.values()))
+        before = _host_rows(coll)
         try:
             state, m = step(state, b)
-            losses.append(m["loss"])
         except h.HostTierFullError as e:
-            assert "memory_limit_bytes=4096" in str(e) and "put_back" in str(e)
-            held = e.rows  # every table's refused rows
-            assert sum(len(r.keys) for r in held.values()) > 0
-            assert all(r.values.shape == (len(r.keys), tc.DIMS[t]) for t, r in held.items())
             errors += 1
+            limit = coll.host_tier.memory_limit_bytes
+            assert f"memory_limit_bytes={limit}" in str(e) and "not run" in str(e)
+            assert e.applied is False and e.state is state and e.rows == {}
+            assert _host_rows(coll) == before and coll.host_tier.room == dict.fromkeys(tc.DIMS, 0)
+            coll.host_tier.set_memory_limit_bytes(None)
+            state, m = step(state, b)  # the same batch, now with room
+        losses.append(m["loss"])
+    assert errors == 1
+    assert losses == ref_losses
+    stats = coll.table_stats(state.tables)
+    for name in tc.DIMS:
+        want = assert_same_rows(coll, state, ref, ref_state, name)
+        s = stats[name]
+        assert s["inserted"] - s["promoted"] == s["size"] + s["host_rows"] == len(want)
+
+
+def test_a_settle_the_store_refuses_holds_every_row_until_put_back(batches):
+    """A limit set while a step is in flight (no room was made for it): its
+    settle stores what fits, then raises HostTierFullError
+    holding every refused row of every table (.rows) and the state after
+    the (applied) step; with the limit raised and the rows put back,
+    training goes on bit for bit as the unlimited run (I3)."""
+    batches = batches[:6]
+    ref = _limited(None)
+    ref_state, ref_losses = train(ref, batches)
+    coll = _limited(None)
+    dense_tx = optax.adam(0.01)
+    step = coll.make_train_step(tc.head_loss, dense_tx)
+    state, losses, errors = coll.init_train_state(tc.init_params(), dense_tx), [], 0
+    for i, b in enumerate(batches):
+        try:
+            verdict = None
+            while verdict is None or not verdict.ok:  # re-run as ShardedTrainStep.__call__
+                state = state if verdict is None else step.repair(state, verdict)
+                state, pending = step.dispatch(state, coll.prepare_batch(b), i)
+                # a limit at what the stores hold: a settle that must grow one is refused
+                coll.host_tier.set_memory_limit_bytes(
+                    max(s.bytes for s in coll.host_tier.stores.values()))
+                verdict = step.check_holding(state, pending)
+                coll.host_tier.set_memory_limit_bytes(None)
+            losses.append(step.finish(state, pending, verdict)["loss"])
+        except h.HostTierFullError as e:
+            errors += 1
+            limit = coll.host_tier.memory_limit_bytes
+            assert f"memory_limit_bytes={limit}" in str(e) and "put_back" in str(e) and e.applied
+            assert sum(len(r.keys) for r in e.rows.values()) > 0
+            assert all(r.values.shape == (len(r.keys), tc.DIMS[t]) for t, r in e.rows.items())
             with pytest.raises(h.HostTierFullError):  # still too small: held again
                 coll.host_tier.put_back(e.rows)
             coll.host_tier.set_memory_limit_bytes(None)
-            coll.host_tier.put_back(held)
-            assert e.applied  # this stream never overflows: the step was applied
+            coll.host_tier.put_back(e.rows)
             state = e.state
-            losses.append(None)
-    assert errors == 1
-    assert [x for x in losses if x is not None] == [x for x, y in zip(ref_losses, losses)
-                                                     if y is not None]
+            losses.append(None)  # the step was applied; its metrics went with the error
+        coll.host_tier.set_memory_limit_bytes(None)
+    assert errors >= 1
+    assert [x for x in losses if x is not None] == [
+        x for x, y in zip(ref_losses, losses) if y is not None]
     stats = coll.table_stats(state.tables)
     for name in tc.DIMS:
         want = assert_same_rows(coll, state, ref, ref_state, name)

@@ -362,6 +362,29 @@ def test_device_table_mb_is_the_host_tier_at_that_budget_and_one_budget_only(tmp
         "batch(es) put 5552 distinct ids on one shard" in caplog.text
 
 
+def test_a_full_host_tier_stops_before_the_step_saves_and_resumes(tmp_path, capsys):
+    """--host-table-mb too small for step 2's demotions: the command runs
+    step 1, saves it, exits with status 2 naming the flag; resumed with more
+    room it trains on, every row accounted for (I3)."""
+    args = ["--preset", "tiny", "--batch", "1024", "--steps", "3", "--eval-every", "3",
+            "--eval-size", "4096", "--log-every", "3", "--no-progress", "--devices", "2",
+            "--bottom-mlp", "16", "--top-mlp", "8", "--prefetch", "0",
+            "--device-table-mb", "1.5", "--checkpoint-dir", str(tmp_path / "ck")]
+    assert train.main(args + ["--host-table-mb", "1.55",
+                              "--output-dir", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "host tier full: 'C1' needs" in err and "The step was not run" in err
+    assert "--host-table-mb 1.55 per table" in err
+    assert "the 1 steps before it are saved" in err and "--resume" in err
+    saved = [json.loads(line) for line in open(tmp_path / "a" / "metrics.jsonl")]
+    assert [r["step"] for r in saved if r["kind"] == "checkpoint"] == [1]
+    got = run(args + ["--host-table-mb", "64", "--resume"], tmp_path / "b")
+    assert got["eval"][-1]["step"] == 3
+    for name, t in got["tables"][-1]["per_table"].items():  # I3 across the restore
+        assert t["inserted"] - t["promoted"] == t["size"] + t["host_rows"], name
+        assert t["host_rows"] > 0, name
+
+
 @slow
 def test_a_table_ten_times_its_device_budget_trains_through_the_command(tmp_path):
     check_host_tier_run(host_tier_run(tmp_path, 4096, 40), times=10)

@@ -414,6 +414,28 @@ PutResult HostStore::Put(const HostRowsIn& rows) {
   return {true, ins, before, TotalBytes(parts_, stride_)};
 }
 
+PutResult HostStore::MakeRoom(int64_t rows) {
+  if (rows < 0) {
+    throw std::invalid_argument("host store make_room: rows must be >= 0, got " +
+                                std::to_string(rows));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t before = TotalBytes(parts_, stride_), limit = config_.memory_limit_bytes;
+  const std::vector<int64_t> misses(config_.partitions, rows);
+  std::vector<int64_t> caps = PlanCaps(parts_, misses, false);
+  const int64_t exact = CapsBytes(caps, stride_);
+  if (exact <= before) return {true, 0, before, before};
+  auto fits = [&](int64_t b) { return limit == 0 || b <= limit; };
+  const std::vector<int64_t> doubled = PlanCaps(parts_, misses, true);
+  if (fits(CapsBytes(doubled, stride_))) {
+    caps = doubled;
+  } else if (!fits(exact)) {
+    return {false, 0, before, exact};
+  }
+  for (int p = 0; p < config_.partitions; ++p) parts_[p].Reserve(caps[p], stride_);
+  return {true, 0, before, TotalBytes(parts_, stride_)};
+}
+
 void HostStore::Take(const int64_t* keys, int64_t n, const HostRowsOut& out) {
   CheckKeys(keys, n, /*allow_padding=*/true, "take");
   std::lock_guard<std::mutex> lock(mu_);

@@ -201,6 +201,15 @@ void BindHostStore(nb::module_& m) {
           nb::arg("value_bytes"), nb::arg("state_width"), nb::arg("memory_limit_bytes"),
           nb::arg("partitions"), nb::arg("threads"), nb::arg("parallel_min_keys"))
       .def("put", &Put)
+      .def("make_room",
+           [](HostStore& s, int64_t rows) {
+             PutResult r;
+             {
+               nb::gil_scoped_release release;
+               r = s.MakeRoom(rows);
+             }
+             return nb::make_tuple(r.applied, r.bytes_before, r.bytes_after);
+           })
       .def("take", [](HostStore& s, KeysIn k) { return Lookup(s, k, true); })
       .def("peek", [](HostStore& s, KeysIn k) { return Lookup(s, k, false); })
       .def("contains", &Contains)

@@ -121,6 +121,13 @@ class HostStore {
 
   // Inserts or overwrites rows (last occurrence wins), all or nothing.
   PutResult Put(const HostRowsIn& rows);
+  // Grows the store, before rows arrive, so that any puts adding at most
+  // `rows` new keys to each partition in all need no growth (the caller
+  // reserves room for rows it will put later; doubling where that fits the
+  // limit, else exactly). Refused past memory_limit_bytes: nothing changes,
+  // applied false and bytes_after what the room would have needed.
+  // new_keys is 0. Throws std::invalid_argument when rows < 0.
+  PutResult MakeRoom(int64_t rows);
   // Copies out and removes the rows of `keys` (n); misses zero-filled.
   void Take(const int64_t* keys, int64_t n, const HostRowsOut& out);
   // Copies out the rows of `keys` without removing them (nothing counted).
