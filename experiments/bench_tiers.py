@@ -5,8 +5,9 @@ the host tier, against the run that keeps every row on the device.
 
 Workload: the synthetic Criteo-like stream (spec v1, seed 0, Zipf alpha
 1.05), its 26 one-hot features, one table each (dim --dim, row-wise Adagrad
-lr 0.05), the criteo-kaggle preset's DLRM MLPs (bottom 512-256-64-dim, top
-512-256-1, Adam 0.001), batch --batch, on --devices devices, the pipeline
+lr 0.05, eviction score --policy: lfu by default), the criteo-kaggle
+preset's DLRM MLPs (bottom 512-256-64-dim, top 512-256-1, Adam 0.001),
+batch --batch, on --devices devices, the pipeline
 at depth 2 (steps in flight; tiers.py says how the host tier keeps up; after
 3 stale re-runs the pipeline goes on at depth 1, pipeline.py).
 
@@ -24,7 +25,9 @@ timed steps: samples/s, ``slowdown_vs_all_device``, the device hit rate
 new ids included; ``hit_rate_of_known_ids``: the same over ids seen before,
 that is device hits / (device hits + promotions); ``hit_rate_vs_all_device``:
 ``hit_rate`` over the all-device run's, the share of the hits a device with
-room for every row gets, which a short run's new ids do not cap),
+room for every row gets, which a short run's new ids do not cap;
+``hit_rate_belady``: what Belady's MIN hits with the same rows per table on
+the same steps, the most any policy could, experiments/cache_bound.py),
 promotions, demotions and bytes moved host<->device per step, and the host
 tier's lookups/s (ids staged / seconds in ``HostTier.stage``). Every run
 ends with I3 checked exactly: per table, inserted - promoted == device rows
@@ -55,6 +58,9 @@ def parse(argv=None):
     p = mesh_bench_parser(__doc__, "batch 2048, 6 + 10 steps (about 2 minutes)")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--dim", type=int, default=16)
+    p.add_argument("--policy", choices=("lfu", "lru"), default="lfu",
+                   help="the device tier's eviction score (TableSpec.policy): lfu keeps the "
+                        "ids looked up most, what a Zipf stream rewards")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--steps", type=int, default=None, help="timed steps per budget")
     args = p.parse_args(argv)
@@ -105,7 +111,8 @@ def run(w: Workload, args, capacities: dict[str, int], *, host_tier: bool) -> di
     from models.train import SparseTrainer
 
     tables = [h.TableSpec(name=f.name, dim=args.dim, capacity=capacities[f.name],
-                          optimizer=w.optimizer, seed=i) for i, f in enumerate(w.features)]
+                          optimizer=w.optimizer, seed=i, policy=args.policy)
+              for i, f in enumerate(w.features)]
     probe = h.EmbeddingCollection(tables, w.features, mesh=w.mesh)
     coll = h.EmbeddingCollection(tables, w.features, mesh=w.mesh, exchange="all_to_all",
                                  max_shard_bytes=probe.shard_bytes(probe.init_tables()),
@@ -140,7 +147,9 @@ def run(w: Workload, args, capacities: dict[str, int], *, host_tier: bool) -> di
                depth_run=pipe.running_depth, stale_reruns=pipe.stale_reruns,
                most_unique=most_unique,
                ids={t: s["size"] + s.get("host_rows", 0) for t, s in stats.items()},
-               device_rows=sum(s["capacity"] for s in stats.values()), **sums)
+               device_rows=sum(s["capacity"] for s in stats.values()),
+               capacity={t: s["capacity"] for t, s in stats.items()},
+               batches=warm + (attempt + 1) * args.steps, **sums)
     if host_tier:
         check_nothing_lost(stats)
         moved = {k: sum(s[k] - tier0[t][k] for t, s in stats.items())
@@ -153,6 +162,21 @@ def run(w: Workload, args, capacities: dict[str, int], *, host_tier: bool) -> di
                    host_stage_s_per_step=stage_s / args.steps,
                    host_settle_s_per_step=settle_s / args.steps)
     return out
+
+
+def with_bound(w: Workload, r: dict, args) -> dict:
+    """`r` with ``belady``: the hit rate Belady's MIN gets with the same rows
+    per table over the same timed steps of the same stream (cache_bound.py:
+    the most any policy could hit)."""
+    from experiments.cache_bound import belady_hits, step_ids
+
+    ids = step_ids(w.source.train_batches(0), list(r["capacity"]), r["batches"])
+    counted = range(r["batches"] - args.steps, r["batches"])
+    hits = lookups = 0
+    for t, steps in ids.items():
+        h, n = belady_hits(steps, r["capacity"][t], counted)
+        hits, lookups = hits + h, lookups + n
+    return dict(r, belady=hits / lookups, belady_lookups=lookups)
 
 
 def warm_up(pipe, state, batches, compiles, least: int):
@@ -209,6 +233,7 @@ def budget_capacities(base: dict, share: float, devices: int) -> dict[str, int]:
 def record(args, share, r: dict, base: dict) -> dict:
     steps = args.steps
     rec = {"bench": "tiers", "devices": args.devices, "batch": args.batch, "dim": args.dim,
+           "policy": args.policy,
            "budget_share": share, "ids": sum(base["ids"].values()),
            "device_rows": r["device_rows"],
            "effective_share": r["device_rows"] / sum(base["ids"].values()),
@@ -216,6 +241,8 @@ def record(args, share, r: dict, base: dict) -> dict:
            "slowdown_vs_all_device": base["samples_per_s"] / r["samples_per_s"],
            "hit_rate": r["hits"] / r["queries"],
            "hit_rate_vs_all_device": (r["hits"] / r["queries"]) / (base["hits"] / base["queries"]),
+           "hit_rate_belady": r["belady"], "hit_rate_vs_belady": r["hits"] / r["queries"]
+           / r["belady"],
            "steps": steps,
            "warmup_steps": r["warmup_steps"], "timed_windows": r["timed_windows"],
            "compiles_while_timed":
@@ -244,17 +271,19 @@ def main(argv=None) -> dict:
     w = workload(args)
     # room for every id the run can see (each sample brings at most one per table)
     roomy = {f.name: int(1.5 * (args.warmup + args.steps) * args.batch) for f in w.features}
-    base = run(w, args, roomy, host_tier=False)
+    base = with_bound(w, run(w, args, roomy, host_tier=False), args)
     out.emit(record(args, 1.0, base, base))
     lines = {}
     for share in BUDGETS:
         r = run(w, args, budget_capacities(base, share, args.devices), host_tier=True)
-        lines[share] = out.emit(record(args, share, r, base))
+        lines[share] = out.emit(record(args, share, with_bound(w, r, args), base))
     at = lines[0.2]
-    summary = {"bench": "tiers_summary", "budget_share": 0.2,
+    summary = {"bench": "tiers_summary", "budget_share": 0.2, "policy": args.policy,
                "effective_share": at["effective_share"], "hit_rate": at["hit_rate"],
                "hit_rate_of_known_ids": at["hit_rate_of_known_ids"],
                "hit_rate_vs_all_device": at["hit_rate_vs_all_device"],
+               "hit_rate_belady": at["hit_rate_belady"],
+               "hit_rate_vs_belady": at["hit_rate_vs_belady"],
                "slowdown_vs_all_device": at["slowdown_vs_all_device"],
                "host_lookup_keys_per_s": at["host_lookup_keys_per_s"],
                "goals": {"hit_rate": 0.90, "slowdown_vs_all_device": 1.3,

@@ -146,17 +146,17 @@ def bounded_capacities(vocab_sizes: Sequence[int], row_bytes: int, budget_bytes:
 
 
 def sparse_specs(preset: Preset, *, optimizer: Optimizer, budget_bytes: int, seed: int = 0,
-                 embedding_dim: int | None = None, admit_after: int = 1
+                 embedding_dim: int | None = None, admit_after: int = 1, policy: str = "lru"
                  ) -> tuple[list[TableSpec], list[FeatureSpec]]:
     """One table per sparse feature (named C1..C26 like Criteo's columns),
     capacities bounded by ``budget_bytes``; multi-hot features sum-pool;
-    ``admit_after``: TableSpec.admit_after of every table."""
+    ``admit_after`` and ``policy``: TableSpec's, for every table."""
     dim = embedding_dim or preset.model.embedding_dim
     probe = TableSpec(name="probe", dim=dim, capacity=1, optimizer=optimizer)
     caps = bounded_capacities(preset.vocab_sizes, probe.row_bytes(), budget_bytes)
     names = SPARSE_NAMES[:len(caps)]
     tables = [TableSpec(name=n, dim=dim, capacity=c, optimizer=optimizer,
-                        seed=seed * len(names) + i, admit_after=admit_after)
+                        seed=seed * len(names) + i, admit_after=admit_after, policy=policy)
               for i, (n, c) in enumerate(zip(names, caps))]
     features = [FeatureSpec(name=n, table=n, max_ids=m, pooling="sum")
                 for n, m in zip(names, preset.multi_hot)]

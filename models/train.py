@@ -377,7 +377,8 @@ def train(cfg: TrainConfig) -> dict:
     sparse_opt, dense_lr, dense_tx, dense_kw = make_optimizers(cfg, preset)
     tables, features = sparse_specs(
         preset, optimizer=sparse_opt, budget_bytes=table_bytes(cfg), seed=cfg.seed,
-        embedding_dim=mcfg.embedding_dim, admit_after=cfg.admit_after)
+        embedding_dim=mcfg.embedding_dim, admit_after=cfg.admit_after,
+        policy=cfg.eviction_policy)
     source = make_source(cfg, preset, features)
     ckpt = (CheckpointManager(cfg.checkpoint_dir, max_to_keep=cfg.keep_checkpoints)
             if cfg.checkpoint_dir else None)

@@ -86,6 +86,11 @@ class TrainConfig:
     host_ttl_steps: int | None = _field(None, "with --host-tier: rows in host memory not "
                                               "looked up for this many steps are dropped "
                                               "(counted as ttl_evicted; default: kept)")
+    eviction_policy: str = _field("lru", "which rows a full table evicts (to the host tier "
+                                         "with --host-tier): lru, the least recently looked "
+                                         "up; lfu, the least often (what a skewed stream "
+                                         "rewards: experiments/bench_tiers.py)",
+                                  choices=("lru", "lfu"))
     admit_after: int = _field(1, "admission: an id gets a table row in the step it is seen "
                                  "in for the N-th time; until then it trains nothing and "
                                  "looks up a zero row (1: every id at once)")

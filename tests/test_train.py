@@ -330,8 +330,10 @@ def test_a_table_past_its_device_budget_trains_through_the_command(tmp_path):
     got = run(["--preset", "tiny", "--batch", "1024", "--steps", "16", "--eval-every", "16",
                "--eval-size", "4096", "--log-every", "16", "--no-progress", "--devices", "2",
                "--bottom-mlp", "16", "--top-mlp", "8", "--prefetch", "0",
-               "--device-table-mb", "1.5", "--host-ttl-steps", "12"], tmp_path)
+               "--device-table-mb", "1.5", "--host-ttl-steps", "12",
+               "--eviction-policy", "lfu"], tmp_path)
     check_host_tier_run(got, times=1.5)  # I3 with the rows aged out (ttl_evicted)
+    assert got["config"][0]["config"]["eviction_policy"] == "lfu"
     assert got["tables"][-1]["per_table"]["C1"]["ttl_evicted"] > 0
 
 

@@ -1,0 +1,62 @@
+"""experiments.cache_bound: Belady's MIN on batched streams against an
+exhaustive search of every eviction choice (small streams), and against the
+trivial bounds (no capacity limit: every id seen before hits)."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import numpy as np
+import pytest
+
+from experiments.cache_bound import belady_hits, step_ids
+
+
+def best_possible(steps, capacity):
+    """The most hits any sequence of evictions gets (exhaustive, memoized)."""
+    @functools.lru_cache(maxsize=None)
+    def go(t, held):
+        if t == len(steps):
+            return 0
+        now = frozenset(steps[t].tolist())
+        hits = len(now & held)
+        pool = sorted(held - now)
+        room = capacity - len(now)
+        best = 0
+        for k in range(min(room, len(pool)) + 1):
+            for keep in itertools.combinations(pool, k):
+                best = max(best, go(t + 1, now | frozenset(keep)))
+        return hits + best
+    return go(0, frozenset())
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_min_hits_as_often_as_the_best_eviction_sequence(seed):
+    rng = np.random.default_rng(seed)
+    capacity = int(rng.integers(2, 5))
+    steps = [np.unique(rng.integers(0, 7, int(rng.integers(1, capacity + 1))))
+             for _ in range(int(rng.integers(3, 8)))]
+    hits, lookups = belady_hits(steps, capacity, range(len(steps)))
+    assert lookups == sum(len(s) for s in steps)
+    assert hits == best_possible(steps, capacity)
+
+
+def test_without_a_capacity_limit_every_id_seen_before_hits():
+    rng = np.random.default_rng(0)
+    steps = [np.unique(rng.zipf(1.2, 50) % 1000) for _ in range(20)]
+    seen, want = set(), 0
+    for t, s in enumerate(steps):
+        if t >= 10:
+            want += sum(i in seen for i in s.tolist())
+        seen |= set(s.tolist())
+    assert belady_hits(steps, 10**6, range(10, 20)) == (want, sum(len(s) for s in steps[10:]))
+    with pytest.raises(ValueError, match="more than capacity=3"):
+        belady_hits(steps, 3, range(20))
+
+
+def test_step_ids_are_each_steps_unique_ids_without_padding():
+    batches = [{"ids": {"a": np.array([[3, -1], [3, 5]]), "b": np.array([7, 7, -1])}}] * 2
+    got = step_ids(iter(batches), ["a", "b"], 2)
+    assert [x.tolist() for x in got["a"]] == [[3, 5], [3, 5]]
+    assert [x.tolist() for x in got["b"]] == [[7], [7]]
