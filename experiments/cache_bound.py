@@ -28,7 +28,7 @@ def step_ids(batches: Iterable[dict], tables: Sequence[str], steps: int
              ) -> dict[str, list[np.ndarray]]:
     """Per table (feature of the same name), each of the first `steps`
     batches' unique ids, padding dropped."""
-    from jax_hypereca.errors import PADDING_ID
+    from jax_hypereca import PADDING_ID
 
     out: dict[str, list[np.ndarray]] = {t: [] for t in tables}
     for _, batch in zip(range(steps), batches):
