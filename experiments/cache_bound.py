@@ -1,5 +1,7 @@
 """The most any eviction policy could hit: Belady's MIN on a stream of batches.
 
+    python -m experiments.cache_bound [--steps 60] [--share 0.2] [--window 20]
+
 A device tier of C rows per table serves a step's unique ids from the rows it
 holds; the rest are misses (new ids, or ids whose rows went to the host
 tier). Belady's MIN -- on a miss, evict the row whose id is next looked up
@@ -11,12 +13,18 @@ misses for every policy, so over a short stream the bound is well below 1.
 
 bench_tiers reports it beside the measured hit rate: how much of the gap to
 the issue's goal a better policy could close, and how much is the stream.
+Run as a command, it simulates the synthetic Criteo-like stream (criteo-kaggle
+preset, batch 2048) for --steps steps with --share of each table's distinct
+ids as rows, one pool per table: LRU, LFU, MIN and unbounded rows, hit rates
+over the last --window steps, one JSON line.
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import heapq
+import json
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -79,3 +87,73 @@ def _evict(held: set, heap: list, uses: dict, capacity: int, now: set) -> None:
         held.remove(i)
     for entry in kept:
         heapq.heappush(heap, entry)
+
+
+def policy_hits(steps: Sequence[np.ndarray], capacity: int, counted: range, policy: str
+                ) -> tuple[int, int]:
+    """(hits, lookups) of LRU or LFU (fewest lookups, then least recent;
+    ties: the smaller id) with `capacity` rows, one pool, the current step's
+    ids never evicted."""
+    held: dict[int, tuple[int, int]] = {}  # id -> (lookups, last step)
+    heap: list[tuple[int, int, int]] = []  # the score when pushed, id
+    hits = lookups = 0
+    for t, ids in enumerate(steps):
+        now = ids.tolist()
+        if t in counted:
+            lookups += len(now)
+            hits += sum(i in held for i in now)
+        for i in now:
+            count = held[i][0] + 1 if i in held else 1
+            held[i] = (count, t)
+            heapq.heappush(heap, (count if policy == "lfu" else 0, t, i))
+        kept, current = [], set(now)
+        while len(held) > capacity:
+            entry = heapq.heappop(heap)
+            i = entry[2]
+            if held.get(i, (None, None))[1] != entry[1] or (
+                    policy == "lfu" and held[i][0] != entry[0]):
+                continue  # an older entry of an id looked up again since
+            if i in current:
+                kept.append(entry)
+                continue
+            del held[i]
+        for entry in kept:
+            heapq.heappush(heap, entry)
+    return hits, lookups
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--share", type=float, default=0.2)
+    p.add_argument("--window", type=int, default=20, help="counted: the last WINDOW steps")
+    p.add_argument("--batch", type=int, default=2048)
+    args = p.parse_args(argv)
+    from models.config import PRESETS, SPARSE_NAMES
+    from models.data import SyntheticSource
+
+    preset = PRESETS["criteo-kaggle"]
+    names = list(SPARSE_NAMES[:len(preset.vocab_sizes)])
+    source = SyntheticSource(names=names, multi_hot=preset.multi_hot, local_batch=args.batch)
+    ids = step_ids(source.train_batches(0), names, args.steps)
+    counted = range(args.steps - args.window, args.steps)
+    sums = collections.Counter()
+    for steps in ids.values():
+        distinct = len(np.unique(np.concatenate(steps)))
+        cap = max(int(args.share * distinct), max(len(s) for s in steps))
+        for name, (h, n) in (("lru", policy_hits(steps, cap, counted, "lru")),
+                             ("lfu", policy_hits(steps, cap, counted, "lfu")),
+                             ("belady", belady_hits(steps, cap, counted)),
+                             ("unbounded", belady_hits(steps, 1 << 40, counted))):
+            sums[name] += h
+            sums["lookups"] += n if name == "lru" else 0
+    out = {"bench": "cache_bound", "steps": args.steps, "window": args.window,
+           "share": args.share, "batch": args.batch, "lookups": sums["lookups"],
+           **{f"hit_rate_{k}": sums[k] / sums["lookups"]
+              for k in ("lru", "lfu", "belady", "unbounded")}}
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()

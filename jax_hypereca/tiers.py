@@ -383,6 +383,7 @@ class HostTier:
         `rows` per table (their own counters start there), and the movement
         counts `moved` (saved with them; 0 where None)."""
         self.stores = {n: self._store(s) for n, s in self.specs.items()}
+        self.room = {n: 0 for n in self.specs}  # no step is in flight across a restore
         if jax.process_index() != 0:
             moved = None  # the saved counts are totals: process 0 carries them on
         self.moved = {n: {k: int(((moved or {}).get(n) or {}).get(k, 0)) for k in self.moved[n]}

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 
 import numpy as np
 import pytest
 
-from experiments.cache_bound import belady_hits, step_ids
+from experiments.cache_bound import belady_hits, main, policy_hits, step_ids
 
 
 def best_possible(steps, capacity):
@@ -60,3 +61,41 @@ def test_step_ids_are_each_steps_unique_ids_without_padding():
     got = step_ids(iter(batches), ["a", "b"], 2)
     assert [x.tolist() for x in got["a"]] == [[3, 5], [3, 5]]
     assert [x.tolist() for x in got["b"]] == [[7], [7]]
+
+
+def reference_policy(steps, capacity, counted, policy):
+    """LRU / LFU by brute force: after each step, drop the lowest-scored ids
+    (LRU: last step; LFU: lookups, then last step; ties: the smaller id) not
+    in the step."""
+    last, count, hits, lookups = {}, {}, 0, 0
+    for t, s in enumerate(steps):
+        now = s.tolist()
+        if t in counted:
+            lookups += len(now)
+            hits += sum(i in last for i in now)
+        for i in now:
+            last[i], count[i] = t, count.get(i, 0) + 1
+        score = (lambda i: (last[i], i)) if policy == "lru" else (
+            lambda i: (count[i], last[i], i))
+        for i in sorted((i for i in last if i not in now), key=score)[:max(0, len(last) - capacity)]:
+            del last[i], count[i]
+    return hits, lookups
+
+
+@pytest.mark.parametrize("policy", ["lru", "lfu"])
+@pytest.mark.parametrize("seed", range(10))
+def test_lru_and_lfu_match_a_brute_force_and_never_beat_min(policy, seed):
+    rng = np.random.default_rng(seed)
+    steps = [np.unique(rng.zipf(1.3, int(rng.integers(1, 12))) % 40) for _ in range(30)]
+    capacity = int(rng.integers(12, 25))
+    counted = range(10, 30)
+    got = policy_hits(steps, capacity, counted, policy)
+    assert got == reference_policy(steps, capacity, counted, policy)
+    assert got[0] <= belady_hits(steps, capacity, counted)[0]
+
+
+def test_the_command_prints_every_policy_and_min_bounds_them(capsys):
+    out = main(["--steps", "6", "--window", "3", "--batch", "256"])
+    assert json.loads(capsys.readouterr().out) == out
+    assert out["hit_rate_lru"] <= out["hit_rate_belady"] <= out["hit_rate_unbounded"]
+    assert out["hit_rate_lfu"] <= out["hit_rate_belady"] and out["lookups"] > 0
