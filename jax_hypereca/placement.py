@@ -164,14 +164,16 @@ def to_device(a: np.ndarray, device) -> jax.Array:
     return jax.device_put(jnp.asarray(a, a.dtype), device)
 
 
-def tree_to_mesh(tree, sharding: NamedSharding):
+def tree_to_mesh(tree, sharding: NamedSharding, *, as_pairs: bool = False):
     """Host arrays (rank >= 1) onto `sharding`, each dtype kept, in one
     transfer (with several processes, each places the blocks of its own
     devices from its copy): jax.device_put narrows int64 to int32 without jax_enable_x64,
     which would change ids >= 2**31, so 64-bit integer arrays cross as int32
     pairs and are reassembled on the devices by one compiled bitcast (one
     transfer per array and device instead cost ~70 ms per host-tier stage of
-    26 tables on 8 devices)."""
+    26 tables on 8 devices). With `as_pairs` the pairs stay pairs (``from_pairs``
+    rebuilds them inside the caller's program: on XLA:CPU a separate small
+    program runs inline on the calling thread, waiting for the step in flight)."""
     leaves, treedef = jax.tree.flatten(tree)
     wide = tuple(np.dtype(a.dtype) if np.dtype(a.dtype).itemsize == 8
                  and np.dtype(a.dtype).kind in "iu" else None for a in leaves)
@@ -182,9 +184,18 @@ def tree_to_mesh(tree, sharding: NamedSharding):
     else:  # each process places its own devices' blocks of its copy
         placed = [jax.make_array_from_callback(a.shape, sharding, lambda idx, a=a: a[idx])
                   for a in sent]
-    if any(wide):
+    if any(wide) and not as_pairs:
         placed = _from_pairs(placed, dtypes=wide)
     return jax.tree.unflatten(treedef, placed)
+
+
+def from_pairs(a: jax.Array, dtype) -> jax.Array:
+    """A 64-bit integer array sent as int32 pairs (tree_to_mesh's
+    ``as_pairs``), bit for bit; other arrays unchanged. Traceable."""
+    dtype = np.dtype(dtype)
+    if a.dtype == jnp.int32 and dtype.itemsize == 8 and a.ndim and a.shape[-1] == 2:
+        return lax.bitcast_convert_type(a, dtype)
+    return a
 
 
 @functools.partial(jax.jit, static_argnames=("dtypes",))

@@ -111,6 +111,7 @@ class Pending(NamedTuple):
     clean: bool        # neither compiled nor re-ran (a fair time for exchange="auto")
     staged: object     # the host tier's rows it took (tiers.Staged), or None
     settled: list      # [whether the host tier has seen what it moved] (a mutable cell)
+    read_back_rows: int  # evicted rows per device the step read back for settle (0: none)
 
 
 class Verdict(NamedTuple):
@@ -160,7 +161,7 @@ class ShardedTrainStep:
         loss_fn, tx, has_aux = self.loss_fn, self.dense_tx, self.has_aux
         names = tuple(self.c.tables)
 
-        def step_fn(state: TrainState, batch, host, tier_in):
+        def step_fn(state: TrainState, batch, host, tier_in, read_back_rows=0):
             # host = [the step count the host expects, each table's growth limit]
             full = jnp.stack([fullest_shard(state.tables[t]) > host[i + 1]
                               for i, t in enumerate(names)])
@@ -186,11 +187,14 @@ class ShardedTrainStep:
             new_state = TrainState(keep(params, state.params), keep(opt_state, state.opt_state),
                                    tables, jnp.where(ok, state.step + 1, state.step), hot,
                                    admission)
+            if read_back_rows:  # settle's arrays, ready when this step is
+                tier["read_back"] = self.c.host_tier.read_back(
+                    tier["written"], tier["demoted"], read_back_rows)
             return new_state, {"loss": loss, "aux": aux, "stats": stats,
                                "apply_problems": problems, "ok": ok, "live": live,
                                "full": full, "tier": tier}
 
-        return jax.jit(step_fn, donate_argnums=(0,))
+        return jax.jit(step_fn, donate_argnums=(0,), static_argnames=("read_back_rows",))
 
     def compiled(self, state: TrainState, batch) -> Callable:
         size = _batch_size(batch)
@@ -227,11 +231,12 @@ class ShardedTrainStep:
         except HostTierFullError as e:  # no room for its demotions: not run, nothing moved
             e.state, e.applied = state, False
             raise
+        rows = 0 if staged is None else self.c.host_tier.demoted_rows
         state, metrics = fn(state, self.c.device_batch(batch), *self._args(state, index),
-                            _tier_in(staged, unsettled))
+                            _tier_in(staged, unsettled), read_back_rows=rows)
         return state, Pending(batch, index, layout, metrics, t0,
                               compiled == len(self._compiled) and retries == self.retries,
-                              staged, [False])
+                              staged, [False], rows)
 
     def check(self, p: Pending) -> Verdict:
         """Reads a step's statistics (waits for it) and raises the exchange
@@ -279,7 +284,9 @@ class ShardedTrainStep:
         self.c.host_tier.settle(p.staged, tier["written"], tier["demoted"],
                                 {t: st["evicted"] for t, st in stats.items()},
                                 {t: int(st["stale"].sum()) for t, st in stats.items()},
-                                step=p.index + 1)
+                                step=p.index + 1,
+                                early=(p.read_back_rows, tier["read_back"])
+                                if "read_back" in tier else None)
 
     def repair(self, state: TrainState, v: Verdict) -> TrainState:
         """Grows the tables a failed step needs (its buffers were raised by

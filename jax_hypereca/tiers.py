@@ -71,7 +71,7 @@ from jax_hypereca.errors import PADDING_ID
 from jax_hypereca.hashing import owner_of
 from jax_hypereca.host_tier import HostStager, HostStore, HostTierFullError
 from jax_hypereca.placement import (
-    all_processes, local_get, local_shards, most_of_all, tree_to_mesh)
+    all_processes, from_pairs, local_get, local_shards, most_of_all, tree_to_mesh)
 from jax_hypereca.table import Rows, TableSpec
 
 # Staged rows per device are padded to one size for every table, a power of
@@ -180,7 +180,7 @@ class HostTier:
                 self.staged_rows *= 2
             host = {names: self._stagers[names].pack(self.staged_rows) for names in sets}
             # every table at once, a few arrays; ids and frequencies stay int64
-            device = tree_to_mesh(host, NamedSharding(self.mesh, P(self.axis)))
+            device = tree_to_mesh(host, NamedSharding(self.mesh, P(self.axis)), as_pairs=True)
         except BaseException:
             if take:
                 self._unstage(host or {n: self._stagers[n].pack(m) for n, m in collected.items()})
@@ -241,9 +241,21 @@ class HostTier:
                                               num_shards=self.num_shards, threads=self.threads)
         return self._stagers[names]
 
+    def read_back(self, written: Mapping[str, jax.Array], demoted: Mapping[str, Rows],
+                  rows: int):
+        """What settle reads of a step, as few arrays (traceable: the train
+        step computes it, so that reading it waits for that step only, not
+        for a step dispatched after it): the written flags of every staged
+        table stacked, and each device's first `rows` evicted rows packed
+        per set of tables of one row layout."""
+        return _settle_arrays(
+            dict(written), {s: [demoted[n] for n in s] for s in _layout_sets(self.specs, demoted)},
+            rows=rows, shards=self.num_shards)
+
     def settle(self, staged: Staged | None, written: Mapping[str, jax.Array],
                demoted: Mapping[str, Rows], evicted: Mapping[str, np.ndarray],
-               stale: Mapping[str, int] | None = None, step: int | None = None) -> None:
+               stale: Mapping[str, int] | None = None, step: int | None = None,
+               early: tuple[int, object] | None = None) -> None:
         """After one attempt of a train step: the staged rows the step did not
         write go back to the store, then the rows it evicted (`demoted`, [W *
         E] per table, device d's first ``evicted[t][d]`` at [d * E, ...])
@@ -251,7 +263,8 @@ class HostTier:
         the module docstring); with ``ttl_steps``, rows older than `step` -
         ttl_steps leave the host tier (counted). At a store's memory limit
         every table is still settled, then one HostTierFullError holds every
-        refused row (``.rows``; counted as moved) until ``put_back``."""
+        refused row (``.rows``; counted as moved) until ``put_back``.
+        `early`: (rows, read_back's arrays) the step computed, if it did."""
         t0 = time.perf_counter()
         refused: dict[str, list] = {}
         if staged is not None:
@@ -264,12 +277,12 @@ class HostTier:
             self.demoted_rows *= 2
         staged_rows = dict(_per_table(staged.host, self.num_shards)) if staged else {}
         staged_names = sorted(staged_rows)  # a dict's order in a jit's arguments
-        # one transfer of a few arrays: the written flags stacked, and only each
-        # device's first evicted rows (one program per size), packed per set
-        done, host = local_get(_settle_arrays(
-            {n: written[n] for n in staged_names},
-            {names: [demoted[n] for n in names] for names in _layout_sets(self.specs, counts)},
-            rows=self.demoted_rows, shards=self.num_shards))
+        # one transfer of a few arrays (read_back): the step's own, unless its
+        # devices evicted more rows than it read back
+        if early is None or early[0] < most:
+            early = (most, self.read_back({n: written[n] for n in staged_names}, demoted,
+                                          self.demoted_rows))
+        done, host = local_get(early[1])
         for i, name in enumerate(staged_names):
             rows = staged_rows[name]
             self._return(name, rows, done[i].reshape(rows.keys.shape), refused)
@@ -425,9 +438,11 @@ def _per_table(packed: Mapping[tuple[str, ...], Rows], shards: int):
 
 def unpack(packed: Mapping[tuple[str, ...], Rows]) -> dict[str, Rows]:
     """One device's block of the packed staged rows (tiers.Staged;
-    inside shard_map): per table its S staged rows."""
+    inside shard_map): per table its S staged rows, the 64-bit fields
+    rebuilt from the int32 pairs they crossed as."""
     out = {}
     for names, rows in packed.items():
+        rows = Rows(*(from_pairs(a, np.int64) for a in rows))
         for i, name in enumerate(names):
             out[name] = Rows(*(a.reshape((len(names), -1) + a.shape[1:])[i] for a in rows))
     return out
