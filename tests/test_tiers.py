@@ -241,6 +241,15 @@ def _limited(limit):
                                host_tier={"memory_limit_bytes": limit})
 
 
+def assert_as_unlimited(coll, state, ref, ref_state):
+    """Every row as in the unlimited run, each accounted for (I3)."""
+    stats = coll.table_stats(state.tables)
+    for name in tc.DIMS:
+        want = assert_same_rows(coll, state, ref, ref_state, name)
+        s = stats[name]
+        assert s["inserted"] - s["promoted"] == s["size"] + s["host_rows"] == len(want)
+
+
 def _host_rows(coll):
     return {n: sorted(coll.host_tier.rows(n).keys.tolist()) for n in tc.DIMS}
 
@@ -276,11 +285,7 @@ def test_a_full_host_tier_refuses_the_step_before_it_runs_and_training_goes_on(b
         losses.append(m["loss"])
     assert errors == 1
     assert losses == ref_losses
-    stats = coll.table_stats(state.tables)
-    for name in tc.DIMS:
-        want = assert_same_rows(coll, state, ref, ref_state, name)
-        s = stats[name]
-        assert s["inserted"] - s["promoted"] == s["size"] + s["host_rows"] == len(want)
+    assert_as_unlimited(coll, state, ref, ref_state)
 
 
 def test_a_settle_the_store_refuses_holds_every_row_until_put_back(batches):
@@ -324,11 +329,7 @@ def test_a_settle_the_store_refuses_holds_every_row_until_put_back(batches):
     assert errors >= 1
     assert [x for x in losses if x is not None] == [
         x for x, y in zip(ref_losses, losses) if y is not None]
-    stats = coll.table_stats(state.tables)
-    for name in tc.DIMS:
-        want = assert_same_rows(coll, state, ref, ref_state, name)
-        s = stats[name]
-        assert s["inserted"] - s["promoted"] == s["size"] + s["host_rows"] == len(want)
+    assert_as_unlimited(coll, state, ref, ref_state)
 
 
 def test_a_device_budget_below_one_steps_ids_names_both_numbers(batches):
