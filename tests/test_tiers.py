@@ -254,15 +254,22 @@ def _host_rows(coll):
     return {n: sorted(coll.host_tier.rows(n).keys.tolist()) for n in tc.DIMS}
 
 
-def test_a_full_host_tier_refuses_the_step_before_it_runs_and_training_goes_on(batches):
+@pytest.fixture(scope="module")
+def unlimited(batches):
+    """Six steps with an unlimited host tier: (collection, state, losses)."""
+    ref = _limited(None)
+    return (ref,) + tuple(train(ref, batches[:6]))
+
+
+def test_a_full_host_tier_refuses_the_step_before_it_runs_and_training_goes_on(batches,
+                                                                               unlimited):
     """A host tier whose limit leaves no room for the demotions a step may
     make: the step raises HostTierFullError before it runs (naming the
     limit, .applied False, .state the state it was given, no row moved); with
     the limit raised the same batch trains, and the run ends bit for bit as
     the one with an unlimited host tier, every row accounted for (I3)."""
     batches = batches[:6]
-    ref = _limited(None)
-    ref_state, ref_losses = train(ref, batches)
+    ref, ref_state, ref_losses = unlimited
     coll = _limited(None)
     dense_tx = optax.adam(0.01)
     step = coll.make_train_step(tc.head_loss, dense_tx)
@@ -288,15 +295,14 @@ def test_a_full_host_tier_refuses_the_step_before_it_runs_and_training_goes_on(b
     assert_as_unlimited(coll, state, ref, ref_state)
 
 
-def test_a_settle_the_store_refuses_holds_every_row_until_put_back(batches):
+def test_a_settle_the_store_refuses_holds_every_row_until_put_back(batches, unlimited):
     """A limit set while a step is in flight (no room was made for it): its
     settle stores what fits, then raises HostTierFullError
     holding every refused row of every table (.rows) and the state after
     the (applied) step; with the limit raised and the rows put back,
     training goes on bit for bit as the unlimited run (I3)."""
     batches = batches[:6]
-    ref = _limited(None)
-    ref_state, ref_losses = train(ref, batches)
+    ref, ref_state, ref_losses = unlimited
     coll = _limited(None)
     dense_tx = optax.adam(0.01)
     step = coll.make_train_step(tc.head_loss, dense_tx)
