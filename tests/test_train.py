@@ -330,10 +330,8 @@ def test_a_table_past_its_device_budget_trains_through_the_command(tmp_path):
     got = run(["--preset", "tiny", "--batch", "1024", "--steps", "16", "--eval-every", "16",
                "--eval-size", "4096", "--log-every", "16", "--no-progress", "--devices", "2",
                "--bottom-mlp", "16", "--top-mlp", "8", "--prefetch", "0",
-               "--device-table-mb", "1.5", "--host-ttl-steps", "12",
-               "--eviction-policy", "lfu"], tmp_path)
+               "--device-table-mb", "1.5", "--host-ttl-steps", "12"], tmp_path)
     check_host_tier_run(got, times=1.5)  # I3 with the rows aged out (ttl_evicted)
-    assert got["config"][0]["config"]["eviction_policy"] == "lfu"
     assert got["tables"][-1]["per_table"]["C1"]["ttl_evicted"] > 0
 
 
@@ -367,7 +365,7 @@ def test_device_table_mb_is_the_host_tier_at_that_budget_and_one_budget_only(tmp
 def test_a_full_host_tier_stops_before_the_step_saves_and_resumes(tmp_path, capsys):
     """--host-table-mb too small for step 2's demotions: the command runs
     step 1, saves it, exits with status 2 naming the flag; resumed with more
-    room it trains on, every row accounted for (I3)."""
+    room (and LFU eviction) it trains on, every row accounted for (I3)."""
     args = ["--preset", "tiny", "--batch", "1024", "--steps", "3", "--eval-every", "3",
             "--eval-size", "4096", "--log-every", "3", "--no-progress", "--devices", "2",
             "--bottom-mlp", "16", "--top-mlp", "8", "--prefetch", "0",
@@ -380,8 +378,10 @@ def test_a_full_host_tier_stops_before_the_step_saves_and_resumes(tmp_path, caps
     assert "the 1 steps before it are saved" in err and "--resume" in err
     saved = [json.loads(line) for line in open(tmp_path / "a" / "metrics.jsonl")]
     assert [r["step"] for r in saved if r["kind"] == "checkpoint"] == [1]
-    got = run(args + ["--host-table-mb", "64", "--resume"], tmp_path / "b")
+    got = run(args + ["--host-table-mb", "64", "--resume", "--eviction-policy", "lfu"],
+              tmp_path / "b")
     assert got["eval"][-1]["step"] == 3
+    assert got["config"][0]["config"]["eviction_policy"] == "lfu"
     for name, t in got["tables"][-1]["per_table"].items():  # I3 across the restore
         assert t["inserted"] - t["promoted"] == t["size"] + t["host_rows"], name
         assert t["host_rows"] > 0, name
