@@ -27,8 +27,12 @@ that is device hits / (device hits + promotions); ``hit_rate_vs_all_device``:
 ``hit_rate`` over the all-device run's, the share of the hits a device with
 room for every row gets, which a short run's new ids do not cap;
 ``hit_rate_belady``: what Belady's MIN hits with the same rows per table on
-the same steps, the most any policy could, experiments/cache_bound.py),
-promotions, demotions and bytes moved host<->device per step, and the host
+the same steps, the most any policy could, experiments/cache_bound.py;
+``lookup_hit_rate``: the same per lookup, an id a batch looks up n times
+counted n times -- what a cache's hit rate usually counts -- beside
+``lookup_hit_rate_ceiling``, the share of lookups of ids an earlier step
+looked up, the most any policy could hit per lookup; the device's ids and
+lookups are checked against the stream's), promotions, demotions and bytes moved host<->device per step, and the host
 tier's lookups/s (ids staged / seconds in ``HostTier.stage``). Every run
 ends with I3 checked exactly: per table, inserted - promoted == device rows
 + host rows.
@@ -136,7 +140,7 @@ def run(w: Workload, args, capacities: dict[str, int], *, host_tier: bool) -> di
         if compiles() == compiles0:
             break
     sums = {k: sum(int(m["stats"][t][k].sum()) for m in done for t in m["stats"])
-            for k in ("queries", "hits", "unique")}
+            for k in ("queries", "hits", "unique", "lookups", "lookup_hits")}
     most_unique = {t: max(int(m["stats"][t]["queries"].sum()) for m in done)
                    for t in done[0]["stats"]}
     stats = coll.table_stats(state.tables)
@@ -167,16 +171,27 @@ def run(w: Workload, args, capacities: dict[str, int], *, host_tier: bool) -> di
 def with_bound(w: Workload, r: dict, args) -> dict:
     """`r` with ``belady``: the hit rate Belady's MIN gets with the same rows
     per table over the same timed steps of the same stream (cache_bound.py:
-    the most any policy could hit)."""
-    from experiments.cache_bound import belady_hits, step_ids
+    the most any policy could hit), and ``lookup_ceiling``: the share of
+    those steps' lookups whose id an earlier step looked up (what unbounded
+    rows hit per lookup). The steps' ids and lookups counted on the host
+    must equal the device's ``queries`` and ``lookups`` exactly."""
+    from experiments.cache_bound import belady_hits, step_lookups
 
-    ids = step_ids(w.source.train_batches(0), list(r["capacity"]), r["batches"])
+    looked_up = step_lookups(w.source.train_batches(0), list(r["capacity"]), r["batches"])
     counted = range(r["batches"] - args.steps, r["batches"])
-    hits = lookups = 0
-    for t, steps in ids.items():
+    sums = dict.fromkeys(("hits", "ids", "seen", "lookups"), 0)
+    for t, pairs in looked_up.items():
+        steps, counts = [u for u, _ in pairs], [c for _, c in pairs]
         h, n = belady_hits(steps, r["capacity"][t], counted)
-        hits, lookups = hits + h, lookups + n
-    return dict(r, belady=hits / lookups, belady_lookups=lookups)
+        seen, lookups = belady_hits(steps, 1 << 40, counted, counts)
+        for k, v in zip(sums, (h, n, seen, lookups)):
+            sums[k] += v
+    if (sums["ids"], sums["lookups"]) != (r["queries"], r["lookups"]):
+        raise AssertionError(f"the device counted {r['queries']} ids and {r['lookups']} "
+                             f"lookups in the timed steps, the stream has {sums['ids']} "
+                             f"and {sums['lookups']}")
+    return dict(r, belady=sums["hits"] / sums["ids"],
+                lookup_ceiling=sums["seen"] / sums["lookups"])
 
 
 def warm_up(pipe, state, batches, compiles, least: int):
@@ -243,6 +258,8 @@ def record(args, share, r: dict, base: dict) -> dict:
            "hit_rate_vs_all_device": (r["hits"] / r["queries"]) / (base["hits"] / base["queries"]),
            "hit_rate_belady": r["belady"], "hit_rate_vs_belady": r["hits"] / r["queries"]
            / r["belady"],
+           "lookup_hit_rate": r["lookup_hits"] / r["lookups"],
+           "lookup_hit_rate_ceiling": r["lookup_ceiling"], "lookups": r["lookups"],
            "steps": steps,
            "warmup_steps": r["warmup_steps"], "timed_windows": r["timed_windows"],
            "compiles_while_timed":
@@ -284,6 +301,8 @@ def main(argv=None) -> dict:
                "hit_rate_vs_all_device": at["hit_rate_vs_all_device"],
                "hit_rate_belady": at["hit_rate_belady"],
                "hit_rate_vs_belady": at["hit_rate_vs_belady"],
+               "lookup_hit_rate": at["lookup_hit_rate"],
+               "lookup_hit_rate_ceiling": at["lookup_hit_rate_ceiling"],
                "slowdown_vs_all_device": at["slowdown_vs_all_device"],
                "host_lookup_keys_per_s": at["host_lookup_keys_per_s"],
                "goals": {"hit_rate": 0.90, "slowdown_vs_all_device": 1.3,

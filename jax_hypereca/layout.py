@@ -16,7 +16,10 @@ from jax_hypereca.table import TableSpec
 STAT_NAMES = ("ids", "unique", "remote_unique", "max_count", "queries", "hits", "inserted",
               "evicted", "reserved", "failed", "resident", "hot_unique", "apply_nonfinite",
               "stale",  # stale: ids a step in flight evicted before the host tier saw it
-              "filtered")  # ids admission kept from a row this step (admission.py)
+              "filtered",  # ids admission kept from a row this step (admission.py)
+              # positions of the batch looking up cold ids / those served by a
+              # row resident before the step (queries and hits count ids once)
+              "lookups", "lookup_hits")
 STAT_INDEX = {n: i for i, n in enumerate(STAT_NAMES)}
 
 

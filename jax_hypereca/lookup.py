@@ -146,8 +146,9 @@ def _pool_group_grad(layout: Layout, group, grads, inverse, weights, batch: int,
 def _dedup_group(layout: Layout, group, ids, hot):
     """Per table: unique ids, split into the hot fold (found in the local
     replica) and the cold rest; concatenated over the group with table tags.
-    Returns (cold keys (N,), tags (N,), hot slots (N,), inverse (n,), stats)."""
-    keys, tags, hot_slots, inverse, stats, offset = [], [], [], [], [], 0
+    Returns (cold keys (N,), tags (N,), hot slots (N,), inverse (n,),
+    occurrences (N,): how often the batch looks each unique id up, stats)."""
+    keys, tags, hot_slots, inverse, occurrences, stats, offset = [], [], [], [], [], [], 0
     for i, t in enumerate(group):
         flat = jnp.concatenate([ids[f.name].reshape(-1) for f in layout.features_of(t)])
         uniq, inv, count = _ops.unique(flat)
@@ -156,10 +157,42 @@ def _dedup_group(layout: Layout, group, ids, hot):
         hot_slots.append(hs)
         tags.append(jnp.where(uniq != PADDING_ID, i, -1).astype(jnp.int32))
         inverse.append(jnp.where(inv >= 0, inv + offset, -1))
+        occurrences.append(jnp.zeros(flat.shape, jnp.int32).at[
+            jnp.where(inv >= 0, inv, flat.shape[0])].add(1, mode="drop"))
         stats.append(((flat != PADDING_ID).sum(), count, (hs >= 0).sum()))
         offset += flat.shape[0]
     return (jnp.concatenate(keys), jnp.concatenate(tags), jnp.concatenate(hot_slots),
-            jnp.concatenate(inverse), stats)
+            jnp.concatenate(inverse), jnp.concatenate(occurrences), stats)
+
+
+def _pack_tags(tags, occurrences):
+    """The id payload's second column: each entry's table tag (int32, -1 for
+    an empty entry) in the low 32 bits and how often the sender's batch
+    looks the id up in the high ones (0 for an empty entry), so an owner can
+    count lookups as well as ids (``lookups``, ``lookup_hits``)."""
+    return tags.astype(jnp.int64) + (occurrences.astype(jnp.int64) << 32)
+
+
+def _unpack_tags(column):
+    """_pack_tags' inverse: (tags int32, occurrences int64)."""
+    low = column & jnp.int64(0xFFFFFFFF)
+    tags = jnp.where(low >= jnp.int64(1 << 31), low - jnp.int64(1 << 32), low).astype(jnp.int32)
+    return tags, (column - tags.astype(jnp.int64)) >> 32
+
+
+def _bucketize_group(keys, tags, occurrences, W: int, cap: int):
+    """The group's unique cold ids into one (W, cap) send buffer by owner.
+    Returns (send, counts per owner, position of each id in the buffer (-1:
+    padding or hot), source: the id at each position (-1: empty), the
+    packed tags of each position)."""
+    send, counts, position = _ops.bucketize(keys, num_shards=W, capacity=cap)
+    source = jnp.full((W * cap + 1,), -1, jnp.int32).at[
+        jnp.where(position >= 0, position, W * cap)].set(
+            jnp.arange(position.shape[0], dtype=jnp.int32))[:-1]
+    at = jnp.maximum(source, 0)
+    tag_send = _pack_tags(jnp.where(source >= 0, tags[at], -1),
+                          jnp.where(source >= 0, occurrences[at], 0)).reshape(W, cap)
+    return send, counts, position, source, tag_send
 
 
 def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, TableState],
@@ -183,14 +216,10 @@ def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, 
     too_big = jnp.zeros((), jnp.int32)
     for group, cap in zip(layout.groups, layout.capacities):
         with jax.named_scope("stage_dedup"):
-            keys, tags, hot_slots, inverse, tstats = _dedup_group(layout, group, ids, hot)
+            keys, tags, hot_slots, inverse, occ, tstats = _dedup_group(layout, group, ids, hot)
         with jax.named_scope("stage_bucketize"):
-            send, counts, position = _ops.bucketize(keys, num_shards=W, capacity=cap)
+            send, counts, position, source, tag_send = _bucketize_group(keys, tags, occ, W, cap)
             too_big = jnp.maximum(too_big, (counts > cap).any().astype(jnp.int32))
-            source = jnp.full((W * cap + 1,), -1, jnp.int32).at[
-                jnp.where(position >= 0, position, W * cap)].set(
-                    jnp.arange(position.shape[0], dtype=jnp.int32))[:-1]
-            tag_send = jnp.where(source >= 0, tags[jnp.maximum(source, 0)], -1).reshape(W, cap)
         local.append((inverse, position, send, tag_send, hot_slots, source))
         remote = (position >= 0) & (position // cap != me)
         for i, t in enumerate(group):
@@ -210,12 +239,13 @@ def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, 
         inverse, position, send, tag_send, hot_slots, source = local[gi]
         with jax.named_scope("stage_id_exchange"):
             send = jnp.where(ok, send, PADDING_ID)
-            payload = jnp.stack([send, tag_send.astype(jnp.int64)], axis=-1)
+            payload = jnp.stack([send, tag_send], axis=-1)
             recv = layout.exchange.send_ids(payload, ax, W).reshape(W * cap, 2)
-        q_keys, q_tags = recv[:, 0], recv[:, 1].astype(jnp.int32)
+        q_keys, (q_tags, q_occ) = recv[:, 0], _unpack_tags(recv[:, 1])
         if train:
             rows, slots, refused = _insert_and_gather(layout, group, tables, q_keys, q_tags,
-                                                      step, stats, refused, tier_in, tier)
+                                                      q_occ, step, stats, refused, tier_in,
+                                                      tier)
             contexts.append(TableContext(inverse, position, source, slots, hot_slots))
         else:
             with jax.named_scope("stage_gather"):
@@ -254,8 +284,8 @@ def _tier_out(layout: Layout, tier_in: dict, *, train: bool) -> dict:
     return tier
 
 
-def _insert_and_gather(layout: Layout, group, tables, q_keys, q_tags, step, stats, refused,
-                       tier_in, tier):
+def _insert_and_gather(layout: Layout, group, tables, q_keys, q_tags, q_occ, step, stats,
+                       refused, tier_in, tier):
     """The owner's side of a train step for one exchange group: find_or_insert
     of the received ids per table (tables and stats updated in place), the
     host tier's staged rows written into their fresh slots and the evicted
@@ -290,6 +320,9 @@ def _insert_and_gather(layout: Layout, group, tables, q_keys, q_tags, step, stat
             slots.append(res.slots if inv is None else
                          jnp.where(inv >= 0, res.slots[jnp.maximum(inv, 0)], -1))
         stats[t] = stats[t].at[STAT_INDEX["queries"]:STAT_INDEX["failed"] + 1].set(res.status[:6])
+        stats[t] = _count_lookups(stats[t], q_tags == i, q_occ,
+                                  res.found if inv is None else
+                                  (inv >= 0) & res.found[jnp.maximum(inv, 0)])
         stats[t] = stats[t].at[STAT_INDEX["resident"]].set(tables[t].counters[0])
         refused = jnp.maximum(refused, (res.status[5] > 0).astype(jnp.int32))
     with jax.named_scope("stage_gather"):
@@ -299,6 +332,18 @@ def _insert_and_gather(layout: Layout, group, tables, q_keys, q_tags, step, stat
         rows = _ops.gather_tagged(q_tags, jnp.max(jnp.stack(slots), axis=0),
                                   [tables[t].values for t in group])
     return rows, jnp.stack(slots), refused
+
+
+def _count_lookups(stats, mine, occurrences, found):
+    """``lookups``: how often the senders' batches look up the ids received
+    for this table (every position, duplicates included); ``lookup_hits``:
+    those whose row was resident before the step (the per-lookup hit rate
+    of a cache: a popular id counts as often as it is looked up). Per
+    received entry: `mine` (of this table), its sender's `occurrences`,
+    whether its id was `found`."""
+    occ = jnp.where(mine, occurrences, 0)
+    return (stats.at[STAT_INDEX["lookups"]].set(occ.sum())
+            .at[STAT_INDEX["lookup_hits"]].set(jnp.where(found, occ, 0).sum()))
 
 
 def _admitted(spec: TableSpec, table: TableState, q, staged, victims, tier, stats):

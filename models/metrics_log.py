@@ -67,14 +67,24 @@ class MetricsLog:
         plt.close(fig)
 
 
+# Per-step device-tier counts summed over the steps of a train line: ids the
+# owners looked up (queries) and found resident (hits), and the batch
+# positions behind them (lookups, lookup_hits: duplicates counted).
+HIT_COUNTS = ("hits", "queries", "lookup_hits", "lookups")
+
+
 class TrainLog:
     """Train lines of the metrics file (every --log-every steps: the mean loss
     and samples/s over the steps since the last line, evals and checkpoints
-    not counted, and the resident memory then) and the progress bar."""
+    not counted, the resident memory then, and the device tier's hit rates
+    over those steps: ``hit_rate`` per distinct id a step looks up,
+    ``lookup_hit_rate`` per lookup; hot-fold ids are not counted) and the
+    progress bar."""
 
     def __init__(self, cfg, mlog: MetricsLog, bar):
         self.cfg, self.mlog, self.bar = cfg, mlog, bar
         self.losses: list[float] = []
+        self.counts = dict.fromkeys(HIT_COUNTS, 0)
         self.busy, self.mark, self.last = 0.0, time.perf_counter(), None
 
     def completed(self, metrics: list[dict], dispatched: int, res) -> None:
@@ -82,6 +92,8 @@ class TrainLog:
         is the last one's number."""
         for m in metrics:
             self.losses.append(m["loss"])
+            for k in self.counts:
+                self.counts[k] += m.get(k, 0)
             self.bar.update(self.cfg.batch)
             self.bar.set_postfix(step=dispatched, loss=f"{m['loss']:.4f}",
                                  auc=f"{res['auc']:.4f}" if res else "-", refresh=False)
@@ -90,9 +102,19 @@ class TrainLog:
             self.last = self.mlog.emit(
                 "train", step=done, loss=float(np.mean(self.losses)),
                 samples_per_s=len(self.losses) * self.cfg.batch / self.busy,
-                rss_mb=resident_mb(),
-                **{k: v for k, v in metrics[-1].items() if k not in ("loss", "step")})
+                rss_mb=resident_mb(), **self._hit_rates(),
+                **{k: v for k, v in metrics[-1].items()
+                   if k not in ("loss", "step", *HIT_COUNTS)})
             self.losses, self.busy = [], 0.0
+            self.counts = dict.fromkeys(HIT_COUNTS, 0)
+
+    def _hit_rates(self) -> dict:
+        """The window's counts and rates (none without a sparse step)."""
+        c = self.counts
+        if not c["queries"]:
+            return {}
+        return dict(c, hit_rate=c["hits"] / c["queries"],
+                    lookup_hit_rate=c["lookup_hits"] / c["lookups"])
 
     def pause(self) -> None:
         """Counts the time since `resume` as training (data wait and steps)."""

@@ -39,7 +39,7 @@ from jax_hypereca.data import DataFormatError, auc, logloss
 from models.config import PRESETS, ModelConfig, Preset, sparse_specs
 from models.data import CriteoSource, SyntheticSource
 from models.dlrm import DLRM
-from models.metrics_log import MetricsLog, TrainLog
+from models.metrics_log import HIT_COUNTS, MetricsLog, TrainLog
 from models.train_config import TrainConfig, parse_args  # noqa: F401 (the command's flags)
 from models import optimizers as opts
 from models import peers
@@ -142,7 +142,9 @@ class SparseTrainer:
     def pop_completed(self) -> list[dict]:
         return [{"step": m["step"], "loss": m["loss"],
                  "exchange_bytes_per_step": m["bytes_per_step"], "exchange": m["exchange"],
-                 "step_reruns": self._step.retries} for m in self._pipeline.pop_completed()]
+                 "step_reruns": self._step.retries,
+                 **{k: sum(int(st[k].sum()) for st in m["stats"].values()) for k in HIT_COUNTS}}
+                for m in self._pipeline.pop_completed()]
 
     def predict(self, state, batch) -> jax.Array:
         """Logits of a global host batch (every process passes all of it)."""

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments.cache_bound import belady_hits, main, policy_hits, step_ids
+from experiments.cache_bound import belady_hits, main, policy_hits, step_ids, step_lookups
 
 
 def best_possible(steps, capacity):
@@ -63,16 +63,24 @@ def test_step_ids_are_each_steps_unique_ids_without_padding():
     assert [x.tolist() for x in got["b"]] == [[7], [7]]
 
 
-def reference_policy(steps, capacity, counted, policy):
+def test_step_lookups_count_each_ids_lookups():
+    batches = [{"ids": {"a": np.array([[3, -1], [3, 5]]), "b": np.array([7, 7, -1])}}]
+    got = step_lookups(iter(batches), ["a", "b"], 1)
+    assert [(u.tolist(), c.tolist()) for u, c in got["a"]] == [([3, 5], [2, 1])]
+    assert [(u.tolist(), c.tolist()) for u, c in got["b"]] == [([7], [2])]
+
+
+def reference_policy(steps, capacity, counted, policy, weights=None):
     """LRU / LFU by brute force: after each step, drop the lowest-scored ids
     (LRU: last step; LFU: lookups, then last step; ties: the smaller id) not
-    in the step."""
+    in the step. With `weights`, hits and lookups are weighted per id."""
     last, count, hits, lookups = {}, {}, 0, 0
     for t, s in enumerate(steps):
         now = s.tolist()
+        w = [1] * len(now) if weights is None else weights[t].tolist()
         if t in counted:
-            lookups += len(now)
-            hits += sum(i in last for i in now)
+            lookups += sum(w)
+            hits += sum(k for i, k in zip(now, w) if i in last)
         for i in now:
             last[i], count[i] = t, count.get(i, 0) + 1
         score = (lambda i: (last[i], i)) if policy == "lru" else (
@@ -92,10 +100,18 @@ def test_lru_and_lfu_match_a_brute_force_and_never_beat_min(policy, seed):
     got = policy_hits(steps, capacity, counted, policy)
     assert got == reference_policy(steps, capacity, counted, policy)
     assert got[0] <= belady_hits(steps, capacity, counted)[0]
+    # per lookup: the same evictions, each id weighted by its lookups
+    weights = [rng.integers(1, 9, len(s)) for s in steps]
+    got = policy_hits(steps, capacity, counted, policy, weights)
+    assert got == reference_policy(steps, capacity, counted, policy, weights)
+    assert got[0] <= belady_hits(steps, 10**6, counted, weights)[0]  # the ceiling
 
 
 def test_the_command_prints_every_policy_and_min_bounds_them(capsys):
     out = main(["--steps", "6", "--window", "3", "--batch", "256"])
     assert json.loads(capsys.readouterr().out) == out
     assert out["hit_rate_lru"] <= out["hit_rate_belady"] <= out["hit_rate_unbounded"]
+    assert max(out[f"lookup_hit_rate_{p}"] for p in ("lru", "lfu", "belady")) <= \
+        out["lookup_hit_rate_unbounded"]
+    assert out["lookups"] > out["ids"]  # the stream repeats ids within a batch
     assert out["hit_rate_lfu"] <= out["hit_rate_belady"] and out["lookups"] > 0

@@ -259,6 +259,42 @@ def test_step_reports_exact_exchange_counts(batches):
     assert m["bytes_per_step"]["ids"] == 7 * sum(layout.capacities) * 16
 
 
+def assert_lookup_counts(stats, batches, shards, hot=None):
+    """Each step's queries/hits (distinct ids) and lookups/lookup_hits
+    (positions, duplicates counted) per owner and table equal a dict count:
+    with rows for every id, an id hits once an earlier step looked it up.
+    `hot`: per table the ids of a replicated hot fold (never counted)."""
+    seen = {t: set() for t in DIMS}
+    for st, b in zip(stats, batches):
+        for t in DIMS:
+            ids = np.concatenate([b["ids"][f.name].reshape(-1) for f in FEATURES
+                                  if f.table == t])
+            ids = ids[(ids != h.PADDING_ID) & ~np.isin(ids, list((hot or {}).get(t, ())))]
+            known = np.isin(ids, list(seen[t]))
+            owner = h.owner_of(ids, shards)
+            for d in range(shards):
+                mine = owner == d
+                want = (len(np.unique(ids[mine])), len(np.unique(ids[mine & known])),
+                        int(mine.sum()), int((mine & known).sum()))
+                got = tuple(int(st[t][k][d]) for k in ("queries", "hits", "lookups",
+                                                        "lookup_hits"))
+                assert got == want, (t, d)
+            seen[t].update(ids.tolist())
+
+
+@pytest.mark.parametrize("shards", [1, 8])
+def test_step_counts_lookups_and_hits_against_a_dict(batches, shards):
+    coll = EmbeddingCollection(table_specs(OPTS["sgd"][0]), FEATURES,
+                               mesh=make_mesh(jax.devices()[:shards]))
+    step = coll.make_train_step(head_loss, optax.sgd(0.1))
+    state = coll.init_train_state(init_params(), optax.sgd(0.1))
+    stats = []
+    for b in batches[:4]:
+        state, m = step(state, b)
+        stats.append(m["stats"])
+    assert_lookup_counts(stats, batches, shards)
+
+
 def test_bad_inputs_raise_before_dispatch(batches):
     coll = EmbeddingCollection(table_specs(OPTS["sgd"][0]), FEATURES, mesh=make_mesh())
     dense_tx = optax.sgd(0.1)

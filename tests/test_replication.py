@@ -110,6 +110,8 @@ def test_planned_hot_fold_equals_reference_and_predicts_bytes(batches, ref):
     counters = rep.fold_counters(state)
     for c in counters.values():
         assert c["inserted"] == c["size"] + c["evicted"] + c["erased"]
+    hot = {t: np.asarray(f.keys)[np.asarray(f.keys) >= 0] for t, f in state.hot.items()}
+    tc.assert_lookup_counts(stats, batches, 8, hot=hot)
 
 
 @slow_case  # the hot path: the planned fold, the large fold and the re-plan tests

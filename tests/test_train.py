@@ -105,6 +105,8 @@ def test_optimizer_flags_reach_both_optimizers_and_bad_ones_fail_first(tmp_path,
     assert opts["dense"]["initial_accumulator_value"] == 0.0 and opts["dense"]["eps"] == 1e-8
     assert np.isfinite(got["eval"][-1]["logloss"])
     assert got["train"][-1]["exchange"] == "ring"
+    assert got["train"][-1]["step_reruns"] == 0
+    check_hit_counts(got)
     # --admit-after 2: ids of one step only took no row, counted per table and in all
     tables = got["tables"][-1]
     assert tables["total"]["admission_filtered"] == sum(
@@ -323,6 +325,23 @@ def check_host_tier_run(got: dict, times: float) -> None:
     c1 = per_table["C1"]
     assert c1["size"] + c1["host_rows"] + c1["ttl_evicted"] >= times * c1["capacity"], c1
     assert c1["promoted"] > 0 and np.isfinite(got["eval"][-1]["logloss"])
+    check_hit_counts(got)
+
+
+def check_hit_counts(got: dict) -> None:
+    """The train lines' device-tier counts: every id a step looked up and
+    did not find was inserted (a fresh id or a promoted row); a cancelled
+    attempt of a re-run step keeps its inserts, which its re-run then finds.
+    On the Zipf stream the ids looked up most hit most (after a first step)."""
+    lines = got["train"]
+    missed = sum(t["queries"] - t["hits"] for t in lines)
+    inserted = got["tables"][-1]["total"]["inserted"]
+    assert missed == inserted if lines[-1]["step_reruns"] == 0 else missed < inserted
+    for t in lines:
+        assert t["hits"] <= t["queries"] <= t["lookups"] and t["lookup_hits"] <= t["lookups"]
+        assert t["hit_rate"] == t["hits"] / t["queries"]
+        assert t["lookup_hit_rate"] == t["lookup_hits"] / t["lookups"]
+        assert t["lookup_hit_rate"] > t["hit_rate"] or t["hits"] == 0
 
 
 def test_a_table_past_its_device_budget_trains_through_the_command(tmp_path):
