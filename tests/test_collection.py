@@ -158,7 +158,7 @@ def assert_equivalent(state, losses, ref, *, require_rows=True):
         assert len(np.unique(keys[live])) == live.sum()
 
 
-@pytest.mark.parametrize("shards", [1, 2, pytest.param(4, marks=slow_case), 8])
+@pytest.mark.parametrize("shards", [1, pytest.param(2, marks=slow_case), pytest.param(4, marks=slow_case), 8])
 def test_sharded_training_equals_dense_reference(shards, batches, ref_adagrad):
     coll, step, state, losses = train(shards, batches, OPTS["adagrad"][0])
     assert_equivalent(state, losses, ref_adagrad)
