@@ -320,7 +320,7 @@ def _insert_and_gather(layout: Layout, group, tables, q_keys, q_tags, q_occ, ste
             slots.append(res.slots if inv is None else
                          jnp.where(inv >= 0, res.slots[jnp.maximum(inv, 0)], -1))
         stats[t] = stats[t].at[STAT_INDEX["queries"]:STAT_INDEX["failed"] + 1].set(res.status[:6])
-        stats[t] = _count_lookups(stats[t], q_tags == i, q_occ,
+        stats[t] = _count_lookups(stats[t], (q_tags == i) & (q_keys != PADDING_ID), q_occ,
                                   res.found if inv is None else
                                   (inv >= 0) & res.found[jnp.maximum(inv, 0)])
         stats[t] = stats[t].at[STAT_INDEX["resident"]].set(tables[t].counters[0])

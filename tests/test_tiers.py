@@ -261,6 +261,15 @@ def unlimited(batches):
     return (ref,) + tuple(train(ref, batches[:6]))
 
 
+def _limited_start():
+    """A collection with an (as yet unlimited) host tier, its train step and
+    initial state."""
+    coll = _limited(None)
+    dense_tx = optax.adam(0.01)
+    step = coll.make_train_step(tc.head_loss, dense_tx)
+    return coll, step, coll.init_train_state(tc.init_params(), dense_tx)
+
+
 def test_a_full_host_tier_refuses_the_step_before_it_runs_and_training_goes_on(batches,
                                                                                unlimited):
     """A host tier whose limit leaves no room for the demotions a step may
@@ -270,10 +279,8 @@ def test_a_full_host_tier_refuses_the_step_before_it_runs_and_training_goes_on(b
     the one with an unlimited host tier, every row accounted for (I3)."""
     batches = batches[:6]
     ref, ref_state, ref_losses = unlimited
-    coll = _limited(None)
-    dense_tx = optax.adam(0.01)
-    step = coll.make_train_step(tc.head_loss, dense_tx)
-    state, losses, errors = coll.init_train_state(tc.init_params(), dense_tx), [], 0
+    coll, step, state = _limited_start()
+    losses, errors = [], 0
     for i, b in enumerate(batches):
         if i == 3:  # no room beyond what the stores hold now
             coll.host_tier.set_memory_limit_bytes(
@@ -303,10 +310,8 @@ def test_a_settle_the_store_refuses_holds_every_row_until_put_back(batches, unli
     training goes on bit for bit as the unlimited run (I3)."""
     batches = batches[:6]
     ref, ref_state, ref_losses = unlimited
-    coll = _limited(None)
-    dense_tx = optax.adam(0.01)
-    step = coll.make_train_step(tc.head_loss, dense_tx)
-    state, losses, errors = coll.init_train_state(tc.init_params(), dense_tx), [], 0
+    coll, step, state = _limited_start()
+    losses, errors = [], 0
     for i, b in enumerate(batches):
         try:
             verdict = None
