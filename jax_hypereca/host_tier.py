@@ -292,7 +292,9 @@ class HostStager:
 
     The rows a take-collect removed from the stores live in the stager until
     packed: the caller packs them (and keeps the packed rows until they are
-    back in a store or on a device)."""
+    back in a store or on a device). Not thread-safe: one collect and its
+    pack at a time per stager (a second collect before the pack would drop
+    the first one's rows); HostTier stages on one thread."""
 
     def __init__(self, dim: int, state_width: int, *, dtype, num_shards: int, threads: int = 1):
         self.dtype = _dtype(dtype)

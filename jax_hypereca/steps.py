@@ -232,8 +232,13 @@ class ShardedTrainStep:
             e.state, e.applied = state, False
             raise
         rows = 0 if staged is None else self.c.host_tier.demoted_rows
-        state, metrics = fn(state, self.c.device_batch(batch), *self._args(state, index),
-                            _tier_in(staged, unsettled), read_back_rows=rows)
+        try:
+            state, metrics = fn(state, self.c.device_batch(batch), *self._args(state, index),
+                                _tier_in(staged, unsettled), read_back_rows=rows)
+        except Exception:  # not run (a compile or argument error): its rows go back
+            if staged is not None:
+                self.c.host_tier.unstage(staged)
+            raise
         return state, Pending(batch, index, layout, metrics, t0,
                               compiled == len(self._compiled) and retries == self.retries,
                               staged, [False], rows)

@@ -189,6 +189,13 @@ class HostTier:
         self.timing["stage_s"] += time.perf_counter() - t0
         return Staged(host, device, take, room)
 
+    def unstage(self, staged: Staged) -> None:
+        """Undoes `stage` for a step that never ran (its dispatch raised):
+        the rows it took go back to their stores, its room is released."""
+        if staged.taken:
+            self._unstage(staged.host)
+            self._release(staged.room)
+
     def _make_room(self, ids: Mapping[str, np.ndarray]) -> dict[str, int]:
         """With a memory limit: each store makes room for the demotions of
         the unsettled steps and of this one (each inserts at most one row per

@@ -327,14 +327,18 @@ def train_steps(cfg: TrainConfig, trainer, state: h.TrainState, start: int, sour
             try:
                 state = trainer.submit(state, batch)
             except h.HostTierFullError as e:
-                if ckpt and not e.applied:  # step `done` did not run: save the ones before it
+                # step `done` did not run: save the ones before it -- unless rows
+                # a settle refused travel with the error (saved without them they
+                # would be lost; the last checkpoint still holds them)
+                if ckpt and not e.applied and not e.rows:
                     state = trainer.flush(e.state)
                     ckpt.save(state, trainer.collection,
                               extra={"config": dataclasses.asdict(cfg)})
                     ckpt.wait()
-                    mlog.emit("checkpoint", step=done - 1, directory=str(ckpt.directory),
-                              reason="host tier full")
-                    e.checkpoint_step = done - 1
+                    # the refused step may be an earlier one, re-dispatched in flight
+                    e.checkpoint_step = ckpt.latest_step()
+                    mlog.emit("checkpoint", step=e.checkpoint_step,
+                              directory=str(ckpt.directory), reason="host tier full")
                 raise
             evaluate_now = done % cfg.eval_every == 0 or done == cfg.steps
             save_now = ckpt and ((cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
@@ -453,7 +457,9 @@ def main(argv=None) -> int:
               f"per table: raise it, or give the device tier more room; "
               + (f"the {saved} steps before it are saved in --checkpoint-dir "
                  f"{cfg.checkpoint_dir}: continue with --resume)" if saved is not None else
-                 "with --checkpoint-dir the steps before it are saved to --resume from)"),
+                 "with --checkpoint-dir the steps before it are saved to --resume from, "
+                 "unless rows were refused in flight: then --resume goes on from the last "
+                 "periodic checkpoint)"),
               file=sys.stderr)
         return 2
     except jax.errors.JaxRuntimeError as e:

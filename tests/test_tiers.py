@@ -371,3 +371,36 @@ def test_the_soak_streams_wide_ids_through_both_tiers_and_accounts_for_every_row
     assert s["distinct_ids"] >= 30000 and s["accounting_checks"] == s["steps"]
     assert s["inserted"] - s["promoted"] == s["device_rows"] + s["host_rows"] + s["ttl_evicted"]
     assert s["promoted"] > 1000 and s["demoted"] > 10000 and s["ttl_evicted"] > 0
+
+
+def test_a_step_whose_dispatch_fails_puts_its_staged_rows_back(batches, unlimited,
+                                                                monkeypatch):
+    """A step that raises in dispatch after its batch was staged (here: a
+    compile error, made to happen) never ran: the rows it took go back to
+    the host tier and the room made for its demotions is released; the same
+    batch then trains, and the run ends bit for bit as the unlimited one."""
+    ref, ref_state, ref_losses = unlimited
+    coll = _limited(1 << 30)
+    dense_tx = optax.adam(0.01)
+    step = coll.make_train_step(tc.head_loss, dense_tx)
+    state, losses = coll.init_train_state(tc.init_params(), dense_tx), []
+    for i, b in enumerate(batches[:6]):
+        if i == 4:
+            before, room = _host_rows(coll), dict(coll.host_tier.room)
+            assert any(before.values())  # rows to stage
+            compiled = step.compiled
+
+            def broken(*args):
+                def fail(*_, **__):
+                    raise RuntimeError("compile failed")
+                return fail
+
+            monkeypatch.setattr(step, "compiled", broken)
+            with pytest.raises(RuntimeError, match="compile failed"):
+                step(state, b)
+            assert _host_rows(coll) == before and coll.host_tier.room == room
+            monkeypatch.setattr(step, "compiled", compiled)
+        state, m = step(state, b)
+        losses.append(m["loss"])
+    assert losses == ref_losses
+    assert_as_unlimited(coll, state, ref, ref_state)
