@@ -155,12 +155,18 @@ int64_t Collect(HostStager& s, nb::list stores, nb::list keys, bool take, FlagsI
                                 std::to_string(local.shape(0)) + " flags for " +
                                 std::to_string(s.num_shards()) + " shards");
   }
+  // `held` keeps every key array alive until the native call returns: a cast
+  // may make a converted copy, which nothing else would hold (destroyed after
+  // `release`, with the GIL).
+  std::vector<KeysIn> held;
   std::vector<StageTable> tables;
+  held.reserve(nb::len(keys));
   for (size_t i = 0; i < nb::len(stores); ++i) {
-    KeysIn k = nb::cast<KeysIn>(keys[i]);
+    held.push_back(nb::cast<KeysIn>(keys[i]));
+    const KeysIn& k = held.back();
     tables.push_back({nb::cast<HostStore*>(stores[i]), k.data(), static_cast<int64_t>(k.shape(0))});
   }
-  nb::gil_scoped_release release;  // `keys` keeps the arrays alive
+  nb::gil_scoped_release release;
   return s.Collect(tables, take, local.data());
 }
 
