@@ -138,36 +138,50 @@ def test_bad_input_moves_no_row():
         HostStager(DIM, SW, dtype="float32", num_shards=0)
 
 
-def test_a_stage_that_fails_before_the_transfer_puts_every_taken_row_back(monkeypatch):
+@pytest.mark.parametrize("fails_in", ["tree_to_mesh", "pack"])
+def test_a_stage_that_fails_before_the_transfer_puts_every_taken_row_back(monkeypatch,
+                                                                          fails_in):
     """HostTier.stage: the rows a take removed go back to their stores when
-    the transfer to the mesh fails (here: made to fail)."""
+    staging fails after the lookups -- in the transfer to the mesh (the rows
+    packed) or before packing (the stagers still hold them) -- for tables
+    of two row layouts (two stagers); the room made is released."""
     import jax
 
     import jax_hypereca as h
     from jax_hypereca import tiers
     from jax_hypereca.table import Rows
 
-    specs = {n: h.TableSpec(name=n, dim=DIM, capacity=64, seed=i,
+    specs = {n: h.TableSpec(name=n, dim=DIM + (n == "c"), capacity=64, seed=i,
                             optimizer=h.RowwiseAdagrad(learning_rate=0.1))
-             for i, n in enumerate(["a", "b"])}
-    tier = tiers.HostTier(specs, h.make_mesh(jax.devices()[:1]), "shard")
+             for i, n in enumerate(["a", "b", "c"])}
+    tier = tiers.HostTier(specs, h.make_mesh(jax.devices()[:1]), "shard",
+                          memory_limit_bytes=1 << 30)
     rng = np.random.default_rng(3)
     for n, spec in specs.items():
         k = rng.choice(1 << 40, 50, replace=False).astype(np.int64)
-        tier.stores[n].put_rows(Rows(k, rng.standard_normal((50, DIM)).astype(np.float32),
+        tier.stores[n].put_rows(Rows(k, rng.standard_normal((50, spec.dim)).astype(np.float32),
                                      np.ones((50, spec.state_width), np.float32),
                                      np.arange(50), np.arange(50)))
     before = {n: sorted(tier.rows(n).keys.tolist()) for n in specs}
     ids = {n: np.array(before[n][:20] + [1, 2, 3], np.int64) for n in specs}
 
-    def broken(*_, **__):
-        raise RuntimeError("transfer failed")
+    pack, calls = tiers.HostStager.pack, []
 
-    monkeypatch.setattr(tiers, "tree_to_mesh", broken)
-    with pytest.raises(RuntimeError, match="transfer failed"):
+    def broken(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise RuntimeError("made to fail")
+        return pack(*args, **kwargs)  # the failure path packs what the stagers hold
+
+    if fails_in == "pack":  # the first set's pack: every set's rows still in its stager
+        monkeypatch.setattr(tiers.HostStager, "pack", broken)
+    else:
+        monkeypatch.setattr(tiers, fails_in, broken)
+    with pytest.raises(RuntimeError, match="made to fail"):
         tier.stage(ids, take=True)
     assert {n: sorted(tier.rows(n).keys.tolist()) for n in specs} == before
+    assert tier.room == dict.fromkeys(specs, 0)
     monkeypatch.undo()
     staged = tier.stage(ids, take=True)
-    assert {n: len(tier.stores[n]) for n in specs} == {"a": 30, "b": 30}
-    assert sorted(staged.tables) == ["a", "b"]
+    assert {n: len(tier.stores[n]) for n in specs} == dict.fromkeys(specs, 30)
+    assert sorted(staged.tables) == ["a", "b", "c"] and len(staged.host) == 2
