@@ -108,7 +108,8 @@ class Pending(NamedTuple):
     layout: Layout
     metrics: dict      # device arrays
     t0: float          # dispatch time
-    clean: bool        # neither compiled nor re-ran (a fair time for exchange="auto")
+    clean: bool        # neither compiled (argument shapes seen before) nor re-ran:
+                       # a fair time for exchange="auto"
     staged: object     # the host tier's rows it took (tiers.Staged), or None
     settled: list      # [whether the host tier has seen what it moved] (a mutable cell)
     read_back_rows: int  # evicted rows per device the step read back for settle (0: none)
@@ -147,6 +148,7 @@ class ShardedTrainStep:
         self.dense_tx = dense_tx
         self.has_aux = has_aux
         self._compiled: dict[Layout, Callable] = {}
+        self._signatures: set = set()  # the argument shapes each program has run with
         self.retries = 0
 
     @property
@@ -223,7 +225,7 @@ class ShardedTrainStep:
         tier, `unsettled` are the steps dispatched before it and not yet
         checked: an id they evicted that this step inserts afresh cancels it
         (``stale``; the host re-runs it once they are settled, tiers.py)."""
-        t0, compiled, retries = time.perf_counter(), len(self._compiled), self.retries
+        t0, retries = time.perf_counter(), self.retries
         fn = self.compiled(state, batch)
         layout = self.c.layout(_batch_size(batch), tuple(state.hot))
         try:
@@ -232,16 +234,22 @@ class ShardedTrainStep:
             e.state, e.applied = state, False
             raise
         rows = 0 if staged is None else self.c.host_tier.demoted_rows
+        tier_in = _tier_in(staged, unsettled)
+        # a new layout, a table grown, more rows read back, staged or in flight:
+        # jit compiles
+        signature = (layout, rows, tuple(np.shape(x) for x in jax.tree.leaves(tier_in)),
+                     tuple(t.keys.shape for t in (*state.tables.values(), *state.hot.values())))
+        fresh = signature not in self._signatures
+        self._signatures.add(signature)
         try:
             state, metrics = fn(state, self.c.device_batch(batch), *self._args(state, index),
-                                _tier_in(staged, unsettled), read_back_rows=rows)
+                                tier_in, read_back_rows=rows)
         except Exception:  # not run (a compile or argument error): its rows go back
             if staged is not None:
                 self.c.host_tier.unstage(staged)
             raise
         return state, Pending(batch, index, layout, metrics, t0,
-                              compiled == len(self._compiled) and retries == self.retries,
-                              staged, [False], rows)
+                              not fresh and retries == self.retries, staged, [False], rows)
 
     def check(self, p: Pending) -> Verdict:
         """Reads a step's statistics (waits for it) and raises the exchange

@@ -404,3 +404,36 @@ def test_a_step_whose_dispatch_fails_puts_its_staged_rows_back(batches, unlimite
         losses.append(m["loss"])
     assert losses == ref_losses
     assert_as_unlimited(coll, state, ref, ref_state)
+
+
+def test_a_step_counts_as_clean_only_when_it_compiled_nothing(batches):
+    """Pending.clean (the steps exchange="auto" may time): false whenever the
+    dispatch lowered the step anew -- a new layout, and also the same layout
+    with more rows staged or read back (jit lowers and compiles, or loads
+    from the persistent cache, for the new shapes)."""
+    from jax._src import monitoring  # the events jax's own dispatch reports
+
+    compiles = [0]
+
+    def listen(event, duration, fun_name="", **_):
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration" and "step_fn" in fun_name:
+            compiles[0] += 1
+
+    monitoring.register_event_duration_secs_listener(listen)
+    try:
+        coll, step, state = _limited_start()
+        shape_only = 0
+        for i, b in enumerate(batches[:8]):
+            verdict = None
+            while verdict is None or not verdict.ok:
+                state = state if verdict is None else step.repair(state, verdict)
+                before, programs = compiles[0], step.programs
+                state, pending = step.dispatch(state, coll.prepare_batch(b), i)
+                compiled = compiles[0] > before
+                assert not (pending.clean and compiled), i
+                shape_only += compiled and step.programs == programs
+                verdict = step.check(pending)
+            step.finish(state, pending, verdict)
+    finally:
+        monitoring.unregister_event_duration_listener(listen)
+    assert shape_only > 0  # the case the layout count alone missed
