@@ -26,6 +26,25 @@ def pytest_configure(config):
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+# The longest tests of the default suite (tens of seconds each, none sharing a
+# module fixture with others), started first: pytest-xdist hands each worker a
+# contiguous half of the collection and balances by stealing queued tests, so
+# a long test started near the end would run alone while the other worker idles.
+LONG_FIRST = ("test_reproduce.py::test_reproduce_smoke",
+              "test_multihost.py::test_two_processes_equal_the_reference",
+              "test_train.py::test_resume_after_sigkill",
+              "test_tiers_machine.py::",
+              "test_train.py::test_a_table_past_its_device_budget",
+              "test_golden.py::")
+
+
+def pytest_collection_modifyitems(config, items):
+    """LONG_FIRST at the front, in that order; the rest as collected."""
+    def rank(item) -> int:
+        return next((i for i, k in enumerate(LONG_FIRST) if k in item.nodeid), len(LONG_FIRST))
+    items.sort(key=rank)
+
+
 def shared_data_dir() -> pathlib.Path:
     """../shared/data beside the repository (override: HYPERECA_SHARED_DATA)."""
     env = os.environ.get("HYPERECA_SHARED_DATA")
