@@ -261,10 +261,10 @@ def unlimited(batches):
     return (ref,) + tuple(train(ref, batches[:6]))
 
 
-def _limited_start():
-    """A collection with an (as yet unlimited) host tier, its train step and
-    initial state."""
-    coll = _limited(None)
+def _limited_start(limit=None):
+    """A collection with a host tier (limit: its memory_limit_bytes), its
+    train step and initial state."""
+    coll = _limited(limit)
     dense_tx = optax.adam(0.01)
     step = coll.make_train_step(tc.head_loss, dense_tx)
     return coll, step, coll.init_train_state(tc.init_params(), dense_tx)
@@ -380,10 +380,8 @@ def test_a_step_whose_dispatch_fails_puts_its_staged_rows_back(batches, unlimite
     the host tier and the room made for its demotions is released; the same
     batch then trains, and the run ends bit for bit as the unlimited one."""
     ref, ref_state, ref_losses = unlimited
-    coll = _limited(1 << 30)
-    dense_tx = optax.adam(0.01)
-    step = coll.make_train_step(tc.head_loss, dense_tx)
-    state, losses = coll.init_train_state(tc.init_params(), dense_tx), []
+    coll, step, state = _limited_start(1 << 30)
+    losses = []
     for i, b in enumerate(batches[:6]):
         if i == 4:
             before, room = _host_rows(coll), dict(coll.host_tier.room)
