@@ -246,7 +246,11 @@ class ShardedTrainStep:
                                 tier_in, read_back_rows=rows)
         except Exception:  # not run (a compile or argument error): its rows go back
             if staged is not None:
-                self.c.host_tier.unstage(staged)
+                try:
+                    self.c.host_tier.unstage(staged)
+                except HostTierFullError as e:  # rows a full store refused: held by e
+                    e.state, e.applied = state, False
+                    raise
             raise
         return state, Pending(batch, index, layout, metrics, t0,
                               not fresh and retries == self.retries, staged, [False], rows)

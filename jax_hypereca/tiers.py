@@ -183,8 +183,11 @@ class HostTier:
             device = tree_to_mesh(host, NamedSharding(self.mesh, P(self.axis)), as_pairs=True)
         except BaseException:
             if take:
-                self._unstage(host or {n: self._stagers[n].pack(m) for n, m in collected.items()})
-                self._release(room)
+                try:
+                    self._unstage(host or {n: self._stagers[n].pack(m)
+                                           for n, m in collected.items()})
+                finally:
+                    self._release(room)
             raise
         self.timing["stage_s"] += time.perf_counter() - t0
         return Staged(host, device, take, room)
@@ -193,8 +196,10 @@ class HostTier:
         """Undoes `stage` for a step that never ran (its dispatch raised):
         the rows it took go back to their stores, its room is released."""
         if staged.taken:
-            self._unstage(staged.host)
-            self._release(staged.room)
+            try:
+                self._unstage(staged.host)
+            finally:
+                self._release(staged.room)
 
     def _make_room(self, ids: Mapping[str, np.ndarray]) -> dict[str, int]:
         """With a memory limit: each store makes room for the demotions of
@@ -234,10 +239,15 @@ class HostTier:
             self.room[name] -= n
 
     def _unstage(self, packed: Mapping[tuple[str, ...], Rows]) -> None:
-        """Puts staged rows (packed as Staged.host) back into their stores."""
+        """Puts staged rows (packed as Staged.host) back into their stores;
+        every table is tried, then rows a full store refused travel with one
+        HostTierFullError (``put_back`` them once the limit is raised)."""
+        refused: dict[str, list] = {}
         for name, rows in _per_table(packed, self.num_shards):
             keep = rows.keys != PADDING_ID
-            self._put(name, Rows(*(a[keep] for a in rows)))
+            self._put(name, Rows(*(a[keep] for a in rows)), refused)
+        if refused:
+            raise self._full_error(refused)
 
     def _stager(self, names: tuple[str, ...]) -> HostStager:
         """The stager of a set of tables of one row layout (kept: its

@@ -185,3 +185,54 @@ def test_a_stage_that_fails_before_the_transfer_puts_every_taken_row_back(monkey
     staged = tier.stage(ids, take=True)
     assert {n: len(tier.stores[n]) for n in specs} == dict.fromkeys(specs, 30)
     assert sorted(staged.tables) == ["a", "b", "c"] and len(staged.host) == 2
+
+
+def test_unstage_into_a_full_store_holds_the_refused_rows_and_returns_the_others():
+    """HostTier.unstage (a step whose dispatch failed): every table's rows go
+    back; a store that cannot take them (its holes and free records filled
+    meanwhile, its limit at what it holds) refuses, and its rows travel with one
+    HostTierFullError -- the other tables' rows are back, the room is
+    released, and put_back with the limit raised restores every row."""
+    import jax
+
+    import jax_hypereca as h
+    from jax_hypereca import tiers
+    from jax_hypereca.table import Rows
+
+    specs = {n: h.TableSpec(name=n, dim=DIM, capacity=64, seed=i,
+                            optimizer=h.RowwiseAdagrad(learning_rate=0.1))
+             for i, n in enumerate(["a", "b"])}
+    tier = tiers.HostTier(specs, h.make_mesh(jax.devices()[:1]), "shard",
+                          memory_limit_bytes=1 << 30)
+    rng = np.random.default_rng(5)
+
+    def rows(keys):
+        n = len(keys)
+        return Rows(keys, rng.standard_normal((n, DIM)).astype(np.float32),
+                    np.ones((n, 1), np.float32), np.arange(n), np.arange(n))
+
+    for n in specs:
+        tier.stores[n].put_rows(rows(np.arange(1000, 1100, dtype=np.int64)))
+    before = {n: tier.rows(n) for n in specs}
+    ids = {n: np.arange(1000, 1040, dtype=np.int64) for n in specs}
+    staged = tier.stage(ids, take=True)
+    tier.set_memory_limit_bytes(tier.stores["a"].bytes)
+    filler = []
+    for k in range(5000, 8000):  # every hole and free record of a's store filled
+        try:
+            tier.stores["a"].put_rows(rows(np.array([k], np.int64)))
+            filler.append(k)
+        except h.HostTierFullError:
+            pass
+    with pytest.raises(h.HostTierFullError, match="'a': 40 rows refused") as e:
+        tier.unstage(staged)
+    assert sorted(e.value.rows) == ["a"] and len(e.value.rows["a"].keys) == 40
+    assert len(tier.stores["b"]) == 100 and tier.room == {"a": 0, "b": 0}
+    tier.set_memory_limit_bytes(None)
+    tier.put_back(e.value.rows)
+    for n in specs:
+        got = tier.rows(n)
+        keep = ~np.isin(got.keys, filler)
+        order, want = np.argsort(got.keys[keep]), np.argsort(before[n].keys)
+        for g, w in zip(got, before[n]):
+            np.testing.assert_array_equal(g[keep][order], w[want])
