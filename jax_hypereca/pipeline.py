@@ -36,6 +36,7 @@ import threading
 from typing import Callable, Iterable, Iterator
 
 from jax_hypereca.errors import HyperecaError
+from jax_hypereca.host_tier import HostTierFullError
 from jax_hypereca.state import TrainState
 from jax_hypereca.steps import MAX_RERUNS, Pending, ShardedTrainStep, host_value
 
@@ -63,6 +64,17 @@ class TrainPipeline:
     Errors the statistics raise (reserved ids, a full table at its memory
     cap, non-finite gradients) surface at the check, with the newest state
     as ``.state``: the steps dispatched after the faulty one were applied.
+
+    A host tier too full for a step's demotions refuses it before it runs
+    (HostTierFullError, ``.applied`` False). The error then holds every
+    batch submitted and not run, in order (``.batches``, prepared; the
+    refused step's first, its step number ``.step``) and the state after the
+    steps that were dispatched (``.state``; those still in flight stay in
+    the pipeline): raise the limit, then ``flush(error.state)`` and submit
+    ``error.batches`` again. When the refused step is one re-dispatched after
+    a failed step, the batches submitted after it are in ``.batches`` too:
+    no batch is dropped. A refused settle (``.rows`` non-empty) leaves every
+    step in the pipeline: ``put_back`` the rows, then ``flush(error.state)``.
     """
 
     def __init__(self, step: ShardedTrainStep, *, depth: int = 2, local: bool = False):
@@ -99,7 +111,12 @@ class TrainPipeline:
         batch = self.step.c.prepare_batch(batch, local=self.local)
         if self._index is None:
             self._index = int(host_value(state.step))
-        state, pending = self.step.dispatch(state, batch, self._index, unsettled=self._pending)
+        try:
+            state, pending = self.step.dispatch(state, batch, self._index,
+                                                unsettled=self._pending)
+        except HostTierFullError as e:  # not run; the steps before it are in flight
+            e.batches, e.step = [batch], self._index + 1
+            raise
         self._pending.append(pending)
         self._index += 1
         while len(self._pending) >= self._depth():
@@ -151,12 +168,21 @@ class TrainPipeline:
         batches = [p.batch for p in self._pending]
         index = self._pending[0].index
         for p in self._pending:  # no-ops, but a host tier must get their staged rows back
-            self.step.settle(p)
+            try:
+                self.step.settle(p)
+            except HostTierFullError as e:  # rows held by e; the steps stay to re-run
+                e.state, e.applied = state, False
+                raise
         self._pending.clear()
         state = self.step.repair(state, verdict)
         for i, batch in enumerate(batches):
-            state, pending = self.step.dispatch(state, batch, index + i,
-                                                unsettled=self._pending)
+            try:
+                state, pending = self.step.dispatch(state, batch, index + i,
+                                                    unsettled=self._pending)
+            except HostTierFullError as e:  # it and the later ones did not run
+                e.batches, e.step = batches[i:], index + i + 1
+                self._index = index + i
+                raise
             self._pending.append(pending)
         return state
 

@@ -435,3 +435,51 @@ def test_a_step_counts_as_clean_only_when_it_compiled_nothing(batches):
     finally:
         monitoring.unregister_event_duration_listener(listen)
     assert shape_only > 0  # the case the layout count alone missed
+
+
+def test_a_step_refused_in_a_pipeline_rerun_hands_back_every_batch_not_run(batches, unlimited):
+    """Depth 3: the steps in flight behind a failed one are re-dispatched;
+    when the host tier refuses one of them (a limit at what the stores hold,
+    set after the first re-dispatch), HostTierFullError holds that batch and
+    every later one submitted (``.batches``, ``.step``). With the limit
+    raised, flush(error.state) and those batches submitted again, every step
+    runs once, in order, and the run ends bit for bit as the unlimited one."""
+    ref, ref_state, ref_losses = unlimited
+    coll, step, state = _limited_start()
+    pipe = TrainPipeline(step, depth=3)
+    repairs, calls, make_room = [0], [0], coll.host_tier._make_room
+
+    def repair_then_arm(s, v, repair=step.repair):
+        repairs[0] += bool(v.stale)  # armed by the first stale re-run (the stores hold rows)
+        return repair(s, v)
+
+    def room_then_refuse(ids):
+        calls[0] += repairs[0] == 1
+        if calls[0] == 1:  # its first re-dispatch: no room beyond what the stores hold
+            coll.host_tier.set_memory_limit_bytes(
+                max(s.bytes for s in coll.host_tier.stores.values()))
+        return make_room(ids)
+
+    step.repair, coll.host_tier._make_room = repair_then_arm, room_then_refuse
+    todo, errors, done = [coll.prepare_batch(b) for b in batches[:6]], [], []
+    while True:
+        try:
+            if todo:
+                state = pipe.submit(state, todo.pop(0))
+                continue
+            state = pipe.flush(state)
+            break
+        except h.HostTierFullError as e:
+            errors.append(e)
+            assert e.applied is False and e.rows == {} and len(e.batches) >= 2
+            coll.host_tier.set_memory_limit_bytes(None)
+            state = pipe.flush(e.state)
+            done += pipe.pop_completed()
+            assert [m["step"] for m in done] == list(range(1, e.step))
+            assert len(e.batches) + len(todo) == 6 - (e.step - 1)  # none dropped
+            todo = list(e.batches) + todo
+    done += pipe.pop_completed()
+    assert len(errors) == 1
+    assert [m["step"] for m in done] == list(range(1, 7))
+    assert [m["loss"] for m in done] == ref_losses
+    assert_as_unlimited(coll, state, ref, ref_state)
