@@ -63,11 +63,13 @@ def head_loss(params, emb, batch):
     return optax.sigmoid_binary_cross_entropy(logits, batch["y"]).mean()
 
 
-def reference(batches, table_tx, dense_tx, admitted=None):
-    """Plain jnp + optax on one device; dense tables indexed by id. With
-    `admitted` (per step, per table a bool array over the vocabulary) an id
-    not admitted that step looks up a zero row and so gets no gradient."""
-    tables = {n: jnp.asarray(h.init_rows(7 + i, np.arange(V[n]), DIMS[n], h.uniform(0.2)))
+def reference(batches, table_tx, dense_tx, admitted=None, vocab=None):
+    """Plain jnp + optax on one device; dense tables indexed by id (ids in
+    [0, vocab[table]), default V). With `admitted` (per step, per table a
+    bool array over the vocabulary) an id not admitted that step looks up a
+    zero row and so gets no gradient."""
+    vocab = vocab or V
+    tables = {n: jnp.asarray(h.init_rows(7 + i, np.arange(vocab[n]), DIMS[n], h.uniform(0.2)))
               for i, n in enumerate(DIMS)}
     params = init_params()
     opt_t = {n: table_tx.init(t) for n, t in tables.items()}
@@ -101,7 +103,7 @@ def reference(batches, table_tx, dense_tx, admitted=None):
         return params, new_t, opt_p, new_o, l
 
     losses = []
-    everyone = {n: np.ones(V[n], bool) for n in V}
+    everyone = {n: np.ones(vocab[n], bool) for n in vocab}
     for i, b in enumerate(batches):
         jb = {"ids": {k: jnp.asarray(v, jnp.int32) for k, v in b["ids"].items()},
               "weights": b["weights"], "x": b["x"], "y": b["y"],
