@@ -37,8 +37,8 @@ from jax_hypereca.features import (
 from jax_hypereca.layout import STAT_NAMES, Layout, exchange_groups
 from jax_hypereca.lookup import TableContext, backward_local, forward_local
 from jax_hypereca.placement import (
-    counter_totals, counters_by_name, grow_sharded_table, host_gather, init_sharded_table,
-    make_mesh)
+    batch_to_mesh, counter_totals, counters_by_name, grow_sharded_table, host_gather,
+    init_sharded_table, make_mesh)
 from jax_hypereca.state import LossFn, TrainState
 from jax_hypereca.steps import EvalFn, ShardedTrainStep
 from jax_hypereca.table import COUNTER_NAMES, Rows, TableSpec, TableState
@@ -221,16 +221,25 @@ class EmbeddingCollection:
                              f"devices; use a multiple of {devices_here}")
         if self.host_tier is not None:
             out[HOST_IDS] = batch[HOST_IDS] if HOST_IDS in batch else self._table_ids(ids)
-        out["ids"] = {k: self._place(v, jnp.int64, local) for k, v in ids.items()}
-        out["weights"] = {k: self._place(v, jnp.float32, local) for k, v in weights.items()}
+        host: list[np.ndarray] = []  # placed in one transfer below
+
+        def later(x, dtype):
+            if isinstance(x, jax.Array):
+                return x
+            host.append(np.asarray(x, dtype))
+            return _Placed(len(host) - 1)
+
+        out["ids"] = {k: later(v, np.int64) for k, v in ids.items()}
+        out["weights"] = {k: later(v, np.float32) for k, v in weights.items()}
         # Other per-sample arrays (dense features, labels) are split like the ids.
         for key, value in batch.items():
             if key not in ("ids", "weights", HOST_IDS):
                 out[key] = jax.tree.map(
-                    lambda x: self._place(x, x.dtype, local)
-                    if isinstance(x, (np.ndarray, jax.Array)) and x.ndim >= 1
-                    and x.shape[0] == size else x, value)
-        return out
+                    lambda x: later(x, x.dtype) if isinstance(x, (np.ndarray, jax.Array))
+                    and x.ndim >= 1 and x.shape[0] == size else x, value)
+        placed = batch_to_mesh(host, self.batch_sharding, local=local)
+        return jax.tree.map(lambda x: placed[x.index] if isinstance(x, _Placed) else x, out,
+                            is_leaf=lambda x: isinstance(x, _Placed))
 
     def _table_ids(self, ids: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Per table, the unique ids (no padding) of a batch's features."""
@@ -254,24 +263,6 @@ class EmbeddingCollection:
     def device_batch(batch: Mapping[str, Any]) -> dict:
         """A prepared batch without its host-side parts (for a compiled step)."""
         return {k: v for k, v in batch.items() if k != HOST_IDS}
-
-    def _place(self, x, dtype, local: bool):
-        """A host array on the mesh, split along the batch axis (int64 kept)."""
-        if isinstance(x, jax.Array):
-            return x
-        x = np.asarray(x, dtype)
-        if not local:  # every process has the whole batch: each places its blocks
-            return jax.make_array_from_callback(x.shape, self.batch_sharding,
-                                                lambda index: jnp.asarray(x[index], dtype))
-        # This process's rows of the global batch, one block per local device
-        # (built by hand: make_array_from_process_local_data narrows int64).
-        shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
-        rows = {dev: idx[0].indices(shape[0])[:2] for dev, idx in
-                self.batch_sharding.addressable_devices_indices_map(shape).items()}
-        first = min(start for start, _ in rows.values())
-        blocks = [jax.device_put(jnp.asarray(x[start - first:stop - first], dtype), dev)
-                  for dev, (start, stop) in rows.items()]
-        return jax.make_array_from_single_device_arrays(shape, self.batch_sharding, blocks)
 
     # ---------------------------------------------------------------- layouts
     @property
@@ -552,6 +543,13 @@ class EmbeddingCollection:
         return out
 
 
+class _Placed:
+    """Where prepare_batch's array `index` goes once placed on the mesh (a
+    pytree leaf)."""
+    __slots__ = ("index",)
+
+    def __init__(self, index: int):
+        self.index = index
 
 
 def _ctx_spec(axis):
