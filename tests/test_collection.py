@@ -383,6 +383,36 @@ def test_ragged_input_equals_padded(batches):
     assert w is None
 
 
+@pytest.mark.parametrize("one_transfer", [True, False])
+def test_prepare_batch_places_every_array_bit_for_bit_with_its_dtype(batches, monkeypatch,
+                                                                      one_transfer):
+    """prepare_batch on 8 devices: ids over the whole int64 range stay int64,
+    every other per-sample array keeps its dtype (float64, uint8, bool, in
+    nested dicts), non-batch values pass through, and each lands split over
+    the batch axis -- through the one batched transfer and through the
+    per-device path it falls back to (a jax without ``jax.enable_x64``)."""
+    if not one_transfer:
+        monkeypatch.delattr(jax, "enable_x64")
+    coll = EmbeddingCollection(table_specs(OPTS["adagrad"][0]), FEATURES,
+                               mesh=make_mesh(jax.devices()[:8]))
+    rng = np.random.default_rng(4)
+    b = dict(batches[0], ids=dict(batches[0]["ids"]))
+    b["ids"]["fb"] = rng.integers(-(2**63), 2**63 - 1, size=(B, 3), dtype=np.int64)
+    b["ids"]["fb"][b["ids"]["fb"] < -(2**62)] = h.PADDING_ID
+    b["extra"] = {"x64": rng.normal(size=(B, 2)), "flag": rng.random(B) < 0.5,
+                  "u8": rng.integers(0, 255, (B,), dtype=np.uint8), "scale": 2.5,
+                  "table": np.arange(5)}  # not per sample: stays on the host
+    p = coll.prepare_batch(b)
+    placed = [(p["ids"][f], b["ids"][f].reshape(B, -1)) for f in b["ids"]]
+    placed += [(p["weights"]["fa3"], b["weights"]["fa3"]), (p["x"], b["x"]), (p["y"], b["y"])]
+    placed += [(p["extra"][k], b["extra"][k]) for k in ("x64", "flag", "u8")]
+    for got, want in placed:
+        assert isinstance(got, jax.Array) and got.dtype == want.dtype
+        assert got.sharding.is_equivalent_to(coll.batch_sharding, got.ndim)
+        np.testing.assert_array_equal(np.asarray(got), want)
+    assert p["extra"]["scale"] == 2.5 and isinstance(p["extra"]["table"], np.ndarray)
+
+
 def test_eval_does_not_insert_and_unseen_ids_get_their_initial_row(batches):
     coll = EmbeddingCollection(table_specs(OPTS["sgd"][0]), FEATURES, mesh=make_mesh())
     dense_tx = optax.sgd(0.1)
