@@ -13,7 +13,6 @@ cross processes here (`host_gather`, `host_sum`, `all_processes`, `local_get`).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 
 import jax
@@ -164,21 +163,30 @@ def to_device(a: np.ndarray, device) -> jax.Array:
     return jax.device_put(jnp.asarray(a, a.dtype), device)
 
 
+def _put_x64(arrays: list[np.ndarray], sharding: NamedSharding) -> list[jax.Array] | None:
+    """One process: `arrays` onto `sharding` in one transfer, every dtype
+    kept -- jax.device_put under the thread-local ``jax.enable_x64`` (without
+    it, it narrows int64 ids to int32). None where that is not available
+    (several processes, a jax without it, a dtype changed anyway)."""
+    enable_x64 = getattr(jax, "enable_x64", None)
+    if jax.process_count() != 1 or enable_x64 is None:
+        return None
+    with enable_x64(True):
+        placed = jax.device_put(list(arrays), sharding)
+    return placed if all(p.dtype == a.dtype for p, a in zip(placed, arrays)) else None
+
+
 def batch_to_mesh(arrays: list[np.ndarray], sharding: NamedSharding, *,
                   local: bool = False) -> list[jax.Array]:
     """A batch's host arrays on the mesh, split along axis 0, dtypes kept
-    (int64 ids stay int64). One process: one batched transfer under
-    ``jax.enable_x64`` (thread-local; without it device_put narrows int64),
-    ~1.9 ms for 28 arrays of 2048 rows on 8 CPU devices where one transfer
-    per array and device took 20 ms. ``local``: each process passes its own
-    rows of the global batch (multi-host); otherwise every process has the
-    whole batch and places its own devices' blocks."""
-    enable_x64 = getattr(jax, "enable_x64", None)
-    if not local and jax.process_count() == 1 and enable_x64 is not None:
-        with enable_x64(True):
-            placed = jax.device_put(list(arrays), sharding)
-        if all(p.dtype == a.dtype for p, a in zip(placed, arrays)):
-            return placed
+    (int64 ids stay int64). One process: one transfer (_put_x64: ~1.9 ms for
+    28 arrays of 2048 rows on 8 CPU devices, where one transfer per array and
+    device took 20 ms). ``local``: each process passes its own rows of the
+    global batch (multi-host); otherwise every process has the whole batch
+    and places its own devices' blocks."""
+    placed = None if local else _put_x64(arrays, sharding)
+    if placed is not None:
+        return placed
     return [_local_to_mesh(a, sharding) if local else jax.make_array_from_callback(
         a.shape, sharding, lambda index, a=a: jnp.asarray(a[index], a.dtype)) for a in arrays]
 
@@ -195,45 +203,32 @@ def _local_to_mesh(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_single_device_arrays(shape, sharding, blocks)
 
 
-def tree_to_mesh(tree, sharding: NamedSharding, *, as_pairs: bool = False):
-    """Host arrays (rank >= 1) onto `sharding`, each dtype kept, in one
-    transfer (with several processes, each places the blocks of its own
-    devices from its copy): jax.device_put narrows int64 to int32 without jax_enable_x64,
-    which would change ids >= 2**31, so 64-bit integer arrays cross as int32
-    pairs and are reassembled on the devices by one compiled bitcast (one
-    transfer per array and device instead cost ~70 ms per host-tier stage of
-    26 tables on 8 devices). With `as_pairs` the pairs stay pairs (``from_pairs``
-    rebuilds them inside the caller's program: on XLA:CPU a separate small
-    program runs inline on the calling thread, waiting for the step in flight)."""
+def tree_to_mesh(tree, sharding: NamedSharding):
+    """Host arrays (rank >= 1) onto `sharding` in one transfer. One process:
+    every dtype kept (_put_x64). Several processes (each places the blocks of
+    its own devices from its copy): 64-bit integer arrays cross as int32
+    pairs [..., 2], which the program they feed rebuilds with ``from_pairs``
+    (a separate program would, on XLA:CPU, run inline on the calling thread,
+    waiting for the step in flight)."""
     leaves, treedef = jax.tree.flatten(tree)
-    wide = tuple(np.dtype(a.dtype) if np.dtype(a.dtype).itemsize == 8
-                 and np.dtype(a.dtype).kind in "iu" else None for a in leaves)
-    sent = [np.ascontiguousarray(a).view(np.int32).reshape(np.shape(a) + (2,)) if w else a
-            for a, w in zip(leaves, wide)]
-    if jax.process_count() == 1:
-        placed = jax.device_put(sent, sharding)
-    else:  # each process places its own devices' blocks of its copy
+    placed = _put_x64(leaves, sharding)
+    if placed is None:
+        wide = [np.dtype(a.dtype).itemsize == 8 and np.dtype(a.dtype).kind in "iu"
+                for a in leaves]
+        sent = [np.ascontiguousarray(a).view(np.int32).reshape(np.shape(a) + (2,)) if w
+                else a for a, w in zip(leaves, wide)]
         placed = [jax.make_array_from_callback(a.shape, sharding, lambda idx, a=a: a[idx])
                   for a in sent]
-    if any(wide) and not as_pairs:
-        placed = _from_pairs(placed, dtypes=wide)
     return jax.tree.unflatten(treedef, placed)
 
 
 def from_pairs(a: jax.Array, dtype) -> jax.Array:
-    """A 64-bit integer array sent as int32 pairs (tree_to_mesh's
-    ``as_pairs``), bit for bit; other arrays unchanged. Traceable."""
+    """A 64-bit integer array that crossed as int32 pairs (tree_to_mesh with
+    several processes), bit for bit; any other array unchanged. Traceable."""
     dtype = np.dtype(dtype)
     if a.dtype == jnp.int32 and dtype.itemsize == 8 and a.ndim and a.shape[-1] == 2:
         return lax.bitcast_convert_type(a, dtype)
     return a
-
-
-@functools.partial(jax.jit, static_argnames=("dtypes",))
-def _from_pairs(arrays, *, dtypes):
-    """Each array whose dtype is given, int32 [..., 2] -> that 64-bit dtype
-    [...], bit for bit (sharding kept: the pairs' axis is not sharded)."""
-    return [a if d is None else lax.bitcast_convert_type(a, d) for a, d in zip(arrays, dtypes)]
 
 
 def place_rows(spec: TableSpec, rows: Rows, counters: np.ndarray, mesh: Mesh, axis: str, *,

@@ -180,7 +180,7 @@ class HostTier:
                 self.staged_rows *= 2
             host = {names: self._stagers[names].pack(self.staged_rows) for names in sets}
             # every table at once, a few arrays; ids and frequencies stay int64
-            device = tree_to_mesh(host, NamedSharding(self.mesh, P(self.axis)), as_pairs=True)
+            device = tree_to_mesh(host, NamedSharding(self.mesh, P(self.axis)))
         except BaseException:
             if take:
                 try:
