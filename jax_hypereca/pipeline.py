@@ -66,15 +66,16 @@ class TrainPipeline:
     as ``.state``: the steps dispatched after the faulty one were applied.
 
     A host tier too full for a step's demotions refuses it before it runs
-    (HostTierFullError, ``.applied`` False). The error then holds every
-    batch submitted and not run, in order (``.batches``, prepared; the
-    refused step's first, its step number ``.step``) and the state after the
-    steps that were dispatched (``.state``; those still in flight stay in
-    the pipeline): raise the limit, then ``flush(error.state)`` and submit
-    ``error.batches`` again. When the refused step is one re-dispatched after
-    a failed step, the batches submitted after it are in ``.batches`` too:
-    no batch is dropped. A refused settle (``.rows`` non-empty) leaves every
-    step in the pipeline: ``put_back`` the rows, then ``flush(error.state)``.
+    (HostTierFullError, ``.applied`` False). An error raised while a step is
+    dispatched -- that one, or any other -- holds every batch submitted and
+    not run, in order (``.batches``, prepared; the refused step's first, its
+    step number ``.step``): when the step was one re-dispatched after a
+    failed step, the batches submitted after it are there too, so no batch
+    is dropped. ``.state`` is the state after the steps that were dispatched
+    (those stay in the pipeline). A HostTierFullError whose ``.rows`` is
+    non-empty holds rows a full store refused. To go on: raise the limit,
+    ``HostTier.put_back(error.rows)`` if any, ``flush(error.state)``, then
+    submit ``error.batches`` if any.
     """
 
     def __init__(self, step: ShardedTrainStep, *, depth: int = 2, local: bool = False):
@@ -87,6 +88,7 @@ class TrainPipeline:
         self._pending: collections.deque[Pending] = collections.deque()
         self._index: int | None = None
         self.stale_reruns = 0  # steps re-run because an earlier one in flight evicted their ids
+        self._held = None  # the verdict of a failed step whose re-run a full host tier stopped
 
     @property
     def in_flight(self) -> int:
@@ -114,8 +116,8 @@ class TrainPipeline:
         try:
             state, pending = self.step.dispatch(state, batch, self._index,
                                                 unsettled=self._pending)
-        except HostTierFullError as e:  # not run; the steps before it are in flight
-            e.batches, e.step = [batch], self._index + 1
+        except Exception as e:  # not run; the steps before it are in flight
+            _hand_back(e, [batch], self._index + 1)
             raise
         self._pending.append(pending)
         self._index += 1
@@ -140,8 +142,10 @@ class TrainPipeline:
     def _check_oldest(self, state: TrainState) -> TrainState:
         for _ in range(MAX_RERUNS):
             # a full host tier raises holding `state`: after put_back, flush(error.state)
-            # checks the steps still in flight
-            verdict = self.step.check_holding(state, self._pending[0])
+            # checks the steps still in flight (a failed one by the verdict it had:
+            # checking it again would read capacities its first check raised)
+            verdict, self._held = self._held or self.step.check_holding(
+                state, self._pending[0]), None
             if verdict.ok:
                 p = self._pending.popleft()
                 self.completed.append(self.step.finish(state, p, verdict))
@@ -158,6 +162,15 @@ class TrainPipeline:
         pipeline runs at depth 1, where that cannot happen: when the device
         budget is so tight that a step's evictions are the next step's ids,
         every re-run costs a whole step and steps in flight do not pay."""
+        batches = [p.batch for p in self._pending]
+        index = self._pending[0].index
+        for p in self._pending:  # no-ops, but a host tier must get their staged rows back
+            try:
+                self.step.settle(p)
+            except HostTierFullError as e:  # rows held by e; the steps stay to re-run
+                e.state, e.applied, self._held = state, False, verdict
+                raise
+        self._pending.clear()
         if verdict.stale:
             self.stale_reruns += 1
             if self.stale_reruns == STALE_RERUNS_BEFORE_DEPTH_1:
@@ -165,26 +178,27 @@ class TrainPipeline:
                             "the host tier (%s) and were re-run; the pipeline goes on at "
                             "depth 1 (asked: %d). A larger device budget avoids this.",
                             self.stale_reruns, sorted(verdict.stale), self.depth)
-        batches = [p.batch for p in self._pending]
-        index = self._pending[0].index
-        for p in self._pending:  # no-ops, but a host tier must get their staged rows back
-            try:
-                self.step.settle(p)
-            except HostTierFullError as e:  # rows held by e; the steps stay to re-run
-                e.state, e.applied = state, False
-                raise
-        self._pending.clear()
         state = self.step.repair(state, verdict)
         for i, batch in enumerate(batches):
             try:
                 state, pending = self.step.dispatch(state, batch, index + i,
                                                     unsettled=self._pending)
-            except HostTierFullError as e:  # it and the later ones did not run
-                e.batches, e.step = batches[i:], index + i + 1
+            except Exception as e:  # it and the later ones did not run
+                _hand_back(e, batches[i:], index + i + 1)
                 self._index = index + i
                 raise
             self._pending.append(pending)
         return state
+
+
+def _hand_back(error: Exception, batches: list, step: int) -> None:
+    """Attaches to an error raised while dispatching the batches not run
+    (``.batches``, in order) and the first one's step number (``.step``)."""
+    try:
+        error.batches, error.step = batches, step
+    except AttributeError:  # an exception type without a __dict__: nothing to attach
+        log.error("train steps %d..%d were not run (%s cannot carry their batches)",
+                  step, step + len(batches) - 1, type(error).__name__)
 
 
 def prefetch(batches: Iterable, depth: int = 2, fn: Callable | None = None,
