@@ -179,11 +179,12 @@ def _put_x64(arrays: list[np.ndarray], sharding: NamedSharding) -> list[jax.Arra
 def batch_to_mesh(arrays: list[np.ndarray], sharding: NamedSharding, *,
                   local: bool = False) -> list[jax.Array]:
     """A batch's host arrays on the mesh, split along axis 0, dtypes kept
-    (int64 ids stay int64). One process: one transfer (_put_x64: ~1.9 ms for
-    28 arrays of 2048 rows on 8 CPU devices, where one transfer per array and
-    device took 20 ms). ``local``: each process passes its own rows of the
-    global batch (multi-host); otherwise every process has the whole batch
-    and places its own devices' blocks."""
+    (int64 ids stay int64). One process, the whole batch: one transfer
+    (_put_x64: ~1.9 ms for 28 arrays of 2048 rows on 8 CPU devices, where one
+    transfer per array and device took 20 ms). Otherwise one transfer per
+    array and device: ``local``, each process passes its own rows of the
+    global batch (multi-host); else every process has the whole batch and
+    places its own devices' blocks."""
     placed = None if local else _put_x64(arrays, sharding)
     if placed is not None:
         return placed
@@ -204,12 +205,13 @@ def _local_to_mesh(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
 
 
 def tree_to_mesh(tree, sharding: NamedSharding):
-    """Host arrays (rank >= 1) onto `sharding` in one transfer. One process:
-    every dtype kept (_put_x64). Several processes (each places the blocks of
-    its own devices from its copy): 64-bit integer arrays cross as int32
-    pairs [..., 2], which the program they feed rebuilds with ``from_pairs``
-    (a separate program would, on XLA:CPU, run inline on the calling thread,
-    waiting for the step in flight)."""
+    """Host arrays (rank >= 1) onto `sharding`. One process: one transfer,
+    every dtype kept (_put_x64). Otherwise (several processes, each placing
+    the blocks of its own devices from its copy, or a jax without
+    ``jax.enable_x64``) one transfer per array, 64-bit integer arrays as
+    int32 pairs [..., 2] that the program they feed rebuilds with
+    ``from_pairs`` (a separate program would, on XLA:CPU, run inline on the
+    calling thread, waiting for the step in flight)."""
     leaves, treedef = jax.tree.flatten(tree)
     placed = _put_x64(leaves, sharding)
     if placed is None:

@@ -244,13 +244,13 @@ class ShardedTrainStep:
         try:
             state, metrics = fn(state, self.c.device_batch(batch), *self._args(state, index),
                                 tier_in, read_back_rows=rows)
-        except Exception:  # not run (a compile or argument error): its rows go back
+        except Exception as original:  # not run (a compile or argument error): rows go back
             if staged is not None:
                 try:
                     self.c.host_tier.unstage(staged)
                 except HostTierFullError as e:  # rows a full store refused: held by e
                     e.state, e.applied = state, False
-                    raise
+                    raise e from original
             raise
         return state, Pending(batch, index, layout, metrics, t0,
                               not fresh and retries == self.retries, staged, [False], rows)

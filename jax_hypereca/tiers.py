@@ -181,11 +181,13 @@ class HostTier:
             host = {names: self._stagers[names].pack(self.staged_rows) for names in sets}
             # every table at once, a few arrays; ids and frequencies stay int64
             device = tree_to_mesh(host, NamedSharding(self.mesh, P(self.axis)))
-        except BaseException:
+        except BaseException as original:
             if take:
                 try:
                     self._unstage(host or {n: self._stagers[n].pack(m)
                                            for n, m in collected.items()})
+                except HostTierFullError as full:  # holds the rows; says what failed first
+                    raise full from original
                 finally:
                     self._release(room)
             raise
@@ -455,8 +457,9 @@ def _per_table(packed: Mapping[tuple[str, ...], Rows], shards: int):
 
 def unpack(packed: Mapping[tuple[str, ...], Rows]) -> dict[str, Rows]:
     """One device's block of the packed staged rows (tiers.Staged;
-    inside shard_map): per table its S staged rows, the 64-bit fields
-    rebuilt from the int32 pairs they crossed as."""
+    inside shard_map): per table its S staged rows, 64-bit fields that
+    crossed as int32 pairs (several processes, placement.tree_to_mesh)
+    rebuilt."""
     out = {}
     for names, rows in packed.items():
         rows = Rows(*(from_pairs(a, np.int64) for a in rows))
