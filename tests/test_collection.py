@@ -391,7 +391,10 @@ def test_prepare_batch_places_every_array_bit_for_bit_with_its_dtype(batches, mo
     nested dicts), non-batch values pass through, and each lands split over
     the batch axis -- through the one batched transfer and through the
     per-device path it falls back to (a jax without ``jax.enable_x64``)."""
-    if not one_transfer:
+    if one_transfer:  # the per-device path must not run
+        monkeypatch.setattr(jax, "make_array_from_callback",
+                            lambda *a, **k: pytest.fail("per-device transfer"))
+    else:
         monkeypatch.delattr(jax, "enable_x64")
     coll = EmbeddingCollection(table_specs(OPTS["adagrad"][0]), FEATURES,
                                mesh=make_mesh(jax.devices()[:8]))

@@ -458,13 +458,17 @@ def test_a_step_counts_as_clean_only_when_it_compiled_nothing(batches):
     assert shape_only > 0  # the case the layout count alone missed
 
 
-def test_a_step_refused_in_a_pipeline_rerun_hands_back_every_batch_not_run(batches, unlimited):
+@pytest.mark.parametrize("flush_first", [True, False])
+def test_a_step_refused_in_a_pipeline_rerun_hands_back_every_batch_not_run(
+        batches, unlimited, flush_first):
     """Depth 3: the steps in flight behind a failed one are re-dispatched;
     when the host tier refuses one of them (a limit at what the stores hold,
-    set after the first re-dispatch), HostTierFullError holds that batch and
+    set at the first re-dispatch), HostTierFullError holds that batch and
     every later one submitted (``.batches``, ``.step``). With the limit
-    raised, flush(error.state) and those batches submitted again, every step
-    runs once, in order, and the run ends bit for bit as the unlimited one."""
+    raised and those batches submitted again -- after flush(error.state), or
+    straight on from error.state with the steps before them still in flight
+    -- every step runs once, in order, and the run ends bit for bit as the
+    unlimited one."""
     ref, ref_state, ref_losses = unlimited
     coll, step, state = _limited_start()
     pipe = TrainPipeline(step, depth=3)
@@ -494,13 +498,88 @@ def test_a_step_refused_in_a_pipeline_rerun_hands_back_every_batch_not_run(batch
             errors.append(e)
             assert e.applied is False and e.rows == {} and len(e.batches) >= 2
             coll.host_tier.set_memory_limit_bytes(None)
-            state = pipe.flush(e.state)
-            done += pipe.pop_completed()
-            assert [m["step"] for m in done] == list(range(1, e.step))
             assert len(e.batches) + len(todo) == 6 - (e.step - 1)  # none dropped
+            state = pipe.flush(e.state) if flush_first else e.state
+            if flush_first:
+                done += pipe.pop_completed()
+                assert [m["step"] for m in done] == list(range(1, e.step))
             todo = list(e.batches) + todo
     done += pipe.pop_completed()
     assert len(errors) == 1
+    assert [m["step"] for m in done] == list(range(1, 7))
+    assert [m["loss"] for m in done] == ref_losses
+    assert_as_unlimited(coll, state, ref, ref_state)
+
+
+def test_staged_rows_cross_as_int32_pairs_where_int64_cannot_cross_whole(batches, unlimited,
+                                                                       monkeypatch):
+    """Without ``jax.enable_x64`` (the path several processes take) batches
+    and staged rows cross one array and device at a time, 64-bit fields of
+    the staged rows as int32 pairs the step rebuilds (tiers.unpack): ids
+    over the whole int64 range train bit for bit as the one-transfer run."""
+    monkeypatch.delattr(jax, "enable_x64")
+    ref, ref_state, ref_losses = unlimited
+    coll, step, state = _limited_start()
+    losses = []
+    for b in batches[:6]:
+        state, m = step(state, b)
+        losses.append(m["loss"])
+    assert losses == ref_losses
+    assert_as_unlimited(coll, state, ref, ref_state)
+
+
+def test_a_settle_refused_in_a_pipeline_rerun_goes_on_by_the_first_verdict(batches, unlimited):
+    """Depth 3: re-running after a failed step first settles the no-op steps
+    behind it; a store that refuses the rows they evicted (as the re-run
+    starts, table a's store is filled to its last free record with rows of
+    ids the run never sees, and limited to what it holds) raises with those
+    rows (``.rows``) and the steps stay in the pipeline. With the filler
+    erased, the limit raised and the rows put back, flush re-runs them by
+    the verdict the failed step had (a second check would read capacities
+    its first check raised, and count a stale re-run twice) and the run ends
+    bit for bit as the unlimited one, each step once, in order."""
+    ref, ref_state, ref_losses = unlimited
+    coll, step, state = _limited_start()
+    pipe = TrainPipeline(step, depth=3)
+    rerun, filler = pipe._rerun, []
+    store, dim = coll.host_tier.stores["a"], tc.DIMS["a"]
+
+    def rerun_refusing(state, verdict):
+        if not filler and len(store):
+            store.memory_limit_bytes = store.bytes
+            for k in range(-(10**15), -(10**15) + 4096):
+                try:
+                    store.put(np.array([k]), np.zeros((1, dim), np.float32),
+                              np.zeros((1, store.state_width), np.float32), [0], [0])
+                    filler.append(k)
+                except h.HostTierFullError:
+                    pass
+        return rerun(state, verdict)
+
+    pipe._rerun = rerun_refusing
+    errors, todo = [], [coll.prepare_batch(b) for b in batches[:6]]
+    while True:
+        try:
+            if todo:
+                state = pipe.submit(state, todo.pop(0))
+                continue
+            state = pipe.flush(state)
+            break
+        except h.HostTierFullError as e:
+            errors.append(e)
+            assert sorted(e.rows) == ["a"] and e.applied is False and not hasattr(e, "batches")
+            store.erase(np.array(filler))
+            coll.host_tier.set_memory_limit_bytes(None)
+            coll.host_tier.put_back(e.rows)
+            state = pipe.flush(e.state)
+    done = pipe.pop_completed()
+    assert len(errors) == 1 and filler
+    plain_coll, plain_step, plain_state = _limited_start()
+    plain = TrainPipeline(plain_step, depth=3)
+    for b in batches[:6]:
+        plain_state = plain.submit(plain_state, b)
+    plain.flush(plain_state)
+    assert pipe.stale_reruns == plain.stale_reruns > 0  # the refused re-run counted once
     assert [m["step"] for m in done] == list(range(1, 7))
     assert [m["loss"] for m in done] == ref_losses
     assert_as_unlimited(coll, state, ref, ref_state)
