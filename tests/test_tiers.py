@@ -458,6 +458,22 @@ def test_a_step_counts_as_clean_only_when_it_compiled_nothing(batches):
     assert shape_only > 0  # the case the layout count alone missed
 
 
+def _run_recovering(pipe, state, batches, recover):
+    """Submits `batches` to `pipe` and flushes it; a HostTierFullError goes to
+    ``recover(error, batches still to submit) -> (state, batches to submit)``
+    and the run goes on. Returns (state, the errors)."""
+    todo, errors = [pipe.step.c.prepare_batch(b) for b in batches], []
+    while True:
+        try:
+            if todo:
+                state = pipe.submit(state, todo.pop(0))
+                continue
+            return pipe.flush(state), errors
+        except h.HostTierFullError as e:
+            errors.append(e)
+            state, todo = recover(e, todo)
+
+
 @pytest.mark.parametrize("flush_first", [True, False])
 def test_a_step_refused_in_a_pipeline_rerun_hands_back_every_batch_not_run(
         batches, unlimited, flush_first):
@@ -486,24 +502,19 @@ def test_a_step_refused_in_a_pipeline_rerun_hands_back_every_batch_not_run(
         return make_room(ids)
 
     step.repair, coll.host_tier._make_room = repair_then_arm, room_then_refuse
-    todo, errors, done = [coll.prepare_batch(b) for b in batches[:6]], [], []
-    while True:
-        try:
-            if todo:
-                state = pipe.submit(state, todo.pop(0))
-                continue
-            state = pipe.flush(state)
-            break
-        except h.HostTierFullError as e:
-            errors.append(e)
-            assert e.applied is False and e.rows == {} and len(e.batches) >= 2
-            coll.host_tier.set_memory_limit_bytes(None)
-            assert len(e.batches) + len(todo) == 6 - (e.step - 1)  # none dropped
-            state = pipe.flush(e.state) if flush_first else e.state
-            if flush_first:
-                done += pipe.pop_completed()
-                assert [m["step"] for m in done] == list(range(1, e.step))
-            todo = list(e.batches) + todo
+    done = []
+
+    def recover(e, todo):
+        assert e.applied is False and e.rows == {} and len(e.batches) >= 2
+        coll.host_tier.set_memory_limit_bytes(None)
+        assert len(e.batches) + len(todo) == 6 - (e.step - 1)  # none dropped
+        state = pipe.flush(e.state) if flush_first else e.state
+        if flush_first:
+            done.extend(pipe.pop_completed())
+            assert [m["step"] for m in done] == list(range(1, e.step))
+        return state, list(e.batches) + todo
+
+    state, errors = _run_recovering(pipe, state, batches[:6], recover)
     done += pipe.pop_completed()
     assert len(errors) == 1
     assert [m["step"] for m in done] == list(range(1, 7))
@@ -557,21 +568,14 @@ def test_a_settle_refused_in_a_pipeline_rerun_goes_on_by_the_first_verdict(batch
         return rerun(state, verdict)
 
     pipe._rerun = rerun_refusing
-    errors, todo = [], [coll.prepare_batch(b) for b in batches[:6]]
-    while True:
-        try:
-            if todo:
-                state = pipe.submit(state, todo.pop(0))
-                continue
-            state = pipe.flush(state)
-            break
-        except h.HostTierFullError as e:
-            errors.append(e)
-            assert sorted(e.rows) == ["a"] and e.applied is False and not hasattr(e, "batches")
-            store.erase(np.array(filler))
-            coll.host_tier.set_memory_limit_bytes(None)
-            coll.host_tier.put_back(e.rows)
-            state = pipe.flush(e.state)
+    def recover(e, todo):
+        assert sorted(e.rows) == ["a"] and e.applied is False and not hasattr(e, "batches")
+        store.erase(np.array(filler))
+        coll.host_tier.set_memory_limit_bytes(None)
+        coll.host_tier.put_back(e.rows)
+        return pipe.flush(e.state), todo
+
+    state, errors = _run_recovering(pipe, state, batches[:6], recover)
     done = pipe.pop_completed()
     assert len(errors) == 1 and filler
     plain_coll, plain_step, plain_state = _limited_start()
