@@ -32,6 +32,7 @@ sends to the devices.
 
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 import numpy as np
@@ -45,6 +46,26 @@ HOST_COUNTER_NAMES: tuple[str, ...] = tuple(
 """Counter names, in the native order (host_store.h, HostCounter)."""
 
 _DTYPES = ("float32", "bfloat16", "float16")
+
+
+# The chance that room made for n distinct new ids (make_room_for) is short in
+# some partition: the store's hash spreads them like a uniform draw.
+ROOM_SHORT_ODDS = 1e-12
+
+
+def rows_per_partition(rows: int, partitions: int) -> int:
+    """The most of `rows` distinct ids that any of `partitions` hash
+    partitions receives, but for a chance below ROOM_SHORT_ODDS: Bernstein's
+    bound on one partition's binomial count, over every partition; never
+    more than `rows`. 12,288 ids over 16 partitions: 995 (the worst case,
+    every id in one partition, is 12,288)."""
+    rows, partitions = max(int(rows), 0), int(partitions)
+    if rows == 0 or partitions == 1:
+        return rows
+    mean, c = rows / partitions, math.log(partitions / ROOM_SHORT_ODDS)
+    # P(count >= mean + t) <= exp(-t^2 / (2 (mean + t / 3))) = ROOM_SHORT_ODDS / partitions
+    t = (2 * c / 3 + math.sqrt((2 * c / 3) ** 2 + 8 * c * mean)) / 2
+    return min(rows, math.ceil(mean + t))
 
 
 class HostTierFullError(HyperecaError, MemoryError):
@@ -201,8 +222,7 @@ class HostStore:
     def make_room(self, rows: int) -> int:
         """Grows the store now so that puts adding at most `rows` new ids to
         each of its ``partitions`` hash partitions -- so at most `rows` new
-        ids in all, wherever they hash -- need no growth later (the host tier
-        reserves room for the rows steps in flight may demote). Returns the
+        ids in all, wherever they hash -- need no growth later. Returns the
         bytes held; raises HostTierFullError, changing nothing, past
         ``memory_limit_bytes``."""
         if int(rows) < 0:
@@ -211,14 +231,24 @@ class HostStore:
         if not applied:
             error = HostTierFullError(
                 f"host tier {self.name!r}: room for {int(rows)} more rows in each of its "
-                f"{self.partitions} partitions (the most the steps in flight can demote, "
-                f"wherever their ids hash) needs {after} bytes, over memory_limit_bytes="
+                f"{self.partitions} partitions needs {after} bytes, over memory_limit_bytes="
                 f"{self.memory_limit_bytes} (the store holds {len(self)} rows in {before} "
                 f"bytes); nothing was moved. Raise memory_limit_bytes, evict old rows "
                 f"(evict_older_than, ttl_steps), or give the device tier more room.")
             error.needed_bytes, error.rows_per_partition = int(after), int(rows)
             raise error
         return int(after)
+
+    def make_room_for(self, rows: int) -> int:
+        """make_room for `rows` distinct new ids in all, spread by the hash:
+        rows_per_partition(rows) in each partition (a put of them that needs
+        growth anyway -- a chance below ROOM_SHORT_ODDS for ids not chosen
+        to collide -- grows then, or is refused keeping the caller's rows).
+        The host tier reserves room so for the rows steps in flight may
+        demote: about rows / partitions + a margin per partition (995 of
+        12,288 over 16) where make_room(rows), which holds for any spread,
+        asks `rows` in each."""
+        return self.make_room(rows_per_partition(rows, self.partitions))
 
     def put_rows(self, rows: Rows) -> int:
         """:meth:`put` of a :class:`Rows` (what export and eviction yield)."""

@@ -215,7 +215,7 @@ class HostTier:
         refused = []
         for name, n in need.items():
             try:
-                self.stores[name].make_room(self.room[name] + n)
+                self.stores[name].make_room_for(self.room[name] + n)
             except HostTierFullError as e:
                 store = self.stores[name]
                 refused.append(f"{name!r} needs {e.needed_bytes} bytes for room for "
@@ -227,7 +227,8 @@ class HostTier:
                 f"host tier full: {'; '.join(refused or ['in another process'])}, over "
                 f"memory_limit_bytes={self.memory_limit_bytes} per table. Room is made before "
                 f"a step for every row it and the steps in flight may demote (at most one "
-                f"per id they look up, wherever it hashes). The step was not run and no row "
+                f"per id they look up, spread over the store's hash partitions with a "
+                f"margin, HostStore.make_room_for). The step was not run and no row "
                 f"moved: raise the limit (HostTier.set_memory_limit_bytes), evict old rows "
                 f"(ttl_steps) or give the device tier more room, and run its batch again.")
             error.rows = {}

@@ -191,6 +191,34 @@ def test_make_room_lets_any_later_puts_of_that_many_new_ids_fit(partitions):
         s.make_room(-1)
 
 
+def test_room_for_n_ids_spread_by_the_hash_holds_their_puts_and_is_far_below_n():
+    """make_room_for(n): rows_per_partition(n) in each partition -- about
+    n / partitions plus a margin, far below the worst case n -- and 40
+    batches of n random distinct ids (the full int64 range; sequential ids
+    too) put into a store that made that room never grow it. The bound
+    itself: never above n, never below the largest count in 2,000 uniform
+    multinomial draws."""
+    from jax_hypereca.host_tier import rows_per_partition
+
+    assert rows_per_partition(12_288, 16) == 995 and rows_per_partition(0, 16) == 0
+    assert rows_per_partition(7, 1) == 7 and rows_per_partition(3, 16) == 3
+    rng = np.random.default_rng(9)
+    for n, p in ((100, 16), (12_288, 16), (5_000, 4)):
+        most = rng.multinomial(n, [1 / p] * p, size=2000).max()
+        assert most <= rows_per_partition(n, p) <= n
+    n = 4096
+    for trial in range(40):
+        s = HostStore(DIM, SW, partitions=16)
+        base = rng.integers(I64_MIN, I64_MAX, 1000, dtype=np.int64)
+        s.put(base, *rows_for(base, 0))
+        held = s.make_room_for(n)
+        s.memory_limit_bytes = held  # any growth now is refused
+        new = (np.arange(n, dtype=np.int64) + trial * n if trial % 2 else
+               rng.integers(I64_MIN, I64_MAX, n, dtype=np.int64))
+        s.put(new, *rows_for(new, 1))
+        assert s.bytes == held and len(s) == 1000 + n
+
+
 def test_evict_older_than_returns_the_expired_ids_in_export_order():
     s = HostStore(DIM, SW, partitions=3)
     k = np.arange(-50, 50, dtype=np.int64) * 7919

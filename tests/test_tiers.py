@@ -275,6 +275,34 @@ def _host_rows(coll):
     return {n: sorted(coll.host_tier.rows(n).keys.tolist()) for n in tc.DIMS}
 
 
+def _fill(coll, names=tuple(tc.DIMS)) -> dict[str, list[int]]:
+    """Each named store filled to its last free record with rows of ids the
+    runs never see, then limited to what it holds: its next growth is
+    refused (room is made by hash partition with a margin, so a limit at
+    what a roomy store holds may refuse nothing). Returns the filler ids
+    per table for _unfill."""
+    tier, filler = coll.host_tier, {}
+    tier.set_memory_limit_bytes(max(max(s.bytes, 1) for s in tier.stores.values()))
+    for name in names:
+        store, filler[name] = tier.stores[name], []
+        store.memory_limit_bytes = max(store.bytes, 1)
+        for k in range(-(10**15), -(10**15) + 4096):
+            try:
+                store.put(np.array([k]), np.zeros((1, store.dim), np.float32),
+                          np.zeros((1, store.state_width), np.float32), [0], [0])
+                filler[name].append(k)
+            except h.HostTierFullError:
+                pass
+    return filler
+
+
+def _unfill(coll, filler: dict[str, list[int]]) -> None:
+    """Undoes _fill: the filler rows erased, no limit."""
+    for name, ids in filler.items():
+        coll.host_tier.stores[name].erase(np.array(ids, np.int64))
+    coll.host_tier.set_memory_limit_bytes(None)
+
+
 @pytest.fixture(scope="module")
 def unlimited(batches):
     """Six steps with an unlimited host tier: (collection, state, losses)."""
@@ -301,11 +329,10 @@ def test_a_full_host_tier_refuses_the_step_before_it_runs_and_training_goes_on(b
     batches = batches[:6]
     ref, ref_state, ref_losses = unlimited
     coll, step, state = _limited_start()
-    losses, errors = [], 0
+    losses, errors, filler = [], 0, {}
     for i, b in enumerate(batches):
         if i == 3:  # no room beyond what the stores hold now
-            coll.host_tier.set_memory_limit_bytes(
-                max(s.bytes for s in coll.host_tier.stores.values()))
+            filler = _fill(coll)
         before = _host_rows(coll)
         try:
             state, m = step(state, b)
@@ -315,7 +342,7 @@ def test_a_full_host_tier_refuses_the_step_before_it_runs_and_training_goes_on(b
             assert f"memory_limit_bytes={limit}" in str(e) and "not run" in str(e)
             assert e.applied is False and e.state is state and e.rows == {}
             assert _host_rows(coll) == before and coll.host_tier.room == dict.fromkeys(tc.DIMS, 0)
-            coll.host_tier.set_memory_limit_bytes(None)
+            _unfill(coll, filler)
             state, m = step(state, b)  # the same batch, now with room
         losses.append(m["loss"])
     assert errors == 1
@@ -488,7 +515,7 @@ def test_a_step_refused_in_a_pipeline_rerun_hands_back_every_batch_not_run(
     ref, ref_state, ref_losses = unlimited
     coll, step, state = _limited_start()
     pipe = TrainPipeline(step, depth=3)
-    repairs, calls, make_room = [0], [0], coll.host_tier._make_room
+    repairs, calls, make_room, filler = [0], [0], coll.host_tier._make_room, {}
 
     def repair_then_arm(s, v, repair=step.repair):
         repairs[0] += bool(v.stale)  # armed by the first stale re-run (the stores hold rows)
@@ -497,8 +524,7 @@ def test_a_step_refused_in_a_pipeline_rerun_hands_back_every_batch_not_run(
     def room_then_refuse(ids):
         calls[0] += repairs[0] == 1
         if calls[0] == 1:  # its first re-dispatch: no room beyond what the stores hold
-            coll.host_tier.set_memory_limit_bytes(
-                max(s.bytes for s in coll.host_tier.stores.values()))
+            filler.update(_fill(coll))
         return make_room(ids)
 
     step.repair, coll.host_tier._make_room = repair_then_arm, room_then_refuse
@@ -506,7 +532,7 @@ def test_a_step_refused_in_a_pipeline_rerun_hands_back_every_batch_not_run(
 
     def recover(e, todo):
         assert e.applied is False and e.rows == {} and len(e.batches) >= 2
-        coll.host_tier.set_memory_limit_bytes(None)
+        _unfill(coll, filler)
         assert len(e.batches) + len(todo) == 6 - (e.step - 1)  # none dropped
         state = pipe.flush(e.state) if flush_first else e.state
         if flush_first:
@@ -552,26 +578,18 @@ def test_a_settle_refused_in_a_pipeline_rerun_goes_on_by_the_first_verdict(batch
     ref, ref_state, ref_losses = unlimited
     coll, step, state = _limited_start()
     pipe = TrainPipeline(step, depth=3)
-    rerun, filler = pipe._rerun, []
-    store, dim = coll.host_tier.stores["a"], tc.DIMS["a"]
+    rerun, filler = pipe._rerun, {}
 
     def rerun_refusing(state, verdict):
-        if not filler and len(store):
-            store.memory_limit_bytes = store.bytes
-            for k in range(-(10**15), -(10**15) + 4096):
-                try:
-                    store.put(np.array([k]), np.zeros((1, dim), np.float32),
-                              np.zeros((1, store.state_width), np.float32), [0], [0])
-                    filler.append(k)
-                except h.HostTierFullError:
-                    pass
+        if not filler and len(coll.host_tier.stores["a"]):
+            filler.update(_fill(coll, ["a"]))
+            coll.host_tier.memory_limit_bytes = None  # no room made: the settle refuses
         return rerun(state, verdict)
 
     pipe._rerun = rerun_refusing
     def recover(e, todo):
         assert sorted(e.rows) == ["a"] and e.applied is False and not hasattr(e, "batches")
-        store.erase(np.array(filler))
-        coll.host_tier.set_memory_limit_bytes(None)
+        _unfill(coll, filler)
         coll.host_tier.put_back(e.rows)
         return pipe.flush(e.state), todo
 

@@ -387,11 +387,11 @@ def test_a_full_host_tier_stops_before_the_step_saves_and_resumes(tmp_path, caps
             "--eval-size", "4096", "--log-every", "3", "--no-progress", "--devices", "2",
             "--bottom-mlp", "16", "--top-mlp", "8", "--prefetch", "0",
             "--device-table-mb", "1.5", "--checkpoint-dir", str(tmp_path / "ck")]
-    assert train.main(args + ["--host-table-mb", "1.55",
+    assert train.main(args + ["--host-table-mb", "0.226",
                               "--output-dir", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
     assert "host tier full: 'C1' needs" in err and "The step was not run" in err
-    assert "--host-table-mb 1.55 per table" in err
+    assert "--host-table-mb 0.226 per table" in err
     assert "the 1 steps before it are saved" in err and "--resume" in err
     saved = [json.loads(line) for line in open(tmp_path / "a" / "metrics.jsonl")]
     assert [r["step"] for r in saved if r["kind"] == "checkpoint"] == [1]
