@@ -110,15 +110,16 @@ class HostTier:
       memory_limit_bytes: the most each table's store may hold (None: no
         limit). Before a train step is staged, each store makes room for
         every row the steps in flight and this one can demote (at most one
-        per id they look up: ``HostStore.make_room``); where that does not
-        fit, ``stage`` raises HostTierFullError before any row moves: the
-        step is not run (from the train step: ``.applied`` False,
-        ``.state`` the state it was given). Raise the limit
-        (``set_memory_limit_bytes``) and run the batch again. Should a
-        settle still be refused (rows put back by hand), it stores every
-        table it can, then raises HostTierFullError holding the refused rows
-        (``.rows``): ``put_back`` them once the limit is raised; nothing is
-        dropped.
+        per id they look up, spread over its hash partitions with a margin:
+        ``HostStore.make_room_for``); where that does not fit, ``stage``
+        raises HostTierFullError before any row moves: the step is not run
+        (from the train step: ``.applied`` False, ``.state`` the state it
+        was given). Raise the limit (``set_memory_limit_bytes``) and run the
+        batch again. Should a settle still be refused (the margin short, a
+        chance below ``host_tier.ROOM_SHORT_ODDS``, or rows put back by
+        hand), it stores every table it can, then raises HostTierFullError
+        holding the refused rows (``.rows``): ``put_back`` them once the
+        limit is raised; nothing is dropped.
       threads: threads per large store call.
       ttl_steps: if set, a row in the host tier whose last access is more
         than this many steps old is dropped after each step (counted as
