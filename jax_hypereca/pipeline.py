@@ -144,8 +144,8 @@ class TrainPipeline:
             # a full host tier raises holding `state`: after put_back, flush(error.state)
             # checks the steps still in flight (a failed one by the verdict it had:
             # checking it again would read capacities its first check raised)
-            verdict, self._held = self._held or self.step.check_holding(
-                state, self._pending[0]), None
+            verdict = self._held or self.step.check_holding(state, self._pending[0])
+            self._held = None
             if verdict.ok:
                 p = self._pending.popleft()
                 self.completed.append(self.step.finish(state, p, verdict))

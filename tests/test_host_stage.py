@@ -198,6 +198,7 @@ def test_unstage_into_a_full_store_holds_the_refused_rows_and_returns_the_others
     import jax_hypereca as h
     from jax_hypereca import tiers
     from jax_hypereca.table import Rows
+    from test_tiers_refusals import fill_stores
 
     specs = {n: h.TableSpec(name=n, dim=DIM, capacity=64, seed=i,
                             optimizer=h.RowwiseAdagrad(learning_rate=0.1))
@@ -216,14 +217,7 @@ def test_unstage_into_a_full_store_holds_the_refused_rows_and_returns_the_others
     before = {n: tier.rows(n) for n in specs}
     ids = {n: np.arange(1000, 1040, dtype=np.int64) for n in specs}
     staged = tier.stage(ids, take=True)
-    tier.set_memory_limit_bytes(tier.stores["a"].bytes)
-    filler = []
-    for k in range(5000, 8000):  # every hole and free record of a's store filled
-        try:
-            tier.stores["a"].put_rows(rows(np.array([k], np.int64)))
-            filler.append(k)
-        except h.HostTierFullError:
-            pass
+    filler = fill_stores(tier, ["a"])["a"]  # every hole and free record of a's store filled
     with pytest.raises(h.HostTierFullError, match="'a': 40 rows refused") as e:
         tier.unstage(staged)
     assert sorted(e.value.rows) == ["a"] and len(e.value.rows["a"].keys) == 40

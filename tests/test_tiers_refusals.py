@@ -40,15 +40,15 @@ def _host_rows(coll):
     return {n: sorted(coll.host_tier.rows(n).keys.tolist()) for n in tc.DIMS}
 
 
-def _fill(coll, names=tuple(tc.DIMS)) -> dict[str, list[int]]:
-    """Each named store filled to its last free record with rows of ids the
-    runs never see, then limited to what it holds: its next growth is
-    refused (room is made by hash partition with a margin, so a limit at
-    what a roomy store holds may refuse nothing). Returns the filler ids
-    per table for _unfill."""
-    tier, filler = coll.host_tier, {}
+def fill_stores(tier, names=None) -> dict[str, list[int]]:
+    """Each named store of HostTier `tier` (default: all) filled to its last
+    free record with rows of ids the runs never see, then limited to what it
+    holds: its next growth is refused (room is made by hash partition with a
+    margin, so a limit at what a roomy store holds may refuse nothing).
+    Returns the filler ids per table for unfill_stores."""
+    filler = {}
     tier.set_memory_limit_bytes(max(max(s.bytes, 1) for s in tier.stores.values()))
-    for name in names:
+    for name in names or tier.stores:
         store, filler[name] = tier.stores[name], []
         store.memory_limit_bytes = max(store.bytes, 1)
         for k in range(-(10**15), -(10**15) + 4096):
@@ -61,11 +61,11 @@ def _fill(coll, names=tuple(tc.DIMS)) -> dict[str, list[int]]:
     return filler
 
 
-def _unfill(coll, filler: dict[str, list[int]]) -> None:
-    """Undoes _fill: the filler rows erased, no limit."""
+def unfill_stores(tier, filler: dict[str, list[int]]) -> None:
+    """Undoes fill_stores: the filler rows erased, no limit."""
     for name, ids in filler.items():
-        coll.host_tier.stores[name].erase(np.array(ids, np.int64))
-    coll.host_tier.set_memory_limit_bytes(None)
+        tier.stores[name].erase(np.array(ids, np.int64))
+    tier.set_memory_limit_bytes(None)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_a_full_host_tier_refuses_the_step_before_it_runs_and_training_goes_on(b
     losses, errors, filler = [], 0, {}
     for i, b in enumerate(batches):
         if i == 3:  # no room beyond what the stores hold now
-            filler = _fill(coll)
+            filler = fill_stores(coll.host_tier)
         before = _host_rows(coll)
         try:
             state, m = step(state, b)
@@ -107,7 +107,7 @@ def test_a_full_host_tier_refuses_the_step_before_it_runs_and_training_goes_on(b
             assert f"memory_limit_bytes={limit}" in str(e) and "not run" in str(e)
             assert e.applied is False and e.state is state and e.rows == {}
             assert _host_rows(coll) == before and coll.host_tier.room == dict.fromkeys(tc.DIMS, 0)
-            _unfill(coll, filler)
+            unfill_stores(coll.host_tier, filler)
             state, m = step(state, b)  # the same batch, now with room
         losses.append(m["loss"])
     assert errors == 1
@@ -259,7 +259,7 @@ def test_a_step_refused_in_a_pipeline_rerun_hands_back_every_batch_not_run(
     def room_then_refuse(ids):
         calls[0] += repairs[0] == 1
         if calls[0] == 1:  # its first re-dispatch: no room beyond what the stores hold
-            filler.update(_fill(coll))
+            filler.update(fill_stores(coll.host_tier))
         return make_room(ids)
 
     step.repair, coll.host_tier._make_room = repair_then_arm, room_then_refuse
@@ -267,7 +267,7 @@ def test_a_step_refused_in_a_pipeline_rerun_hands_back_every_batch_not_run(
 
     def recover(e, todo):
         assert e.applied is False and e.rows == {} and len(e.batches) >= 2
-        _unfill(coll, filler)
+        unfill_stores(coll.host_tier, filler)
         assert len(e.batches) + len(todo) == 6 - (e.step - 1)  # none dropped
         state = pipe.flush(e.state) if flush_first else e.state
         if flush_first:
@@ -317,14 +317,14 @@ def test_a_settle_refused_in_a_pipeline_rerun_goes_on_by_the_first_verdict(batch
 
     def rerun_refusing(state, verdict):
         if not filler and len(coll.host_tier.stores["a"]):
-            filler.update(_fill(coll, ["a"]))
+            filler.update(fill_stores(coll.host_tier, ["a"]))
             coll.host_tier.memory_limit_bytes = None  # no room made: the settle refuses
         return rerun(state, verdict)
 
     pipe._rerun = rerun_refusing
     def recover(e, todo):
         assert sorted(e.rows) == ["a"] and e.applied is False and not hasattr(e, "batches")
-        _unfill(coll, filler)
+        unfill_stores(coll.host_tier, filler)
         coll.host_tier.put_back(e.rows)
         return pipe.flush(e.state), todo
 
