@@ -28,10 +28,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jax_hypereca.admission import admits, filtered_totals, init_sketches
 from jax_hypereca.capacity import ExchangeCapacities, Group
-from jax_hypereca.errors import PADDING_ID, HyperecaError, TableFullError
+from jax_hypereca.errors import HyperecaError, TableFullError
 from jax_hypereca.erasure import erase_ids
 from jax_hypereca.exchange import AllToAll, Exchange, ExchangeTrial, get_exchange
 from jax_hypereca.hashing import owner_of
+from jax_hypereca.ids import distinct_ids
 from jax_hypereca.features import (
     FeatureSpec, Jagged, check_weights, jagged_to_padded, padded_ids, validate_features)
 from jax_hypereca.layout import STAT_NAMES, Layout, exchange_groups
@@ -245,11 +246,9 @@ class EmbeddingCollection:
         """Per table, the unique ids (no padding) of a batch's features."""
         out = {}
         for t in self.tables:
-            parts = [np.asarray(ids[f]).reshape(-1) for f, spec in self.features.items()
-                     if spec.table == t]
+            parts = [ids[f] for f, spec in self.features.items() if spec.table == t]
             if parts:
-                u = np.unique(np.concatenate(parts).astype(np.int64))
-                out[t] = u[u != PADDING_ID]
+                out[t] = distinct_ids(*parts)
         return out
 
     def stage(self, batch: Mapping[str, Any], *, take: bool):
@@ -408,8 +407,7 @@ class EmbeddingCollection:
                 continue
             cols = [np.asarray(b["ids"][f.name], np.int64).reshape(-1)
                     for b in batches for f in self.features.values() if f.table == name]
-            ids = np.unique(np.concatenate(cols)) if cols else np.zeros(0, np.int64)
-            ids = ids[ids != PADDING_ID]
+            ids = distinct_ids(*cols) if cols else np.zeros(0, np.int64)
             need = int(np.bincount(owner_of(ids, self.num_shards),
                                    minlength=self.num_shards).max()) if ids.size else 0
             rows = state.tables[name].keys.shape[0] // self.num_shards

@@ -54,6 +54,7 @@ LAYER_OF = {
     "jax_hypereca.errors": "base",
     "jax_hypereca._native": "base",
     "jax_hypereca.hashing": "base",
+    "jax_hypereca.ids": "base",
     "jax_hypereca.constants": "base",
     "jax_hypereca._ops": "ops",
     "jax_hypereca.table": "core",
