@@ -365,3 +365,31 @@ class HostStager:
     def found(self) -> int:
         """Rows the last collect found."""
         return int(self._native.found)
+
+
+def put_packed(stores: list[HostStore], rows: Rows, table: np.ndarray, *,
+               threads: int = 1) -> list[bool]:
+    """Puts the rows of several tables of one row layout, packed in one
+    Rows, into their stores in one native call (GIL released): row i goes
+    to ``stores[table[i]]``, or nowhere where ``table[i]`` is -1 (padding).
+    Per store, its rows in order with one :meth:`HostStore.put` (the last
+    occurrence of an id wins), all or nothing on its own. Returns, per
+    store, whether its put applied: False where its memory limit refused it
+    (that store unchanged; the caller still holds the rows). A row of a
+    table with a reserved id, a table index out of range or stores of
+    different layouts raise ValueError before any store changes."""
+    if not stores:
+        return []
+    first = stores[0]
+    for s in stores[1:]:
+        if (s.dim, s.state_width, s.dtype) != (first.dim, first.state_width, first.dtype):
+            raise ValueError(f"put_packed: store {s.name!r} holds rows of dim={s.dim}, "
+                             f"state_width={s.state_width}, {s.dtype.name}; {first.name!r} "
+                             f"of dim={first.dim}, state_width={first.state_width}, "
+                             f"{first.dtype.name} (one call per row layout)")
+    keys = np.ascontiguousarray(rows.keys, np.int64)
+    raw, state, last, freq = first._rows_in(keys.shape[0], rows.values, rows.opt_state,
+                                            rows.last_step, rows.freq)
+    results = _cpu.put_packed([s._native for s in stores], keys, raw, state, last, freq,
+                              np.ascontiguousarray(table, np.int32), max(1, int(threads)))
+    return [bool(r[0]) for r in results]

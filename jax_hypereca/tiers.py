@@ -69,7 +69,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jax_hypereca.errors import PADDING_ID
 from jax_hypereca.hashing import owner_of
-from jax_hypereca.host_tier import HostStager, HostStore, HostTierFullError
+from jax_hypereca.ids import distinct_ids
+from jax_hypereca.host_tier import HostStager, HostStore, HostTierFullError, put_packed
 from jax_hypereca.placement import (
     all_processes, from_pairs, local_get, local_shards, most_of_all, tree_to_mesh)
 from jax_hypereca.table import Rows, TableSpec
@@ -150,8 +151,11 @@ class HostTier:
                       for n in self.specs}
         self.staged_rows = MIN_STAGED  # per device and table; never shrinks
         self.demoted_rows = MIN_STAGED  # the same, for the evicted rows read back
-        # host time in this tier (not in stats: evaluation adds to it)
-        self.timing = dict(stage_s=0.0, stage_keys=0, settle_s=0.0)
+        # host time in this tier (not in stats: evaluation adds to it); of
+        # stage_s the native lookups (collect, pack), of settle_s the wait for
+        # the step's arrays
+        self.timing = dict(stage_s=0.0, stage_keys=0, stage_lookup_s=0.0, settle_s=0.0,
+                           settle_wait_s=0.0)
 
     def _store(self, spec: TableSpec) -> HostStore:
         return HostStore(spec.dim, spec.state_width, dtype=np.dtype(spec.dtype).name,
@@ -168,6 +172,7 @@ class HostTier:
         ids = everyones(ids)
         room = self._make_room(ids) if take else {}
         sets, most, collected, host = _layout_sets(self.specs, ids), 0, {}, None
+        t_lookup = time.perf_counter()
         try:
             for names in sets:  # one native call per set: every table, owner routing, sorting
                 stager = self._stager(names)
@@ -176,10 +181,13 @@ class HostTier:
                     local=self.is_local)
                 most = max(most, collected[names])
                 self.timing["stage_keys"] += stager.looked_up
+            t1 = time.perf_counter()
             most = most_of_all(most)  # every process stages the same shape
             while self.staged_rows < most:
                 self.staged_rows *= 2
+            t2 = time.perf_counter()
             host = {names: self._stagers[names].pack(self.staged_rows) for names in sets}
+            self.timing["stage_lookup_s"] += time.perf_counter() - t2 + t1 - t_lookup
             # every table at once, a few arrays; ids and frequencies stay int64
             device = tree_to_mesh(host, NamedSharding(self.mesh, P(self.axis)))
         except BaseException as original:
@@ -296,23 +304,20 @@ class HostTier:
         most = max([int(c.max(initial=0)) for c in counts.values()] + [0])
         while self.demoted_rows < most:
             self.demoted_rows *= 2
-        staged_rows = dict(_per_table(staged.host, self.num_shards)) if staged else {}
-        staged_names = sorted(staged_rows)  # a dict's order in a jit's arguments
+        staged_names = sorted(staged.tables) if staged else []  # a jit's dict order
         # one transfer of a few arrays (read_back): the step's own, unless its
         # devices evicted more rows than it read back
         if early is None or early[0] < most:
             early = (most, self.read_back({n: written[n] for n in staged_names}, demoted,
                                           self.demoted_rows))
-        done, host = local_get(early[1])
-        for i, name in enumerate(staged_names):
-            rows = staged_rows[name]
-            self._return(name, rows, done[i].reshape(rows.keys.shape), refused)
+        t1 = time.perf_counter()
+        done, host = local_get(early[1])  # waits for the step
+        self.timing["settle_wait_s"] += time.perf_counter() - t1
+        done = dict(zip(staged_names, done))
+        for names, packed in (staged.host.items() if staged else ()):
+            self._return(names, packed, done, refused)
         for names, packed in host.items():
-            for i, name in enumerate(names):
-                c = counts[name] * self.is_local  # other processes settle their own shards
-                if c.sum():
-                    self._demote(name, Rows(*(np.concatenate(
-                        [a[i, d, :k] for d, k in enumerate(c)]) for a in packed)), refused)
+            self._demote(names, packed, counts, refused)
         if self.ttl_steps is not None and step is not None:
             for name, store in self.stores.items():
                 self.moved[name]["ttl_evicted"] += len(
@@ -359,21 +364,49 @@ class HostTier:
         self.moved[name]["erased_on_host"] += n
         return n
 
-    def _return(self, name: str, rows: Rows, done: np.ndarray, refused: dict[str, list]
-                ) -> None:
-        """Staged rows of table `name`: those the step wrote count as
-        promoted, the others go back to the store."""
-        back = ~done & (rows.keys != PADDING_ID)
-        self.moved[name]["returned"] += int(back.sum())
-        self._put(name, Rows(*(a[back] for a in rows)), refused)
-        n = int(done.sum())
-        self.moved[name]["promoted"] += n
-        self.moved[name]["bytes_to_device"] += n * self.specs[name].row_bytes()
+    def _return(self, names: tuple[str, ...], packed: Rows, done: Mapping[str, np.ndarray],
+                refused: dict[str, list]) -> None:
+        """A set's staged rows (packed [W, T, S] as Staged.host): those the
+        step wrote (``done``, per table [W * S]) count as promoted, the
+        others go back to their stores, in one native call."""
+        W, T = self.num_shards, len(names)
+        real = packed.keys.reshape(W, T, -1) != PADDING_ID
+        wrote = np.stack([done[n].reshape(W, -1) for n in names], axis=1) & real
+        back = real & ~wrote
+        returned, promoted = back.sum(axis=(0, 2)), wrote.sum(axis=(0, 2))
+        for i, name in enumerate(names):
+            moved = self.moved[name]
+            moved["returned"] += int(returned[i])
+            moved["promoted"] += int(promoted[i])
+            moved["bytes_to_device"] += int(promoted[i]) * self.specs[name].row_bytes()
+        table = np.where(back, np.arange(T, dtype=np.int32)[None, :, None], -1)
+        self._put_packed(names, packed, table.reshape(-1), refused)
 
-    def _demote(self, name: str, rows: Rows, refused: dict[str, list]) -> None:
-        self.moved[name]["demoted"] += len(rows.keys)
-        self.moved[name]["bytes_to_host"] += len(rows.keys) * self.specs[name].row_bytes()
-        self._put(name, rows, refused)
+    def _demote(self, names: tuple[str, ...], packed: Rows, counts: Mapping[str, np.ndarray],
+                refused: dict[str, list]) -> None:
+        """A set's evicted rows (read back [T, W, E] per field, device d's
+        first ``counts[t][d]`` of table t real) into their stores, in one
+        native call."""
+        T, W, E = packed.keys.shape
+        # [T, W]; other processes settle their own shards
+        c = np.stack([counts[n] for n in names]).astype(np.int64) * self.is_local
+        keep = np.arange(E)[None, None, :] < c[:, :, None]
+        for name, n in zip(names, c.sum(axis=1)):
+            self.moved[name]["demoted"] += int(n)
+            self.moved[name]["bytes_to_host"] += int(n) * self.specs[name].row_bytes()
+        table = np.where(keep, np.arange(T, dtype=np.int32)[:, None, None], -1)
+        flat = Rows(*(a.reshape((T * W * E,) + a.shape[3:]) for a in packed))
+        self._put_packed(names, flat, table.reshape(-1), refused)
+
+    def _put_packed(self, names: tuple[str, ...], rows: Rows, table: np.ndarray,
+                    refused: dict[str, list]) -> None:
+        """Row i of `rows` into the store of ``names[table[i]]`` (-1: none);
+        a full store's rows go to `refused` (the caller raises once every
+        table is done)."""
+        applied = put_packed([self.stores[n] for n in names], rows, table, threads=self.threads)
+        for i, ok in enumerate(applied):
+            if not ok:
+                refused.setdefault(names[i], []).append(Rows(*(a[table == i] for a in rows)))
 
     def _put(self, name: str, rows: Rows, refused: dict[str, list] | None = None) -> None:
         """Stores `rows`; a full store's refusal goes to `refused` (the
@@ -445,7 +478,7 @@ def everyones(ids: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         ends = np.cumsum(every_len[p])
         for n, a, b in zip(names, ends - every_len[p], ends):
             out[n].append(row[a:b])
-    return {n: np.unique(np.concatenate(parts)) for n, parts in out.items()}
+    return {n: distinct_ids(*parts) for n, parts in out.items()}
 
 
 def _per_table(packed: Mapping[tuple[str, ...], Rows], shards: int):

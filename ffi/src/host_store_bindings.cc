@@ -1,5 +1,6 @@
-// nanobind binding of the host tier's store (hypereca/host_store.h) and its
-// stager (hypereca/host_stage.h) into the CPU module: numpy arrays in and out, the GIL released around every call.
+// nanobind binding of the host tier's store (hypereca/host_store.h), its
+// stager (hypereca/host_stage.h) and settling (hypereca/host_settle.h) into
+// the CPU module: numpy arrays in and out, the GIL released around every call.
 // Shapes are checked here (std::invalid_argument -> ValueError); dtypes,
 // reserved keys and the memory limit are reported with the settings' names
 // by jax_hypereca/host_tier.py, which is the only caller.
@@ -15,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "hypereca/host_settle.h"
 #include "hypereca/host_stage.h"
 #include "hypereca/host_store.h"
 
@@ -186,6 +188,37 @@ nb::tuple Pack(const HostStager& s, int64_t S, int64_t value_bytes, int64_t stat
                         freq.Release());
 }
 
+using TableIn = nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+// Settling: packed rows put into their tables' stores; per table (applied,
+// new_keys, bytes_before, bytes_after).
+std::vector<nb::tuple> PutPackedRows(nb::list stores, KeysIn keys, BytesIn values,
+                                     StateIn state, KeysIn last_step, KeysIn freq,
+                                     TableIn table, int threads) {
+  std::vector<HostStore*> ptrs;
+  for (size_t i = 0; i < nb::len(stores); ++i) ptrs.push_back(nb::cast<HostStore*>(stores[i]));
+  const size_t n = keys.shape(0);
+  const size_t vb = ptrs.empty() ? values.shape(1) : ptrs[0]->config().value_bytes;
+  const size_t sw = ptrs.empty() ? state.shape(1) : ptrs[0]->config().state_width;
+  CheckRows("values", values.shape(0), values.shape(1), n, vb);
+  CheckRows("state", state.shape(0), state.shape(1), n, sw);
+  CheckRows("last_step", last_step.shape(0), 1, n, 1);
+  CheckRows("freq", freq.shape(0), 1, n, 1);
+  CheckRows("table", table.shape(0), 1, n, 1);
+  const HostRowsIn in{keys.data(), values.data(), state.data(), last_step.data(), freq.data(),
+                      static_cast<int64_t>(n)};
+  std::vector<PutResult> r;
+  {
+    nb::gil_scoped_release release;
+    r = PutPacked(ptrs, in, table.data(), threads);
+  }
+  std::vector<nb::tuple> out;
+  for (const PutResult& p : r) {
+    out.push_back(nb::make_tuple(p.applied, p.new_keys, p.bytes_before, p.bytes_after));
+  }
+  return out;
+}
+
 }  // namespace
 
 void BindHostStore(nb::module_& m) {
@@ -242,6 +275,9 @@ void BindHostStore(nb::module_& m) {
       .def_prop_ro("found", &HostStager::found);
   nb::dict names;
   for (int i = 0; i < kNumHostCounters; ++i) names[kHostCounterNames[i]] = i;
+  m.def("put_packed", &PutPackedRows, nb::arg("stores"), nb::arg("keys"), nb::arg("values"),
+        nb::arg("state"), nb::arg("last_step"), nb::arg("freq"), nb::arg("table"),
+        nb::arg("threads"));
   m.attr("HOST_COUNTERS") = names;
 }
 
