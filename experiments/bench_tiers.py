@@ -19,8 +19,15 @@ and each table's device rows bounded to b x its ids -- but at least 1.5 x
 one batch's unique ids (a bucket must hold the rows of the step that uses
 them; the effective share is reported) -- as ``max_shard_bytes``.
 
-One JSON line per budget (the 100% line is the all-device run), over the
-timed steps: samples/s, ``slowdown_vs_all_device``, the device hit rate
+The all-device configuration stays alive: each budget's timed steps run in
+rounds of ROUND_STEPS alternating with rounds of the all-device run going
+on along its stream, and ``slowdown_vs_all_device`` divides those
+all-device rounds' samples/s (``all_device_samples_per_s``) by the
+budget's -- both measured in the same minute, so this machine's drift
+(its speed moved by up to 30% between runs minutes apart) cancels.
+
+One JSON line per budget (the 100% line is the all-device run's own phase),
+over the timed steps: samples/s, ``slowdown_vs_all_device``, the device hit rate
 (``hit_rate``: looked-up ids resident on the device / all looked-up ids,
 new ids included; ``hit_rate_of_known_ids``: the same over ids seen before,
 that is device hits / (device hits + promotions); ``hit_rate_vs_all_device``:
@@ -45,10 +52,11 @@ The last line is the summary at the 20% budget (issue 14's goals:
 ``host_lookup_keys_per_s`` >= 20M). The warm-up runs at least --warmup steps
 and until 5 steps in a row neither compile (jax's compile events: a new
 exchange layout, more staged or evicted rows than before, tiers.MIN_STAGED,
-steps in flight or not) nor re-run; a timed window in which a step still
-compiled is timed again (up to 3 windows; ``timed_windows`` says how many,
-``compiles_while_timed`` counts the last one's).  ``--quick``: batch
-2048, 6 + 10 steps (about 4 minutes on 2 cores, under 3 GB).
+steps in flight or not) nor re-run; a round in which a program still
+compiled is not timed and another round runs (up to EXTRA_ROUNDS;
+``rounds`` and ``compiled_rounds`` say how many; counts and hit rates cover
+every step of the phase, ``steps``).  ``--quick``: batch 2048, 6 + 10
+steps (about 5 minutes on 2 cores, under 4 GB).
 """
 
 from __future__ import annotations
@@ -59,6 +67,10 @@ import time
 from experiments.cli import mesh_bench_parser, use_fake_devices
 
 BUDGETS = (0.5, 0.2, 0.05)
+# Timed rounds: steps per round (configurations alternate between rounds), and
+# rounds allowed beyond --steps / ROUND_STEPS for rounds in which a program compiled.
+ROUND_STEPS = 5
+EXTRA_ROUNDS = 3
 
 
 def parse(argv=None):
@@ -112,67 +124,109 @@ def workload(args) -> Workload:
                     h.make_mesh(jax.devices()[:args.devices]))
 
 
-def run(w: Workload, args, capacities: dict[str, int], *, host_tier: bool) -> dict:
-    """Warm-up and timed steps of one configuration; what they measured."""
-    import jax_hypereca as h
-    from models.train import SparseTrainer
+class Config:
+    """One configuration kept alive -- its collection, pipeline, state and
+    own pass over the stream -- so that its timed rounds can alternate with
+    another's (a machine whose speed drifts then slows both alike). Built
+    and warmed up on creation; ``start`` opens a timed phase, ``round``
+    runs steps in it, ``finish`` says what the phase measured."""
 
-    tables = [h.TableSpec(name=f.name, dim=args.dim, capacity=capacities[f.name],
-                          optimizer=w.optimizer, seed=i, policy=args.policy)
-              for i, f in enumerate(w.features)]
-    probe = h.EmbeddingCollection(tables, w.features, mesh=w.mesh)
-    coll = h.EmbeddingCollection(tables, w.features, mesh=w.mesh, exchange="all_to_all",
-                                 max_shard_bytes=probe.shard_bytes(probe.init_tables()),
-                                 host_tier=host_tier)
-    trainer = SparseTrainer(w.model, coll, w.dense_tx)
-    pipe = h.TrainPipeline(trainer.step_fn, depth=2)
-    state = trainer.init_state(w.params)
-    batches = w.source.train_batches(0)
-    compiles = compile_counter()
-    state, warm = warm_up(pipe, state, batches, compiles, args.warmup)
-    for attempt in range(3):  # a window with a compile (a larger stage) is timed again
-        tier0 = coll.host_tier.stats() if host_tier else {}
-        timing0 = dict(coll.host_tier.timing) if host_tier else {}
-        compiles0, retries0 = compiles(), trainer.step_fn.retries
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            state = pipe.submit(state, next(batches))
-        state = pipe.flush(state)
+    def __init__(self, w: Workload, args, capacities: dict[str, int], *, host_tier: bool,
+                 compiles):
+        import jax_hypereca as h
+        from models.train import SparseTrainer
+
+        tables = [h.TableSpec(name=f.name, dim=args.dim, capacity=capacities[f.name],
+                              optimizer=w.optimizer, seed=i, policy=args.policy)
+                  for i, f in enumerate(w.features)]
+        probe = h.EmbeddingCollection(tables, w.features, mesh=w.mesh)
+        self.coll = h.EmbeddingCollection(tables, w.features, mesh=w.mesh,
+                                          exchange="all_to_all",
+                                          max_shard_bytes=probe.shard_bytes(probe.init_tables()),
+                                          host_tier=host_tier)
+        self.trainer = SparseTrainer(w.model, self.coll, w.dense_tx)
+        self.pipe = h.TrainPipeline(self.trainer.step_fn, depth=2)
+        self.batches = w.source.train_batches(0)
+        self.args, self.host_tier, self.compiles = args, host_tier, compiles
+        self.state, self.warm = warm_up(self.pipe, self.trainer.init_state(w.params),
+                                        self.batches, compiles, args.warmup)
+        self.steps_run = self.warm
+
+    def start(self) -> None:
+        tier = self.coll.host_tier
+        self.tier0 = tier.stats() if self.host_tier else {}
+        self.timing0 = dict(tier.timing) if self.host_tier else {}
+        self.retries0 = self.trainer.step_fn.retries
+        self.done, self.seconds, self.timed, self.rounds, self.compiled_rounds = [], 0.0, 0, 0, 0
+
+    def round(self, steps: int) -> None:
+        """`steps` steps and a flush; timed unless a program compiled in
+        them (a new exchange layout, more staged rows than before)."""
+        compiles0, t0 = self.compiles(), time.perf_counter()
+        for _ in range(steps):
+            self.state = self.pipe.submit(self.state, next(self.batches))
+        self.state = self.pipe.flush(self.state)
         seconds = time.perf_counter() - t0
-        done = pipe.pop_completed()
-        if compiles() == compiles0:
-            break
-    sums = {k: sum(int(m["stats"][t][k].sum()) for m in done for t in m["stats"])
-            for k in ("queries", "hits", "unique", "lookups", "lookup_hits")}
-    most_unique = {t: max(int(m["stats"][t]["queries"].sum()) for m in done)
-                   for t in done[0]["stats"]}
-    stats = coll.table_stats(state.tables)
-    out = dict(seconds=seconds, samples_per_s=args.steps * args.batch / seconds,
-               warmup_steps=warm, timed_windows=attempt + 1,
-               compiles_while_timed=compiles() - compiles0,
-               reruns_while_timed=trainer.step_fn.retries - retries0,
-               depth_run=pipe.running_depth, stale_reruns=pipe.stale_reruns,
-               most_unique=most_unique,
-               ids={t: s["size"] + s.get("host_rows", 0) for t, s in stats.items()},
-               device_rows=sum(s["capacity"] for s in stats.values()),
-               capacity={t: s["capacity"] for t, s in stats.items()},
-               batches=warm + (attempt + 1) * args.steps, **sums)
-    if host_tier:
+        self.done += self.pipe.pop_completed()
+        self.steps_run += steps
+        self.rounds += 1
+        if self.compiles() != compiles0:
+            self.compiled_rounds += 1
+        else:
+            self.seconds, self.timed = self.seconds + seconds, self.timed + steps
+
+    def finish(self) -> dict:
+        """What the phase since ``start`` measured: samples/s over its timed
+        rounds, counts over all its steps."""
+        done, coll = self.done, self.coll
+        sums = {k: sum(int(m["stats"][t][k].sum()) for m in done for t in m["stats"])
+                for k in ("queries", "hits", "unique", "lookups", "lookup_hits")}
+        stats = coll.table_stats(self.state.tables)
+        out = dict(seconds=self.seconds,
+                   samples_per_s=self.timed * self.args.batch / self.seconds,
+                   warmup_steps=self.warm, rounds=self.rounds,
+                   compiled_rounds=self.compiled_rounds, phase_steps=len(done),
+                   reruns_while_timed=self.trainer.step_fn.retries - self.retries0,
+                   depth_run=self.pipe.running_depth, stale_reruns=self.pipe.stale_reruns,
+                   most_unique={t: max(int(m["stats"][t]["queries"].sum()) for m in done)
+                                for t in done[0]["stats"]},
+                   ids={t: s["size"] + s.get("host_rows", 0) for t, s in stats.items()},
+                   device_rows=sum(s["capacity"] for s in stats.values()),
+                   capacity={t: s["capacity"] for t, s in stats.items()},
+                   batches=self.steps_run, **sums)
+        if self.host_tier:
+            out.update(self._tier_counts(stats, len(done)))
+        return out
+
+    def _tier_counts(self, stats: dict, steps: int) -> dict:
         check_nothing_lost(stats)
-        moved = {k: sum(s[k] - tier0[t][k] for t, s in stats.items())
+        timing = {k: v - self.timing0[k] for k, v in self.coll.host_tier.timing.items()}
+        moved = {k: sum(s[k] - self.tier0[t][k] for t, s in stats.items())
                  for k in ("promoted", "demoted", "bytes_to_device", "bytes_to_host", "stale")}
-        keys = coll.host_tier.timing["stage_keys"] - timing0["stage_keys"]
-        stage_s = coll.host_tier.timing["stage_s"] - timing0["stage_s"]
-        settle_s = coll.host_tier.timing["settle_s"] - timing0["settle_s"]
-        wait_s = coll.host_tier.timing["settle_wait_s"] - timing0["settle_wait_s"]
-        lookup_s = coll.host_tier.timing["stage_lookup_s"] - timing0["stage_lookup_s"]
-        out.update(moved, host_rows=sum(s["host_rows"] for s in stats.values()),
-                   host_lookup_keys_per_s=keys / stage_s if stage_s else None,
-                   host_native_lookup_keys_per_s=keys / lookup_s if lookup_s else None,
-                   host_stage_s_per_step=stage_s / args.steps,
-                   host_settle_s_per_step=settle_s / args.steps,
-                   host_settle_wait_s_per_step=wait_s / args.steps)
-    return out
+        keys = timing["stage_keys"]
+        per_step = lambda k: timing[k] / steps
+        return dict(moved, host_rows=sum(s["host_rows"] for s in stats.values()),
+                    host_lookup_keys_per_s=keys / timing["stage_s"] if keys else None,
+                    host_native_lookup_keys_per_s=(keys / timing["stage_lookup_s"]
+                                                   if keys else None),
+                    host_stage_s_per_step=per_step("stage_s"),
+                    host_settle_s_per_step=per_step("settle_s"),
+                    host_settle_wait_s_per_step=per_step("settle_wait_s"))
+
+
+def timed(configs: list[Config], args) -> list[dict]:
+    """Alternating rounds of ROUND_STEPS steps of each configuration until
+    each has --steps steps in rounds that compiled nothing (at most
+    EXTRA_ROUNDS more rounds in all); what each measured."""
+    for c in configs:
+        c.start()
+    most = -(-args.steps // ROUND_STEPS) + EXTRA_ROUNDS
+    for _ in range(most):
+        if all(c.timed >= args.steps for c in configs):
+            break
+        for c in configs:
+            c.round(min(ROUND_STEPS, max(args.steps - c.timed, 1)))
+    return [c.finish() for c in configs]
 
 
 def with_bound(w: Workload, r: dict, args) -> dict:
@@ -185,7 +239,7 @@ def with_bound(w: Workload, r: dict, args) -> dict:
     from experiments.cache_bound import belady_hits, step_lookups
 
     looked_up = step_lookups(w.source.train_batches(0), list(r["capacity"]), r["batches"])
-    counted = range(r["batches"] - args.steps, r["batches"])
+    counted = range(r["batches"] - r["phase_steps"], r["batches"])
     sums = dict.fromkeys(("hits", "ids", "seen", "lookups"), 0)
     for t, pairs in looked_up.items():
         steps, counts = [u for u, _ in pairs], [c for _, c in pairs]
@@ -252,25 +306,28 @@ def budget_capacities(base: dict, share: float, devices: int) -> dict[str, int]:
     return out
 
 
-def record(args, share, r: dict, base: dict) -> dict:
-    steps = args.steps
+def record(args, share, r: dict, base: dict, reference: dict) -> dict:
+    """One budget's line: `r` its phase, `base` the all-device run's first
+    phase (ids, hit rates), `reference` the all-device rounds timed
+    alternately with `r`'s (the slowdown's numerator)."""
+    steps = r["phase_steps"]
     rec = {"bench": "tiers", "devices": args.devices, "batch": args.batch, "dim": args.dim,
            "policy": args.policy,
            "budget_share": share, "ids": sum(base["ids"].values()),
            "device_rows": r["device_rows"],
            "effective_share": r["device_rows"] / sum(base["ids"].values()),
            "samples_per_s": r["samples_per_s"],
-           "slowdown_vs_all_device": base["samples_per_s"] / r["samples_per_s"],
+           "all_device_samples_per_s": reference["samples_per_s"],
+           "slowdown_vs_all_device": reference["samples_per_s"] / r["samples_per_s"],
            "hit_rate": r["hits"] / r["queries"],
            "hit_rate_vs_all_device": (r["hits"] / r["queries"]) / (base["hits"] / base["queries"]),
            "hit_rate_belady": r["belady"], "hit_rate_vs_belady": r["hits"] / r["queries"]
            / r["belady"],
            "lookup_hit_rate": r["lookup_hits"] / r["lookups"],
            "lookup_hit_rate_ceiling": r["lookup_ceiling"], "lookups": r["lookups"],
-           "steps": steps,
-           "warmup_steps": r["warmup_steps"], "timed_windows": r["timed_windows"],
-           "compiles_while_timed":
-               r["compiles_while_timed"], "reruns_while_timed": r["reruns_while_timed"],
+           "steps": steps, "round_steps": ROUND_STEPS, "rounds": r["rounds"],
+           "compiled_rounds": r["compiled_rounds"], "warmup_steps": r["warmup_steps"],
+           "reruns_while_timed": r["reruns_while_timed"],
            "pipeline_depth": 2, "pipeline_depth_at_the_end": r["depth_run"],
            "stale_reruns": r["stale_reruns"]}
     if share < 1:
@@ -290,19 +347,27 @@ def record(args, share, r: dict, base: dict) -> dict:
 def main(argv=None) -> dict:
     args = parse(argv)
     use_fake_devices(args.devices)
-    from experiments.harness import JsonLines, environment
+    from experiments.harness import JsonLines, environment, release_memory
 
     out = JsonLines(args.out)
     out.emit(environment())
     w = workload(args)
-    # room for every id the run can see (each sample brings at most one per table)
-    roomy = {f.name: int(1.5 * (args.warmup + args.steps) * args.batch) for f in w.features}
-    base = with_bound(w, run(w, args, roomy, host_tier=False), args)
-    out.emit(record(args, 1.0, base, base))
+    compiles = compile_counter()
+    # room for every id the all-device run can see: its own phase and one
+    # beside each budget's (each sample brings at most one id per table)
+    phases = (1 + len(BUDGETS)) * (args.steps + EXTRA_ROUNDS * ROUND_STEPS)
+    roomy = {f.name: int(1.5 * (3 * args.warmup + phases) * args.batch) for f in w.features}
+    all_device = Config(w, args, roomy, host_tier=False, compiles=compiles)
+    base = with_bound(w, timed([all_device], args)[0], args)
+    out.emit(record(args, 1.0, base, base, base))
     lines = {}
     for share in BUDGETS:
-        r = run(w, args, budget_capacities(base, share, args.devices), host_tier=True)
-        lines[share] = out.emit(record(args, share, with_bound(w, r, args), base))
+        c = Config(w, args, budget_capacities(base, share, args.devices), host_tier=True,
+                   compiles=compiles)
+        reference, r = timed([all_device, c], args)
+        lines[share] = out.emit(record(args, share, with_bound(w, r, args), base, reference))
+        del c
+        release_memory(clear_caches=False)
     at = lines[0.2]
     summary = {"bench": "tiers_summary", "budget_share": 0.2, "policy": args.policy,
                "effective_share": at["effective_share"], "hit_rate": at["hit_rate"],
