@@ -447,11 +447,12 @@ class EmbeddingCollection:
 
     def forward_fn(self, layout: Layout, *, train: bool):
         """shard_map'ped forward: (tables, hot, ids, weights, step, live,
-        tier_in) -> (tables, outputs per feature, contexts, stats (W*T, S),
-        ok, tier); with `live` false nothing is inserted and ok is false.
-        `tier_in` and `tier`: the host tier's rows in and out
-        (lookup.forward_local)."""
-        def fn(tables, hot, ids, weights, step, live, tier_in):
+        tier_in, max_evictions=0) -> (tables, outputs per feature, contexts,
+        stats (W*T, S), ok, tier); with `live` false nothing is inserted and
+        ok is false. `tier_in` and `tier`: the host tier's rows in and out;
+        `max_evictions` (static): the eviction outputs' rows per table and
+        device (lookup.forward_local)."""
+        def fn(tables, hot, ids, weights, step, live, tier_in, max_evictions=0):
             t_spec, i_spec, w_spec = self._specs(tables, ids, weights)
             h_spec = jax.tree.map(lambda _: P(), hot)
             s_spec = jax.tree.map(lambda _: P(self.axis), tier_in)
@@ -469,7 +470,8 @@ class EmbeddingCollection:
                 st = dict(st)
                 if "staged" in st:  # packed for the transfer (tiers.Staged)
                     st["staged"] = unpack_staged(st["staged"])
-                return forward_local(layout, dict(tb), dict(hb), i, w, s, go, st, train=train)
+                return forward_local(layout, dict(tb), dict(hb), i, w, s, go, st, train=train,
+                                     max_evictions=max_evictions)
 
             return jax.shard_map(body, mesh=self.mesh,
                                  in_specs=(t_spec, h_spec, i_spec, w_spec, P(), P(), s_spec),

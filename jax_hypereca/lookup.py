@@ -196,7 +196,8 @@ def _bucketize_group(keys, tags, occurrences, W: int, cap: int):
 
 
 def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, TableState],
-                  ids: dict, weights: dict, step, live, tier_in: dict, *, train: bool):
+                  ids: dict, weights: dict, step, live, tier_in: dict, *, train: bool,
+                  max_evictions: int = 0):
     """Per-device forward exchange (call inside shard_map over layout.axis).
     `hot` holds the replicated hot folds (every device has all of them). With
     `live` false the call is a no-op, as after an overflow: only padding is
@@ -205,6 +206,10 @@ def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, 
     tiers.py): per table, ``staged`` rows of this device's ids, written into
     the slots find_or_insert gives them (train) or served where the device
     has none, and ``victims``, the keys steps still in flight evicted.
+    `max_evictions` (> 0, host tier): the most rows one table may evict on
+    this device; an insert that would evict more is refused (``failed``,
+    with ``evicted`` at the cap: the host raises it and re-runs the step).
+    0: up to one per id.
     Each stage runs in a named scope ``stage_<name>`` (STAGES) so a profile
     attributes the step's device time to it. Returns (tables, outputs per feature, contexts per group, stats (T, S), ok,
     tier): a train step's ``tier`` (with a host tier; else empty) holds per
@@ -245,7 +250,7 @@ def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, 
         if train:
             rows, slots, refused = _insert_and_gather(layout, group, tables, q_keys, q_tags,
                                                       q_occ, step, stats, refused, tier_in,
-                                                      tier)
+                                                      tier, max_evictions)
             contexts.append(TableContext(inverse, position, source, slots, hot_slots))
         else:
             with jax.named_scope("stage_gather"):
@@ -285,7 +290,7 @@ def _tier_out(layout: Layout, tier_in: dict, *, train: bool) -> dict:
 
 
 def _insert_and_gather(layout: Layout, group, tables, q_keys, q_tags, q_occ, step, stats,
-                       refused, tier_in, tier):
+                       refused, tier_in, tier, max_evictions: int = 0):
     """The owner's side of a train step for one exchange group: find_or_insert
     of the received ids per table (tables and stats updated in place), the
     host tier's staged rows written into their fresh slots and the evicted
@@ -306,8 +311,9 @@ def _insert_and_gather(layout: Layout, group, tables, q_keys, q_tags, q_occ, ste
             if t in tier.get("admission", {}):
                 q = _admitted(layout.spec(t), tables[t], q, staged.get(t), victims.get(t),
                               tier, stats)
-            tables[t], res = find_or_insert(layout.spec(t), tables[t], q, step=step,
-                                            pin_from=None if layout.evict else 0)
+            tables[t], res = find_or_insert(
+                layout.spec(t), tables[t], q, step=step, pin_from=None if layout.evict else 0,
+                max_evictions=min(max_evictions, q.shape[0]) if max_evictions else None)
             if "demoted" in tier:
                 tier["demoted"][t] = Rows(*res.evicted)
                 if t in staged:

@@ -150,6 +150,16 @@ class ShardedTrainStep:
         self._compiled: dict[Layout, Callable] = {}
         self._signatures: set = set()  # the argument shapes each program has run with
         self.retries = 0
+        # With a host tier on CPU a table's eviction outputs hold the host
+        # tier's read-back rows per device (demoted_rows, raised when a step
+        # needs more: _evictions_overflowed), not one row per id: the step
+        # writes, reads back and -- for the steps in flight after it -- sorts
+        # 3,968-row buffers per table and device where ~50 rows are real
+        # (lookup._stale took 32 ms of a 26-table, 8-device step, 7 ms
+        # capped). On a GPU a cap below one row per id sends find_or_insert
+        # down its sequential path, so there the outputs stay uncapped.
+        self.cap_evictions = (collection.host_tier is not None
+                              and collection.mesh.devices.flat[0].platform == "cpu")
 
     @property
     def programs(self) -> int:
@@ -172,7 +182,7 @@ class ShardedTrainStep:
                 tier_in = dict(tier_in, admission=state.admission)
             tables, outputs, contexts, stats, ok, tier = fwd(
                 state.tables, state.hot, batch["ids"], batch["weights"], state.step + 1, live,
-                tier_in)
+                tier_in, max_evictions=read_back_rows if self.cap_evictions else 0)
             counted = tier.pop("admission", {})  # kept only if the step is applied
             with jax.named_scope("stage_dense"):
                 out, (g_params, g_out) = jax.value_and_grad(
@@ -259,9 +269,10 @@ class ShardedTrainStep:
         """Reads a step's statistics (waits for it) and raises the exchange
         capacities it outgrew."""
         stats = self.c.host_stats(p.metrics["stats"], p.metrics["apply_problems"])
+        evictions = self._evictions_overflowed(p, stats)  # raised even if settle raises
         self.settle(p, stats)
         overflow = self.c.train_capacities.observe(self.c.needs(stats), _batch_size(p.batch),
-                                                   p.index)
+                                                   p.index) or evictions
         full = {t for t, f in zip(self.c.tables, host_value(p.metrics["full"])) if f}
         refused = set() if overflow or full else {
             t for t, st in stats.items() if st["failed"].sum() and not st["reserved"].sum()}
@@ -274,6 +285,24 @@ class ShardedTrainStep:
                                 f"matched: {live}) and reports no reason; a bug: please report "
                                 f"it")
         return Verdict(stats, overflow, refused, full, ok, stale)
+
+    def _evictions_overflowed(self, p: Pending, stats: dict) -> bool:
+        """Whether a table of the step had to refuse inserts on a device
+        because it had evicted as many rows as its eviction outputs hold
+        (``cap_evictions``); the host tier's read-back rows are then raised to
+        what that device needed (a power of two) and the step must re-run."""
+        cap = p.read_back_rows if self.cap_evictions else 0
+        need = max([int((st["evicted"] + st["failed"])[(st["failed"] > 0)
+                                                       & (st["evicted"] >= cap)].max(initial=0))
+                    for st in stats.values()] + [0]) if cap else 0
+        if not need:
+            return False
+        tier = self.c.host_tier
+        while tier.demoted_rows < need:
+            tier.demoted_rows *= 2
+        log.info("train step %d evicted %d rows of a table on one device, its eviction outputs "
+                 "hold %d: re-running it with %d", p.index + 1, need, cap, tier.demoted_rows)
+        return True
 
     def check_holding(self, state: TrainState, p: Pending) -> Verdict:
         """`check`; a host tier too full for the rows the step moved raises

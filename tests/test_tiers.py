@@ -17,6 +17,7 @@ from jax_hypereca.collection import EmbeddingCollection
 from jax_hypereca.pipeline import TrainPipeline
 from jax_hypereca.placement import local_rows, make_mesh
 from jax_hypereca.table import Rows
+from jax_hypereca.tiers import MIN_STAGED
 
 import test_collection as tc
 from conftest import slow_case
@@ -202,6 +203,43 @@ def test_a_device_tier_of_5_percent_of_the_ids_trains_like_all_rows_on_the_devic
         ids = np.array(sorted(rows), np.int64)
         got = np.stack([rows[int(k)][0] for k in ids])
         assert close(got, np.asarray(ref_tables[name])[ids]), name
+
+
+def test_a_step_that_evicts_past_its_eviction_outputs_reruns_with_room_for_them(rotating):
+    """On CPU a table's eviction outputs hold the host tier's read-back rows
+    per device (MIN_STAGED at first), not one per id: a step that must evict
+    more refuses the inserts past them (``failed``, ``evicted`` at the cap),
+    is not applied, and re-runs with the rows raised to what that device
+    needed (a power of two) -- nothing dropped, and training equals the
+    all-device run bit for bit."""
+    batches = rotating[0][:12]
+    mesh = make_mesh(jax.devices()[:1])
+    all_coll = EmbeddingCollection(specs({"a": 16384}), tc.FEATURES, mesh=mesh)
+    all_state, all_losses = train(all_coll, batches)
+    coll = tiered(1, budget=dict(BUDGET[1], a=256))
+    dense_tx = optax.adam(0.01)
+    step = coll.make_train_step(tc.head_loss, dense_tx)
+    state = coll.init_train_state(tc.init_params(), dense_tx)
+    assert step.cap_evictions and coll.host_tier.demoted_rows == MIN_STAGED
+    losses, capped = [], []
+    for i, b in enumerate(batches):
+        verdict = None
+        while verdict is None or not verdict.ok:  # as ShardedTrainStep.__call__
+            state = state if verdict is None else step.repair(state, verdict)
+            state, pending = step.dispatch(state, coll.prepare_batch(b), i)
+            cap = pending.read_back_rows
+            assert pending.metrics["tier"]["demoted"]["a"].keys.shape == (cap,)
+            verdict = step.check(pending)
+            a = verdict.stats["a"]
+            assert a["evicted"].max() <= cap
+            if a["failed"].sum():  # (other re-runs: the first steps' exchange buffers)
+                assert not verdict.ok and verdict.overflow and a["evicted"].max() == cap
+                need = int((a["evicted"] + a["failed"]).max())
+                assert coll.host_tier.demoted_rows == max(cap, 1 << (need - 1).bit_length())
+                capped.append(i)
+        losses.append(step.finish(state, pending, verdict)["loss"])
+    assert capped and coll.host_tier.demoted_rows > MIN_STAGED
+    assert_trains_alike(coll, state, losses, all_coll, all_state, all_losses)
 
 
 def test_a_checkpoint_holds_both_tiers_and_restores_onto_another_mesh(batches, tmp_path):

@@ -124,33 +124,40 @@ def test_a_settle_the_store_refuses_holds_every_row_until_put_back(batches, unli
     batches = batches[:6]
     ref, ref_state, ref_losses = unlimited
     coll, step, state = _limited_start()
-    losses, errors = [], 0
+    losses, errors, applied_refused = [], 0, 0
     for i, b in enumerate(batches):
-        try:
-            verdict = None
-            while verdict is None or not verdict.ok:  # re-run as ShardedTrainStep.__call__
-                state = state if verdict is None else step.repair(state, verdict)
-                state, pending = step.dispatch(state, coll.prepare_batch(b), i)
-                # a limit at what the stores hold: a settle that must grow one is refused
-                coll.host_tier.set_memory_limit_bytes(
-                    max(s.bytes for s in coll.host_tier.stores.values()))
+        verdict = None
+        while verdict is None or not verdict.ok:  # re-run as ShardedTrainStep.__call__
+            state = state if verdict is None else step.repair(state, verdict)
+            state, pending = step.dispatch(state, coll.prepare_batch(b), i)
+            # a limit at what the stores hold: a settle that must grow one is refused
+            coll.host_tier.set_memory_limit_bytes(
+                max(s.bytes for s in coll.host_tier.stores.values()))
+            try:
                 verdict = step.check_holding(state, pending)
+            except h.HostTierFullError as e:
+                errors += 1
+                limit = coll.host_tier.memory_limit_bytes
+                assert f"memory_limit_bytes={limit}" in str(e) and "put_back" in str(e)
+                assert sum(len(r.keys) for r in e.rows.values()) > 0
+                assert all(r.values.shape == (len(r.keys), tc.DIMS[t]) for t, r in e.rows.items())
+                with pytest.raises(h.HostTierFullError):  # still too small: held again
+                    coll.host_tier.put_back(e.rows)
                 coll.host_tier.set_memory_limit_bytes(None)
-            losses.append(step.finish(state, pending, verdict)["loss"])
-        except h.HostTierFullError as e:
-            errors += 1
-            limit = coll.host_tier.memory_limit_bytes
-            assert f"memory_limit_bytes={limit}" in str(e) and "put_back" in str(e) and e.applied
-            assert sum(len(r.keys) for r in e.rows.values()) > 0
-            assert all(r.values.shape == (len(r.keys), tc.DIMS[t]) for t, r in e.rows.items())
-            with pytest.raises(h.HostTierFullError):  # still too small: held again
                 coll.host_tier.put_back(e.rows)
+                state = e.state
+                if e.applied:  # its metrics went with the error
+                    applied_refused += 1
+                    break
+                verdict = None  # not applied (an eviction cap it outgrew): run it again
+                continue
             coll.host_tier.set_memory_limit_bytes(None)
-            coll.host_tier.put_back(e.rows)
-            state = e.state
-            losses.append(None)  # the step was applied; its metrics went with the error
-        coll.host_tier.set_memory_limit_bytes(None)
-    assert errors >= 1
+        else:
+            losses.append(step.finish(state, pending, verdict)["loss"])
+            continue
+        losses.append(None)
+    coll.host_tier.set_memory_limit_bytes(None)
+    assert errors >= 1 and applied_refused >= 1
     assert [x for x in losses if x is not None] == [
         x for x, y in zip(ref_losses, losses) if y is not None]
     assert_as_unlimited(coll, state, ref, ref_state)
@@ -305,7 +312,8 @@ def test_a_settle_refused_in_a_pipeline_rerun_goes_on_by_the_first_verdict(batch
     behind it; a store that refuses the rows they evicted (as the re-run
     starts, table a's store is filled to its last free record with rows of
     ids the run never sees, and limited to what it holds) raises with those
-    rows (``.rows``) and the steps stay in the pipeline. With the filler
+    rows (``.rows``) and the steps stay in the pipeline (armed at the first
+    stale re-run; re-runs for a larger eviction cap come before it). With the filler
     erased, the limit raised and the rows put back, flush re-runs them by
     the verdict the failed step had (a second check would read capacities
     its first check raised, and count a stale re-run twice) and the run ends
@@ -316,7 +324,7 @@ def test_a_settle_refused_in_a_pipeline_rerun_goes_on_by_the_first_verdict(batch
     rerun, filler = pipe._rerun, {}
 
     def rerun_refusing(state, verdict):
-        if not filler and len(coll.host_tier.stores["a"]):
+        if not filler and verdict.stale and len(coll.host_tier.stores["a"]):
             filler.update(fill_stores(coll.host_tier, ["a"]))
             coll.host_tier.memory_limit_bytes = None  # no room made: the settle refuses
         return rerun(state, verdict)
