@@ -206,14 +206,12 @@ def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, 
     tiers.py): per table, ``staged`` rows of this device's ids, written into
     the slots find_or_insert gives them (train) or served where the device
     has none, and ``victims``, the keys steps still in flight evicted.
-    `max_evictions` (> 0, host tier): the most rows one table may evict on
-    this device; an insert that would evict more is refused (``failed``,
-    with ``evicted`` at the cap: the host raises it and re-runs the step).
-    0: up to one per id.
-    Each stage runs in a named scope ``stage_<name>`` (STAGES) so a profile
-    attributes the step's device time to it. Returns (tables, outputs per feature, contexts per group, stats (T, S), ok,
-    tier): a train step's ``tier`` (with a host tier; else empty) holds per
-    table the rows evicted (``demoted``) and the staged rows written."""
+    `max_evictions` (0: one per id): the most rows a table may evict here;
+    inserts past it are refused (``failed``, ``evicted`` at the cap: re-run).
+    Stages run in named scopes ``stage_<name>`` (STAGES), for profiles.
+    Returns (tables, outputs per feature, contexts per group, stats (T, S),
+    ok, tier): ``tier`` (train, host tier) holds per table the rows evicted
+    (``demoted``) and the staged rows written."""
     W, ax = layout.num_shards, layout.axis
     me = lax.axis_index(ax)
     batch = next(iter(ids.values())).shape[0]

@@ -300,8 +300,9 @@ class ShardedTrainStep:
         tier = self.c.host_tier
         while tier.demoted_rows < need:
             tier.demoted_rows *= 2
-        log.info("train step %d evicted %d rows of a table on one device, its eviction outputs "
-                 "hold %d: re-running it with %d", p.index + 1, need, cap, tier.demoted_rows)
+        log.info("train step %d needed to evict up to %d rows of a table on one device, its "
+                 "eviction outputs hold %d: re-running it with %d", p.index + 1, need, cap,
+                 tier.demoted_rows)
         return True
 
     def check_holding(self, state: TrainState, p: Pending) -> Verdict:
