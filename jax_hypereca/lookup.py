@@ -318,7 +318,8 @@ def _insert_and_gather(layout: Layout, group, tables, q_keys, q_tags, q_occ, ste
                     tables[t], tier["written"][t] = write_staged(layout.spec(t), tables[t],
                                                                  staged[t])
                 if victims.get(t):
-                    stale = _stale(q, res.found, jnp.concatenate(victims[t]))
+                    stale = _stale(layout.spec(t), tables[t], jnp.concatenate(victims[t]),
+                                   step)
                     stats[t] = stats[t].at[STAT_INDEX["stale"]].set(stale)
                     refused = jnp.maximum(refused, (stale > 0).astype(jnp.int32))
             slots.append(res.slots if inv is None else
@@ -382,11 +383,15 @@ def write_staged(spec: TableSpec, table: TableState, rows: Rows):
         freq=table.freq.at[at].add(rows.freq, mode="drop")), written
 
 
-def _stale(keys, found, victims):
-    """How many of `keys` were inserted afresh (not `found`) though they
-    are among `victims` (rows evicted by steps whose evictions the host tier
-    has not stored yet)."""
-    return (~found & (keys != PADDING_ID) & member(keys, jnp.sort(victims))).sum()
+def _stale(spec: TableSpec, table: TableState, victims, step):
+    """How many `victims` (rows steps in flight evicted, not yet in the host
+    tier) this step inserted afresh. A victim is absent when a live step
+    starts (a step that re-inserted it earlier was stale, so not applied,
+    and every step after it is a no-op), so one this step's find_or_insert
+    left resident and accessed at `step` was inserted by it. One native
+    find of the few victims: no sort, no search of the step's ids."""
+    slots, found = find_slots(spec, table, victims)
+    return (found & (table.last_step[jnp.maximum(slots, 0)] == step)).sum()
 
 
 def _rows_or_init(layout: Layout, group, tables, keys, tags, staged):
