@@ -216,16 +216,20 @@ class Config:
 
 def timed(configs: list[Config], args) -> list[dict]:
     """Alternating rounds of ROUND_STEPS steps of each configuration until
-    each has --steps steps in rounds that compiled nothing (at most
+    each has at least --steps steps in rounds that compiled nothing (at most
     EXTRA_ROUNDS more rounds in all); what each measured."""
     for c in configs:
         c.start()
     most = -(-args.steps // ROUND_STEPS) + EXTRA_ROUNDS
-    for _ in range(most):
+    for _ in range(most):  # every configuration runs every round: same round lengths
         if all(c.timed >= args.steps for c in configs):
             break
         for c in configs:
-            c.round(min(ROUND_STEPS, max(args.steps - c.timed, 1)))
+            c.round(ROUND_STEPS)
+    for c in configs:
+        if not c.timed:
+            raise RuntimeError(f"every one of {c.rounds} rounds compiled a program: nothing "
+                               f"was timed (raise --warmup)")
     return [c.finish() for c in configs]
 
 

@@ -248,7 +248,7 @@ def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, 
         if train:
             rows, slots, refused = _insert_and_gather(layout, group, tables, q_keys, q_tags,
                                                       q_occ, step, stats, refused, tier_in,
-                                                      tier, max_evictions)
+                                                      tier, max_evictions, live)
             contexts.append(TableContext(inverse, position, source, slots, hot_slots))
         else:
             with jax.named_scope("stage_gather"):
@@ -288,7 +288,7 @@ def _tier_out(layout: Layout, tier_in: dict, *, train: bool) -> dict:
 
 
 def _insert_and_gather(layout: Layout, group, tables, q_keys, q_tags, q_occ, step, stats,
-                       refused, tier_in, tier, max_evictions: int = 0):
+                       refused, tier_in, tier, max_evictions: int = 0, live=True):
     """The owner's side of a train step for one exchange group: find_or_insert
     of the received ids per table (tables and stats updated in place), the
     host tier's staged rows written into their fresh slots and the evicted
@@ -318,8 +318,10 @@ def _insert_and_gather(layout: Layout, group, tables, q_keys, q_tags, q_occ, ste
                     tables[t], tier["written"][t] = write_staged(layout.spec(t), tables[t],
                                                                  staged[t])
                 if victims.get(t):
-                    stale = _stale(layout.spec(t), tables[t], jnp.concatenate(victims[t]),
-                                   step)
+                    # a no-op step (not live) inserts nothing, but shares its step
+                    # count with the stale step before it: nothing to count
+                    stale = jnp.where(live, _stale(layout.spec(t), tables[t],
+                                                   jnp.concatenate(victims[t]), step), 0)
                     stats[t] = stats[t].at[STAT_INDEX["stale"]].set(stale)
                     refused = jnp.maximum(refused, (stale > 0).astype(jnp.int32))
             slots.append(res.slots if inv is None else

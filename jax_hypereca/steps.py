@@ -156,8 +156,10 @@ class ShardedTrainStep:
         # writes, reads back and -- for the steps in flight after it -- sorts
         # 3,968-row buffers per table and device where ~50 rows are real
         # (lookup._stale took 32 ms of a 26-table, 8-device step, 7 ms
-        # capped). On a GPU a cap below one row per id sends find_or_insert
-        # down its sequential path, so there the outputs stay uncapped.
+        # capped). A cap below one row per id runs find_or_insert as one task
+        # (on CPU it is one task anyway below 16,384 ids per device); on a
+        # GPU that is its sequential kernel, so there the outputs stay
+        # uncapped.
         self.cap_evictions = (collection.host_tier is not None
                               and collection.mesh.devices.flat[0].platform == "cpu")
 

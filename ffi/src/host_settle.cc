@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <exception>
 #include <stdexcept>
 #include <string>
 
@@ -91,14 +92,24 @@ std::vector<PutResult> PutPacked(const std::vector<HostStore*>& stores, const Ho
   const int64_t vb = stores[0]->config().value_bytes, sw = stores[0]->config().state_width;
   std::vector<PutResult> out(T, PutResult{true, 0, 0, 0});
   const int workers = static_cast<int>(std::min<int64_t>(threads, T));
+  // RunThreads' fn must not throw: an allocation failure (Put's growth is
+  // all or nothing) is rethrown here, after every worker has joined.
+  std::vector<std::exception_ptr> failed(workers);
   RunThreads(workers, [&](int w) {
-    Gathered g;
-    for (int64_t t = w; t < T; t += workers) {
-      const int64_t n = start[t + 1] - start[t];
-      if (n == 0) continue;
-      out[t] = stores[t]->Put(g.Gather(rows, idx.data() + start[t], n, vb, sw));
+    try {
+      Gathered g;
+      for (int64_t t = w; t < T; t += workers) {
+        const int64_t n = start[t + 1] - start[t];
+        if (n == 0) continue;
+        out[t] = stores[t]->Put(g.Gather(rows, idx.data() + start[t], n, vb, sw));
+      }
+    } catch (...) {
+      failed[w] = std::current_exception();
     }
   });
+  for (const std::exception_ptr& e : failed) {
+    if (e) std::rethrow_exception(e);
+  }
   return out;
 }
 

@@ -19,7 +19,9 @@
 // (value_bytes, state_width) differs from the first store's.
 //
 // Threads: tables are split over `threads` (table t on thread t % threads);
-// each store serializes its own calls.
+// each store serializes its own calls. An exception in a put (memory for a
+// store's growth: that store unchanged) is rethrown once every thread is
+// done; the tables other threads put by then are applied.
 #pragma once
 
 #include <cstdint>
