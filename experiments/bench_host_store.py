@@ -10,7 +10,12 @@ uniformly (stage A deduplicates its ids, so a call holds no duplicates):
 of the same rows back (demotion into the holes the take left; no growth),
 ``peek`` (rows copied, nothing removed), ``contains`` (index only) and
 ``take_half_miss`` (half the ids absent, as new ids are). All through the
-public Python class, GIL and argument checks included.
+public Python class, GIL and argument checks included. Then ``stage``: the
+host tier's stager (``HostStager.collect`` + ``pack``: 26 tables' lookups,
+owner routing, sorting, packing) on batches shaped like bench_tiers --quick's
+20% budget (STAGE_*), per thread count -- the native part of a step's
+staging on a machine with nothing else running (bench_tiers measures it
+inside training).
 
 One JSON line per (op, threads) with the median and best keys/s over the
 repeats; the last line is the summary with ``host_lookup_keys_per_s``: the
@@ -29,7 +34,8 @@ import time
 import numpy as np
 
 from experiments.harness import JsonLines, environment
-from jax_hypereca import HostStore
+from jax_hypereca import HostStore, PADDING_ID
+from jax_hypereca.host_tier import HostStager, put_packed
 
 OPS = ("take", "put", "peek", "contains", "take_half_miss")
 
@@ -87,6 +93,53 @@ def time_ops(store: HostStore, keys: np.ndarray, absent: np.ndarray, args,
     return {op: t[1:] for op, t in times.items()}
 
 
+# The stage measurement's shape: bench_tiers --quick's 20% budget (26 tables,
+# ~23k distinct ids per batch, host stores of ~8k rows each, 16% of the ids
+# found there, 8 owner shards, dim 16 float32, row-wise Adagrad's 1 word).
+STAGE_TABLES, STAGE_ROWS, STAGE_FOUND, STAGE_SHARDS, STAGE_DIM = 26, 8000, 0.16, 8, 16
+
+
+def time_stage(args, rng: np.random.Generator, threads: int) -> dict:
+    """HostStager.collect + pack (take, then the rows put back untimed) of
+    tier-shaped batches: keys looked up per second and ms per batch."""
+    stores, pools = [], []
+    for t in range(STAGE_TABLES):
+        keys = np.unique(rng.integers(-(2**62), 2**62, STAGE_ROWS))
+        n = keys.shape[0]
+        store = HostStore(STAGE_DIM, 1, name=f"t{t}")
+        store.put(keys, rng.random((n, STAGE_DIM), dtype=np.float32),
+                  np.zeros((n, 1), np.float32), np.zeros(n, np.int64), np.ones(n, np.int64))
+        stores.append(store)
+        pools.append(keys)
+    stager = HostStager(STAGE_DIM, 1, dtype="float32", num_shards=STAGE_SHARDS,
+                        threads=threads)
+    local = np.ones(STAGE_SHARDS, bool)
+    seconds, looked_up = [], 0
+    for r in range(args.repeats + 1):  # the first round warms up and is dropped
+        ids = []
+        for pool in pools:
+            k = int(rng.integers(100, 1700))
+            found = rng.choice(pool, int(k * STAGE_FOUND), replace=False)
+            ids.append(np.unique(np.concatenate([found, rng.integers(-(2**62), 2**62, k)])))
+        t0 = time.perf_counter()
+        most = stager.collect(stores, ids, take=True, local=local)
+        rows = stager.pack(max(most, 1))
+        if r:
+            seconds.append(time.perf_counter() - t0)
+            looked_up += stager.looked_up
+        put_packed(stores, rows, _tables_of(rows.keys, STAGE_SHARDS, STAGE_TABLES))
+    total = sum(seconds)
+    return {"keys_per_s": looked_up / total, "ms_per_batch": 1e3 * total / len(seconds),
+            "keys_per_batch": looked_up / len(seconds)}
+
+
+def _tables_of(keys: np.ndarray, shards: int, tables: int) -> np.ndarray:
+    """The table of each packed row ([W, T, S] blocks), -1 for padding."""
+    t = np.broadcast_to(np.arange(tables, dtype=np.int32)[None, :, None],
+                        (shards, tables, keys.shape[0] // (shards * tables)))
+    return np.where(keys.reshape(t.shape) == PADDING_ID, -1, t).reshape(-1)
+
+
 def main(argv=None) -> dict:
     args = parse(argv)
     out = JsonLines(args.out)
@@ -113,9 +166,18 @@ def main(argv=None) -> dict:
             if op == "take":
                 take_by_threads[threads] = rec["keys_per_s"]
         del store
+    stage_by_threads = {}
+    for threads in args.threads:
+        rec = out.emit({"bench": "host_store", "op": "stage", "threads": threads,
+                        "tables": STAGE_TABLES, "rows_per_store": STAGE_ROWS,
+                        "found_share": STAGE_FOUND, "shards": STAGE_SHARDS, "dim": STAGE_DIM,
+                        "repeats": args.repeats, "units": "keys/s",
+                        **time_stage(args, rng, threads)})
+        stage_by_threads[threads] = rec["keys_per_s"]
     best_threads = max(take_by_threads, key=take_by_threads.get)
     summary = out.emit({"bench": "summary", "host_lookup_keys_per_s": take_by_threads[best_threads],
                         "threads": best_threads, "take_keys_per_s_by_threads": take_by_threads,
+                        "stage_keys_per_s_by_threads": stage_by_threads,
                         "goal_keys_per_s": 20e6, "units": "keys/s",
                         "loadavg_1m_end": os.getloadavg()[0], **config})
     out.close()

@@ -230,3 +230,21 @@ def test_unstage_into_a_full_store_holds_the_refused_rows_and_returns_the_others
         order, want = np.argsort(got.keys[keep]), np.argsort(before[n].keys)
         for g, w in zip(got, before[n]):
             np.testing.assert_array_equal(g[keep][order], w[want])
+
+
+def test_the_host_store_benchmark_times_the_stager_on_tier_shaped_batches(tmp_path):
+    """experiments.bench_host_store at toy sizes: a ``stage`` line per thread
+    count (batches of 26 tables' ids, 100-1,700 per table plus the 16% found)
+    and both rates in the summary."""
+    import json
+
+    from experiments import bench_host_store
+
+    out = tmp_path / "bench.jsonl"
+    summary = bench_host_store.main(["--resident", "2000", "--batch", "200", "--repeats", "1",
+                                     "--out", str(out)])
+    stages = [r for r in map(json.loads, out.read_text().splitlines()) if r.get("op") == "stage"]
+    assert [r["threads"] for r in stages] == [1, 2]
+    for r in stages:
+        assert 26 * 100 <= r["keys_per_batch"] <= 26 * 1700 * 1.2 and r["keys_per_s"] > 0
+    assert set(summary["stage_keys_per_s_by_threads"]) == {1, 2}
