@@ -34,8 +34,7 @@ import time
 import numpy as np
 
 from experiments.harness import JsonLines, environment
-from jax_hypereca import HostStore, PADDING_ID
-from jax_hypereca.host_tier import HostStager, put_packed
+from jax_hypereca import PADDING_ID, HostStager, HostStore, put_packed
 
 OPS = ("take", "put", "peek", "contains", "take_half_miss")
 
