@@ -34,7 +34,7 @@ import time
 import numpy as np
 
 from experiments.harness import JsonLines, environment
-from jax_hypereca import PADDING_ID, HostStager, HostStore, put_packed
+from jax_hypereca import HostStager, HostStore, packed_tables, put_packed
 
 OPS = ("take", "put", "peek", "contains", "take_half_miss")
 
@@ -126,17 +126,10 @@ def time_stage(args, rng: np.random.Generator, threads: int) -> dict:
         if r:
             seconds.append(time.perf_counter() - t0)
             looked_up += stager.looked_up
-        put_packed(stores, rows, _tables_of(rows.keys, STAGE_SHARDS, STAGE_TABLES))
+        put_packed(stores, rows, packed_tables(rows.keys, STAGE_SHARDS, STAGE_TABLES))
     total = sum(seconds)
     return {"keys_per_s": looked_up / total, "ms_per_batch": 1e3 * total / len(seconds),
             "keys_per_batch": looked_up / len(seconds)}
-
-
-def _tables_of(keys: np.ndarray, shards: int, tables: int) -> np.ndarray:
-    """The table of each packed row ([W, T, S] blocks), -1 for padding."""
-    t = np.broadcast_to(np.arange(tables, dtype=np.int32)[None, :, None],
-                        (shards, tables, keys.shape[0] // (shards * tables)))
-    return np.where(keys.reshape(t.shape) == PADDING_ID, -1, t).reshape(-1)
 
 
 def main(argv=None) -> dict:

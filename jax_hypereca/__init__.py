@@ -23,7 +23,7 @@ from jax_hypereca.table import (
     init_table)
 from jax_hypereca._ops import bucketize, ids_array, unique
 from jax_hypereca.host_tier import (HOST_COUNTER_NAMES, HostStager, HostStore, HostTierFullError,
-                                    put_packed)
+                                    packed_tables, put_packed)
 from jax_hypereca.features import FeatureSpec, Jagged, jagged_to_padded
 from jax_hypereca.placement import make_mesh
 from jax_hypereca.state import TrainState
@@ -46,7 +46,7 @@ __all__ = [
     "find_or_insert", "find_slots", "gather", "grow", "import_rows", "init_table", "bucketize", "ids_array",
     "unique", "has_platform", "FeatureSpec", "Jagged", "jagged_to_padded", "make_mesh",
     "EmbeddingCollection", "TrainState", "TrainPipeline", "prefetch", "replication",
-    "insert_status_dict", "mix64", "HostStore", "HostStager", "put_packed", "HostTierFullError",
+    "insert_status_dict", "mix64", "HostStore", "HostStager", "packed_tables", "put_packed", "HostTierFullError",
     "HOST_COUNTER_NAMES",
     "MAX_ADMIT_AFTER",
 ]

@@ -367,6 +367,16 @@ class HostStager:
         return int(self._native.found)
 
 
+def packed_tables(keys: np.ndarray, num_shards: int, num_tables: int) -> np.ndarray:
+    """The table index (int32) of each row of a stager's pack ([W * T * S]
+    rows, block (d, t) at rows [(d * T + t) * S, ...)), -1 for its padding:
+    the `table` argument of :func:`put_packed` that puts every packed row
+    back."""
+    t = np.broadcast_to(np.arange(num_tables, dtype=np.int32)[None, :, None],
+                        (num_shards, num_tables, keys.shape[0] // (num_shards * num_tables)))
+    return np.where(keys.reshape(t.shape) == PADDING_ID, -1, t).reshape(-1)
+
+
 def put_packed(stores: list[HostStore], rows: Rows, table: np.ndarray, *,
                threads: int = 1) -> list[bool]:
     """Puts the rows of several tables of one row layout, packed in one

@@ -299,12 +299,10 @@ class ShardedTrainStep:
                     for st in stats.values()] + [0]) if cap else 0
         if not need:
             return False
-        tier = self.c.host_tier
-        while tier.demoted_rows < need:
-            tier.demoted_rows *= 2
+        self.c.host_tier.read_back_at_least(need)
         log.info("train step %d needed to evict up to %d rows of a table on one device, its "
                  "eviction outputs hold %d: re-running it with %d", p.index + 1, need, cap,
-                 tier.demoted_rows)
+                 self.c.host_tier.demoted_rows)
         return True
 
     def check_holding(self, state: TrainState, p: Pending) -> Verdict:

@@ -70,7 +70,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jax_hypereca.errors import PADDING_ID
 from jax_hypereca.hashing import owner_of
 from jax_hypereca.ids import distinct_ids
-from jax_hypereca.host_tier import HostStager, HostStore, HostTierFullError, put_packed
+from jax_hypereca.host_tier import (HostStager, HostStore, HostTierFullError, packed_tables,
+                                    put_packed)
 from jax_hypereca.placement import (
     all_processes, from_pairs, local_get, local_shards, most_of_all, tree_to_mesh)
 from jax_hypereca.table import Rows, TableSpec
@@ -255,9 +256,9 @@ class HostTier:
         every table is tried, then rows a full store refused travel with one
         HostTierFullError (``put_back`` them once the limit is raised)."""
         refused: dict[str, list] = {}
-        for name, rows in _per_table(packed, self.num_shards):
-            keep = rows.keys != PADDING_ID
-            self._put(name, Rows(*(a[keep] for a in rows)), refused)
+        for names, rows in packed.items():
+            self._put_packed(names, rows, packed_tables(rows.keys, self.num_shards, len(names)),
+                             refused)
         if refused:
             raise self._full_error(refused)
 
@@ -269,6 +270,13 @@ class HostTier:
             self._stagers[names] = HostStager(s.dim, s.state_width, dtype=np.dtype(s.dtype).name,
                                               num_shards=self.num_shards, threads=self.threads)
         return self._stagers[names]
+
+    def read_back_at_least(self, rows: int) -> None:
+        """Evicted rows read back per device and table (``demoted_rows``;
+        on CPU also the size of a table's eviction outputs, steps.py) from
+        now on: at least `rows`, doubling."""
+        while self.demoted_rows < rows:
+            self.demoted_rows *= 2
 
     def read_back(self, written: Mapping[str, jax.Array], demoted: Mapping[str, Rows],
                   rows: int):
@@ -302,8 +310,7 @@ class HostTier:
             self.moved[name]["stale"] += n
         counts = {n: np.asarray(evicted[n]) for n in demoted}
         most = max([int(c.max(initial=0)) for c in counts.values()] + [0])
-        while self.demoted_rows < most:
-            self.demoted_rows *= 2
+        self.read_back_at_least(most)
         staged_names = sorted(staged.tables) if staged else []  # a jit's dict order
         # one transfer of a few arrays (read_back): the step's own, unless its
         # devices evicted more rows than it read back
@@ -369,18 +376,19 @@ class HostTier:
         """A set's staged rows (packed [W, T, S] as Staged.host): those the
         step wrote (``done``, per table [W * S]) count as promoted, the
         others go back to their stores, in one native call."""
-        W, T = self.num_shards, len(names)
-        real = packed.keys.reshape(W, T, -1) != PADDING_ID
-        wrote = np.stack([done[n].reshape(W, -1) for n in names], axis=1) & real
-        back = real & ~wrote
-        returned, promoted = back.sum(axis=(0, 2)), wrote.sum(axis=(0, 2))
+        T = len(names)
+        table = packed_tables(packed.keys, self.num_shards, T)
+        wrote = np.stack([done[n].reshape(self.num_shards, -1) for n in names],
+                         axis=1).reshape(-1) & (table >= 0)
+        promoted = np.bincount(table[wrote], minlength=T)
+        table[wrote] = -1  # the rest goes back
+        returned = np.bincount(table[table >= 0], minlength=T)
         for i, name in enumerate(names):
             moved = self.moved[name]
             moved["returned"] += int(returned[i])
             moved["promoted"] += int(promoted[i])
             moved["bytes_to_device"] += int(promoted[i]) * self.specs[name].row_bytes()
-        table = np.where(back, np.arange(T, dtype=np.int32)[None, :, None], -1)
-        self._put_packed(names, packed, table.reshape(-1), refused)
+        self._put_packed(names, packed, table, refused)
 
     def _demote(self, names: tuple[str, ...], packed: Rows, counts: Mapping[str, np.ndarray],
                 refused: dict[str, list]) -> None:
@@ -479,15 +487,6 @@ def everyones(ids: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         for n, a, b in zip(names, ends - every_len[p], ends):
             out[n].append(row[a:b])
     return {n: distinct_ids(*parts) for n, parts in out.items()}
-
-
-def _per_table(packed: Mapping[tuple[str, ...], Rows], shards: int):
-    """(name, Rows [W, S, ...]) of each table of host-packed staged rows, as
-    views (Staged's layout)."""
-    for names, rows in packed.items():
-        T = len(names)
-        for i, name in enumerate(names):
-            yield name, Rows(*(a.reshape((shards, T, -1) + a.shape[1:])[:, i] for a in rows))
 
 
 def unpack(packed: Mapping[tuple[str, ...], Rows]) -> dict[str, Rows]:
