@@ -96,6 +96,9 @@ def time_ops(store: HostStore, keys: np.ndarray, absent: np.ndarray, args,
 # ~23k distinct ids per batch, host stores of ~8k rows each, 16% of the ids
 # found there, 8 owner shards, dim 16 float32, row-wise Adagrad's 1 word).
 STAGE_TABLES, STAGE_ROWS, STAGE_FOUND, STAGE_SHARDS, STAGE_DIM = 26, 8000, 0.16, 8, 16
+# Batches of a stage measurement: warm-up (the first packs fault their pages
+# in) and timed. A batch takes ~2 ms, so even --quick affords 40.
+STAGE_WARMUP, STAGE_BATCHES = 5, 40
 
 
 def time_stage(args, rng: np.random.Generator, threads: int) -> dict:
@@ -114,7 +117,7 @@ def time_stage(args, rng: np.random.Generator, threads: int) -> dict:
                         threads=threads)
     local = np.ones(STAGE_SHARDS, bool)
     seconds, looked_up = [], 0
-    for r in range(args.repeats + 1):  # the first round warms up and is dropped
+    for r in range(STAGE_WARMUP + STAGE_BATCHES):
         ids = []
         for pool in pools:
             k = int(rng.integers(100, 1700))
@@ -123,13 +126,14 @@ def time_stage(args, rng: np.random.Generator, threads: int) -> dict:
         t0 = time.perf_counter()
         most = stager.collect(stores, ids, take=True, local=local)
         rows = stager.pack(max(most, 1))
-        if r:
+        if r >= STAGE_WARMUP:
             seconds.append(time.perf_counter() - t0)
             looked_up += stager.looked_up
         put_packed(stores, rows, packed_tables(rows.keys, STAGE_SHARDS, STAGE_TABLES))
     total = sum(seconds)
     return {"keys_per_s": looked_up / total, "ms_per_batch": 1e3 * total / len(seconds),
-            "keys_per_batch": looked_up / len(seconds)}
+            "median_ms_per_batch": 1e3 * statistics.median(seconds),
+            "keys_per_batch": looked_up / len(seconds), "batches": len(seconds)}
 
 
 def main(argv=None) -> dict:
@@ -163,7 +167,7 @@ def main(argv=None) -> dict:
         rec = out.emit({"bench": "host_store", "op": "stage", "threads": threads,
                         "tables": STAGE_TABLES, "rows_per_store": STAGE_ROWS,
                         "found_share": STAGE_FOUND, "shards": STAGE_SHARDS, "dim": STAGE_DIM,
-                        "repeats": args.repeats, "units": "keys/s",
+                        "warmup_batches": STAGE_WARMUP, "units": "keys/s",
                         **time_stage(args, rng, threads)})
         stage_by_threads[threads] = rec["keys_per_s"]
     best_threads = max(take_by_threads, key=take_by_threads.get)

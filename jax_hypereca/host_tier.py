@@ -83,7 +83,9 @@ def _dtype(dtype) -> np.dtype:
     return d
 
 
-def _keys(keys, *, store: str, op: str, allow_padding: bool) -> np.ndarray:
+def _keys(keys, *, store: str, op: str, allow_padding: bool, scan: bool = True) -> np.ndarray:
+    """`keys` as contiguous int64, checked: integers, 1-D, and (unless not
+    `scan`: the native call checks them itself) no reserved id."""
     arr = np.asarray(keys)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"{store}.{op}: keys must be integers (int64 ids), got dtype {arr.dtype}")
@@ -92,6 +94,8 @@ def _keys(keys, *, store: str, op: str, allow_padding: bool) -> np.ndarray:
     if arr.dtype == np.uint64 and arr.size and int(arr.max()) >= 1 << 63:
         raise ValueError(f"{store}.{op}: uint64 ids >= 2**63 do not fit int64")
     arr = np.ascontiguousarray(arr, np.int64)
+    if not scan:
+        return arr
     bad = (arr == ERASED_KEY) if allow_padding else ((arr == ERASED_KEY) | (arr == PADDING_ID))
     where = np.flatnonzero(bad)
     if where.size:
@@ -339,7 +343,7 @@ class HostStager:
         whose owner shard has ``local`` False; returns the most rows one
         (owner, table) block holds. Validates every table's ids before any
         store is touched (ReservedIdError: nothing was taken)."""
-        ks = [_keys(k, store=f"HostStore {s.name!r}", op="stage", allow_padding=True)
+        ks = [_keys(k, store=f"HostStore {s.name!r}", op="stage", allow_padding=True, scan=False)
               for s, k in zip(stores, keys)]
         for s in stores:
             if (s.dim, s.state_width, s.dtype) != (self.dim, self.state_width, self.dtype):
@@ -348,7 +352,12 @@ class HostStager:
                                  f"packs dim={self.dim}, state_width={self.state_width}, "
                                  f"{self.dtype.name} (one stager per row layout)")
         flags = np.ascontiguousarray(local, np.uint8)
-        return int(self._native.collect([s._native for s in stores], ks, bool(take), flags))
+        try:
+            return int(self._native.collect([s._native for s in stores], ks, bool(take), flags))
+        except ValueError:  # refused before any lookup: say which id, as a store would
+            for s, k in zip(stores, ks):
+                _keys(k, store=f"HostStore {s.name!r}", op="stage", allow_padding=True)
+            raise
 
     def pack(self, rows_per_block: int) -> Rows:
         """The last collect's rows in blocks of `rows_per_block` (>= its result)."""

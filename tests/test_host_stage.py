@@ -76,10 +76,13 @@ def most_per_block(ref, batch, local):
 
 @pytest.mark.parametrize("take", [True, False])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_collect_and_pack_match_the_reference(take, threads):
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_collect_and_pack_match_the_reference(take, threads, shuffled):
     rng = np.random.default_rng(0)
     stores, ref = filled_stores(rng)
     batch = batch_of(rng, ref)
+    if shuffled:  # ids out of order: the stager sorts each block itself
+        batch = [rng.permutation(ids) for ids in batch]
     local = np.array([True, False, True, True])  # shard 1's rows are another process's
     stager = HostStager(DIM, SW, dtype="float32", num_shards=W, threads=threads)
     most = stager.collect(stores, batch, take=take, local=local)
@@ -247,4 +250,5 @@ def test_the_host_store_benchmark_times_the_stager_on_tier_shaped_batches(tmp_pa
     assert [r["threads"] for r in stages] == [1, 2]
     for r in stages:
         assert 26 * 100 <= r["keys_per_batch"] <= 26 * 1700 * 1.2 and r["keys_per_s"] > 0
+        assert r["batches"] == bench_host_store.STAGE_BATCHES
     assert set(summary["stage_keys_per_s_by_threads"]) == {1, 2}

@@ -10,6 +10,29 @@
 #include "hypereca/threads.h"
 
 namespace hypereca {
+namespace {
+
+// Rows (padding included) one Pack thread is worth: below this a second
+// thread's start-up costs more than the copies it takes over.
+constexpr int64_t kPackRowsPerThread = 1 << 15;
+
+// Tables per worker, longest first to the least loaded worker (tables' key
+// counts vary tenfold; round-robin left one thread with most of them).
+std::vector<std::vector<size_t>> Balance(const std::vector<StageTable>& tables, int workers) {
+  std::vector<size_t> order(tables.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return tables[a].n > tables[b].n; });
+  std::vector<std::vector<size_t>> work(workers);
+  std::vector<int64_t> load(workers, 0);
+  for (size_t i : order) {
+    const int w = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+    work[w].push_back(i);
+    load[w] += tables[i].n;
+  }
+  return work;
+}
+
+}  // namespace
 
 HostStager::HostStager(int64_t value_bytes, int64_t state_width, int32_t num_shards,
                        int32_t threads)
@@ -59,10 +82,12 @@ int64_t HostStager::Collect(const std::vector<StageTable>& tables, bool take,
     t.freq.resize(n);
     t.order.resize(n);
     t.count.assign(num_shards_, 0);
+    t.start.resize(num_shards_ + 1);
   }
   const int workers = static_cast<int>(std::min<size_t>(threads_, std::max<size_t>(tables.size(), 1)));
+  const std::vector<std::vector<size_t>> work = Balance(tables, workers);
   RunThreads(workers, [&](int w) {
-    for (size_t i = w; i < tables.size(); i += workers) CollectTable(tables[i], take, local, tables_[i]);
+    for (size_t i : work[w]) CollectTable(tables[i], take, local, tables_[i]);
   });
   looked_up_ = found_ = most_ = 0;
   for (const Table& t : tables_) {
@@ -87,6 +112,7 @@ void HostStager::CollectTable(const StageTable& in, bool take, const uint8_t* lo
   }
   t.keys.resize(m);  // shrinks: no allocation
   HostRowsOut out;
+  out.zero_misses = false;  // only found rows are read (PackTable)
   out.found = t.found.data();
   out.values = t.values.data();
   out.state = state_width_ ? t.state.data() : nullptr;
@@ -97,14 +123,21 @@ void HostStager::CollectTable(const StageTable& in, bool take, const uint8_t* lo
   } else {
     in.store->Peek(t.keys.data(), m, out);
   }
-  int64_t f = 0;
+  // Found positions by owner (a stable counting sort), then by key within
+  // each owner: already so when the ids came sorted (distinct_ids' are).
+  for (int64_t j = 0; j < m; ++j) t.count[t.owner[j]] += t.found[j];
+  std::vector<int64_t>& start = t.start;
+  start[0] = 0;
+  for (int32_t d = 0; d < num_shards_; ++d) start[d + 1] = start[d] + t.count[d];
+  const int64_t f = start[num_shards_];
   for (int64_t j = 0; j < m; ++j) {
-    if (t.found[j]) t.order[f++] = j;
+    if (t.found[j]) t.order[start[t.owner[j]]++] = j;
   }
-  std::sort(t.order.begin(), t.order.begin() + f, [&](int64_t a, int64_t b) {
-    return t.owner[a] != t.owner[b] ? t.owner[a] < t.owner[b] : t.keys[a] < t.keys[b];
-  });
-  for (int64_t j = 0; j < f; ++j) ++t.count[t.owner[t.order[j]]];
+  const auto by_key = [&](int64_t a, int64_t b) { return t.keys[a] < t.keys[b]; };
+  for (int64_t d = 0, lo = 0; d < num_shards_; lo += t.count[d++]) {
+    const auto first = t.order.begin() + lo, last = first + t.count[d];
+    if (!std::is_sorted(first, last, by_key)) std::sort(first, last, by_key);
+  }
   t.order.resize(f);
 }
 
@@ -114,7 +147,10 @@ void HostStager::Pack(int64_t S, const HostRowsOut& out) const {
                                 " rows, but one holds " + std::to_string(most_) + " rows");
   }
   const int T = static_cast<int>(tables_.size());
-  const int workers = std::min(threads_, std::max(T, 1));
+  // A thread costs ~40 us to start: worth it only for many rows.
+  const int64_t rows = static_cast<int64_t>(num_shards_) * T * S;
+  const int workers = static_cast<int>(
+      std::min<int64_t>({threads_, std::max(T, 1), 1 + rows / kPackRowsPerThread}));
   RunThreads(workers, [&](int w) {
     for (int ti = w; ti < T; ti += workers) PackTable(ti, S, out);
   });

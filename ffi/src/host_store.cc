@@ -251,6 +251,7 @@ struct Layout {
   }
   void Zero(const HostRowsOut& out, int64_t i) const {
     if (out.found) out.found[i] = 0;
+    if (!out.zero_misses) return;
     if (out.keys) out.keys[i] = kEmptyKey;
     if (out.last_step) out.last_step[i] = 0;
     if (out.freq) out.freq[i] = 0;
@@ -267,6 +268,14 @@ void CheckKeys(const int64_t* keys, int64_t n, bool allow_padding, const char* o
       std::to_string(keys[bad]) + " is a reserved key (" + std::to_string(kEmptyKey) +
       " is the padding id, " + std::to_string(kErasedKey) +
       " the erased marker); nothing was applied");
+}
+
+// Misses left unfilled need `found` to tell them apart.
+void CheckOut(const HostRowsOut& out, const char* op) {
+  if (!out.zero_misses && !out.found) {
+    throw std::invalid_argument(std::string("host store ") + op +
+                                ": zero_misses=false needs a found array");
+  }
 }
 
 }  // namespace
@@ -438,6 +447,7 @@ PutResult HostStore::MakeRoom(int64_t rows) {
 
 void HostStore::Take(const int64_t* keys, int64_t n, const HostRowsOut& out) {
   CheckKeys(keys, n, /*allow_padding=*/true, "take");
+  CheckOut(out, "take");
   std::lock_guard<std::mutex> lock(mu_);
   const int T = ThreadsFor(n, config_);
   const Layout lay(config_, stride_);
@@ -473,6 +483,7 @@ void HostStore::Take(const int64_t* keys, int64_t n, const HostRowsOut& out) {
 
 void HostStore::Peek(const int64_t* keys, int64_t n, const HostRowsOut& out) const {
   CheckKeys(keys, n, /*allow_padding=*/true, "peek");
+  CheckOut(out, "peek");
   std::lock_guard<std::mutex> lock(mu_);
   const int T = ThreadsFor(n, config_);
   const Layout lay(config_, stride_);

@@ -24,9 +24,12 @@
 // caller owns them from Collect on (tiers.py keeps them until the step is
 // settled).
 //
-// Threads: tables are split over `threads` (table t on thread t % threads);
-// each store serializes its own calls, so other threads may use the stores
-// meanwhile. Buffers persist between calls (no fresh pages per batch).
+// Threads: Collect splits the tables over `threads`, largest first to the
+// least loaded thread; Pack uses a second thread only for many rows (a
+// thread's start costs ~40 us). Each store serializes its own calls, so other
+// threads may use the stores meanwhile. Buffers persist between calls (no
+// fresh pages per batch). Ids given sorted (as the tier gives them) need no
+// sort here: a block's order comes from a counting pass over the owners.
 #pragma once
 
 #include <cstdint>
@@ -76,6 +79,7 @@ class HostStager {
     std::vector<int64_t> last, freq;
     std::vector<int64_t> order;    // found ids' positions, by (owner, key)
     std::vector<int64_t> count;    // found rows per owner shard
+    std::vector<int64_t> start;    // scratch: where each owner's rows go in order
   };
   void CollectTable(const StageTable& in, bool take, const uint8_t* local, Table& t);
   void PackTable(int64_t ti, int64_t S, const HostRowsOut& out) const;

@@ -93,7 +93,10 @@ struct HostRowsIn {
 
 // Output rows of Take / Peek / Export, same layout as HostRowsIn. A null
 // pointer skips that field (Contains passes only `found`). Rows not found are
-// zero-filled; found[i] is 1 or 0.
+// zero-filled, unless zero_misses is false: then only found[i] (which must
+// not be null) says a row is missing and its other fields are left as they
+// were (the stager reads found rows only: no fill of the ~85% misses).
+// found[i] is 1 or 0.
 struct HostRowsOut {
   uint8_t* found = nullptr;
   int64_t* keys = nullptr;  // Export only
@@ -101,6 +104,7 @@ struct HostRowsOut {
   float* state = nullptr;
   int64_t* last_step = nullptr;
   int64_t* freq = nullptr;
+  bool zero_misses = true;
 };
 
 struct PutResult {
@@ -128,7 +132,9 @@ class HostStore {
   // applied false and bytes_after what the room would have needed.
   // new_keys is 0. Throws std::invalid_argument when rows < 0.
   PutResult MakeRoom(int64_t rows);
-  // Copies out and removes the rows of `keys` (n); misses zero-filled.
+  // Copies out and removes the rows of `keys` (n); misses zero-filled (see
+  // HostRowsOut.zero_misses). Throws std::invalid_argument when zero_misses
+  // is false and found is null.
   void Take(const int64_t* keys, int64_t n, const HostRowsOut& out);
   // Copies out the rows of `keys` without removing them (nothing counted).
   void Peek(const int64_t* keys, int64_t n, const HostRowsOut& out) const;
