@@ -48,7 +48,7 @@ def batch_of(rng, ref):
     return out
 
 
-def expected_pack(ref, batch, local, S, dtype=np.float32):
+def expected_pack(ref, batch, local, S, dtype=np.float32, W=W):
     """[W * T * S] rows built from the reference dicts: block (d, t) holds
     table t's found local ids owned by d and padding, sorted by key."""
     T = len(ref)
@@ -69,7 +69,7 @@ def expected_pack(ref, batch, local, S, dtype=np.float32):
     return keys, values, state, last, freq
 
 
-def most_per_block(ref, batch, local):
+def most_per_block(ref, batch, local, W=W):
     return max(int(((owner_of(ids, W) == o) & np.isin(ids, list(d))).sum()) if local[o] else 0
                for d, ids in zip(ref, batch) for o in range(W))
 
@@ -100,6 +100,27 @@ def test_collect_and_pack_match_the_reference(take, threads, shuffled):
     again = stager.pack(S * 2)  # packed again, larger: the same rows
     assert sorted(again.keys[again.keys != PADDING_ID].tolist()) == sorted(
         got.keys[got.keys != PADDING_ID].tolist())
+
+
+def test_random_meshes_tables_and_threads_match_the_reference():
+    """Twelve random shapes: 1-8 owner shards, 1-5 tables of 4-400 rows,
+    1-3 threads, ids sorted or not, some shards another process's, take or
+    peek, blocks of exactly the most rows or larger."""
+    rng = np.random.default_rng(7)
+    for _ in range(12):
+        w, tables, threads = (int(rng.integers(1, 9)), int(rng.integers(1, 6)),
+                              int(rng.integers(1, 4)))
+        stores, ref = filled_stores(rng, tables=tables, rows=int(rng.integers(0, 400)))
+        batch = [rng.permutation(b) if rng.random() < 0.5 else b for b in batch_of(rng, ref)]
+        local = rng.random(w) < 0.7
+        local[rng.integers(w)] = True
+        take = bool(rng.random() < 0.5)
+        stager = HostStager(DIM, SW, dtype="float32", num_shards=w, threads=threads)
+        most = stager.collect(stores, batch, take=take, local=local)
+        assert most == most_per_block(ref, batch, local, W=w)
+        S = max(most, 1) + int(rng.integers(0, 3))
+        for g, want in zip(stager.pack(S), expected_pack(ref, batch, local, S, W=w)):
+            np.testing.assert_array_equal(g, want)
 
 
 def test_bfloat16_rows_and_tables_with_nothing_found():
