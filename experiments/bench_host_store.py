@@ -13,9 +13,9 @@ of the same rows back (demotion into the holes the take left; no growth),
 public Python class, GIL and argument checks included. Then ``stage``: the
 host tier's stager (``HostStager.collect`` + ``pack``: 26 tables' lookups,
 owner routing, sorting, packing) on batches shaped like bench_tiers --quick's
-20% budget (STAGE_*), per thread count -- the native part of a step's
-staging on a machine with nothing else running (bench_tiers measures it
-inside training).
+20% budget (STAGE_*), per thread count, STAGE_BATCHES batches after
+STAGE_WARMUP -- the native part of a step's staging on a machine with
+nothing else running (bench_tiers measures it inside training).
 
 One JSON line per (op, threads) with the median and best keys/s over the
 repeats; the last line is the summary with ``host_lookup_keys_per_s``: the
