@@ -11,30 +11,21 @@
 #include "hypereca/hash.h"
 #include "hypereca/host_index.h"
 #include "hypereca/threads.h"
+#include "host_record.h"
 
 namespace hypereca {
 namespace {
+
+using namespace record;
 
 constexpr int kChunk = 4;   // keys per pipeline chunk
 constexpr int64_t kLag = 4;  // chunks between the stages of one key
 constexpr int kCursorShift = 40;               // export cursor: partition << 40 | position
 constexpr int64_t kMinCapacity = 64;           // rows of a partition's first allocation
 
-// Record layout: key, last_step, freq (int64), values, state (float32).
-constexpr int64_t kKeyOff = 0, kLastOff = 8, kFreqOff = 16, kValuesOff = 24;
-
-inline int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
 inline void PrefetchRange(const uint8_t* p, int64_t bytes) {
   for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 1, 1);
 }
-
-inline int64_t LoadI64(const uint8_t* p) {
-  int64_t v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void StoreI64(uint8_t* p, int64_t v) { std::memcpy(p, &v, sizeof v); }
 
 int32_t PartitionOf(uint64_t h, int partitions) {
   return static_cast<int32_t>(FastRange32(static_cast<uint32_t>(h >> 32), partitions));
@@ -227,39 +218,6 @@ void DedupMisses(const HostRowsIn& rows, const std::vector<int64_t>& pos1,
   }
 }
 
-// Where a record's fields sit, and copies between records and row arrays.
-struct Layout {
-  int64_t vb, sw, stride, state_off;
-  Layout(const HostStoreConfig& c, int64_t stride)
-      : vb(c.value_bytes), sw(c.state_width), stride(stride),
-        state_off(kValuesOff + RoundUp(c.value_bytes, 4)) {}
-
-  void Write(uint8_t* rec, const HostRowsIn& in, int64_t i) const {
-    StoreI64(rec + kKeyOff, in.keys[i]);
-    StoreI64(rec + kLastOff, in.last_step[i]);
-    StoreI64(rec + kFreqOff, in.freq[i]);
-    std::memcpy(rec + kValuesOff, in.values + i * vb, vb);
-    if (sw) std::memcpy(rec + state_off, in.state + i * sw, 4 * sw);
-  }
-  void Read(const uint8_t* rec, const HostRowsOut& out, int64_t i) const {
-    if (out.found) out.found[i] = 1;
-    if (out.keys) out.keys[i] = LoadI64(rec + kKeyOff);
-    if (out.last_step) out.last_step[i] = LoadI64(rec + kLastOff);
-    if (out.freq) out.freq[i] = LoadI64(rec + kFreqOff);
-    if (out.values) std::memcpy(out.values + i * vb, rec + kValuesOff, vb);
-    if (out.state && sw) std::memcpy(out.state + i * sw, rec + state_off, 4 * sw);
-  }
-  void Zero(const HostRowsOut& out, int64_t i) const {
-    if (out.found) out.found[i] = 0;
-    if (!out.zero_misses) return;
-    if (out.keys) out.keys[i] = kEmptyKey;
-    if (out.last_step) out.last_step[i] = 0;
-    if (out.freq) out.freq[i] = 0;
-    if (out.values) std::memset(out.values + i * vb, 0, vb);
-    if (out.state && sw) std::memset(out.state + i * sw, 0, 4 * sw);
-  }
-};
-
 void CheckKeys(const int64_t* keys, int64_t n, bool allow_padding, const char* op) {
   const int64_t bad = FirstReservedKey(keys, n, allow_padding);
   if (bad < 0) return;
@@ -301,7 +259,7 @@ HostStore::HostStore(const HostStoreConfig& config) : config_(config) {
         std::to_string(config.partitions) + " threads=" + std::to_string(config.threads) +
         " parallel_min_keys=" + std::to_string(config.parallel_min_keys));
   }
-  stride_ = RoundUp(kValuesOff + RoundUp(config.value_bytes, 4) + 4 * config.state_width, 8);
+  stride_ = RecordStride(config);
   parts_.resize(config.partitions);
   counters_.assign(kNumHostCounters, 0);
 }
@@ -388,7 +346,7 @@ PutResult HostStore::Put(const HostRowsIn& rows) {
   }
   // Insert the absent keys (a duplicate finds its first occurrence's record)
   // and write every row, in call order per partition: the last one wins.
-  const Layout lay(config_, stride_);
+  const RecordLayout lay(config_);
   std::vector<int64_t> inserted(T, 0);
   RunThreads(T, [&](int t) {
     Pipeline(
@@ -450,7 +408,7 @@ void HostStore::Take(const int64_t* keys, int64_t n, const HostRowsOut& out) {
   CheckOut(out, "take");
   std::lock_guard<std::mutex> lock(mu_);
   const int T = ThreadsFor(n, config_);
-  const Layout lay(config_, stride_);
+  const RecordLayout lay(config_);
   std::vector<int64_t> hits(T, 0), misses(T, 0);
   RunThreads(T, [&](int t) {
     Pipeline(
@@ -486,7 +444,7 @@ void HostStore::Peek(const int64_t* keys, int64_t n, const HostRowsOut& out) con
   CheckOut(out, "peek");
   std::lock_guard<std::mutex> lock(mu_);
   const int T = ThreadsFor(n, config_);
-  const Layout lay(config_, stride_);
+  const RecordLayout lay(config_);
   const bool rows = out.values || out.state || out.last_step || out.freq;
   RunThreads(T, [&](int t) {
     Pipeline(
@@ -581,7 +539,7 @@ int64_t HostStore::Export(int64_t cursor, int64_t max_rows, const HostRowsOut& o
                                 std::to_string(cursor) + " and " + std::to_string(max_rows));
   }
   std::lock_guard<std::mutex> lock(mu_);
-  const Layout lay(config_, stride_);
+  const RecordLayout lay(config_);
   int64_t p = cursor >> kCursorShift, pos = cursor & ((int64_t{1} << kCursorShift) - 1);
   int64_t rows = 0;
   for (; p < config_.partitions; ++p, pos = 0) {
