@@ -36,7 +36,7 @@ from jax_hypereca.ids import distinct_ids
 from jax_hypereca.features import (
     FeatureSpec, Jagged, check_weights, jagged_to_padded, padded_ids, validate_features)
 from jax_hypereca.layout import STAT_NAMES, Layout, exchange_groups
-from jax_hypereca.lookup import TableContext, backward_local, forward_local
+from jax_hypereca.lookup import Routed, TableContext, backward_local, forward_local, route_local
 from jax_hypereca.placement import (
     batch_to_mesh, counter_totals, counters_by_name, grow_sharded_table, host_gather,
     init_sharded_table, make_mesh)
@@ -445,17 +445,30 @@ class EmbeddingCollection:
         return (jax.tree.map(lambda _: P(self.axis), tables),
                 {k: P(self.axis) for k in ids}, {k: P(self.axis) for k in weights})
 
+    def route_fn(self, layout: Layout):
+        """shard_map'ped routing of a batch's ids to their owners: (hot, ids)
+        -> Routed (lookup.route_local), the argument forward_fn's `routed`
+        takes."""
+        def fn(hot, ids):
+            return jax.shard_map(
+                lambda hb, i: route_local(layout, dict(hb), i), mesh=self.mesh,
+                in_specs=(jax.tree.map(lambda _: P(), hot), {k: P(self.axis) for k in ids}),
+                out_specs=_routed_spec(self.axis, len(layout.groups)))(hot, ids)
+        return fn
+
     def forward_fn(self, layout: Layout, *, train: bool):
         """shard_map'ped forward: (tables, hot, ids, weights, step, live,
-        tier_in, max_evictions=0) -> (tables, outputs per feature, contexts,
-        stats (W*T, S), ok, tier); with `live` false nothing is inserted and
-        ok is false. `tier_in` and `tier`: the host tier's rows in and out;
-        `max_evictions` (static): the eviction outputs' rows per table and
-        device (lookup.forward_local)."""
-        def fn(tables, hot, ids, weights, step, live, tier_in, max_evictions=0):
+        tier_in, max_evictions=0, routed=None) -> (tables, outputs per
+        feature, contexts, stats (W*T, S), ok, tier); with `live` false
+        nothing is inserted and ok is false. `tier_in` and `tier`: the host
+        tier's rows in and out; `max_evictions` (static): the eviction
+        outputs' rows per table and device; `routed`: the batch's ids at
+        their owners already (route_fn; lookup.forward_local)."""
+        def fn(tables, hot, ids, weights, step, live, tier_in, max_evictions=0, routed=None):
             t_spec, i_spec, w_spec = self._specs(tables, ids, weights)
             h_spec = jax.tree.map(lambda _: P(), hot)
             s_spec = jax.tree.map(lambda _: P(self.axis), tier_in)
+            r_spec = None if routed is None else _routed_spec(self.axis, len(layout.groups))
             contexts = tuple(_ctx_spec(self.axis) for _ in layout.groups) if train else ()
             tier = {} if not (train and layout.host_tier) else {
                 "demoted": {t: Rows(*[P(self.axis)] * 5) for t in layout.looked_up},
@@ -466,17 +479,18 @@ class EmbeddingCollection:
             out_specs = (t_spec, {f: P(self.axis) for f in self.features}, contexts,
                          P(self.axis), P(), tier)
 
-            def body(tb, hb, i, w, s, go, st):
+            def body(tb, hb, i, w, s, go, st, r):
                 st = dict(st)
                 if "staged" in st:  # packed for the transfer (tiers.Staged)
                     st["staged"] = unpack_staged(st["staged"])
                 return forward_local(layout, dict(tb), dict(hb), i, w, s, go, st, train=train,
-                                     max_evictions=max_evictions)
+                                     max_evictions=max_evictions, routed=r)
 
             return jax.shard_map(body, mesh=self.mesh,
-                                 in_specs=(t_spec, h_spec, i_spec, w_spec, P(), P(), s_spec),
+                                 in_specs=(t_spec, h_spec, i_spec, w_spec, P(), P(), s_spec,
+                                           r_spec),
                                  out_specs=out_specs)(tables, hot, ids, weights, step, live,
-                                                      tier_in)
+                                                      tier_in, routed)
         return fn
 
     def backward_fn(self, layout: Layout):
@@ -554,3 +568,8 @@ class _Placed:
 
 def _ctx_spec(axis):
     return TableContext(P(axis), P(axis), P(axis), P(axis), P(axis))
+
+
+def _routed_spec(axis, groups: int):
+    per_group = (P(axis),) * groups
+    return Routed(per_group, per_group, per_group, per_group, per_group, P(axis), P())

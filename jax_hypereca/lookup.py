@@ -195,26 +195,29 @@ def _bucketize_group(keys, tags, occurrences, W: int, cap: int):
     return send, counts, position, source, tag_send
 
 
-def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, TableState],
-                  ids: dict, weights: dict, step, live, tier_in: dict, *, train: bool,
-                  max_evictions: int = 0):
-    """Per-device forward exchange (call inside shard_map over layout.axis).
-    `hot` holds the replicated hot folds (every device has all of them). With
-    `live` false the call is a no-op, as after an overflow: only padding is
-    exchanged, nothing inserted, and ``ok`` comes back false (a pipelined
-    step behind one that failed; see pipeline.py). `tier_in` (host tier,
-    tiers.py): per table, ``staged`` rows of this device's ids, written into
-    the slots find_or_insert gives them (train) or served where the device
-    has none, and ``victims``, the keys steps still in flight evicted.
-    `max_evictions` (0: one per id): the most rows a table may evict here;
-    inserts past it are refused (``failed``, ``evicted`` at the cap: re-run).
-    Stages run in named scopes ``stage_<name>`` (STAGES), for profiles.
-    Returns (tables, outputs per feature, contexts per group, stats (T, S),
-    ok, tier): ``tier`` (train, host tier) holds per table the rows evicted
-    (``demoted``) and the staged rows written."""
+class Routed(NamedTuple):
+    """One batch's ids at their owners: the part of a step's index stage that
+    reads no table (only the hot folds' keys, fixed between re-plans), so a
+    pipelined step can run it for the batch after its own (pipeline.py).
+    Per exchange group unless noted."""
+
+    received: tuple  # (W * cap, 2) int64: (id, packed tag) as this owner got them
+    inverse: tuple   # (n,) int32 local id -> index into the group's unique list
+    position: tuple  # (N,) int32 unique id -> send-buffer position, -1 padding/hot
+    source: tuple    # (W * cap,) int32 send-buffer position -> unique id, -1 empty
+    hot_slots: tuple  # (N,) int32 slot in the table's hot fold, -1 when cold
+    stats: jax.Array  # (T, S) int64: ids, unique, hot_unique, remote_unique, max_count
+    fits: jax.Array   # () bool: every send buffer had room (the same on every device)
+
+
+def route_local(layout: Layout, hot: dict[str, TableState], ids: dict) -> Routed:
+    """Per-device dedup, owner bucketing and id exchange of a batch (call
+    inside shard_map over layout.axis). A batch some device's buffers cannot
+    hold (``fits`` false: one max-reduction tells every device) sends only
+    padding; the step that serves it is then a no-op and the host re-runs it
+    with larger capacities (steps.py)."""
     W, ax = layout.num_shards, layout.axis
     me = lax.axis_index(ax)
-    batch = next(iter(ids.values())).shape[0]
     local, stats = [], {}
     too_big = jnp.zeros((), jnp.int32)
     for group, cap in zip(layout.groups, layout.capacities):
@@ -223,7 +226,7 @@ def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, 
         with jax.named_scope("stage_bucketize"):
             send, counts, position, source, tag_send = _bucketize_group(keys, tags, occ, W, cap)
             too_big = jnp.maximum(too_big, (counts > cap).any().astype(jnp.int32))
-        local.append((inverse, position, send, tag_send, hot_slots, source))
+        local.append((inverse, position, source, hot_slots, send, tag_send))
         remote = (position >= 0) & (position // cap != me)
         for i, t in enumerate(group):
             st = jnp.zeros((len(STAT_NAMES),), jnp.int64)
@@ -232,24 +235,57 @@ def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, 
             st = st.at[STAT_INDEX["remote_unique"]].set((remote & (tags == i)).sum())
             stats[t] = st.at[STAT_INDEX["max_count"]].set(counts.max())
     # One max-reduction tells every device whether some buffer would overflow;
-    # then nothing is exchanged, inserted or updated this step.
-    ok = (lax.pmax(too_big, ax) == 0) & live
+    # then only padding is exchanged.
+    fits = lax.pmax(too_big, ax) == 0
+    received = []
+    for (*_, send, tag_send), cap in zip(local, layout.capacities):
+        with jax.named_scope("stage_id_exchange"):
+            payload = jnp.stack([jnp.where(fits, send, PADDING_ID), tag_send], axis=-1)
+            received.append(layout.exchange.send_ids(payload, ax, W).reshape(W * cap, 2))
+    inverse, position, source, hot_slots = (tuple(x) for x in zip(*(l[:4] for l in local)))
+    return Routed(tuple(received), inverse, position, source, hot_slots,
+                  jnp.stack([stats[t] for t in layout.looked_up]), fits)
 
+
+def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, TableState],
+                  ids: dict, weights: dict, step, live, tier_in: dict, *, train: bool,
+                  max_evictions: int = 0, routed: Routed | None = None):
+    """Per-device forward exchange (call inside shard_map over layout.axis).
+    `hot` holds the replicated hot folds (every device has all of them).
+    `routed`: the batch's ids already at their owners (route_local, run by
+    the step before; None: routed here). With `live` false the call is a
+    no-op, as after an overflow: nothing is inserted, and ``ok`` comes back
+    false (a pipelined step behind one that failed; see pipeline.py).
+    `tier_in` (host tier, tiers.py): per table, ``staged`` rows of this
+    device's ids, written into the slots find_or_insert gives them (train)
+    or served where the device has none, and ``victims``, the keys steps
+    still in flight evicted. `max_evictions` (0: one per id): the most rows a
+    table may evict here; inserts past it are refused (``failed``,
+    ``evicted`` at the cap: re-run). Stages run in named scopes
+    ``stage_<name>`` (STAGES), for profiles. Returns (tables, outputs per
+    feature, contexts per group, stats (T, S), ok, tier): ``tier`` (train,
+    host tier) holds per table the rows evicted (``demoted``) and the staged
+    rows written."""
+    W, ax = layout.num_shards, layout.axis
+    batch = next(iter(ids.values())).shape[0]
+    if routed is None:
+        routed = route_local(layout, hot, ids)
+    stats = {t: routed.stats[k] for k, t in enumerate(layout.looked_up)}
+    ok = routed.fits & live
     urows, contexts = [], []
     tier = _tier_out(layout, tier_in, train=train)
     refused = jnp.zeros((), jnp.int32)
     for gi, (group, cap) in enumerate(zip(layout.groups, layout.capacities)):
-        inverse, position, send, tag_send, hot_slots, source = local[gi]
-        with jax.named_scope("stage_id_exchange"):
-            send = jnp.where(ok, send, PADDING_ID)
-            payload = jnp.stack([send, tag_send], axis=-1)
-            recv = layout.exchange.send_ids(payload, ax, W).reshape(W * cap, 2)
-        q_keys, (q_tags, q_occ) = recv[:, 0], _unpack_tags(recv[:, 1])
+        position, hot_slots = routed.position[gi], routed.hot_slots[gi]
+        recv = routed.received[gi]
+        # a step that must not run (see `live`) serves padding only
+        q_keys, (q_tags, q_occ) = jnp.where(ok, recv[:, 0], PADDING_ID), _unpack_tags(recv[:, 1])
         if train:
             rows, slots, refused = _insert_and_gather(layout, group, tables, q_keys, q_tags,
                                                       q_occ, step, stats, refused, tier_in,
                                                       tier, max_evictions, live)
-            contexts.append(TableContext(inverse, position, source, slots, hot_slots))
+            contexts.append(TableContext(routed.inverse[gi], position, routed.source[gi],
+                                         slots, hot_slots))
         else:
             with jax.named_scope("stage_gather"):
                 rows = _rows_or_init(layout, group, tables, q_keys, q_tags,
@@ -272,7 +308,8 @@ def forward_local(layout: Layout, tables: dict[str, TableState], hot: dict[str, 
     outputs = {}
     with jax.named_scope("stage_pool"):
         for gi, group in enumerate(layout.groups):
-            outputs.update(_pool_group(layout, group, urows[gi], local[gi][0], weights, batch))
+            outputs.update(_pool_group(layout, group, urows[gi], routed.inverse[gi], weights,
+                                       batch))
     stat_matrix = jnp.stack([stats[t] for t in layout.looked_up])
     return tables, outputs, tuple(contexts) if train else (), stat_matrix, ok, tier
 
