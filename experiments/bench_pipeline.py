@@ -20,7 +20,8 @@ sparse step, dense_ceiling.py), of the synchronous step (each step's
 statistics read before the next is dispatched, batches prepared in the main
 thread: the loop before the pipeline) and of the pipeline at depths 1-3
 (batches prepared by the loader thread, stage A; steps `depth` ahead of
-their checks). Then stage A alone (samples/s of the loader thread with no
+their checks; at depths 2-3 each step's program routes the next batch's ids)
+and at depth 2 with each step routing its own (``depth_2_own_routes``). Then stage A alone (samples/s of the loader thread with no
 training), and a jax.profiler trace of pipelined steps
 (``--trace-dir``, default results/trace) with XLA:CPU's per-op events
 (``--xla_cpu_enable_xprof_traceme``); the device time of each op is
@@ -30,7 +31,8 @@ lookup.py and steps.py (HLO metadata), the host's by its Python functions.
 Last line: the summary with ``vs_dense_only`` (pipelined samples/s at the
 best depth / dense-only, 1 device), ``vs_dense_part`` (the same / the full
 model's dense part alone), ``pipeline_speedup`` (best pipelined /
-synchronous, 1 device), ``host_stage_headroom`` (stage A alone / pipelined)
+synchronous, 1 device), ``route_ahead_speedup`` (depth 2 / depth 2 with
+each step routing its own ids), ``host_stage_headroom`` (stage A alone / pipelined)
 and the per-stage breakdown (milliseconds per step, 1 device).
 """
 
@@ -50,6 +52,8 @@ from collections import Counter
 from experiments.cli import mesh_bench_parser, use_fake_devices
 
 DEPTHS = (1, 2, 3)
+OWN_ROUTES = "own_routes"  # depth 2, each step routing its own batch's ids (depth 2's
+                           # collection and state: timed in turns, no second set of tables)
 WARMUP_ROUNDS = 10  # of 3 steps each, until one compiles nothing and re-runs nothing
 TRACE_FLAG = "--xla_cpu_enable_xprof_traceme=true"
 
@@ -71,7 +75,7 @@ class Setup:
     """One device count's trainers (built once, then timed in turns)."""
 
     devices: int
-    sparse: dict          # depth -> SparseTrainer (depth 0: the synchronous step)
+    sparse: dict          # depth -> SparseTrainer (0: the synchronous step; OWN_ROUTES)
     dense: object
     ceiling: object       # the full model's dense part alone (dense_ceiling.py)
     states: dict
@@ -112,6 +116,8 @@ def build(args, n: int) -> Setup:
                                      max_shard_bytes=int(shard_bytes * 1.01))
         sparse[depth] = SparseTrainer(model, coll, dense_tx, depth=max(depth, 1))
         states[depth] = sparse[depth].init_state(params)
+    sparse[OWN_ROUTES] = SparseTrainer(model, sparse[2].collection, dense_tx, depth=2,
+                                       route_ahead=False)
     dense_model = DLRM(config=mcfg, features=())
     dense = DenseTrainer(dense_model, mesh, dense_tx)
     states["dense"] = dense.init_state(dense_model.init(jax.random.PRNGKey(0), sample)["params"])
@@ -128,7 +134,8 @@ def run_variant(setup: Setup, which, steps: int, gens: dict) -> float:
 
     trainer = {"dense": setup.dense, "ceiling": setup.ceiling}.get(which) or setup.sparse[which]
     fn = None if which == 0 else trainer.prepare
-    state = setup.states[which]
+    key = 2 if which == OWN_ROUTES else which
+    state = setup.states[key]
     t0 = time.perf_counter()
     loader = h.prefetch(gens[which], 3, fn, name="bench-loader")
     try:
@@ -139,13 +146,13 @@ def run_variant(setup: Setup, which, steps: int, gens: dict) -> float:
     finally:
         loader.close()
     seconds = time.perf_counter() - t0
-    setup.states[which] = state
+    setup.states[key] = state
     return seconds
 
 
 def time_variants(setup: Setup, args, out) -> dict:
     """Samples/s of every variant, warmed up (compiled), then timed in turns."""
-    variants = ["dense", "ceiling", 0, *DEPTHS]
+    variants = ["dense", "ceiling", 0, *DEPTHS, OWN_ROUTES]
     gens = {v: setup.source.train_batches(0) for v in variants}
     programs = lambda v: setup.sparse[v].step_fn.programs if v in setup.sparse else 0
     reruns = lambda v: setup.sparse[v].step_fn.retries if v in setup.sparse else 0
@@ -166,7 +173,7 @@ def time_variants(setup: Setup, args, out) -> dict:
     rates = {}
     for v in variants:
         name = {"dense": "dense_only", "ceiling": "dense_part_of_full_model",
-                0: "synchronous"}.get(v, f"depth_{v}")
+                0: "synchronous", OWN_ROUTES: "depth_2_own_routes"}.get(v, f"depth_{v}")
         steps = rounds * (args.steps // rounds)
         rates[name] = steps * args.batch / seconds[v]
         out.emit({"bench": "pipeline_variant", "devices": setup.devices, "variant": name,
@@ -237,7 +244,9 @@ def profile(setup: Setup, args, out, depth: int) -> dict:
 
     trainer = setup.sparse[depth]
     batch = trainer.prepare(next(setup.source.train_batches(20_000)))
-    hlo = trainer.step_fn.lower(setup.states[depth], batch).compile().as_text()
+    # at depth >= 2 the steps run the pipeline's form (the next batch's ids routed in it)
+    hlo = trainer.step_fn.lower(setup.states[depth], batch,
+                                batch if depth > 1 else None).compile().as_text()
     trace_dir = pathlib.Path(args.trace_dir) / f"devices{setup.devices}"
     trace_dir.mkdir(parents=True, exist_ok=True)
     (trace_dir / "step.hlo.txt").write_text(hlo)  # op names -> stages, for a closer look
@@ -281,9 +290,12 @@ def main(argv=None) -> dict:
                 vs_dense_part=rates[f"depth_{best}"] / rates["dense_part_of_full_model"],
                 pipeline_speedup=rates[f"depth_{best}"] / rates["synchronous"],
                 host_stage_headroom=stage_a / rates[f"depth_{best}"], best_depth=best,
+                route_ahead_speedup=rates["depth_2"] / rates["depth_2_own_routes"],
                 samples_per_s=rates, breakdown_ms=table)
         else:
             summary[f"devices{n}"] = {"samples_per_s": rates, "breakdown_ms": table,
+                                      "route_ahead_speedup":
+                                          rates["depth_2"] / rates["depth_2_own_routes"],
                                       "pipeline_speedup":
                                           rates[f"depth_{best}"] / rates["synchronous"]}
         del setup

@@ -9,12 +9,20 @@ which stage overlaps which):
      int64 ids split over the devices), ``prefetch`` batches ahead through a
      bounded queue. A(t+1..t+prefetch) overlaps B/C(t) on the device and the
      host's check of t-depth+1.
-  B  device: dedup, owner bucketing, id exchange and ``find_or_insert`` of
-     batch t; C  device: gather, row exchange, the model's forward and
-     backward, gradient exchange and the fused apply of batch t. B and C of
-     one batch are one compiled program (ShardedTrainStep); B(t+1) starts
-     when C(t) has applied, so rows are never read stale and no row batch t
-     still needs can be evicted by t+1's inserts (I5 holds by order).
+  B  device: B1, dedup, owner bucketing and id exchange of batch t (no table
+     is read: lookup.route_local); B2, ``find_or_insert`` of its ids at their
+     owners. C  device: gather, row exchange, the model's forward and
+     backward, gradient exchange and the fused apply of batch t. At depth
+     >= 2 with ``route_ahead`` (the default but on CPU) one compiled program
+     runs B2(t), C(t) and B1(t+1) (the pipeline holds one batch back to
+     have t+1 at hand), so t+1's id exchange can overlap t's dense work
+     (else B1(t) runs in t's program); B2(t+1) runs in the next program, after C(t)
+     has applied, so rows are never read stale and no row batch t still
+     needs can be evicted by t+1's inserts (I5 holds by order). The first
+     batch, one after a flush or a re-run and one whose route was made for
+     capacities a check has since raised are routed by a small program of
+     their own; at a flush the held batch's program routes its own ids
+     again (unused), so every step runs the same program.
   check  host: the step's statistics (a few integers per table) are read
      ``depth - 1`` steps after it was dispatched, so the device never waits
      for the host between steps.
@@ -47,6 +55,11 @@ JOIN_TIMEOUT_S = 10.0
 # Stale re-runs (steps in flight that met ids a step before them had just
 # demoted to the host tier) after which the pipeline runs at depth 1.
 STALE_RERUNS_BEFORE_DEPTH_1 = 3
+# route_ahead's default on CPU meshes: XLA:CPU runs a program's ops on one
+# thread pool, so t+1's routing has no idle unit to overlap; there it cost
+# 0-5% (bench_pipeline --quick, route_ahead_speedup 0.95-1.00 over three
+# runs on 2 cores). On GPUs the id exchange can overlap the dense step.
+ROUTE_AHEAD_ON_CPU = False
 
 
 class TrainPipeline:
@@ -55,11 +68,16 @@ class TrainPipeline:
     ``submit(state, batch)`` dispatches a step and returns the newest state
     (still being computed); the metrics of steps whose checks passed collect
     in ``completed`` (in step order, each with its ``step`` number) for the
-    caller to pop. ``flush(state)`` waits for and checks every step in flight
-    and returns the state after the last one: call it before reading the
-    state (evaluation, checkpoints, table statistics). depth=1 is the
-    synchronous loop. While ``exchange="auto"`` is still timing its
-    candidates the pipeline runs at depth 1 (the timings need whole steps).
+    caller to pop. With ``route_ahead`` (depth >= 2) the last batch
+    submitted is held until the next one comes (its ids are routed beside
+    the step before it; see above). ``flush(state)`` dispatches it, waits for and checks every step
+    in flight and returns the state after the last one: call it before
+    reading the state (evaluation, checkpoints, table statistics) or
+    changing it (re-plan, restore). depth=1 is the synchronous loop;
+    ``route_ahead=False`` keeps B1(t+1) in t+1's own program (no batch is
+    held); None (the default) is True except on CPU meshes
+    (ROUTE_AHEAD_ON_CPU). While ``exchange="auto"`` is still timing its candidates the
+    pipeline runs at depth 1 (the timings need whole steps).
 
     Errors the statistics raise (reserved ids, a full table at its memory
     cap, non-finite gradients) surface at the check, with the newest state
@@ -78,17 +96,23 @@ class TrainPipeline:
     submit ``error.batches`` if any.
     """
 
-    def __init__(self, step: ShardedTrainStep, *, depth: int = 2, local: bool = False):
+    def __init__(self, step: ShardedTrainStep, *, depth: int = 2, local: bool = False,
+                 route_ahead: bool | None = None):
         if depth < 1:
             raise ValueError(f"pipeline depth must be >= 1, got {depth}")
         self.step = step
         self.depth = depth
         self.local = local
+        if route_ahead is None:  # see ROUTE_AHEAD_ON_CPU
+            route_ahead = ROUTE_AHEAD_ON_CPU or step.c.mesh.devices.flat[0].platform != "cpu"
+        self.route_ahead = route_ahead  # False: each step routes its own batch's ids
         self.completed: list[dict] = []
         self._pending: collections.deque[Pending] = collections.deque()
         self._index: int | None = None
         self.stale_reruns = 0  # steps re-run because an earlier one in flight evicted their ids
         self._held = None  # the verdict of a failed step whose re-run a full host tier stopped
+        self._next = None  # a prepared batch held back until the one after it is submitted
+        self._ahead = None  # its route, from the step dispatched before it (Pending.ahead)
 
     @property
     def in_flight(self) -> int:
@@ -108,30 +132,66 @@ class TrainPipeline:
         return 1 if trial is not None and trial.chosen is None else self.depth
 
     def submit(self, state: TrainState, batch) -> TrainState:
-        """Dispatches one step on `batch` (a host batch or one prepare_batch
-        made); checks the oldest steps until fewer than `depth` are in flight."""
+        """Dispatches a step on the batch held from the last call (depth >=
+        2), routing `batch` (a host batch or one prepare_batch made) in its
+        program, and holds `batch`; at depth 1 dispatches `batch`. Checks the
+        oldest steps until fewer than `depth` are in flight."""
         batch = self.step.c.prepare_batch(batch, local=self.local)
         if self._index is None:
             self._index = int(host_value(state.step))
-        try:
-            state, pending = self.step.dispatch(state, batch, self._index,
-                                                unsettled=self._pending)
-        except Exception as e:  # not run; the steps before it are in flight
-            _hand_back(e, [batch], self._index + 1)
-            raise
-        self._pending.append(pending)
-        self._index += 1
+        todo = [b for b in (self._next, batch) if b is not None]
+        self._next = None
+        state = self._dispatch_all(state, todo, hold_last=True)
         while len(self._pending) >= self._depth():
             state = self._check_oldest(state)
         return state
 
     def flush(self, state: TrainState) -> TrainState:
-        """Checks every step in flight; returns the state after the last. The
-        next submit reads the step count from the state it is given (the
-        caller may change the state in between: re-plan, restore)."""
+        """Dispatches the held batch, checks every step in flight; returns
+        the state after the last. The next submit reads the step count from
+        the state it is given (the caller may change the state in between:
+        re-plan, restore)."""
+        if self._next is not None:
+            todo, self._next = [self._next], None
+            state = self._dispatch(state, todo)
         while self._pending:
             state = self._check_oldest(state)
-        self._index = None
+        self._index, self._ahead = None, None
+        return state
+
+    @property
+    def _split(self) -> bool:
+        """Whether steps route the next batch's ids (depth >= 2; at a running
+        depth of 1 too, so that one program serves every step)."""
+        return self.route_ahead and self.depth > 1
+
+    def _dispatch_all(self, state: TrainState, todo: list, *, hold_last: bool) -> TrainState:
+        """Dispatches the batches of `todo` in order, each routing the next
+        one's ids (`_split`); then, if `hold_last`, the last is held for the
+        next submit."""
+        hold = hold_last and self._split
+        for i in range(len(todo) - hold):
+            state = self._dispatch(state, todo[i:])
+        if hold:
+            self._next = todo[-1]
+        return state
+
+    def _dispatch(self, state: TrainState, todo: list) -> TrainState:
+        """Dispatches todo[0] (with its route, if the step before made one)
+        and, if `_split`, routes todo[1] in the same program. On an error
+        every batch of `todo` is handed back, not run; the steps before are
+        in flight."""
+        routed, self._ahead = self._ahead, None
+        try:
+            state, pending = self.step.dispatch(
+                state, todo[0], self._index, unsettled=self._pending, split=self._split,
+                routed=routed, next_batch=todo[1] if len(todo) > 1 else None)
+        except Exception as e:
+            _hand_back(e, todo, self._index + 1)
+            raise
+        self._pending.append(pending)
+        self._index += 1
+        self._ahead = pending.ahead
         return state
 
     def pop_completed(self) -> list[dict]:
@@ -179,16 +239,11 @@ class TrainPipeline:
                             "depth 1 (asked: %d). A larger device budget avoids this.",
                             self.stale_reruns, sorted(verdict.stale), self.depth)
         state = self.step.repair(state, verdict)
-        for i, batch in enumerate(batches):
-            try:
-                state, pending = self.step.dispatch(state, batch, index + i,
-                                                    unsettled=self._pending)
-            except Exception as e:  # it and the later ones did not run
-                _hand_back(e, batches[i:], index + i + 1)
-                self._index = index + i
-                raise
-            self._pending.append(pending)
-        return state
+        # re-routed (capacities may have changed), the held batch too
+        held = self._next is not None
+        todo = batches + ([self._next] if held else [])
+        self._index, self._next, self._ahead = index, None, None
+        return self._dispatch_all(state, todo, hold_last=held)
 
 
 def _hand_back(error: Exception, batches: list, step: int) -> None:

@@ -113,6 +113,7 @@ class Pending(NamedTuple):
     staged: object     # the host tier's rows it took (tiers.Staged), or None
     settled: list      # [whether the host tier has seen what it moved] (a mutable cell)
     read_back_rows: int  # evicted rows per device the step read back for settle (0: none)
+    ahead: object = None  # (Routed, Layout): the next batch's ids routed by this program
 
 
 class Verdict(NamedTuple):
@@ -148,8 +149,10 @@ class ShardedTrainStep:
         self.dense_tx = dense_tx
         self.has_aux = has_aux
         self._compiled: dict[Layout, Callable] = {}
+        self._routes: dict[Layout, Callable] = {}  # route programs (pipeline.py)
         self._signatures: set = set()  # the argument shapes each program has run with
         self.retries = 0
+        self.routed_ahead = 0  # steps whose ids the step before routed (pipeline.py)
         # With a host tier on CPU a table's eviction outputs hold the host
         # tier's read-back rows per device (demoted_rows, raised when a step
         # needs more: _evictions_overflowed), not one row per id: the step
@@ -172,11 +175,16 @@ class ShardedTrainStep:
     def _build(self, layout: Layout):
         fwd = self.c.forward_fn(layout, train=True)
         bwd = self.c.backward_fn(layout)
+        route = self.c.route_fn(layout)
         loss_fn, tx, has_aux = self.loss_fn, self.dense_tx, self.has_aux
         names = tuple(self.c.tables)
 
-        def step_fn(state: TrainState, batch, host, tier_in, read_back_rows=0):
-            # host = [the step count the host expects, each table's growth limit]
+        def step_fn(state: TrainState, batch, host, tier_in, read_back_rows=0, routed=None,
+                    next_ids=None):
+            # host = [the step count the host expects, each table's growth limit];
+            # routed: this batch's ids at their owners (routed by the step before);
+            # next_ids: the next batch's, routed here (B(t+1) beside C(t)): no table
+            # is read, so neither its order against this step's update nor I5 matters
             full = jnp.stack([fullest_shard(state.tables[t]) > host[i + 1]
                               for i, t in enumerate(names)])
             live = (state.step == host[0]) & ~full.any()
@@ -184,7 +192,9 @@ class ShardedTrainStep:
                 tier_in = dict(tier_in, admission=state.admission)
             tables, outputs, contexts, stats, ok, tier = fwd(
                 state.tables, state.hot, batch["ids"], batch["weights"], state.step + 1, live,
-                tier_in, max_evictions=read_back_rows if self.cap_evictions else 0)
+                tier_in, max_evictions=read_back_rows if self.cap_evictions else 0,
+                routed=routed)
+            ahead = None if next_ids is None else route(state.hot, next_ids)
             counted = tier.pop("admission", {})  # kept only if the step is applied
             with jax.named_scope("stage_dense"):
                 out, (g_params, g_out) = jax.value_and_grad(
@@ -206,7 +216,7 @@ class ShardedTrainStep:
                     tier["written"], tier["demoted"], read_back_rows)
             return new_state, {"loss": loss, "aux": aux, "stats": stats,
                                "apply_problems": problems, "ok": ok, "live": live,
-                               "full": full, "tier": tier}
+                               "full": full, "tier": tier}, ahead
 
         return jax.jit(step_fn, donate_argnums=(0,), static_argnames=("read_back_rows",))
 
@@ -224,22 +234,61 @@ class ShardedTrainStep:
         host = np.array([index] + [limits[t] for t in self.c.tables], np.int64)
         return (jnp.asarray(host, jnp.int64),)
 
-    def lower(self, state: TrainState, batch):
-        """The lowered step for a prepared batch (to inspect its HLO)."""
+    def lower(self, state: TrainState, batch, next_batch=None):
+        """The lowered step for a prepared batch (to inspect its HLO); with
+        `next_batch`, the pipeline's form: the batch's ids come routed, the
+        program routes `next_batch`'s."""
+        routed, next_ids = self._split(state, batch, None, next_batch, split=next_batch is not None)
         return self.compiled(state, batch).lower(state, self.c.device_batch(batch),
                                                  *self._args(state, 0),
-                                                 _tier_in(self.c.stage(batch, take=False)))
+                                                 _tier_in(self.c.stage(batch, take=False)),
+                                                 routed=routed, next_ids=next_ids)
+
+    def route(self, state: TrainState, batch):
+        """A prepared batch's ids routed to their owners by a program of
+        their own (lookup.route_local; the form a step's ``routed`` takes)."""
+        layout = self.c.layout(_batch_size(batch), tuple(state.hot))
+        if layout not in self._routes:
+            self._routes[layout] = jax.jit(self.c.route_fn(layout))
+        return self._routes[layout](state.hot, self.c.device_batch(batch)["ids"])
+
+    def _split(self, state: TrainState, batch, routed, next_batch, *, split: bool):
+        """A step's (routed, next_ids) arguments: none unless `split`; then
+        the batch's route (`routed`, the step before's ``ahead``, if it was
+        made for this layout, else routed now) and the ids to route in the
+        program: `next_batch`'s if it is the same size, else the batch's own
+        again (the result unused), so every split step is one program."""
+        if not split:
+            return None, None
+        layout = self.c.layout(_batch_size(batch), tuple(state.hot))
+        if routed is not None and routed[1] == layout:
+            routed = routed[0]
+            self.routed_ahead += 1
+        else:
+            routed = self.route(state, batch)
+        follow = next_batch if next_batch is not None and \
+            _batch_size(next_batch) == _batch_size(batch) else batch
+        return routed, self.c.device_batch(follow)["ids"]
 
     def dispatch(self, state: TrainState, batch, index: int, *,
-                 unsettled: Sequence[Pending] = ()) -> tuple[TrainState, Pending]:
+                 unsettled: Sequence[Pending] = (), split: bool = False, routed=None,
+                 next_batch=None) -> tuple[TrainState, Pending]:
         """Starts the step on a prepared batch (asynchronously); `index` is
         the step count the state will have when the step runs. With a host
         tier, `unsettled` are the steps dispatched before it and not yet
         checked: an id they evicted that this step inserts afresh cancels it
-        (``stale``; the host re-runs it once they are settled, tiers.py)."""
+        (``stale``; the host re-runs it once they are settled, tiers.py).
+        With `split` (the pipeline at depth >= 2) the batch's ids come
+        routed -- `routed`, the ``ahead`` of the step before, or routed now
+        -- and `next_batch`, the batch to dispatch next, has its ids routed
+        in this step's program (the Pending's ``ahead``), so their exchange
+        can overlap this step's dense work."""
         t0, retries = time.perf_counter(), self.retries
         fn = self.compiled(state, batch)
         layout = self.c.layout(_batch_size(batch), tuple(state.hot))
+        routed, next_ids = self._split(state, batch, routed, next_batch, split=split)
+        ahead_for = next_batch is not None and split and \
+            _batch_size(next_batch) == _batch_size(batch)
         try:
             staged = self.c.stage(batch, take=True)  # held until check settles them
         except HostTierFullError as e:  # no room for its demotions: not run, nothing moved
@@ -250,12 +299,14 @@ class ShardedTrainStep:
         # a new layout, a table grown, more rows read back, staged or in flight:
         # jit compiles
         signature = (layout, rows, tuple(np.shape(x) for x in jax.tree.leaves(tier_in)),
-                     tuple(t.keys.shape for t in (*state.tables.values(), *state.hot.values())))
+                     tuple(t.keys.shape for t in (*state.tables.values(), *state.hot.values())),
+                     split)
         fresh = signature not in self._signatures
         self._signatures.add(signature)
         try:
-            state, metrics = fn(state, self.c.device_batch(batch), *self._args(state, index),
-                                tier_in, read_back_rows=rows)
+            state, metrics, ahead = fn(state, self.c.device_batch(batch),
+                                       *self._args(state, index), tier_in, read_back_rows=rows,
+                                       routed=routed, next_ids=next_ids)
         except Exception as original:  # not run (a compile or argument error): rows go back
             if staged is not None:
                 try:
@@ -265,7 +316,8 @@ class ShardedTrainStep:
                     raise e from original
             raise
         return state, Pending(batch, index, layout, metrics, t0,
-                              not fresh and retries == self.retries, staged, [False], rows)
+                              not fresh and retries == self.retries, staged, [False], rows,
+                              (ahead, layout) if ahead_for else None)
 
     def check(self, p: Pending) -> Verdict:
         """Reads a step's statistics (waits for it) and raises the exchange

@@ -108,17 +108,20 @@ def _bce(logits, labels):
 
 class SparseTrainer:
     """The model with its embeddings: an EmbeddingCollection step run by a
-    TrainPipeline (`depth` steps in flight)."""
+    TrainPipeline (`depth` steps in flight; `route_ahead`: each step routes
+    the next batch's ids in its program)."""
 
     def __init__(self, model: DLRM, collection: h.EmbeddingCollection,
-                 dense_tx: optax.GradientTransformation, *, depth: int = 2):
+                 dense_tx: optax.GradientTransformation, *, depth: int = 2,
+                 route_ahead: bool = True):
         self.collection = collection
         self.dense_tx = dense_tx
         self.local = jax.process_count() > 1
         apply = lambda p, emb, b: model.apply({"params": p}, b)
         self._step = collection.make_train_step(
             lambda p, emb, b: _bce(apply(p, emb, b), b["labels"]), dense_tx)
-        self._pipeline = h.TrainPipeline(self._step, depth=depth, local=self.local)
+        self._pipeline = h.TrainPipeline(self._step, depth=depth, local=self.local,
+                                         route_ahead=route_ahead)
         self._eval = collection.make_eval_fn(apply)
 
     def init_state(self, params) -> h.TrainState:

@@ -77,16 +77,19 @@ def init_params():
     return {"w": jax.random.normal(jax.random.PRNGKey(4), (WIDTH,)) * 0.1, "c": jnp.zeros(())}
 
 
-def run(depth: int | None = None) -> dict[str, np.ndarray]:
+def run(depth: int | None = None, route_ahead: bool | None = None,
+        mesh=None) -> dict[str, np.ndarray]:
     """The workload's result: losses, dense parameters, every live row of
     every table and hot fold (sorted by id) and the counters. With `depth`
     the steps run through a TrainPipeline of that depth (flushed before
     each re-plan), else one synchronous call each."""
-    coll = h.EmbeddingCollection(TABLES, FEATURES, mesh=h.make_mesh(),
-                                 capacities={"a": 1, "b": 1, "c": 1}, retune_every=7, max_shard_bytes=11000,
+    mesh = mesh or h.make_mesh()
+    coll = h.EmbeddingCollection(TABLES, FEATURES, mesh=mesh,
+                                 capacities={"a": 1, "b": 1, "c": 1}, retune_every=7,
+                                 max_shard_bytes=11000 * 8 // mesh.size,  # the recording's: 8
                                  capacity_slack=0.5)
     step = coll.make_train_step(head_loss, TX)
-    pipe = h.TrainPipeline(step, depth=depth) if depth else None
+    pipe = h.TrainPipeline(step, depth=depth, route_ahead=route_ahead) if depth else None
     state = coll.init_train_state(init_params(), TX)
     losses = []
     for i, b in enumerate(batches()):
@@ -105,6 +108,8 @@ def run(depth: int | None = None) -> dict[str, np.ndarray]:
         losses = [np.float32(m["loss"]) for m in done]
     out = {"losses": np.asarray(losses), "w": np.asarray(state.params["w"]),
            "c": np.asarray(state.params["c"])}
+    if pipe:  # steps whose ids the step before routed (not in the recording)
+        out["routed_ahead"] = np.asarray(step.routed_ahead)
     for spec in TABLES:
         for fold, table in (("cold", state.tables.get(spec.name)),
                             ("hot", state.hot.get(spec.name))):

@@ -218,6 +218,35 @@ def test_compiled_step_holds_exactly_the_designed_collectives(batches):
     assert sorted(int(d) for _, d in adds) == [4, 8, 8], adds
 
 
+def test_a_pipelined_step_routes_the_next_batch_in_its_own_program(batches):
+    """B1(t+1) beside C(t) (pipeline.py): the pipeline's program gets its
+    batch's ids routed, yet holds the same collectives as the step that
+    routes its own -- one id exchange per group (int64 blocks) and its
+    overflow vote, there the next batch's; the route program holds exactly
+    those. XLA may combine collectives, so their operands are compared."""
+    import collections
+    coll = EmbeddingCollection(table_specs(OPTS["sgd"][0]), FEATURES, mesh=make_mesh())
+    dense_tx = optax.adam(0.01)
+    step = coll.make_train_step(head_loss, dense_tx)
+    state = coll.init_train_state(init_params(), dense_tx)
+    batch, following = coll.prepare_batch(batches[0]), coll.prepare_batch(batches[1])
+
+    def operands(lowered):
+        ops = collective_ops(lowered.compile().as_text())
+        return {kind: collections.Counter(s for k, shape in ops if k == kind
+                                          for s in re.findall(r"[a-z]+\d*\[[\d,]*\]", shape))
+                for kind in ("all-to-all", "all-reduce")}
+
+    own, split = operands(step.lower(state, batch)), operands(step.lower(state, batch, following))
+    route = operands(jax.jit(coll.route_fn(coll.layout(B))).lower(
+        state.hot, coll.device_batch(batch)["ids"]))
+    assert split == own
+    # (one block per destination) per group: (id, tag) pairs, its capacity each
+    assert set(route["all-to-all"]) == {f"s64[1,{cap},2]" for cap in coll.layout(B).capacities}
+    assert route["all-reduce"] == collections.Counter({"s32[]": 1})
+    assert not route["all-to-all"] - own["all-to-all"]
+
+
 def test_capacity_overflow_is_rerun_without_double_apply(batches, ref_adagrad):
     coll = EmbeddingCollection(table_specs(OPTS["adagrad"][0]), FEATURES,
                                mesh=make_mesh(), capacities={"a": 1, "b": 2, "c": 1},

@@ -15,14 +15,20 @@ import jax_hypereca as h
 RECORDED = golden_workload.__file__.replace("golden_workload.py", "data/golden_step50.npz")
 
 
-@pytest.mark.parametrize("depth", [pytest.param(2, marks=slow_case), 3])
-def test_pipelined_steps_end_bit_identical_to_the_synchronous_loop(depth):
+@pytest.mark.parametrize("depth,route_ahead", [pytest.param(2, False, marks=slow_case),
+                                               (3, True)])
+def test_pipelined_steps_end_bit_identical_to_the_synchronous_loop(depth, route_ahead):
     """The golden workload (eviction, refused inserts and growth, overflow
     re-runs, capacity re-fits, a hot fold re-planned mid-run, three
-    optimizers) through a pipeline of `depth`: every step in order, and the
-    recording of the synchronous loop bit for bit."""
+    optimizers) through a pipeline of `depth`, each step routing the next
+    batch's ids or its own: every step in order, and the recording of the
+    synchronous loop bit for bit."""
     want = np.load(RECORDED)
-    got = golden_workload.run(depth=depth)
+    got = golden_workload.run(depth=depth, route_ahead=route_ahead)
+    # with route_ahead every step but the first after each flush had its ids
+    # routed by the one before
+    routed = golden_workload.STEPS - 1 - len(golden_workload.HOT) if route_ahead else 0
+    assert got["routed_ahead"] >= routed and (route_ahead or got["routed_ahead"] == 0)
     assert want["a/cold/counters"][2] > 0 and want["b/cold/counters"][5] > 0  # evicted, refused
     for name in want.files:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)

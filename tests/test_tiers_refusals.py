@@ -243,9 +243,10 @@ def _run_recovering(pipe, state, batches, recover):
             state, todo = recover(e, todo)
 
 
-@pytest.mark.parametrize("flush_first", [True, False])
+# route_ahead: a batch held back for the next one's submit is handed back too
+@pytest.mark.parametrize("flush_first,route_ahead", [(True, None), (False, True)])
 def test_a_step_refused_in_a_pipeline_rerun_hands_back_every_batch_not_run(
-        batches, unlimited, flush_first):
+        batches, unlimited, flush_first, route_ahead):
     """Depth 3: the steps in flight behind a failed one are re-dispatched;
     when the host tier refuses one of them (a limit at what the stores hold,
     set at the first re-dispatch), HostTierFullError holds that batch and
@@ -256,7 +257,7 @@ def test_a_step_refused_in_a_pipeline_rerun_hands_back_every_batch_not_run(
     unlimited one."""
     ref, ref_state, ref_losses = unlimited
     coll, step, state = _limited_start()
-    pipe = TrainPipeline(step, depth=3)
+    pipe = TrainPipeline(step, depth=3, route_ahead=route_ahead)
     repairs, calls, make_room, filler = [0], [0], coll.host_tier._make_room, {}
 
     def repair_then_arm(s, v, repair=step.repair):

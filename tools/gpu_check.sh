@@ -8,7 +8,7 @@
 # RESULTS_DIR (default $HYPERECA_RESULTS, else ./gpu_results) receives
 #   gpu_check.jsonl     first line: the GPU (nvidia-smi), then one line per step
 #   gpu_check.log       everything the steps printed
-#   test_ops_cuda.xml   the tests' junit report
+#   test_ops_cuda.xml   the tests' junit report (test_ops_cuda.py, test_step_cuda.py)
 #   bench_ops_gpu.jsonl the benchmark's output (when experiments/bench_ops exists)
 # Needs python3 with jax (+ CUDA plugin), nanobind, scikit-build-core, cmake,
 # ninja and pytest installed; no package index is used. Exits non-zero when the
@@ -148,15 +148,16 @@ fi
 
 # ---------------------------------------------------------------- 3. tests
 # From a scratch directory, so the installed package (not the source tree) is
-# imported (test_ops_cuda imports tests/test_collection.py's fixtures too).
+# imported (the tests import tests/test_collection.py's fixtures too).
 # Up to 8 failures before stopping: one run on a lent GPU should show them all.
-log "tests: pytest tests/test_ops_cuda.py"
+log "tests: pytest tests/test_ops_cuda.py tests/test_step_cuda.py"
 t0=$SECONDS
 set +e
 (
   cd "$WORK" &&
     timeout "${HYPERECA_TEST_TIMEOUT:-1500}" "$PY" -m pytest -q --maxfail=8 -p no:cacheprovider -rs \
-      --junitxml="$RESULTS/test_ops_cuda.xml" "$REPO/tests/test_ops_cuda.py"
+      --junitxml="$RESULTS/test_ops_cuda.xml" "$REPO/tests/test_ops_cuda.py" \
+      "$REPO/tests/test_step_cuda.py"
 ) 2>&1 | tee -a "$LOG"
 test_rc=${PIPESTATUS[0]}
 set -e
