@@ -59,7 +59,7 @@ TRACE_FLAG = "--xla_cpu_enable_xprof_traceme=true"
 
 
 def parse(argv=None):
-    p = mesh_bench_parser(__doc__, "fewer steps, vocabularies capped at 25k (about 3 minutes, under 4 GB)")
+    p = mesh_bench_parser(__doc__, "fewer steps, vocabularies capped at 25k (about 4 minutes, under 4 GB)")
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--max-vocab", type=int, default=None)
     p.add_argument("--steps", type=int, default=None, help="timed steps per variant")
