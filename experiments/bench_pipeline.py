@@ -21,8 +21,9 @@ statistics read before the next is dispatched, batches prepared in the main
 thread: the loop before the pipeline) and of the pipeline at depths 1-3
 (batches prepared by the loader thread, stage A; steps `depth` ahead of
 their checks; at depths 2-3 each step's program routes the next batch's ids)
-and at depth 2 with each step routing its own (``depth_2_own_routes``). Then stage A alone (samples/s of the loader thread with no
-training), and a jax.profiler trace of pipelined steps
+and at depth 2 with each step routing its own (``depth_2_own_routes``).
+Then stage A alone (samples/s of the loader thread with no training), and a
+jax.profiler trace of pipelined steps
 (``--trace-dir``, default results/trace) with XLA:CPU's per-op events
 (``--xla_cpu_enable_xprof_traceme``); the device time of each op is
 attributed to the step's stages by the ``stage_*`` named scopes of
@@ -59,7 +60,8 @@ TRACE_FLAG = "--xla_cpu_enable_xprof_traceme=true"
 
 
 def parse(argv=None):
-    p = mesh_bench_parser(__doc__, "fewer steps, vocabularies capped at 25k (about 4 minutes, under 4 GB)")
+    p = mesh_bench_parser(__doc__, "fewer steps, vocabularies capped at 25k "
+                                   "(about 4 minutes, under 4 GB)")
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--max-vocab", type=int, default=None)
     p.add_argument("--steps", type=int, default=None, help="timed steps per variant")

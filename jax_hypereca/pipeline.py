@@ -16,13 +16,13 @@ which stage overlaps which):
      >= 2 with ``route_ahead`` (the default but on CPU) one compiled program
      runs B2(t), C(t) and B1(t+1) (the pipeline holds one batch back to
      have t+1 at hand), so t+1's id exchange can overlap t's dense work
-     (else B1(t) runs in t's program); B2(t+1) runs in the next program, after C(t)
-     has applied, so rows are never read stale and no row batch t still
-     needs can be evicted by t+1's inserts (I5 holds by order). The first
-     batch, one after a flush or a re-run and one whose route was made for
-     capacities a check has since raised are routed by a small program of
-     their own; at a flush the held batch's program routes its own ids
-     again (unused), so every step runs the same program.
+     (else B1(t) runs in t's program); B2(t+1) runs in the next program,
+     after C(t) has applied, so rows are never read stale and no row batch
+     t still needs can be evicted by t+1's inserts (I5 holds by order). The
+     first batch, one after a flush or a re-run and one whose route was
+     made for capacities a check has since raised are routed by a small
+     program of their own; at a flush the held batch's program routes its
+     own ids again (unused), so every step runs the same program.
   check  host: the step's statistics (a few integers per table) are read
      ``depth - 1`` steps after it was dispatched, so the device never waits
      for the host between steps.
@@ -57,7 +57,7 @@ JOIN_TIMEOUT_S = 10.0
 STALE_RERUNS_BEFORE_DEPTH_1 = 3
 # route_ahead's default on CPU meshes: XLA:CPU runs a program's ops on one
 # thread pool, so t+1's routing has no idle unit to overlap; there it cost
-# 0-5% (bench_pipeline --quick, route_ahead_speedup 0.95-1.00 over three
+# 0-5% (bench_pipeline --quick, route_ahead_speedup 0.95-1.00 over four
 # runs on 2 cores). On GPUs the id exchange can overlap the dense step.
 ROUTE_AHEAD_ON_CPU = False
 
@@ -70,14 +70,15 @@ class TrainPipeline:
     in ``completed`` (in step order, each with its ``step`` number) for the
     caller to pop. With ``route_ahead`` (depth >= 2) the last batch
     submitted is held until the next one comes (its ids are routed beside
-    the step before it; see above). ``flush(state)`` dispatches it, waits for and checks every step
-    in flight and returns the state after the last one: call it before
-    reading the state (evaluation, checkpoints, table statistics) or
-    changing it (re-plan, restore). depth=1 is the synchronous loop;
-    ``route_ahead=False`` keeps B1(t+1) in t+1's own program (no batch is
-    held); None (the default) is True except on CPU meshes
-    (ROUTE_AHEAD_ON_CPU). While ``exchange="auto"`` is still timing its candidates the
-    pipeline runs at depth 1 (the timings need whole steps).
+    the step before it; see above). ``flush(state)`` dispatches it, waits
+    for and checks every step in flight and returns the state after the
+    last one: call it before reading the state (evaluation, checkpoints,
+    table statistics) or changing it (re-plan, restore). depth=1 is the
+    synchronous loop; ``route_ahead=False`` keeps B1(t+1) in t+1's own
+    program (no batch is held); None (the default) is True except on CPU
+    meshes (ROUTE_AHEAD_ON_CPU). While ``exchange="auto"`` is still timing
+    its candidates the pipeline runs at depth 1 (the timings need whole
+    steps).
 
     Errors the statistics raise (reserved ids, a full table at its memory
     cap, non-finite gradients) surface at the check, with the newest state

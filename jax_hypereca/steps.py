@@ -238,7 +238,8 @@ class ShardedTrainStep:
         """The lowered step for a prepared batch (to inspect its HLO); with
         `next_batch`, the pipeline's form: the batch's ids come routed, the
         program routes `next_batch`'s."""
-        routed, next_ids = self._split(state, batch, None, next_batch, split=next_batch is not None)
+        routed, next_ids, _, _ = self._split(state, batch, None, next_batch,
+                                             split=next_batch is not None)
         return self.compiled(state, batch).lower(state, self.c.device_batch(batch),
                                                  *self._args(state, 0),
                                                  _tier_in(self.c.stage(batch, take=False)),
@@ -253,22 +254,20 @@ class ShardedTrainStep:
         return self._routes[layout](state.hot, self.c.device_batch(batch)["ids"])
 
     def _split(self, state: TrainState, batch, routed, next_batch, *, split: bool):
-        """A step's (routed, next_ids) arguments: none unless `split`; then
-        the batch's route (`routed`, the step before's ``ahead``, if it was
-        made for this layout, else routed now) and the ids to route in the
+        """A step's (routed, next_ids) arguments -- none unless `split`: the
+        batch's route (`routed`, the step before's ``ahead``, if it was made
+        for this layout, else routed now) and the ids to route in the
         program: `next_batch`'s if it is the same size, else the batch's own
-        again (the result unused), so every split step is one program."""
+        again (the result unused), so every split step is one program -- and
+        whether the route was carried and the ids are the next batch's."""
         if not split:
-            return None, None
+            return None, None, False, False
         layout = self.c.layout(_batch_size(batch), tuple(state.hot))
-        if routed is not None and routed[1] == layout:
-            routed = routed[0]
-            self.routed_ahead += 1
-        else:
-            routed = self.route(state, batch)
-        follow = next_batch if next_batch is not None and \
-            _batch_size(next_batch) == _batch_size(batch) else batch
-        return routed, self.c.device_batch(follow)["ids"]
+        carried = routed is not None and routed[1] == layout
+        routed = routed[0] if carried else self.route(state, batch)
+        follows = next_batch is not None and _batch_size(next_batch) == _batch_size(batch)
+        ids = self.c.device_batch(next_batch if follows else batch)["ids"]
+        return routed, ids, carried, follows
 
     def dispatch(self, state: TrainState, batch, index: int, *,
                  unsettled: Sequence[Pending] = (), split: bool = False, routed=None,
@@ -286,9 +285,8 @@ class ShardedTrainStep:
         t0, retries = time.perf_counter(), self.retries
         fn = self.compiled(state, batch)
         layout = self.c.layout(_batch_size(batch), tuple(state.hot))
-        routed, next_ids = self._split(state, batch, routed, next_batch, split=split)
-        ahead_for = next_batch is not None and split and \
-            _batch_size(next_batch) == _batch_size(batch)
+        routed, next_ids, carried, follows = self._split(state, batch, routed, next_batch,
+                                                         split=split)
         try:
             staged = self.c.stage(batch, take=True)  # held until check settles them
         except HostTierFullError as e:  # no room for its demotions: not run, nothing moved
@@ -315,9 +313,10 @@ class ShardedTrainStep:
                     e.state, e.applied = state, False
                     raise e from original
             raise
+        self.routed_ahead += carried
         return state, Pending(batch, index, layout, metrics, t0,
                               not fresh and retries == self.retries, staged, [False], rows,
-                              (ahead, layout) if ahead_for else None)
+                              (ahead, layout) if follows else None)
 
     def check(self, p: Pending) -> Verdict:
         """Reads a step's statistics (waits for it) and raises the exchange
