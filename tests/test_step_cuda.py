@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 import jax_hypereca as h
-from cuda_target import CPU, TARGET, assert_close, assert_same, skip_without_target
+from cuda_target import CPU, ON_GPU, TARGET, assert_close, assert_same, skip_without_target
 
 skip_without_target()
 
@@ -97,7 +97,10 @@ def test_the_pipeline_routing_ahead_on_one_gpu_ends_as_its_synchronous_loop():
     """The golden workload (eviction, growth, overflow re-runs, a hot fold
     re-planned, three optimizers) on a one-device target mesh, through a
     depth-3 pipeline whose steps route the next batch's ids (the GPU
-    default) and through synchronous steps: bit for bit the same."""
+    default) and through synchronous steps: the same ids, slots, counters
+    and scores, bit for bit; float arrays bit for bit on the CPU and within
+    float32 rounding on a GPU (XLA:GPU's scatter-adds may sum in another
+    order from one program to another)."""
     import golden_workload
     from jax_hypereca.placement import make_mesh
 
@@ -108,4 +111,7 @@ def test_the_pipeline_routing_ahead_on_one_gpu_ends_as_its_synchronous_loop():
     assert piped.pop("routed_ahead") >= golden_workload.STEPS - 1 - len(golden_workload.HOT)
     assert sorted(piped) == sorted(sync)
     for name in sync:
-        assert_same(sync[name], piped[name], name)
+        if ON_GPU and np.issubdtype(sync[name].dtype, np.floating):
+            assert_close(sync[name], piped[name], name, rtol=1e-5, atol=1e-6)
+        else:
+            assert_same(sync[name], piped[name], name)
