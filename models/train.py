@@ -145,7 +145,7 @@ class SparseTrainer:
     def pop_completed(self) -> list[dict]:
         return [{"step": m["step"], "loss": m["loss"],
                  "exchange_bytes_per_step": m["bytes_per_step"], "exchange": m["exchange"],
-                 "step_reruns": self._step.retries,
+                 "step_reruns": self._step.retries, "routed_ahead": self._step.routed_ahead,
                  **{k: sum(int(st[k].sum()) for st in m["stats"].values()) for k in HIT_COUNTS}}
                 for m in self._pipeline.pop_completed()]
 
@@ -258,7 +258,8 @@ def make_trainer(cfg: TrainConfig, mcfg: ModelConfig, dense_tx, mesh, tables, fe
         coll = h.EmbeddingCollection(tables, features, mesh=mesh, exchange=cfg.exchange,
                                      max_shard_bytes=table_bytes(cfg) // mesh.size,
                                      host_tier=tier)
-        trainer = SparseTrainer(model, coll, dense_tx, depth=cfg.pipeline_depth)
+        trainer = SparseTrainer(model, coll, dense_tx, depth=cfg.pipeline_depth,
+                                route_ahead={"on": True, "off": False}.get(cfg.route_ahead))
     return trainer, trainer.init_state(params)
 
 

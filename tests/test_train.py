@@ -96,7 +96,7 @@ def test_optimizer_flags_reach_both_optimizers_and_bad_ones_fail_first(tmp_path,
                       "--sparse-initial-accumulator", "0.5", "--sparse-optimizer-args",
                       '{"eps": 1e-6}', "--dense-optimizer", "adagrad", "--dense-optimizer-args",
                       '{"initial_accumulator_value": 0.0, "eps": 1e-8}', "--exchange", "ring",
-                      "--admit-after", "2"],
+                      "--admit-after", "2", "--route-ahead", "on"],
               tmp_path / "ok")
     opts = got["config"][0]["optimizers"]
     assert opts["sparse"] == {"name": "Adagrad", "learning_rate": 0.05,
@@ -106,6 +106,7 @@ def test_optimizer_flags_reach_both_optimizers_and_bad_ones_fail_first(tmp_path,
     assert np.isfinite(got["eval"][-1]["logloss"])
     assert got["train"][-1]["exchange"] == "ring"
     assert got["train"][-1]["step_reruns"] == 0
+    assert got["train"][-1]["routed_ahead"] == 1  # step 2's ids routed by step 1's program
     check_hit_counts(got)
     # --admit-after 2: ids of one step only took no row, counted per table and in all
     tables = got["tables"][-1]
