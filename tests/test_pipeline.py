@@ -34,6 +34,51 @@ def test_pipelined_steps_end_bit_identical_to_the_synchronous_loop(depth, route_
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
+def test_route_ahead_across_changing_batch_sizes_ends_as_the_synchronous_loop():
+    """Batches of 64, a partial one of 32, then 128 (tables that evict and
+    grow, exchange buffers raised by re-runs): a step whose next batch has
+    another size routes no ids ahead and that batch routes its own; the run
+    ends bit for bit as synchronous steps, every step in order."""
+    import test_collection as tc
+    import test_training_paths as tp
+
+    batches = tp.b_batches()
+    runs = []
+    for depth in (None, 2):
+        coll = h.EmbeddingCollection(tp.B_SPECS, tc.FEATURES, mesh=h.make_mesh(),
+                                     capacity_slack=0.5, capacities={"a": 1, "b": 2, "c": 1},
+                                     retune_every=5, max_shard_bytes=7000)
+        step = coll.make_train_step(tc.head_loss, tp.TX)
+        state = coll.init_train_state(tc.init_params(), tp.TX)
+        if depth is None:
+            losses = []
+            for b in batches:
+                state, m = step(state, b)
+                losses.append(m["loss"])
+        else:
+            pipe = h.TrainPipeline(step, depth=depth, route_ahead=True)
+            own, route = [], step.route  # batches routed by a program of their own
+            step.route = lambda st, b: own.append(len(b["ids"]["fa"])) or route(st, b)
+            for b in batches:
+                state = pipe.submit(state, b)
+            state = pipe.flush(state)
+            done = pipe.pop_completed()
+            assert [m["step"] for m in done] == list(range(1, len(batches) + 1))
+            losses = [m["loss"] for m in done]
+            # each size change breaks the chain once: 64 -> 32 -> 128 -> 32
+            # the first batch and each one after a size change route their own ids
+            # (re-runs re-route too): 64 -> 32 -> 128 -> 32
+            changes = iter(own)
+            assert all(size in changes for size in (64, 32, 128, 32)), own
+            assert step.routed_ahead >= len(batches) - 4
+        runs.append((losses, {n: tp.live_rows(state, n) for n in tc.DIMS}))
+    (want_losses, want), (got_losses, got) = runs
+    assert got_losses == want_losses
+    for n in want:
+        for w, g in zip(want[n], got[n]):
+            np.testing.assert_array_equal(g, w, err_msg=n)
+
+
 def _loader_threads():
     return [t for t in threading.enumerate() if t.name == "test-loader" and t.is_alive()]
 
