@@ -116,7 +116,8 @@ def build(args, n: int) -> Setup:
     for depth in (0,) + DEPTHS:  # each its own tables: the timings must not share state
         coll = h.EmbeddingCollection(tables, features, mesh=mesh, exchange="all_to_all",
                                      max_shard_bytes=int(shard_bytes * 1.01))
-        sparse[depth] = SparseTrainer(model, coll, dense_tx, depth=max(depth, 1))
+        sparse[depth] = SparseTrainer(model, coll, dense_tx, depth=max(depth, 1),
+                                      route_ahead=True)
         states[depth] = sparse[depth].init_state(params)
     sparse[OWN_ROUTES] = SparseTrainer(model, sparse[2].collection, dense_tx, depth=2,
                                        route_ahead=False)

@@ -238,8 +238,8 @@ class ShardedTrainStep:
         """The lowered step for a prepared batch (to inspect its HLO); with
         `next_batch`, the pipeline's form: the batch's ids come routed, the
         program routes `next_batch`'s."""
-        routed, next_ids, _, _ = self._split(state, batch, None, next_batch,
-                                             split=next_batch is not None)
+        routed, next_ids, _, _ = self._split_args(state, batch, None, next_batch,
+                                                  split=next_batch is not None)
         return self.compiled(state, batch).lower(state, self.c.device_batch(batch),
                                                  *self._args(state, 0),
                                                  _tier_in(self.c.stage(batch, take=False)),
@@ -253,7 +253,7 @@ class ShardedTrainStep:
             self._routes[layout] = jax.jit(self.c.route_fn(layout))
         return self._routes[layout](state.hot, self.c.device_batch(batch)["ids"])
 
-    def _split(self, state: TrainState, batch, routed, next_batch, *, split: bool):
+    def _split_args(self, state: TrainState, batch, routed, next_batch, *, split: bool):
         """A step's (routed, next_ids) arguments -- none unless `split`: the
         batch's route (`routed`, the step before's ``ahead``, if it was made
         for this layout, else routed now) and the ids to route in the
@@ -285,8 +285,8 @@ class ShardedTrainStep:
         t0, retries = time.perf_counter(), self.retries
         fn = self.compiled(state, batch)
         layout = self.c.layout(_batch_size(batch), tuple(state.hot))
-        routed, next_ids, carried, follows = self._split(state, batch, routed, next_batch,
-                                                         split=split)
+        routed, next_ids, carried, follows = self._split_args(state, batch, routed,
+                                                              next_batch, split=split)
         try:
             staged = self.c.stage(batch, take=True)  # held until check settles them
         except HostTierFullError as e:  # no room for its demotions: not run, nothing moved

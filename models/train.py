@@ -109,11 +109,11 @@ def _bce(logits, labels):
 class SparseTrainer:
     """The model with its embeddings: an EmbeddingCollection step run by a
     TrainPipeline (`depth` steps in flight; `route_ahead`: each step routes
-    the next batch's ids in its program)."""
+    the next batch's ids in its program, None: TrainPipeline's default)."""
 
     def __init__(self, model: DLRM, collection: h.EmbeddingCollection,
                  dense_tx: optax.GradientTransformation, *, depth: int = 2,
-                 route_ahead: bool = True):
+                 route_ahead: bool | None = None):
         self.collection = collection
         self.dense_tx = dense_tx
         self.local = jax.process_count() > 1

@@ -132,9 +132,6 @@ _export_chunk = jax.jit(
         mode=mode, policy=policy),
     static_argnums=(3, 4, 5))
 _import = jax.jit(tbl.import_rows, static_argnums=(0,))
-_unique = jax.jit(_ops.unique)
-_bucketize = jax.jit(_ops.bucketize, static_argnames=("num_shards", "capacity"))
-_gather_tagged = jax.jit(_ops.gather_tagged)
 
 
 class Pair:
